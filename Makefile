@@ -1,0 +1,116 @@
+# idemproxy - build, test, run.
+#
+#   make                 build build/idemproxy
+#   make test            unit tests (Check) and end-to-end tests (real redis-server)
+#   make test SANITIZE=1 the same, built with ASan + UBSan (into build/san/)
+#   make run             a private redis-server, a demo upstream and idemproxy
+#   make install         PREFIX=/usr/local DESTDIR=
+#
+# Every library comes from pkg-config; llhttp's C sources come from Debian's
+# node-llhttp package and are compiled into the build.
+
+CC ?= cc
+PREFIX ?= /usr/local
+DESTDIR ?=
+SANITIZE ?= 0
+
+PKGS := libevent libevent_openssl hiredis openssl
+LLHTTP_SRC_DIR := /usr/share/llhttp
+LLHTTP_INC_DIR := /usr/share/include/llhttp
+DEB_PACKAGES := libevent-dev libhiredis-dev node-llhttp libssl-dev check pkg-config redis-server python3
+
+WARNINGS := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
+OPTFLAGS ?= -O2 -g
+BUILD := build
+ifeq ($(SANITIZE),1)
+OPTFLAGS := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+BUILD := build/san
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
+CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
+
+CPPFLAGS += -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC_DIR)
+ALL_CFLAGS = -std=c11 $(OPTFLAGS) $(WARNINGS) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
+LDFLAGS_ALL = $(OPTFLAGS) $(LDFLAGS)
+
+SRCS := $(wildcard src/*.c)
+OBJS := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+LIB_OBJS := $(filter-out $(BUILD)/obj/main.o,$(OBJS))
+LLHTTP_OBJS := $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o $(BUILD)/obj/llhttp/llhttp.o
+UNIT_SRCS := $(wildcard tests/unit/test_*.c)
+UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
+UPSTREAM_BIN := $(BUILD)/test-upstream
+
+.PHONY: all deps test unit e2e run install clean format format-check
+
+all: $(BUILD)/idemproxy
+
+$(BUILD)/idemproxy: $(OBJS) $(LLHTTP_OBJS)
+	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -MMD -c -o $@ $<
+
+# llhttp is generated code: its own warnings are not ours to fix.
+$(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/obj
+	@mkdir -p $(dir $@)
+	$(CC) -std=c11 $(OPTFLAGS) -w -I$(LLHTTP_INC_DIR) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTTP_OBJS) | $(BUILD)/obj
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
+		$(LDFLAGS_ALL) $(PKG_LIBS) $(CHECK_LIBS)
+
+$(UPSTREAM_BIN): tests/upstream/upstream.c | $(BUILD)/obj
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS_ALL) $(PKG_LIBS)
+
+$(BUILD)/obj:
+	@mkdir -p $@
+
+-include $(OBJS:.o=.d)
+
+# Installs whatever Debian package is missing (needs root, as on a fresh CI
+# machine); does nothing when everything is present.
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+unit: $(UNIT_BINS)
+	@set -e; for t in $(UNIT_BINS); do $$t; done
+
+e2e: $(BUILD)/idemproxy $(UPSTREAM_BIN)
+	IDEMPROXY_BIN=$(BUILD)/idemproxy UPSTREAM_BIN=$(UPSTREAM_BIN) SANITIZE=$(SANITIZE) \
+		python3 tests/e2e/run.py
+
+test: deps
+	@$(MAKE) --no-print-directory all unit e2e
+
+run: deps
+	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
+	@IDEMPROXY_BIN=$(BUILD)/idemproxy UPSTREAM_BIN=$(UPSTREAM_BIN) sh scripts/demo.sh
+
+install: $(BUILD)/idemproxy
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/idemproxy $(DESTDIR)$(PREFIX)/lib/systemd/system
+	install -m 755 $(BUILD)/idemproxy $(DESTDIR)$(PREFIX)/bin/idemproxy
+	install -m 644 conf/idemproxy.conf $(DESTDIR)/etc/idemproxy/idemproxy.conf
+	sed 's|/usr/local|$(PREFIX)|g' systemd/idemproxy.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/idemproxy.service
+
+format:
+	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/upstream/*.c
+
+format-check:
+	clang-format --dry-run --Werror src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/upstream/*.c
+
+clean:
+	rm -rf build

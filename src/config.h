@@ -1,0 +1,176 @@
+/*
+ * config.h - the parsed configuration (SPEC §3) and the policy a request runs
+ * under.
+ *
+ * A struct config is immutable once config_load() returns it. Reload builds a
+ * new one and swaps it in only when it validates; requests in flight keep a
+ * reference (config_ref/config_unref) to the one they started under.
+ *
+ * struct policy holds everything a `route` block may override. The global
+ * directives fill config->global; after the whole file is read, every route's
+ * unset fields are copied from it, so code that serves a request looks at
+ * exactly one fully-resolved policy.
+ */
+#ifndef IDEM_CONFIG_H
+#define IDEM_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+#define CONFIG_DEFAULT_FILE "/etc/idemproxy/idemproxy.conf"
+#define CONFIG_MAX_LISTEN 16
+#define CONFIG_MAX_UPSTREAM 32
+#define CONFIG_MAX_KEY_SOURCES 8
+#define CONFIG_MAX_FP_HEADERS 8
+#define CONFIG_MAX_STATUS 600
+
+enum key_source_kind {
+    KEY_SOURCE_NONE = 0, /* scope none */
+    KEY_SOURCE_HEADER,   /* header:NAME */
+    KEY_SOURCE_QUERY,    /* query:NAME */
+    KEY_SOURCE_FORM,     /* form:NAME */
+    KEY_SOURCE_JSON,     /* json:/pointer */
+    KEY_SOURCE_TOKEN,    /* token */
+};
+
+struct key_source {
+    enum key_source_kind kind;
+    char *name; /* header/query/form name or JSON pointer; NULL for NONE/TOKEN */
+};
+
+enum fingerprint_part {
+    FP_METHOD = 1u << 0,
+    FP_PATH = 1u << 1,
+    FP_QUERY = 1u << 2,
+    FP_BODY = 1u << 3,
+};
+
+enum on_duplicate { ON_DUPLICATE_REPLAY, ON_DUPLICATE_REJECT };
+enum on_inflight { ON_INFLIGHT_REJECT, ON_INFLIGHT_WAIT };
+enum on_store_error { ON_STORE_ERROR_REJECT, ON_STORE_ERROR_PASS };
+enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
+
+struct policy {
+    uint64_t methods; /* bit (1 << llhttp_method_t) per covered method */
+    struct key_source keys[CONFIG_MAX_KEY_SOURCES];
+    int nkeys;
+    bool require_key;
+    bool require_token;
+    bool bypass;
+    uint64_t ttl_ms;
+    uint64_t lock_ttl_ms;
+    struct key_source scope; /* kind NONE or HEADER */
+    unsigned fingerprint;    /* enum fingerprint_part bits */
+    char *fp_headers[CONFIG_MAX_FP_HEADERS];
+    int nfp_headers;
+    bool release_on[CONFIG_MAX_STATUS]; /* indexed by status code */
+    enum on_duplicate on_duplicate;
+    enum on_inflight on_inflight;
+    uint64_t inflight_wait_ms;
+    size_t max_request_body;
+    size_t max_cached_body;
+};
+
+struct route {
+    char *prefix;
+    int line;
+    struct policy policy;
+};
+
+struct listen_addr {
+    char *host; /* numeric address, without brackets for IPv6 */
+    char *port;
+    bool tls;
+};
+
+struct upstream_url {
+    char *url;  /* as written */
+    char *host; /* without brackets */
+    char *port;
+    char *host_header; /* "host:port" as sent in Host when upstream_host is set */
+    bool tls;
+};
+
+struct config {
+    char *file;
+    int refcount;
+
+    struct listen_addr listens[CONFIG_MAX_LISTEN];
+    int nlistens;
+    struct upstream_url upstreams[CONFIG_MAX_UPSTREAM];
+    int nupstreams;
+    uint64_t upstream_fail_timeout_ms;
+
+    char *redis_host; /* NULL when redis_unix is set */
+    char *redis_port;
+    char *redis_unix;
+    int redis_db;
+    char *redis_user;
+    char *redis_password_file;
+    char *redis_password; /* read from redis_password_file at load; never logged */
+    uint64_t redis_timeout_ms;
+
+    char *key_prefix;
+    char *key_header; /* also global.keys[0] unless a `key` directive is added */
+    char *replay_header;
+    char *error_doc_url; /* NULL when none */
+
+    struct policy global;
+    struct route *routes; /* sorted by prefix length, longest first */
+    int nroutes;
+
+    enum on_store_error on_store_error;
+
+    int workers; /* 0 = auto */
+    int max_connections;
+    size_t max_header_size;
+    int upstream_keepalive;
+    int upstream_max_conns;
+
+    uint64_t client_header_timeout_ms;
+    uint64_t client_body_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t upstream_connect_timeout_ms;
+    uint64_t upstream_timeout_ms;
+    uint64_t shutdown_timeout_ms;
+
+    char *access_log; /* path, "stderr" or "off" */
+    char *error_log;  /* path or "stderr" */
+    enum log_level log_level;
+
+    struct listen_addr admin_listen; /* host NULL when off */
+    char *token_endpoint;            /* NULL when off */
+    char *token_header;
+    uint64_t token_ttl_ms;
+};
+
+/*
+ * Receives one message per error, already formatted "FILE:LINE: message"
+ * (or "FILE: message" when no line applies).
+ */
+typedef void (*config_error_fn)(void *arg, const char *message);
+
+/*
+ * Reads and validates a configuration file. Returns a config with refcount 1,
+ * or NULL after reporting every error found through on_error.
+ */
+struct config *config_load(const char *path, config_error_fn on_error, void *arg) MUST_CHECK;
+
+/* Parses configuration text; `name` is used in messages. Same contract. */
+struct config *config_parse(const char *name, const char *text, size_t len,
+                            config_error_fn on_error, void *arg) MUST_CHECK;
+
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg); /* frees at zero */
+
+/* The policy for a request path: the longest matching route, or global. */
+const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len);
+
+/* Parsers shared with tests: return IDEM_OK or IDEM_ERR. */
+int config_parse_duration(const char *s, uint64_t *ms) MUST_CHECK;
+int config_parse_size(const char *s, size_t *bytes) MUST_CHECK;
+
+#endif

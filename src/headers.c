@@ -1,0 +1,149 @@
+/*
+ * headers.c - header list storage and the hop-by-hop rules.
+ *
+ * A header_list grows by doubling; each field owns NUL-terminated copies of
+ * its name and value so callers may use them as C strings. Lookups are linear:
+ * requests carry few fields (bounded by max_header_size), and a linear scan of
+ * a short array beats any index for that size.
+ */
+#include "headers.h"
+
+#include <string.h>
+#include <strings.h>
+
+#include "util.h"
+
+void headers_init(struct header_list *h)
+{
+    h->items = NULL;
+    h->count = 0;
+    h->cap = 0;
+}
+
+void headers_clear(struct header_list *h)
+{
+    for (int i = 0; i < h->count; i++) {
+        free(h->items[i].name);
+        free(h->items[i].value);
+    }
+    free(h->items);
+    headers_init(h);
+}
+
+void headers_add(struct header_list *h, const char *name, size_t name_len, const char *value,
+                 size_t value_len)
+{
+    if (h->count == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->items = xrealloc(h->items, (size_t)h->cap * sizeof(*h->items));
+    }
+    struct header *f = &h->items[h->count++];
+    f->name = xstrndup(name, name_len);
+    f->name_len = name_len;
+    f->value = xstrndup(value, value_len);
+    f->value_len = value_len;
+}
+
+void headers_add_cstr(struct header_list *h, const char *name, const char *value)
+{
+    headers_add(h, name, strlen(name), value, strlen(value));
+}
+
+static void append_bytes(char **s, size_t *len, const char *more, size_t n)
+{
+    *s = xrealloc(*s, *len + n + 1);
+    memcpy(*s + *len, more, n);
+    *len += n;
+    (*s)[*len] = '\0';
+}
+
+void headers_append_value(struct header_list *h, const char *more, size_t len)
+{
+    struct header *f = &h->items[h->count - 1];
+    append_bytes(&f->value, &f->value_len, more, len);
+}
+
+void headers_append_name(struct header_list *h, const char *more, size_t len)
+{
+    struct header *f = &h->items[h->count - 1];
+    append_bytes(&f->name, &f->name_len, more, len);
+}
+
+const struct header *headers_find(const struct header_list *h, const char *name)
+{
+    for (int i = 0; i < h->count; i++)
+        if (strn_case_equal(h->items[i].name, h->items[i].name_len, name))
+            return &h->items[i];
+    return NULL;
+}
+
+int headers_count(const struct header_list *h, const char *name)
+{
+    int n = 0;
+    for (int i = 0; i < h->count; i++)
+        if (strn_case_equal(h->items[i].name, h->items[i].name_len, name))
+            n++;
+    return n;
+}
+
+void headers_remove(struct header_list *h, const char *name)
+{
+    int kept = 0;
+    for (int i = 0; i < h->count; i++) {
+        struct header *f = &h->items[i];
+        if (strn_case_equal(f->name, f->name_len, name)) {
+            free(f->name);
+            free(f->value);
+        } else {
+            h->items[kept++] = *f;
+        }
+    }
+    h->count = kept;
+}
+
+bool headers_list_has_token(const char *value, size_t len, const char *token)
+{
+    size_t i = 0;
+    while (i < len) {
+        while (i < len && (value[i] == ' ' || value[i] == '\t' || value[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < len && value[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (value[end - 1] == ' ' || value[end - 1] == '\t'))
+            end--;
+        if (end > start && strn_case_equal(value + start, end - start, token))
+            return true;
+    }
+    return false;
+}
+
+static const char *const hop_by_hop[] = {
+    "Connection", "Keep-Alive", "TE", "Trailer", "Transfer-Encoding", "Upgrade",
+};
+
+bool headers_is_hop_by_hop(const struct header_list *all, const struct header *field)
+{
+    for (size_t i = 0; i < ARRAY_LEN(hop_by_hop); i++)
+        if (strn_case_equal(field->name, field->name_len, hop_by_hop[i]))
+            return true;
+    if (field->name_len >= 6 && strncasecmp(field->name, "Proxy-", 6) == 0)
+        return true;
+    for (int i = 0; i < all->count; i++) {
+        const struct header *c = &all->items[i];
+        if (strn_case_equal(c->name, c->name_len, "Connection") &&
+            headers_list_has_token(c->value, c->value_len, field->name))
+            return true;
+    }
+    return false;
+}
+
+void headers_copy_end_to_end(struct header_list *dst, const struct header_list *src)
+{
+    for (int i = 0; i < src->count; i++) {
+        const struct header *f = &src->items[i];
+        if (!headers_is_hop_by_hop(src, f))
+            headers_add(dst, f->name, f->name_len, f->value, f->value_len);
+    }
+}

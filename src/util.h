@@ -1,0 +1,38 @@
+/*
+ * util.h - the few helpers every module shares: the return-code vocabulary,
+ * allocation that aborts on exhaustion, and a monotonic clock.
+ *
+ * Return codes: fallible functions return IDEM_OK (0) or IDEM_ERR (-1) and are
+ * marked MUST_CHECK. Helpers that fail put a short phrase in a caller buffer
+ * and never log; the caller decides the level and the context.
+ */
+#ifndef IDEM_UTIL_H
+#define IDEM_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDEM_OK 0
+#define IDEM_ERR (-1)
+
+#define MUST_CHECK __attribute__((warn_unused_result))
+#define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Allocation failure is not a condition a proxy can serve through: abort. */
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+
+/* Milliseconds on CLOCK_MONOTONIC: for durations, never for wall time. */
+uint64_t now_monotonic_ms(void);
+
+/* Case-insensitive comparison of a counted string with a C string. */
+int strn_case_equal(const char *s, size_t len, const char *cstr);
+
+/* Lower-case hex of n bytes into out (2n+1 bytes). */
+void hex_encode(const unsigned char *in, size_t n, char *out);
+
+#endif
