@@ -169,6 +169,13 @@ void config_unref(struct config *cfg); /* frees at zero */
 /* The policy for a request path: the longest matching route, or global. */
 const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len);
 
+/*
+ * The name of the i-th directive of the configuration table, NULL past the
+ * end: lets tests check that the sample configuration and the reference name
+ * every directive.
+ */
+const char *config_directive_name(int i);
+
 /* Parsers shared with tests: return IDEM_OK or IDEM_ERR. */
 int config_parse_duration(const char *s, uint64_t *ms) MUST_CHECK;
 int config_parse_size(const char *s, size_t *bytes) MUST_CHECK;

@@ -8,6 +8,7 @@
  */
 #include "headers.h"
 
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 

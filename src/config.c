@@ -1,0 +1,1558 @@
+/*
+ * config.c - the configuration file (SPEC §3): text in, struct config out.
+ *
+ * Owns the lexer, the directive table and the post-parse resolution. Pure
+ * except for two reads: config_load() reads the file, and the
+ * redis_password_file setter reads the password file.
+ *
+ *   text --read_statement()--> (line, argv, terminator)
+ *        --run_directive()---> directives[] row --setter--> field of struct
+ *                              config (global-only rows) or struct policy
+ *                              (rows flagged D_POLICY: cfg->global at top
+ *                              level, the open route's policy inside a block)
+ *   EOF  --finish()----------> defaults for every directive not given
+ *                              -> global keys from key_header
+ *                              -> routes inherit what they did not set
+ *                              -> cross-checks -> routes sorted, longest first
+ *
+ * Blocks: a statement ended by "{" opens one; only `route PREFIX {` is valid.
+ *
+ *      top level --route /p {--> in route --}--> top level
+ *          |  ^                     |  ^
+ *          {  }  (any other block,  {  }  (nested route: reported,
+ *          v  |   reported, skipped) v  |   contents skipped)
+ *        skipping (skip_depth > 0: statements ignored, braces counted)
+ *
+ * Errors: every one is reported through on_error as "FILE:LINE: message" and
+ * parsing goes on, so one run shows them all; a config is returned only when
+ * none was reported. Setters return NULL or a short phrase (a literal, or one
+ * formatted into the parser's msg buffer by phrase()); run_directive() adds
+ * "FILE:LINE: NAME: ".
+ *
+ * Ownership: struct config owns every string it points to, and each policy
+ * (global and every route) owns its own key, scope and fingerprint-header
+ * strings: inheritance deep-copies them. config_unref() frees all of it once.
+ */
+#include "config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+#define PASSWORD_MAX 1024
+#define WORKERS_MAX 1024
+#define DEFAULT_ARGS_MAX 8
+
+struct parser;
+struct directive;
+
+/* One call of a setter: the directive, its arguments and where they go. */
+struct setting {
+    struct parser *ps;
+    const struct directive *d;
+    void *base;  /* struct config, or struct policy for D_POLICY rows */
+    void *field; /* base + d->offset */
+    int argc;    /* arguments after the directive name */
+    char **argv;
+};
+
+/* Returns NULL on success or a phrase describing what is wrong. */
+typedef const char *(*setter_fn)(struct setting *s);
+/* Copies a policy field that owns memory or spans several members. */
+typedef void (*inherit_fn)(struct policy *dst, const struct policy *src);
+
+enum {
+    D_GLOBAL = 1u << 0,   /* allowed at top level */
+    D_ROUTE = 1u << 1,    /* allowed inside a route block */
+    D_BOTH = D_GLOBAL | D_ROUTE,
+    D_POLICY = 1u << 2,   /* offset is into struct policy, else struct config */
+    D_MULTI = 1u << 3,    /* may be given more than once */
+    D_REQUIRED = 1u << 4, /* must be given */
+    D_BLOCK = 1u << 5,    /* opens a block; handled by the framework */
+};
+
+struct directive {
+    const char *name;
+    setter_fn set;
+    size_t offset;
+    size_t size; /* of the field, for inheritance by plain copy */
+    unsigned flags;
+    int min_args;
+    int max_args;             /* -1: no limit */
+    const char *def;          /* default as blank-separated arguments; NULL: none */
+    const char *const *words; /* set_enum: the keyword of each enum value, NULL-ended */
+    inherit_fn inherit;       /* NULL: copy `size` bytes at `offset` */
+};
+
+static const char *set_listen(struct setting *s);
+static const char *set_upstream(struct setting *s);
+static const char *set_redis(struct setting *s);
+static const char *set_password_file(struct setting *s);
+static const char *set_duration(struct setting *s);
+static const char *set_size(struct setting *s);
+static const char *set_bool(struct setting *s);
+static const char *set_enum(struct setting *s);
+static const char *set_string(struct setting *s);
+static const char *set_header_name(struct setting *s);
+static const char *set_url(struct setting *s);
+static const char *set_uint(struct setting *s);
+static const char *set_count(struct setting *s);
+static const char *set_workers(struct setting *s);
+static const char *set_access_log(struct setting *s);
+static const char *set_error_log(struct setting *s);
+static const char *set_admin_listen(struct setting *s);
+static const char *set_token_endpoint(struct setting *s);
+static const char *set_methods(struct setting *s);
+static const char *set_keys(struct setting *s);
+static const char *set_scope(struct setting *s);
+static const char *set_fingerprint(struct setting *s);
+static const char *set_release_on(struct setting *s);
+static const char *set_on_inflight(struct setting *s);
+
+static void inherit_keys(struct policy *dst, const struct policy *src);
+static void inherit_scope(struct policy *dst, const struct policy *src);
+static void inherit_fingerprint(struct policy *dst, const struct policy *src);
+static void inherit_on_inflight(struct policy *dst, const struct policy *src);
+
+/* Word lists for set_enum, in enum order. */
+static const char *const on_duplicate_words[] = {"replay", "reject", NULL};
+static const char *const on_store_error_words[] = {"reject", "pass", NULL};
+static const char *const log_level_words[] = {"error", "warn", "info", "debug", NULL};
+
+#define CFG(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+#define POL(f) offsetof(struct policy, f), sizeof(((struct policy *)0)->f)
+#define G D_GLOBAL
+#define GM (D_GLOBAL | D_MULTI)
+#define P (D_BOTH | D_POLICY)
+#define R (D_ROUTE | D_POLICY)
+
+/*
+ * Every directive, in the order of SPEC §3. Defaults are applied after the
+ * whole file is read, through the same setter, to every directive not given;
+ * `key` has none: the global keys come from key_header (see finish()).
+ */
+static const struct directive directives[] = {
+    /* name, setter, offset+size, flags, min, max, default, words, inherit */
+    {"listen", set_listen, CFG(listens), GM, 1, 2, "127.0.0.1:8080", NULL, NULL},
+    {"upstream", set_upstream, CFG(upstreams), GM | D_REQUIRED, 1, -1, NULL, NULL, NULL},
+    {"upstream_fail_timeout", set_duration, CFG(upstream_fail_timeout_ms), G, 1, 1, "10s", NULL,
+     NULL},
+    {"redis", set_redis, CFG(redis_host), G, 1, 1, "127.0.0.1:6379", NULL, NULL},
+    {"redis_db", set_uint, CFG(redis_db), G, 1, 1, "0", NULL, NULL},
+    {"redis_user", set_string, CFG(redis_user), G, 1, 1, NULL, NULL, NULL},
+    {"redis_password_file", set_password_file, CFG(redis_password_file), G, 1, 1, NULL, NULL,
+     NULL},
+    {"redis_timeout", set_duration, CFG(redis_timeout_ms), G, 1, 1, "1s", NULL, NULL},
+    {"key_prefix", set_string, CFG(key_prefix), G, 1, 1, "idem:", NULL, NULL},
+    {"key_header", set_header_name, CFG(key_header), G, 1, 1, "Idempotency-Key", NULL, NULL},
+    {"methods", set_methods, POL(methods), P, 1, -1, "POST PUT PATCH DELETE", NULL, NULL},
+    {"key", set_keys, POL(keys), R, 1, CONFIG_MAX_KEY_SOURCES, NULL, NULL, inherit_keys},
+    {"require_key", set_bool, POL(require_key), P, 1, 1, "off", NULL, NULL},
+    {"require_token", set_bool, POL(require_token), R, 1, 1, "off", NULL, NULL},
+    {"ttl", set_duration, POL(ttl_ms), P, 1, 1, "24h", NULL, NULL},
+    {"lock_ttl", set_duration, POL(lock_ttl_ms), P, 1, 1, "60s", NULL, NULL},
+    {"scope", set_scope, POL(scope), P, 1, 1, "header:Authorization", NULL, inherit_scope},
+    {"fingerprint", set_fingerprint, POL(fingerprint), P, 1, -1, "method path body", NULL,
+     inherit_fingerprint},
+    {"release_on", set_release_on, POL(release_on), P, 1, -1, "500 502 503 504 408 429", NULL,
+     NULL},
+    {"on_duplicate", set_enum, POL(on_duplicate), P, 1, 1, "replay", on_duplicate_words, NULL},
+    {"on_inflight", set_on_inflight, POL(on_inflight), P, 1, 2, "reject", NULL,
+     inherit_on_inflight},
+    {"on_store_error", set_enum, CFG(on_store_error), G, 1, 1, "reject", on_store_error_words,
+     NULL},
+    {"max_request_body", set_size, POL(max_request_body), P, 1, 1, "1m", NULL, NULL},
+    {"max_cached_body", set_size, POL(max_cached_body), P, 1, 1, "1m", NULL, NULL},
+    {"bypass", set_bool, POL(bypass), R, 1, 1, "off", NULL, NULL},
+    {"replay_header", set_header_name, CFG(replay_header), G, 1, 1, "Idempotent-Replayed", NULL,
+     NULL},
+    {"error_doc_url", set_url, CFG(error_doc_url), G, 1, 1, NULL, NULL, NULL},
+    {"workers", set_workers, CFG(workers), G, 1, 1, "auto", NULL, NULL},
+    {"max_connections", set_count, CFG(max_connections), G, 1, 1, "10000", NULL, NULL},
+    {"max_header_size", set_size, CFG(max_header_size), G, 1, 1, "16k", NULL, NULL},
+    {"upstream_keepalive", set_uint, CFG(upstream_keepalive), G, 1, 1, "256", NULL, NULL},
+    {"upstream_max_conns", set_count, CFG(upstream_max_conns), G, 1, 1, "1024", NULL, NULL},
+    {"client_header_timeout", set_duration, CFG(client_header_timeout_ms), G, 1, 1, "10s", NULL,
+     NULL},
+    {"client_body_timeout", set_duration, CFG(client_body_timeout_ms), G, 1, 1, "30s", NULL,
+     NULL},
+    {"idle_timeout", set_duration, CFG(idle_timeout_ms), G, 1, 1, "60s", NULL, NULL},
+    {"upstream_connect_timeout", set_duration, CFG(upstream_connect_timeout_ms), G, 1, 1, "3s",
+     NULL, NULL},
+    {"upstream_timeout", set_duration, CFG(upstream_timeout_ms), G, 1, 1, "30s", NULL, NULL},
+    {"shutdown_timeout", set_duration, CFG(shutdown_timeout_ms), G, 1, 1, "30s", NULL, NULL},
+    {"access_log", set_access_log, CFG(access_log), G, 1, 1, "stderr", NULL, NULL},
+    {"error_log", set_error_log, CFG(error_log), G, 1, 1, "stderr", NULL, NULL},
+    {"log_level", set_enum, CFG(log_level), G, 1, 1, "info", log_level_words, NULL},
+    {"admin_listen", set_admin_listen, CFG(admin_listen), G, 1, 1, "off", NULL, NULL},
+    {"token_endpoint", set_token_endpoint, CFG(token_endpoint), G, 1, 1, "off", NULL, NULL},
+    {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL,
+     NULL},
+    {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
+    {"route", NULL, 0, 0, G | D_BLOCK | D_MULTI, 1, 1, NULL, NULL, NULL},
+};
+
+#undef G
+#undef GM
+#undef P
+#undef R
+
+#define NDIRECTIVES ARRAY_LEN(directives)
+
+struct parser {
+    const char *name; /* file name for messages */
+    const char *p;
+    const char *end;
+    int line;
+    config_error_fn on_error; /* may be NULL */
+    void *arg;
+    int nerrors;
+    struct config *cfg;
+    int global_seen[NDIRECTIVES]; /* line where each was given at top level; 0: not given */
+    int (*route_seen)[NDIRECTIVES]; /* the same per route, parallel to cfg->routes */
+    int routes_cap;
+    int cur_route;  /* index of the open route block, -1 at top level */
+    int skip_depth; /* > 0 while inside a block that was rejected */
+    char msg[512];  /* phrase() output */
+};
+
+/* A statement as the lexer returns it; argv strings are malloc'd. */
+struct stmt {
+    char **argv;
+    int argc;
+    int cap;
+    int line; /* of the first word, or of the brace when there is none */
+    bool bad; /* a lexical error was reported: do not run it */
+};
+
+enum term { TERM_END, TERM_OPEN, TERM_CLOSE, TERM_EOF };
+
+static const char *phrase(struct parser *ps, const char *fmt, ...) PRINTF_LIKE(2, 3);
+static void report(struct parser *ps, int line, const char *fmt, ...) PRINTF_LIKE(3, 4);
+
+/* Formats into ps->msg; the result lives until the next phrase(). */
+static const char *phrase(struct parser *ps, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(ps->msg, sizeof(ps->msg), fmt, ap);
+    va_end(ap);
+    return ps->msg;
+}
+
+/* Reports one error as "FILE:LINE: message", or "FILE: message" for line 0. */
+static void report(struct parser *ps, int line, const char *fmt, ...)
+{
+    char body[768];
+    char out[1024 + 768];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(body, sizeof(body), fmt, ap);
+    va_end(ap);
+    if (line > 0)
+        snprintf(out, sizeof(out), "%.1000s:%d: %s", ps->name, line, body);
+    else
+        snprintf(out, sizeof(out), "%.1000s: %s", ps->name, body);
+    ps->nerrors++;
+    if (ps->on_error != NULL)
+        ps->on_error(ps->arg, out);
+}
+
+static const struct directive *find_directive(const char *name)
+{
+    for (size_t i = 0; i < NDIRECTIVES; i++)
+        if (strcmp(directives[i].name, name) == 0)
+            return &directives[i];
+    return NULL;
+}
+
+static int directive_index(const char *name)
+{
+    return (int)(find_directive(name) - directives);
+}
+
+const char *config_directive_name(int i)
+{
+    return i >= 0 && (size_t)i < NDIRECTIVES ? directives[i].name : NULL;
+}
+
+/* ---- values ---------------------------------------------------------- */
+
+int config_parse_duration(const char *s, uint64_t *ms)
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
+    uint64_t n = 0;
+    const char *p = s;
+
+    if (*p < '0' || *p > '9')
+        return IDEM_ERR;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        unsigned digit = (unsigned)(*p - '0');
+        if (n > (UINT64_MAX - digit) / 10)
+            return IDEM_ERR;
+        n = n * 10 + digit;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(units); i++) {
+        if (strcmp(p, units[i].unit) != 0)
+            continue;
+        if (n > UINT64_MAX / units[i].ms)
+            return IDEM_ERR;
+        *ms = n * units[i].ms;
+        return IDEM_OK;
+    }
+    return IDEM_ERR;
+}
+
+int config_parse_size(const char *s, size_t *bytes)
+{
+    size_t n = 0;
+    size_t mult = 1;
+    const char *p = s;
+
+    if (*p < '0' || *p > '9')
+        return IDEM_ERR;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        size_t digit = (size_t)(*p - '0');
+        if (n > (SIZE_MAX - digit) / 10)
+            return IDEM_ERR;
+        n = n * 10 + digit;
+    }
+    switch (*p) {
+    case '\0':
+        break;
+    case 'k':
+    case 'K':
+        mult = 1024;
+        break;
+    case 'm':
+    case 'M':
+        mult = 1024 * 1024;
+        break;
+    case 'g':
+    case 'G':
+        mult = 1024 * 1024 * 1024;
+        break;
+    default:
+        return IDEM_ERR;
+    }
+    if (*p != '\0' && p[1] != '\0')
+        return IDEM_ERR;
+    if (n > SIZE_MAX / mult)
+        return IDEM_ERR;
+    *bytes = n * mult;
+    return IDEM_OK;
+}
+
+/* "30s", "1m", "1500ms": the largest unit that divides ms exactly. */
+static const char *format_duration(uint64_t ms, char buf[32])
+{
+    static const struct {
+        const char *unit;
+        uint64_t ms;
+    } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
+    for (size_t i = 0; i < ARRAY_LEN(units); i++) {
+        if (ms != 0 && ms % units[i].ms == 0) {
+            snprintf(buf, 32, "%llu%s", (unsigned long long)(ms / units[i].ms), units[i].unit);
+            return buf;
+        }
+    }
+    snprintf(buf, 32, "%llums", (unsigned long long)ms);
+    return buf;
+}
+
+/* Decimal digits only, lo..hi. */
+static int parse_int(const char *s, long lo, long hi, int *out)
+{
+    long n = 0;
+    if (*s == '\0')
+        return IDEM_ERR;
+    for (; *s != '\0'; s++) {
+        if (*s < '0' || *s > '9' || n > hi)
+            return IDEM_ERR;
+        n = n * 10 + (*s - '0');
+    }
+    if (n < lo || n > hi)
+        return IDEM_ERR;
+    *out = (int)n;
+    return IDEM_OK;
+}
+
+/* RFC 9110 token characters: what a header field name may contain. */
+static bool valid_header_name(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              strchr("!#$%&'*+-.^_`|~", c) != NULL))
+            return false;
+    }
+    return true;
+}
+
+/* A host name (letters, digits, '-', '.', '_') or, bracketed, an IPv6 address. */
+static bool valid_host(const char *host, bool bracketed)
+{
+    unsigned char addr[16];
+    if (bracketed)
+        return inet_pton(AF_INET6, host, addr) == 1;
+    for (const char *p = host; *p != '\0'; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_'))
+            return false;
+    }
+    return *host != '\0';
+}
+
+static bool valid_port(const char *s)
+{
+    int port;
+    return strlen(s) <= 5 && parse_int(s, 1, 65535, &port) == IDEM_OK;
+}
+
+/*
+ * Splits "HOST:PORT" or "[IPV6]:PORT"; with default_port non-NULL the port
+ * may be left out. On success *host (without brackets) and *port are
+ * malloc'd for the caller; on failure nothing is allocated.
+ */
+static const char *split_host_port(struct setting *s, const char *arg, const char *default_port,
+                                   char **host, char **port, bool *bracketed)
+{
+    const char *h = arg;
+    const char *port_str = default_port;
+    size_t hlen;
+
+    if (arg[0] == '[') {
+        const char *close = strchr(arg, ']');
+        if (close == NULL || (close[1] != ':' && (close[1] != '\0' || default_port == NULL)))
+            return phrase(s->ps, "expected [IPV6]:PORT, got \"%s\"", arg);
+        h = arg + 1;
+        hlen = (size_t)(close - h);
+        if (close[1] == ':')
+            port_str = close + 2;
+        *bracketed = true;
+    } else {
+        const char *colon = strrchr(arg, ':');
+        if (colon == NULL && default_port == NULL)
+            return phrase(s->ps, "expected HOST:PORT, got \"%s\"", arg);
+        hlen = colon != NULL ? (size_t)(colon - arg) : strlen(arg);
+        if (memchr(arg, ':', hlen) != NULL)
+            return phrase(s->ps, "IPv6 addresses go in brackets, like [::1]:8080, got \"%s\"",
+                          arg);
+        if (colon != NULL)
+            port_str = colon + 1;
+        *bracketed = false;
+    }
+    if (hlen == 0)
+        return phrase(s->ps, "missing host in \"%s\"", arg);
+    if (!valid_port(port_str))
+        return phrase(s->ps, "port must be 1..65535, got \"%s\"", port_str);
+    *host = xstrndup(h, hlen);
+    *port = xstrdup(port_str);
+    return NULL;
+}
+
+/* A listening address: numeric IPv4, or bracketed IPv6, and a port. */
+static const char *parse_listen_addr(struct setting *s, const char *arg, struct listen_addr *out)
+{
+    unsigned char addr[16];
+    bool bracketed = false;
+    char *host = NULL;
+    char *port = NULL;
+    const char *err = split_host_port(s, arg, NULL, &host, &port, &bracketed);
+    if (err != NULL)
+        return err;
+    if (inet_pton(bracketed ? AF_INET6 : AF_INET, host, addr) != 1) {
+        free(host);
+        free(port);
+        return phrase(s->ps, "expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
+                             "got \"%s\"",
+                      arg);
+    }
+    out->host = host;
+    out->port = port;
+    out->tls = false;
+    return NULL;
+}
+
+/* ---- policies -------------------------------------------------------- */
+
+static void clear_keys(struct policy *p)
+{
+    for (int i = 0; i < p->nkeys; i++) {
+        free(p->keys[i].name);
+        p->keys[i].name = NULL;
+    }
+    p->nkeys = 0;
+}
+
+static void clear_fp_headers(struct policy *p)
+{
+    for (int i = 0; i < p->nfp_headers; i++) {
+        free(p->fp_headers[i]);
+        p->fp_headers[i] = NULL;
+    }
+    p->nfp_headers = 0;
+}
+
+static void policy_free(struct policy *p)
+{
+    clear_keys(p);
+    clear_fp_headers(p);
+    free(p->scope.name);
+    p->scope.name = NULL;
+}
+
+static struct key_source copy_source(const struct key_source *src)
+{
+    struct key_source ks = {src->kind, src->name != NULL ? xstrdup(src->name) : NULL};
+    return ks;
+}
+
+static void inherit_keys(struct policy *dst, const struct policy *src)
+{
+    clear_keys(dst);
+    for (int i = 0; i < src->nkeys; i++)
+        dst->keys[i] = copy_source(&src->keys[i]);
+    dst->nkeys = src->nkeys;
+}
+
+static void inherit_scope(struct policy *dst, const struct policy *src)
+{
+    free(dst->scope.name);
+    dst->scope = copy_source(&src->scope);
+}
+
+static void inherit_fingerprint(struct policy *dst, const struct policy *src)
+{
+    clear_fp_headers(dst);
+    dst->fingerprint = src->fingerprint;
+    for (int i = 0; i < src->nfp_headers; i++)
+        dst->fp_headers[i] = xstrdup(src->fp_headers[i]);
+    dst->nfp_headers = src->nfp_headers;
+}
+
+static void inherit_on_inflight(struct policy *dst, const struct policy *src)
+{
+    dst->on_inflight = src->on_inflight;
+    dst->inflight_wait_ms = src->inflight_wait_ms;
+}
+
+/* ---- setters --------------------------------------------------------- */
+
+static const char *set_duration(struct setting *s)
+{
+    uint64_t ms;
+    if (config_parse_duration(s->argv[0], &ms) != IDEM_OK)
+        return phrase(s->ps, "expected a duration like 30s, got \"%s\"", s->argv[0]);
+    if (ms == 0)
+        return "must be greater than 0";
+    *(uint64_t *)s->field = ms;
+    return NULL;
+}
+
+static const char *set_size(struct setting *s)
+{
+    if (config_parse_size(s->argv[0], (size_t *)s->field) != IDEM_OK)
+        return phrase(s->ps, "expected a size like 512, 64k, 1m or 1g, got \"%s\"", s->argv[0]);
+    return NULL;
+}
+
+static const char *set_bool(struct setting *s)
+{
+    if (strcmp(s->argv[0], "on") == 0)
+        *(bool *)s->field = true;
+    else if (strcmp(s->argv[0], "off") == 0)
+        *(bool *)s->field = false;
+    else
+        return phrase(s->ps, "expected on or off, got \"%s\"", s->argv[0]);
+    return NULL;
+}
+
+/* The field is an enum; s->d->words names its values in order. */
+static const char *set_enum(struct setting *s)
+{
+    const char *const *words = s->d->words;
+    size_t used = 0;
+    int n = 0;
+
+    for (n = 0; words[n] != NULL; n++) {
+        if (strcmp(s->argv[0], words[n]) == 0) {
+            *(int *)s->field = n;
+            return NULL;
+        }
+    }
+    used = (size_t)snprintf(s->ps->msg, sizeof(s->ps->msg), "expected ");
+    for (int i = 0; i < n && used < sizeof(s->ps->msg); i++)
+        used += (size_t)snprintf(s->ps->msg + used, sizeof(s->ps->msg) - used, "%s%s",
+                                 i == 0 ? "" : (i == n - 1 ? " or " : ", "), words[i]);
+    if (used < sizeof(s->ps->msg))
+        snprintf(s->ps->msg + used, sizeof(s->ps->msg) - used, ", got \"%s\"", s->argv[0]);
+    return s->ps->msg;
+}
+
+static const char *set_string(struct setting *s)
+{
+    char **field = s->field;
+    free(*field);
+    *field = xstrdup(s->argv[0]);
+    return NULL;
+}
+
+static const char *set_header_name(struct setting *s)
+{
+    if (!valid_header_name(s->argv[0]))
+        return phrase(s->ps, "not a valid header name: \"%s\"", s->argv[0]);
+    return set_string(s);
+}
+
+/* error_doc_url: goes into a Link header, so no blanks, quotes or <>. */
+static const char *set_url(struct setting *s)
+{
+    const char *url = s->argv[0];
+    if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
+        return phrase(s->ps, "expected an http:// or https:// URL, got \"%s\"", url);
+    for (const char *p = url; *p != '\0'; p++)
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f || strchr("<>\"", *p) != NULL)
+            return "the URL must not contain blanks, quotes or angle brackets";
+    return set_string(s);
+}
+
+static const char *set_uint(struct setting *s)
+{
+    if (parse_int(s->argv[0], 0, INT32_MAX, s->field) != IDEM_OK)
+        return phrase(s->ps, "expected a number 0 or more, got \"%s\"", s->argv[0]);
+    return NULL;
+}
+
+static const char *set_count(struct setting *s)
+{
+    if (parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
+        return phrase(s->ps, "expected a number 1 or more, got \"%s\"", s->argv[0]);
+    return NULL;
+}
+
+static const char *set_workers(struct setting *s)
+{
+    if (strcmp(s->argv[0], "auto") == 0) {
+        *(int *)s->field = 0;
+        return NULL;
+    }
+    if (parse_int(s->argv[0], 0, WORKERS_MAX, s->field) != IDEM_OK)
+        return phrase(s->ps, "expected auto or a number 0..%d, got \"%s\"", WORKERS_MAX,
+                      s->argv[0]);
+    return NULL;
+}
+
+static const char *set_access_log(struct setting *s)
+{
+    if (s->argv[0][0] == '\0')
+        return "expected a path, stderr or off";
+    return set_string(s);
+}
+
+static const char *set_error_log(struct setting *s)
+{
+    if (s->argv[0][0] == '\0' || strcmp(s->argv[0], "off") == 0)
+        return phrase(s->ps, "expected a path or stderr, got \"%s\"", s->argv[0]);
+    return set_string(s);
+}
+
+static const char *set_token_endpoint(struct setting *s)
+{
+    char **field = s->field;
+    if (strcmp(s->argv[0], "off") == 0) {
+        free(*field);
+        *field = NULL;
+        return NULL;
+    }
+    if (s->argv[0][0] != '/')
+        return phrase(s->ps, "expected a path starting with \"/\" or off, got \"%s\"",
+                      s->argv[0]);
+    return set_string(s);
+}
+
+static const char *set_listen(struct setting *s)
+{
+    struct config *cfg = s->base;
+    struct listen_addr la;
+    const char *err;
+
+    if (s->argc == 2 && strcmp(s->argv[1], "tls") == 0)
+        return "tls is not supported yet";
+    if (s->argc == 2)
+        return phrase(s->ps, "unknown parameter \"%s\"", s->argv[1]);
+    if (cfg->nlistens == CONFIG_MAX_LISTEN)
+        return phrase(s->ps, "too many listen addresses (at most %d)", CONFIG_MAX_LISTEN);
+    err = parse_listen_addr(s, s->argv[0], &la);
+    if (err != NULL)
+        return err;
+    for (int i = 0; i < cfg->nlistens; i++) {
+        if (strcmp(cfg->listens[i].host, la.host) == 0 &&
+            strcmp(cfg->listens[i].port, la.port) == 0) {
+            free(la.host);
+            free(la.port);
+            return phrase(s->ps, "duplicate address \"%s\"", s->argv[0]);
+        }
+    }
+    cfg->listens[cfg->nlistens++] = la;
+    return NULL;
+}
+
+static const char *set_admin_listen(struct setting *s)
+{
+    struct config *cfg = s->base;
+    if (strcmp(s->argv[0], "off") == 0)
+        return NULL; /* host stays NULL */
+    return parse_listen_addr(s, s->argv[0], &cfg->admin_listen);
+}
+
+/* http://HOST[:PORT][/]; HOST a name, an IPv4 address or [IPv6]. */
+static const char *parse_upstream_url(struct setting *s, const char *url, struct upstream_url *out)
+{
+    const char *authority = url + 7;
+    const char *slash;
+    size_t alen;
+    char *auth;
+    const char *err;
+    bool bracketed = false;
+
+    if (strncasecmp(url, "https://", 8) == 0)
+        return "https upstreams are not supported yet";
+    if (strncasecmp(url, "http://", 7) != 0)
+        return phrase(s->ps, "expected a URL like http://host:port, got \"%s\"", url);
+    slash = strchr(authority, '/');
+    if (slash != NULL && strcmp(slash, "/") != 0)
+        return phrase(s->ps, "an upstream URL cannot have a path, got \"%s\"", url);
+    alen = slash != NULL ? (size_t)(slash - authority) : strlen(authority);
+    auth = xstrndup(authority, alen);
+    err = split_host_port(s, auth, "80", &out->host, &out->port, &bracketed);
+    if (err == NULL && !valid_host(out->host, bracketed)) {
+        err = phrase(s->ps, "invalid host in \"%s\"", url);
+        free(out->host);
+        free(out->port);
+    }
+    if (err != NULL) {
+        free(auth);
+        return err;
+    }
+    out->url = xstrdup(url);
+    out->host_header = auth;
+    out->tls = false;
+    return NULL;
+}
+
+static const char *set_upstream(struct setting *s)
+{
+    struct config *cfg = s->base;
+    for (int i = 0; i < s->argc; i++) {
+        struct upstream_url u;
+        const char *err;
+        if (cfg->nupstreams == CONFIG_MAX_UPSTREAM)
+            return phrase(s->ps, "too many upstreams (at most %d)", CONFIG_MAX_UPSTREAM);
+        err = parse_upstream_url(s, s->argv[i], &u);
+        if (err != NULL)
+            return err;
+        cfg->upstreams[cfg->nupstreams++] = u;
+    }
+    return NULL;
+}
+
+static const char *set_redis(struct setting *s)
+{
+    struct config *cfg = s->base;
+    const char *arg = s->argv[0];
+    char *host = NULL;
+    char *port = NULL;
+    bool bracketed = false;
+    const char *err;
+
+    if (strncmp(arg, "unix:", 5) == 0) {
+        if (arg[5] == '\0')
+            return "expected unix:PATH with a path";
+    } else {
+        err = split_host_port(s, arg, NULL, &host, &port, &bracketed);
+        if (err != NULL)
+            return err;
+        if (!valid_host(host, bracketed)) {
+            free(host);
+            free(port);
+            return phrase(s->ps, "invalid host in \"%s\"", arg);
+        }
+    }
+    free(cfg->redis_host);
+    free(cfg->redis_port);
+    free(cfg->redis_unix);
+    cfg->redis_host = host;
+    cfg->redis_port = port;
+    cfg->redis_unix = host == NULL ? xstrdup(arg + 5) : NULL;
+    return NULL;
+}
+
+/*
+ * Reads the password now, so that a missing file fails the check (-t) and a
+ * reload, not the first Redis connection. The password never appears in a
+ * message; the path does.
+ */
+static const char *set_password_file(struct setting *s)
+{
+    struct config *cfg = s->base;
+    const char *path = s->argv[0];
+    char buf[PASSWORD_MAX + 2]; /* room for a newline, and one byte to detect more */
+    const char *err = NULL;
+    size_t n;
+    int read_errno;
+    FILE *f = fopen(path, "r");
+
+    if (f == NULL)
+        return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
+    n = fread(buf, 1, sizeof(buf), f);
+    read_errno = ferror(f) ? errno : 0;
+    fclose(f);
+    if (n < sizeof(buf) && n > 0 && buf[n - 1] == '\n')
+        n--;
+    if (n < sizeof(buf) && n > 0 && buf[n - 1] == '\r')
+        n--;
+    if (read_errno != 0)
+        err = phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
+    else if (n > PASSWORD_MAX)
+        err = phrase(s->ps, "\"%s\" is longer than %d bytes", path, PASSWORD_MAX);
+    else if (n == 0)
+        err = phrase(s->ps, "\"%s\" is empty", path);
+    else if (memchr(buf, '\0', n) != NULL)
+        err = phrase(s->ps, "\"%s\" contains a NUL byte", path);
+    if (err == NULL) {
+        free(cfg->redis_password_file);
+        cfg->redis_password_file = xstrdup(path);
+        free(cfg->redis_password);
+        cfg->redis_password = xstrndup(buf, n);
+    }
+    explicit_bzero(buf, sizeof(buf));
+    return err;
+}
+
+/* The HTTP methods llhttp knows, by their wire names. */
+static const struct {
+    int id;
+    const char *name;
+} http_methods[] = {
+#define METHOD_ROW(num, name, string) {num, #string},
+    HTTP_METHOD_MAP(METHOD_ROW)
+#undef METHOD_ROW
+};
+
+static const char *set_methods(struct setting *s)
+{
+    uint64_t bits = 0;
+    for (int i = 0; i < s->argc; i++) {
+        size_t m = 0;
+        while (m < ARRAY_LEN(http_methods) && strcmp(http_methods[m].name, s->argv[i]) != 0)
+            m++;
+        if (m == ARRAY_LEN(http_methods))
+            return phrase(s->ps, "unknown method \"%s\"", s->argv[i]);
+        bits |= 1ull << http_methods[m].id;
+    }
+    *(uint64_t *)s->field = bits;
+    return NULL;
+}
+
+/* RFC 6901: "/" then reference tokens where "~" is only in "~0" or "~1". */
+static bool valid_json_pointer(const char *p)
+{
+    if (*p != '/')
+        return false;
+    for (; *p != '\0'; p++)
+        if (*p == '~' && p[1] != '0' && p[1] != '1')
+            return false;
+    return true;
+}
+
+static const char *parse_key_source(struct setting *s, const char *arg, struct key_source *out)
+{
+    if (strcmp(arg, "token") == 0) {
+        out->kind = KEY_SOURCE_TOKEN;
+        out->name = NULL;
+        return NULL;
+    }
+    if (strncmp(arg, "header:", 7) == 0) {
+        if (!valid_header_name(arg + 7))
+            return phrase(s->ps, "not a valid header name in \"%s\"", arg);
+        out->kind = KEY_SOURCE_HEADER;
+        out->name = xstrdup(arg + 7);
+    } else if (strncmp(arg, "query:", 6) == 0 || strncmp(arg, "form:", 5) == 0) {
+        const char *name = strchr(arg, ':') + 1;
+        if (*name == '\0')
+            return phrase(s->ps, "missing parameter name in \"%s\"", arg);
+        out->kind = arg[0] == 'q' ? KEY_SOURCE_QUERY : KEY_SOURCE_FORM;
+        out->name = xstrdup(name);
+    } else if (strncmp(arg, "json:", 5) == 0) {
+        if (!valid_json_pointer(arg + 5))
+            return phrase(s->ps, "expected a JSON pointer like json:/order_no, got \"%s\"", arg);
+        out->kind = KEY_SOURCE_JSON;
+        out->name = xstrdup(arg + 5);
+    } else {
+        return phrase(s->ps,
+                      "unknown key source \"%s\" (expected header:NAME, query:NAME, form:NAME, "
+                      "json:/pointer or token)",
+                      arg);
+    }
+    return NULL;
+}
+
+static const char *set_keys(struct setting *s)
+{
+    struct policy *p = s->base;
+    clear_keys(p);
+    for (int i = 0; i < s->argc; i++) {
+        const char *err = parse_key_source(s, s->argv[i], &p->keys[p->nkeys]);
+        if (err != NULL)
+            return err;
+        p->nkeys++;
+    }
+    return NULL;
+}
+
+static const char *set_scope(struct setting *s)
+{
+    struct policy *p = s->base;
+    const char *arg = s->argv[0];
+
+    if (strcmp(arg, "none") != 0 && strncmp(arg, "header:", 7) != 0)
+        return phrase(s->ps, "expected header:NAME or none, got \"%s\"", arg);
+    if (arg[0] == 'h' && !valid_header_name(arg + 7))
+        return phrase(s->ps, "not a valid header name in \"%s\"", arg);
+    free(p->scope.name);
+    p->scope.kind = arg[0] == 'h' ? KEY_SOURCE_HEADER : KEY_SOURCE_NONE;
+    p->scope.name = arg[0] == 'h' ? xstrdup(arg + 7) : NULL;
+    return NULL;
+}
+
+static const char *set_fingerprint(struct setting *s)
+{
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } parts[] = {{"method", FP_METHOD}, {"path", FP_PATH}, {"query", FP_QUERY}, {"body", FP_BODY}};
+    struct policy *p = s->base;
+
+    clear_fp_headers(p);
+    p->fingerprint = 0;
+    for (int i = 0; i < s->argc; i++) {
+        const char *arg = s->argv[i];
+        size_t k = 0;
+        while (k < ARRAY_LEN(parts) && strcmp(parts[k].name, arg) != 0)
+            k++;
+        if (k < ARRAY_LEN(parts)) {
+            p->fingerprint |= parts[k].bit;
+        } else if (strncmp(arg, "header:", 7) == 0) {
+            if (!valid_header_name(arg + 7))
+                return phrase(s->ps, "not a valid header name in \"%s\"", arg);
+            if (p->nfp_headers == CONFIG_MAX_FP_HEADERS)
+                return phrase(s->ps, "too many header: parts (at most %d)",
+                              CONFIG_MAX_FP_HEADERS);
+            p->fp_headers[p->nfp_headers++] = xstrdup(arg + 7);
+        } else {
+            return phrase(s->ps,
+                          "unknown part \"%s\" (expected method, path, query, body or "
+                          "header:NAME)",
+                          arg);
+        }
+    }
+    return NULL;
+}
+
+static const char *set_release_on(struct setting *s)
+{
+    struct policy *p = s->base;
+    memset(p->release_on, 0, sizeof(p->release_on));
+    for (int i = 0; i < s->argc; i++) {
+        const char *arg = s->argv[i];
+        int status;
+        if (arg[0] >= '1' && arg[0] <= '5' && (arg[1] == 'x' || arg[1] == 'X') &&
+            (arg[2] == 'x' || arg[2] == 'X') && arg[3] == '\0') {
+            int base = (arg[0] - '0') * 100;
+            for (int c = base; c < base + 100; c++)
+                p->release_on[c] = true;
+        } else if (strlen(arg) == 3 && parse_int(arg, 100, 599, &status) == IDEM_OK) {
+            p->release_on[status] = true;
+        } else {
+            return phrase(s->ps, "expected a status 100..599 or a class like 5xx, got \"%s\"",
+                          arg);
+        }
+    }
+    return NULL;
+}
+
+static const char *set_on_inflight(struct setting *s)
+{
+    struct policy *p = s->base;
+    uint64_t ms;
+
+    if (strcmp(s->argv[0], "reject") == 0) {
+        if (s->argc != 1)
+            return "reject takes no duration";
+        p->on_inflight = ON_INFLIGHT_REJECT;
+        p->inflight_wait_ms = 0;
+        return NULL;
+    }
+    if (strcmp(s->argv[0], "wait") != 0)
+        return phrase(s->ps, "expected reject or wait DURATION, got \"%s\"", s->argv[0]);
+    if (s->argc != 2)
+        return "wait needs a duration, like: on_inflight wait 5s";
+    if (config_parse_duration(s->argv[1], &ms) != IDEM_OK || ms == 0)
+        return phrase(s->ps, "expected a duration like 30s, got \"%s\"", s->argv[1]);
+    p->on_inflight = ON_INFLIGHT_WAIT;
+    p->inflight_wait_ms = ms;
+    return NULL;
+}
+
+/* ---- lexer ----------------------------------------------------------- */
+
+struct word {
+    char *s;
+    size_t len;
+    size_t cap;
+};
+
+static void word_add(struct word *w, char c)
+{
+    if (w->len + 1 >= w->cap) {
+        w->cap = w->cap != 0 ? w->cap * 2 : 32;
+        w->s = xrealloc(w->s, w->cap);
+    }
+    w->s[w->len++] = c;
+    w->s[w->len] = '\0';
+}
+
+static void stmt_clear(struct stmt *st)
+{
+    for (int i = 0; i < st->argc; i++) {
+        free(st->argv[i]);
+        st->argv[i] = NULL;
+    }
+    st->argc = 0;
+    st->bad = false;
+}
+
+static void stmt_free(struct stmt *st)
+{
+    stmt_clear(st);
+    free(st->argv);
+    st->argv = NULL;
+    st->cap = 0;
+}
+
+/* Takes ownership of w->s. */
+static void stmt_push(struct stmt *st, struct word *w)
+{
+    if (st->argc == st->cap) {
+        st->cap = st->cap != 0 ? st->cap * 2 : 8;
+        st->argv = xrealloc(st->argv, (size_t)st->cap * sizeof(*st->argv));
+    }
+    st->argv[st->argc++] = w->s != NULL ? w->s : xstrdup("");
+    w->s = NULL;
+}
+
+/* After the opening quote; stops after the closing one or at the line end. */
+static void read_quoted(struct parser *ps, struct stmt *st, struct word *w)
+{
+    for (;;) {
+        char c;
+        if (ps->p == ps->end || *ps->p == '\n') {
+            report(ps, ps->line, "unterminated quoted string");
+            st->bad = true;
+            return;
+        }
+        c = *ps->p++;
+        if (c == '"')
+            return;
+        if (c == '\\') {
+            if (ps->p < ps->end && (*ps->p == '"' || *ps->p == '\\')) {
+                word_add(w, *ps->p++);
+                continue;
+            }
+            report(ps, ps->line, "invalid escape in quoted string: only \\\" and \\\\ are allowed");
+            st->bad = true;
+            continue;
+        }
+        if (c == '\0') {
+            report(ps, ps->line, "NUL byte in the configuration");
+            st->bad = true;
+            continue;
+        }
+        word_add(w, c);
+    }
+}
+
+/* One argument: unquoted characters and quoted segments, concatenated. */
+static void read_word(struct parser *ps, struct stmt *st)
+{
+    struct word w = {NULL, 0, 0};
+    while (ps->p < ps->end) {
+        char c = *ps->p;
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ';' || c == '{' || c == '}' ||
+            c == '#')
+            break;
+        ps->p++;
+        if (c == '"') {
+            read_quoted(ps, st, &w); /* "" leaves w.s NULL: pushed as "" */
+        } else if (c == '\0') {
+            report(ps, ps->line, "NUL byte in the configuration");
+            st->bad = true;
+        } else {
+            word_add(&w, c);
+        }
+    }
+    stmt_push(st, &w);
+}
+
+/*
+ * Reads the next statement into st: its words up to a newline or ";" (then
+ * TERM_END), "{" (TERM_OPEN), "}" (TERM_CLOSE) or the end of the text
+ * (TERM_EOF). Empty statements are skipped, so a brace or EOF may come with
+ * no words. Comments run from "#" outside quotes to the end of the line.
+ */
+static enum term read_statement(struct parser *ps, struct stmt *st)
+{
+    stmt_clear(st);
+    st->line = ps->line;
+    for (;;) {
+        char c;
+        while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r'))
+            ps->p++;
+        if (ps->p == ps->end)
+            return TERM_EOF;
+        c = *ps->p;
+        if (c == '#') {
+            while (ps->p < ps->end && *ps->p != '\n')
+                ps->p++;
+        } else if (c == '\n' || c == ';') {
+            ps->p++;
+            if (c == '\n')
+                ps->line++; /* st->line was taken at the first word */
+            if (st->argc > 0)
+                return TERM_END;
+            st->line = ps->line;
+        } else if (c == '{' || c == '}') {
+            if (st->argc == 0)
+                st->line = ps->line;
+            ps->p++;
+            return c == '{' ? TERM_OPEN : TERM_CLOSE;
+        } else {
+            if (st->argc == 0)
+                st->line = ps->line;
+            read_word(ps, st);
+        }
+    }
+}
+
+/* After `route PREFIX` and a newline: is the next token "{"? Consumes it if so. */
+static bool peek_open_brace(struct parser *ps)
+{
+    const char *p = ps->p;
+    int line = ps->line;
+    while (p < ps->end) {
+        if (*p == '\n')
+            line++;
+        else if (*p == '#')
+            while (p + 1 < ps->end && p[1] != '\n')
+                p++;
+        else if (*p != ' ' && *p != '\t' && *p != '\r')
+            break;
+        p++;
+    }
+    if (p == ps->end || *p != '{')
+        return false;
+    ps->p = p + 1;
+    ps->line = line;
+    return true;
+}
+
+/* ---- framework ------------------------------------------------------- */
+
+static void open_route(struct parser *ps, struct stmt *st)
+{
+    struct config *cfg = ps->cfg;
+    const char *prefix = st->argv[1];
+    struct route *r;
+
+    if (prefix[0] != '/')
+        report(ps, st->line, "route: prefix must start with \"/\", got \"%s\"", prefix);
+    for (int i = 0; i < cfg->nroutes; i++)
+        if (strcmp(cfg->routes[i].prefix, prefix) == 0)
+            report(ps, st->line, "route: duplicate prefix \"%s\" (first on line %d)", prefix,
+                   cfg->routes[i].line);
+    if (cfg->nroutes == ps->routes_cap) {
+        ps->routes_cap = ps->routes_cap != 0 ? ps->routes_cap * 2 : 8;
+        cfg->routes = xrealloc(cfg->routes, (size_t)ps->routes_cap * sizeof(*cfg->routes));
+        ps->route_seen =
+            xrealloc(ps->route_seen, (size_t)ps->routes_cap * sizeof(*ps->route_seen));
+    }
+    r = &cfg->routes[cfg->nroutes];
+    memset(r, 0, sizeof(*r));
+    memset(ps->route_seen[cfg->nroutes], 0, sizeof(ps->route_seen[0]));
+    r->prefix = xstrdup(prefix);
+    r->line = st->line;
+    ps->cur_route = cfg->nroutes++;
+}
+
+/* A statement ended by "{". Anything but a valid route is reported and skipped. */
+static void open_block(struct parser *ps, struct stmt *st)
+{
+    const char *name = st->argv[0];
+    if (strcmp(name, "route") != 0) {
+        if (find_directive(name) != NULL)
+            report(ps, st->line, "%s: does not take a block", name);
+        else
+            report(ps, st->line, "unknown directive \"%s\"", name);
+    } else if (ps->cur_route >= 0) {
+        report(ps, st->line, "route: nested route blocks are not allowed");
+    } else if (st->argc != 2) {
+        report(ps, st->line, "route: expected \"route PREFIX {\"");
+    } else {
+        open_route(ps, st);
+        return;
+    }
+    ps->skip_depth++;
+}
+
+static void close_block(struct parser *ps, int line)
+{
+    if (ps->skip_depth > 0)
+        ps->skip_depth--;
+    else if (ps->cur_route >= 0)
+        ps->cur_route = -1;
+    else
+        report(ps, line, "unexpected \"}\"");
+}
+
+static void run_directive(struct parser *ps, struct stmt *st)
+{
+    const struct directive *d = find_directive(st->argv[0]);
+    bool in_route = ps->cur_route >= 0;
+    int nargs = st->argc - 1;
+    int *seen;
+    struct setting s;
+    const char *err;
+
+    if (d == NULL) {
+        report(ps, st->line, "unknown directive \"%s\"", st->argv[0]);
+        return;
+    }
+    if (d->flags & D_BLOCK) {
+        report(ps, st->line, "%s: expected \"{\" after the prefix", d->name);
+        return;
+    }
+    if (in_route && !(d->flags & D_ROUTE)) {
+        report(ps, st->line, "%s: not allowed inside a route", d->name);
+        return;
+    }
+    if (!in_route && !(d->flags & D_GLOBAL)) {
+        report(ps, st->line, "%s: only allowed inside a route", d->name);
+        return;
+    }
+    seen = in_route ? &ps->route_seen[ps->cur_route][d - directives]
+                    : &ps->global_seen[d - directives];
+    if (*seen != 0 && !(d->flags & D_MULTI)) {
+        report(ps, st->line, "%s: duplicate directive (first on line %d)", d->name, *seen);
+        return;
+    }
+    if (*seen == 0)
+        *seen = st->line;
+    if (nargs < d->min_args || (d->max_args >= 0 && nargs > d->max_args)) {
+        if (d->min_args == d->max_args)
+            report(ps, st->line, "%s: expected %d argument%s, got %d", d->name, d->min_args,
+                   d->min_args == 1 ? "" : "s", nargs);
+        else if (d->max_args < 0)
+            report(ps, st->line, "%s: expected at least %d argument%s, got %d", d->name,
+                   d->min_args, d->min_args == 1 ? "" : "s", nargs);
+        else
+            report(ps, st->line, "%s: expected %d to %d arguments, got %d", d->name, d->min_args,
+                   d->max_args, nargs);
+        return;
+    }
+    s.ps = ps;
+    s.d = d;
+    if (!(d->flags & D_POLICY))
+        s.base = ps->cfg;
+    else
+        s.base = in_route ? &ps->cfg->routes[ps->cur_route].policy : &ps->cfg->global;
+    s.field = (char *)s.base + d->offset;
+    s.argc = nargs;
+    s.argv = st->argv + 1;
+    err = d->set(&s);
+    if (err != NULL)
+        report(ps, st->line, "%s: %s", d->name, err);
+}
+
+static void parse_text(struct parser *ps)
+{
+    struct stmt st = {NULL, 0, 0, 0, false};
+    for (;;) {
+        enum term t = read_statement(ps, &st);
+        if (t == TERM_END && !st.bad && strcmp(st.argv[0], "route") == 0 && peek_open_brace(ps))
+            t = TERM_OPEN;
+        if (t == TERM_OPEN && (ps->skip_depth > 0 || st.bad))
+            ps->skip_depth++;
+        else if (st.argc > 0 && ps->skip_depth == 0 && !st.bad && t == TERM_OPEN)
+            open_block(ps, &st);
+        else if (st.argc > 0 && ps->skip_depth == 0 && !st.bad)
+            run_directive(ps, &st);
+        else if (t == TERM_OPEN) {
+            report(ps, st.line, "unexpected \"{\"");
+            ps->skip_depth++;
+        }
+        if (t == TERM_CLOSE)
+            close_block(ps, st.line);
+        if (t == TERM_EOF)
+            break;
+    }
+    if (ps->cur_route >= 0)
+        report(ps, ps->cfg->routes[ps->cur_route].line,
+               "route: block not closed: \"}\" missing before the end of the file");
+    stmt_free(&st);
+}
+
+/* Runs a directive's default through its setter, as if it had been written. */
+static void apply_default(struct parser *ps, const struct directive *d)
+{
+    char buf[128];
+    char *argv[DEFAULT_ARGS_MAX];
+    struct setting s;
+    const char *err;
+    int argc = 0;
+
+    snprintf(buf, sizeof(buf), "%s", d->def);
+    for (char *tok = strtok(buf, " "); tok != NULL && argc < DEFAULT_ARGS_MAX;
+         tok = strtok(NULL, " "))
+        argv[argc++] = tok;
+    s.ps = ps;
+    s.d = d;
+    s.base = (d->flags & D_POLICY) ? (void *)&ps->cfg->global : (void *)ps->cfg;
+    s.field = (char *)s.base + d->offset;
+    s.argc = argc;
+    s.argv = argv;
+    err = d->set(&s);
+    if (err != NULL) /* a bug in the table, shown rather than hidden */
+        report(ps, 0, "%s: default \"%s\": %s", d->name, d->def, err);
+}
+
+static void check_lock_ttl(struct parser *ps, int line, uint64_t lock_ttl_ms)
+{
+    char a[32];
+    if (lock_ttl_ms != 0 && lock_ttl_ms <= ps->cfg->upstream_timeout_ms)
+        report(ps, line, "lock_ttl: must be greater than upstream_timeout (%s)",
+               format_duration(ps->cfg->upstream_timeout_ms, a));
+}
+
+static int compare_routes(const void *a, const void *b)
+{
+    const struct route *ra = a;
+    const struct route *rb = b;
+    size_t la = strlen(ra->prefix);
+    size_t lb = strlen(rb->prefix);
+    if (la != lb)
+        return la > lb ? -1 : 1;
+    return strcmp(ra->prefix, rb->prefix);
+}
+
+/*
+ * After EOF: defaults, derived keys, inheritance and cross-checks. A field
+ * whose directive failed to parse is left zero; the cross-checks skip zero
+ * durations so that one mistake is reported once.
+ */
+static void finish(struct parser *ps)
+{
+    struct config *cfg = ps->cfg;
+    int lock = directive_index("lock_ttl");
+    int timeout = directive_index("upstream_timeout");
+    char a[32];
+
+    for (size_t i = 0; i < NDIRECTIVES; i++) {
+        const struct directive *d = &directives[i];
+        if (ps->global_seen[i] != 0)
+            continue;
+        if (d->def != NULL)
+            apply_default(ps, d);
+        if (d->flags & D_REQUIRED)
+            report(ps, 0, "%s: required directive missing", d->name);
+    }
+    if (cfg->global.nkeys == 0 && cfg->key_header != NULL) {
+        cfg->global.keys[0].kind = KEY_SOURCE_HEADER;
+        cfg->global.keys[0].name = xstrdup(cfg->key_header);
+        cfg->global.nkeys = 1;
+    }
+
+    if (ps->global_seen[lock] != 0)
+        check_lock_ttl(ps, ps->global_seen[lock], cfg->global.lock_ttl_ms);
+    else if (cfg->global.lock_ttl_ms <= cfg->upstream_timeout_ms)
+        report(ps, ps->global_seen[timeout], "upstream_timeout: must be less than lock_ttl (%s)",
+               format_duration(cfg->global.lock_ttl_ms, a));
+
+    for (int r = 0; r < cfg->nroutes; r++) {
+        struct policy *dst = &cfg->routes[r].policy;
+        for (size_t i = 0; i < NDIRECTIVES; i++) {
+            const struct directive *d = &directives[i];
+            if (!(d->flags & D_POLICY) || ps->route_seen[r][i] != 0)
+                continue;
+            if (d->inherit != NULL)
+                d->inherit(dst, &cfg->global);
+            else
+                memcpy((char *)dst + d->offset, (const char *)&cfg->global + d->offset, d->size);
+        }
+        if (ps->route_seen[r][lock] != 0)
+            check_lock_ttl(ps, ps->route_seen[r][lock], dst->lock_ttl_ms);
+    }
+    if (cfg->nroutes > 1)
+        qsort(cfg->routes, (size_t)cfg->nroutes, sizeof(*cfg->routes), compare_routes);
+}
+
+/* ---- public ---------------------------------------------------------- */
+
+struct config *config_parse(const char *name, const char *text, size_t len,
+                            config_error_fn on_error, void *arg)
+{
+    struct parser *ps = xcalloc(1, sizeof(*ps));
+    struct config *cfg = xcalloc(1, sizeof(*cfg));
+
+    cfg->file = xstrdup(name);
+    cfg->refcount = 1;
+    ps->name = name;
+    ps->p = text;
+    ps->end = text + len;
+    ps->line = 1;
+    ps->on_error = on_error;
+    ps->arg = arg;
+    ps->cfg = cfg;
+    ps->cur_route = -1;
+
+    parse_text(ps);
+    finish(ps);
+
+    if (ps->nerrors != 0) {
+        config_unref(cfg);
+        cfg = NULL;
+    }
+    free(ps->route_seen);
+    ps->route_seen = NULL;
+    free(ps);
+    return cfg;
+}
+
+/* Reports a failure to read the file itself: "FILE: what: strerror". */
+static void report_io(const char *path, const char *what, int err, config_error_fn on_error,
+                      void *arg)
+{
+    char msg[1200];
+    snprintf(msg, sizeof(msg), "%.1000s: %s: %s", path, what, strerror(err));
+    if (on_error != NULL)
+        on_error(arg, msg);
+}
+
+struct config *config_load(const char *path, config_error_fn on_error, void *arg)
+{
+    struct config *cfg = NULL;
+    char *text = NULL;
+    size_t len = 0;
+    size_t cap = 0;
+    FILE *f = fopen(path, "rb");
+
+    if (f == NULL) {
+        report_io(path, "cannot open", errno, on_error, arg);
+        goto out;
+    }
+    for (;;) {
+        size_t n;
+        if (cap - len < 4096) {
+            cap = cap != 0 ? cap * 2 : 16384;
+            text = xrealloc(text, cap);
+        }
+        n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    if (ferror(f)) {
+        report_io(path, "cannot read", errno, on_error, arg);
+        goto out;
+    }
+    cfg = config_parse(path, text, len, on_error, arg);
+
+out:
+    free(text);
+    if (f != NULL)
+        fclose(f);
+    return cfg;
+}
+
+/* The count is atomic: workers on other threads may hold references. */
+struct config *config_ref(struct config *cfg)
+{
+    __atomic_add_fetch(&cfg->refcount, 1, __ATOMIC_RELAXED);
+    return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+    if (cfg == NULL || __atomic_sub_fetch(&cfg->refcount, 1, __ATOMIC_ACQ_REL) != 0)
+        return;
+    for (int i = 0; i < cfg->nroutes; i++) {
+        free(cfg->routes[i].prefix);
+        policy_free(&cfg->routes[i].policy);
+    }
+    free(cfg->routes);
+    policy_free(&cfg->global);
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        free(cfg->upstreams[i].url);
+        free(cfg->upstreams[i].host);
+        free(cfg->upstreams[i].port);
+        free(cfg->upstreams[i].host_header);
+    }
+    for (int i = 0; i < cfg->nlistens; i++) {
+        free(cfg->listens[i].host);
+        free(cfg->listens[i].port);
+    }
+    free(cfg->admin_listen.host);
+    free(cfg->admin_listen.port);
+    free(cfg->redis_host);
+    free(cfg->redis_port);
+    free(cfg->redis_unix);
+    free(cfg->redis_user);
+    free(cfg->redis_password_file);
+    if (cfg->redis_password != NULL)
+        explicit_bzero(cfg->redis_password, strlen(cfg->redis_password));
+    free(cfg->redis_password);
+    free(cfg->key_prefix);
+    free(cfg->key_header);
+    free(cfg->replay_header);
+    free(cfg->error_doc_url);
+    free(cfg->access_log);
+    free(cfg->error_log);
+    free(cfg->token_endpoint);
+    free(cfg->token_header);
+    free(cfg->file);
+    free(cfg);
+}
+
+const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len)
+{
+    for (int i = 0; i < cfg->nroutes; i++) {
+        const struct route *r = &cfg->routes[i];
+        size_t n = strlen(r->prefix);
+        if (n <= len && memcmp(path, r->prefix, n) == 0)
+            return &r->policy;
+    }
+    return &cfg->global;
+}

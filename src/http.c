@@ -1,0 +1,290 @@
+/*
+ * http.c - llhttp glue: collects heads into http_message, hands body pieces
+ * and message ends to the owner, and maps llhttp's errors onto the answers
+ * SPEC §5 gives (400, 414, 431).
+ *
+ * llhttp is strict by default, and we keep it so: it rejects Content-Length
+ * together with Transfer-Encoding, differing Content-Length fields, bad chunk
+ * sizes, a request Transfer-Encoding that does not end in chunked, and bytes
+ * not allowed in header names or values. No lenient flag is ever set.
+ *
+ * Ownership: the parser allocates an http_message at message begin and gives
+ * it to the owner in on_head. Callbacks must not free the parser; an owner
+ * that wants to close defers it until http_parser_feed returns.
+ */
+#include "http.h"
+
+#include <event2/buffer.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void http_message_free(struct http_message *msg)
+{
+    if (msg == NULL)
+        return;
+    free(msg->url);
+    headers_clear(&msg->headers);
+    free(msg);
+}
+
+static struct http_parser *parser_of(llhttp_t *l)
+{
+    return (struct http_parser *)l->data;
+}
+
+static int fail(struct http_parser *p, enum http_error error)
+{
+    p->error = error;
+    return HPE_USER;
+}
+
+/* Counts head bytes; the request line and the header block share the limit. */
+static int count_head(struct http_parser *p, size_t len, enum http_error error)
+{
+    p->head_bytes += len;
+    return p->head_bytes > p->max_head_bytes ? fail(p, error) : 0;
+}
+
+static int on_message_begin(llhttp_t *l)
+{
+    struct http_parser *p = parser_of(l);
+    http_message_free(p->msg);
+    p->msg = xcalloc(1, sizeof(*p->msg));
+    headers_init(&p->msg->headers);
+    p->head_bytes = 0;
+    p->field_open = false;
+    p->in_message = true;
+    return 0;
+}
+
+static int on_url(llhttp_t *l, const char *at, size_t len)
+{
+    struct http_parser *p = parser_of(l);
+    struct http_message *m = p->msg;
+    m->url = xrealloc(m->url, m->url_len + len + 1);
+    memcpy(m->url + m->url_len, at, len);
+    m->url_len += len;
+    m->url[m->url_len] = '\0';
+    return count_head(p, len, HTTP_ERROR_URI_TOO_LONG);
+}
+
+static int on_header_field(llhttp_t *l, const char *at, size_t len)
+{
+    struct http_parser *p = parser_of(l);
+    if (p->field_open) {
+        headers_append_name(&p->msg->headers, at, len);
+    } else {
+        headers_add(&p->msg->headers, at, len, "", 0);
+        p->field_open = true;
+    }
+    /* 4 = ": " and CRLF, so many empty fields still count against the limit. */
+    return count_head(p, len + 4, HTTP_ERROR_HEADER_TOO_LARGE);
+}
+
+static int on_header_field_complete(llhttp_t *l)
+{
+    parser_of(l)->field_open = false;
+    return 0;
+}
+
+static int on_header_value(llhttp_t *l, const char *at, size_t len)
+{
+    struct http_parser *p = parser_of(l);
+    headers_append_value(&p->msg->headers, at, len);
+    return count_head(p, len, HTTP_ERROR_HEADER_TOO_LARGE);
+}
+
+static int verdict_to_llhttp(struct http_parser *p, enum http_verdict v)
+{
+    switch (v) {
+    case PARSE_CONTINUE:
+        return 0;
+    case PARSE_SKIP_BODY:
+        return 1;
+    case PARSE_PAUSE:
+        return HPE_PAUSED;
+    case PARSE_ABORT:
+        break;
+    }
+    p->aborted = true;
+    return -1;
+}
+
+static int on_headers_complete(llhttp_t *l)
+{
+    struct http_parser *p = parser_of(l);
+    struct http_message *m = p->msg;
+    m->method = l->method;
+    m->status = l->status_code;
+    m->major = l->http_major;
+    m->minor = l->http_minor;
+    m->keep_alive = llhttp_should_keep_alive(l);
+    m->chunked = (l->flags & F_CHUNKED) != 0;
+    m->has_content_length = (l->flags & F_CONTENT_LENGTH) != 0;
+    m->content_length = m->has_content_length ? l->content_length : 0;
+    m->upgrade = l->upgrade;
+    p->msg = NULL;
+    return verdict_to_llhttp(p, p->cb->on_head(p->owner, m));
+}
+
+static int on_body(llhttp_t *l, const char *at, size_t len)
+{
+    struct http_parser *p = parser_of(l);
+    return verdict_to_llhttp(p, p->cb->on_body(p->owner, at, len));
+}
+
+static int on_message_complete(llhttp_t *l)
+{
+    struct http_parser *p = parser_of(l);
+    p->in_message = false;
+    return verdict_to_llhttp(p, p->cb->on_complete(p->owner));
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_field_complete = on_header_field_complete,
+    .on_header_value = on_header_value,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+void http_parser_init(struct http_parser *p, enum llhttp_type type, size_t max_head_bytes,
+                      const struct http_parser_callbacks *cb, void *owner)
+{
+    memset(p, 0, sizeof(*p));
+    llhttp_init(&p->llhttp, type, &settings);
+    p->llhttp.data = p;
+    p->cb = cb;
+    p->owner = owner;
+    p->max_head_bytes = max_head_bytes;
+}
+
+void http_parser_reset(struct http_parser *p)
+{
+    http_message_free(p->msg);
+    p->msg = NULL;
+    llhttp_reset(&p->llhttp);
+    p->in_message = false;
+    p->error = HTTP_ERROR_NONE;
+    p->aborted = false;
+}
+
+static enum http_feed_result classify_error(struct http_parser *p, llhttp_errno_t err)
+{
+    if (p->aborted)
+        return HTTP_FEED_ABORTED;
+    if (p->error == HTTP_ERROR_NONE)
+        p->error = HTTP_ERROR_BAD_REQUEST;
+    p->error_reason = llhttp_get_error_reason(&p->llhttp);
+    if (p->error_reason == NULL)
+        p->error_reason = llhttp_errno_name(err);
+    return HTTP_FEED_ERROR;
+}
+
+enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *input)
+{
+    while (evbuffer_get_length(input) > 0) {
+        struct evbuffer_iovec v;
+        if (evbuffer_peek(input, -1, NULL, &v, 1) < 1)
+            break;
+        const char *base = v.iov_base;
+        llhttp_errno_t err = llhttp_execute(&p->llhttp, base, v.iov_len);
+        if (err == HPE_OK) {
+            evbuffer_drain(input, v.iov_len);
+            continue;
+        }
+        const char *pos = llhttp_get_error_pos(&p->llhttp);
+        size_t consumed = pos != NULL && pos >= base ? (size_t)(pos - base) : 0;
+        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
+            evbuffer_drain(input, consumed);
+            return HTTP_FEED_PAUSED;
+        }
+        return classify_error(p, err);
+    }
+    return HTTP_FEED_OK;
+}
+
+void http_parser_resume(struct http_parser *p)
+{
+    if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED_UPGRADE)
+        llhttp_resume_after_upgrade(&p->llhttp);
+    else
+        llhttp_resume(&p->llhttp);
+}
+
+enum http_feed_result http_parser_finish(struct http_parser *p)
+{
+    llhttp_errno_t err = llhttp_finish(&p->llhttp);
+    if (err == HPE_OK || err == HPE_PAUSED)
+        return HTTP_FEED_OK;
+    return classify_error(p, err);
+}
+
+bool http_parser_in_message(const struct http_parser *p)
+{
+    return p->in_message;
+}
+
+const char *http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Unknown";
+    }
+}
+
+bool http_response_has_no_body(int request_method, int status)
+{
+    return request_method == HTTP_HEAD || (status >= 100 && status < 200) || status == 204 ||
+           status == 304;
+}
+
+void http_date_now(char *out, size_t cap)
+{
+    time_t now = time(NULL);
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    strftime(out, cap, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+}

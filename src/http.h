@@ -1,0 +1,112 @@
+/*
+ * http.h - HTTP/1.1 message parsing on top of llhttp, with no sockets.
+ *
+ * An http_parser turns bytes into http_message heads plus body callbacks.
+ * The owner feeds it from an evbuffer with http_parser_feed(); the parser
+ * drains exactly the bytes it consumed, so a pause (between pipelined
+ * requests) leaves the next request's bytes in the buffer.
+ *
+ *   bytes --feed--> llhttp --> head collected --on_head--> owner
+ *                              body pieces   --on_body--> owner
+ *                              end           --on_complete--> owner (may pause)
+ */
+#ifndef IDEM_HTTP_H
+#define IDEM_HTTP_H
+
+#include <llhttp.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "headers.h"
+#include "util.h"
+
+struct evbuffer;
+
+/* One request or response head. Owned by whoever took it from the parser. */
+struct http_message {
+    int method;              /* llhttp_method_t; requests */
+    int status;              /* responses */
+    char *url;               /* requests: the target as received */
+    size_t url_len;
+    int major, minor;
+    struct header_list headers;
+    bool keep_alive;
+    bool chunked;
+    bool has_content_length;
+    uint64_t content_length;
+    bool upgrade;
+};
+
+void http_message_free(struct http_message *msg);
+
+/* What an owner's callback returns. */
+enum http_verdict {
+    PARSE_CONTINUE = 0,
+    PARSE_SKIP_BODY = 1, /* on_head only: the message has no body (response to HEAD) */
+    PARSE_PAUSE = 2,     /* on_complete only: stop after this message */
+    PARSE_ABORT = 3,     /* stop parsing; http_parser_feed returns HTTP_FEED_ABORTED */
+};
+
+struct http_parser_callbacks {
+    /* The head is complete; msg now belongs to the owner (free with http_message_free). */
+    enum http_verdict (*on_head)(void *owner, struct http_message *msg);
+    enum http_verdict (*on_body)(void *owner, const char *data, size_t len);
+    enum http_verdict (*on_complete)(void *owner);
+};
+
+enum http_error {
+    HTTP_ERROR_NONE = 0,
+    HTTP_ERROR_BAD_REQUEST,     /* malformed or ambiguous message: 400 */
+    HTTP_ERROR_URI_TOO_LONG,    /* request line over max_header_size: 414 */
+    HTTP_ERROR_HEADER_TOO_LARGE /* header block over max_header_size: 431 */
+};
+
+struct http_parser {
+    llhttp_t llhttp;
+    const struct http_parser_callbacks *cb;
+    void *owner;
+    struct http_message *msg; /* head being collected, NULL after on_head took it */
+    size_t head_bytes;
+    size_t max_head_bytes;
+    bool field_open; /* a header name is being collected */
+    bool aborted;
+    bool in_message;
+    enum http_error error;
+    const char *error_reason; /* llhttp's reason, for logs */
+};
+
+void http_parser_init(struct http_parser *p, enum llhttp_type type, size_t max_head_bytes,
+                      const struct http_parser_callbacks *cb, void *owner);
+void http_parser_reset(struct http_parser *p); /* frees any partial message */
+
+enum http_feed_result {
+    HTTP_FEED_OK,      /* all input consumed */
+    HTTP_FEED_PAUSED,  /* on_complete paused; unconsumed input stays in the buffer */
+    HTTP_FEED_ABORTED, /* a callback aborted */
+    HTTP_FEED_ERROR,   /* malformed input: see p->error */
+};
+
+/* Parses and drains input. Callbacks may run; see enum http_verdict. */
+enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *input);
+
+/* Resumes after HTTP_FEED_PAUSED. */
+void http_parser_resume(struct http_parser *p);
+
+/* Tells the parser the peer closed: completes a close-delimited body.
+ * Returns HTTP_FEED_OK, or HTTP_FEED_ERROR when a message was cut short. */
+enum http_feed_result http_parser_finish(struct http_parser *p);
+
+/* Whether a message is currently being parsed (bytes seen since the last end). */
+bool http_parser_in_message(const struct http_parser *p);
+
+/* The standard reason phrase for a status, "Unknown" for others. */
+const char *http_reason(int status);
+
+/* Whether a response with this status to this method carries no body. */
+bool http_response_has_no_body(int request_method, int status);
+
+/* "Sun, 06 Nov 1994 08:49:37 GMT" for now, into out (at least 30 bytes). */
+void http_date_now(char *out, size_t cap);
+
+#endif

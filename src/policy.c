@@ -1,0 +1,273 @@
+/*
+ * policy.c - the pure per-request decisions of SPEC §4.1: coverage, the
+ * idempotency key, the tenant scope, the fingerprint and the record's Redis
+ * key. No I/O, no logging; every answer is a function of the policy and the
+ * parsed request.
+ *
+ *   request_view --> policy_covers ------> bypass / covered
+ *                |-> policy_extract_key -> KEY_FOUND / KEY_ABSENT / KEY_INVALID
+ *                |-> policy_scope -------> "-" or 32 hex chars
+ *                '-> policy_fingerprint -> 64 hex chars
+ *   prefix + scope + key -> policy_record_key -> "<prefix><scope>:<key>"
+ *
+ * Hashing uses OpenSSL's EVP interface. SHA-256 through EVP fails only when
+ * OpenSSL cannot allocate, which we treat as xmalloc treats it: abort.
+ */
+#include "policy.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+
+#include "util.h"
+
+/* Tag bytes of the fingerprint's parts beyond enum fingerprint_part. */
+enum {
+    FP_TAG_HEADER_NAME = 0x10,
+    FP_TAG_HEADER_VALUE = 0x11,
+    FP_TAG_HEADER_ABSENT = 0x12,
+};
+
+bool policy_covers(const struct policy *p, int method)
+{
+    if (p->bypass || method < 0 || method > 63)
+        return false;
+    return (p->methods & (1ull << method)) != 0;
+}
+
+static bool is_ows(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/*
+ * Parses the body of an sf-string (after the opening quote) into out, which
+ * has room for len bytes. Returns the content length, or -1 when the string
+ * is malformed: a byte outside 0x20..0x7e, an escape other than \" or \\, no
+ * closing quote, or anything after it.
+ */
+static long parse_sf_string(const char *s, size_t len, char *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '\\') {
+            if (i + 1 >= len || (s[i + 1] != '"' && s[i + 1] != '\\'))
+                return -1;
+            out[n++] = s[++i];
+        } else if (c == '"') {
+            return i + 1 == len ? (long)n : -1;
+        } else if (c < 0x20 || c > 0x7e) {
+            return -1;
+        } else {
+            out[n++] = (char)c;
+        }
+    }
+    return -1; /* unterminated */
+}
+
+enum key_result policy_parse_key_value(const char *value, size_t len, char **key_out)
+{
+    while (len > 0 && is_ows(value[0])) {
+        value++;
+        len--;
+    }
+    while (len > 0 && is_ows(value[len - 1]))
+        len--;
+
+    char *key = xmalloc(len + 1);
+    size_t key_len;
+    if (len > 0 && value[0] == '"') {
+        long n = parse_sf_string(value + 1, len - 1, key);
+        if (n < 0)
+            goto invalid;
+        key_len = (size_t)n;
+    } else {
+        for (size_t i = 0; i < len; i++) {
+            unsigned char c = (unsigned char)value[i];
+            if (c < 0x21 || c > 0x7e)
+                goto invalid;
+        }
+        memcpy(key, value, len);
+        key_len = len;
+    }
+    if (key_len == 0 || key_len > POLICY_MAX_KEY_LEN)
+        goto invalid;
+    key[key_len] = '\0';
+    *key_out = key;
+    return KEY_FOUND;
+
+invalid:
+    free(key);
+    key = NULL;
+    return KEY_INVALID;
+}
+
+enum key_result policy_extract_key(const struct policy *p, const struct request_view *req,
+                                   char **key_out)
+{
+    for (int i = 0; i < p->nkeys; i++) {
+        const struct key_source *src = &p->keys[i];
+        switch (src->kind) {
+        case KEY_SOURCE_HEADER: {
+            if (req->headers == NULL)
+                break;
+            int n = headers_count(req->headers, src->name);
+            if (n > 1)
+                return KEY_INVALID; /* "the key header repeated" */
+            if (n == 1) {
+                const struct header *h = headers_find(req->headers, src->name);
+                return policy_parse_key_value(h->value, h->value_len, key_out);
+            }
+            break;
+        }
+        case KEY_SOURCE_QUERY:
+        case KEY_SOURCE_FORM:
+        case KEY_SOURCE_JSON:
+        case KEY_SOURCE_TOKEN:
+        case KEY_SOURCE_NONE:
+            /* query/form/json/token sources come with a later issue: absent for now. */
+            break;
+        }
+    }
+    return KEY_ABSENT;
+}
+
+static EVP_MD_CTX *sha256_begin(void)
+{
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL || EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+        abort();
+    return ctx;
+}
+
+static void sha256_update(EVP_MD_CTX *ctx, const void *data, size_t len)
+{
+    if (len > 0 && EVP_DigestUpdate(ctx, data, len) != 1)
+        abort();
+}
+
+/* Finishes the digest into out (32 bytes) and frees ctx. */
+static void sha256_end(EVP_MD_CTX *ctx, unsigned char out[32])
+{
+    unsigned int n = 0;
+    if (EVP_DigestFinal_ex(ctx, out, &n) != 1 || n != 32)
+        abort();
+    EVP_MD_CTX_free(ctx);
+}
+
+/*
+ * Feeds every field called name into ctx, values joined with ",", as if they
+ * had been folded into one line. Returns how many fields there were.
+ */
+static int update_joined_header(EVP_MD_CTX *ctx, const struct header_list *headers,
+                                const char *name)
+{
+    int seen = 0;
+    for (int i = 0; headers != NULL && i < headers->count; i++) {
+        const struct header *h = &headers->items[i];
+        if (!strn_case_equal(h->name, h->name_len, name))
+            continue;
+        if (seen++ > 0)
+            sha256_update(ctx, ",", 1);
+        sha256_update(ctx, h->value, h->value_len);
+    }
+    return seen;
+}
+
+/* Length of the joined value of every field called name (0 when absent). */
+static size_t joined_header_len(const struct header_list *headers, const char *name, int *count)
+{
+    size_t len = 0;
+    *count = 0;
+    for (int i = 0; headers != NULL && i < headers->count; i++) {
+        const struct header *h = &headers->items[i];
+        if (!strn_case_equal(h->name, h->name_len, name))
+            continue;
+        len += h->value_len + (*count > 0 ? 1 : 0);
+        (*count)++;
+    }
+    return len;
+}
+
+void policy_scope(const struct policy *p, const struct request_view *req,
+                  char out[POLICY_SCOPE_HASH_LEN + 1])
+{
+    int count = 0;
+    if (p->scope.kind == KEY_SOURCE_HEADER && p->scope.name != NULL)
+        (void)joined_header_len(req->headers, p->scope.name, &count);
+    if (count == 0) {
+        memcpy(out, "-", 2);
+        return;
+    }
+    unsigned char digest[32];
+    EVP_MD_CTX *ctx = sha256_begin();
+    (void)update_joined_header(ctx, req->headers, p->scope.name);
+    sha256_end(ctx, digest);
+    hex_encode(digest, POLICY_SCOPE_HASH_LEN / 2, out);
+}
+
+/* Writes the head of a fingerprint part: its tag byte and 8-byte big-endian length. */
+static void fp_head(EVP_MD_CTX *ctx, unsigned char tag, size_t len)
+{
+    unsigned char head[9];
+    head[0] = tag;
+    for (int i = 0; i < 8; i++)
+        head[1 + i] = (unsigned char)((uint64_t)len >> (56 - 8 * i));
+    sha256_update(ctx, head, sizeof(head));
+}
+
+/* Writes one whole fingerprint part: head, then the bytes. */
+static void fp_part(EVP_MD_CTX *ctx, unsigned char tag, const void *data, size_t len)
+{
+    fp_head(ctx, tag, len);
+    sha256_update(ctx, data, len);
+}
+
+void policy_fingerprint(const struct policy *p, const struct request_view *req,
+                        char out[POLICY_FINGERPRINT_LEN + 1])
+{
+    EVP_MD_CTX *ctx = sha256_begin();
+
+    if (p->fingerprint & FP_METHOD) {
+        const char *m = req->method_name != NULL ? req->method_name : "";
+        fp_part(ctx, FP_METHOD, m, strlen(m));
+    }
+    if (p->fingerprint & FP_PATH)
+        fp_part(ctx, FP_PATH, req->path, req->path_len);
+    if (p->fingerprint & FP_QUERY)
+        fp_part(ctx, FP_QUERY, req->query, req->query != NULL ? req->query_len : 0);
+    for (int i = 0; i < p->nfp_headers; i++) {
+        const char *name = p->fp_headers[i];
+        int count;
+        size_t len = joined_header_len(req->headers, name, &count);
+        fp_part(ctx, FP_TAG_HEADER_NAME, name, strlen(name));
+        if (count == 0) {
+            fp_head(ctx, FP_TAG_HEADER_ABSENT, 0);
+        } else {
+            /* The length is known up front, so the joined value streams in. */
+            fp_head(ctx, FP_TAG_HEADER_VALUE, len);
+            (void)update_joined_header(ctx, req->headers, name);
+        }
+    }
+    if (p->fingerprint & FP_BODY)
+        fp_part(ctx, FP_BODY, req->body, req->body_len);
+
+    unsigned char digest[32];
+    sha256_end(ctx, digest);
+    hex_encode(digest, sizeof(digest), out);
+}
+
+char *policy_record_key(const char *prefix, const char *scope, const char *key)
+{
+    size_t lp = strlen(prefix), ls = strlen(scope), lk = strlen(key);
+    char *out = xmalloc(lp + ls + 1 + lk + 1);
+    memcpy(out, prefix, lp);
+    memcpy(out + lp, scope, ls);
+    out[lp + ls] = ':';
+    memcpy(out + lp + ls + 1, key, lk + 1);
+    return out;
+}

@@ -1,0 +1,115 @@
+/*
+ * problem.c - RFC 9457 problem documents.
+ *
+ * One table maps each code to its status, title and default detail. The
+ * `type` is "<error_doc_url>#<code>" when the operator documents errors, and
+ * "about:blank" otherwise (RFC 9457 §4.2.1: the title is then the status
+ * phrase's meaning, which ours are).
+ */
+#include "problem.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+struct problem_kind {
+    const char *code;
+    int status;
+    const char *title;
+    const char *detail;
+};
+
+static const struct problem_kind kinds[] = {
+    [PROBLEM_MISSING_KEY] = {"missing-key", 400, "Idempotency key missing",
+                             "This endpoint requires an idempotency key."},
+    [PROBLEM_INVALID_KEY] = {"invalid-key", 400, "Invalid idempotency key",
+                             "The idempotency key must be 1 to 255 visible ASCII characters, "
+                             "sent once."},
+    [PROBLEM_CONFLICT] = {"conflict", 409, "Request in progress",
+                          "A request with this idempotency key is still being processed; "
+                          "retry later."},
+    [PROBLEM_OUTCOME_UNKNOWN] = {"outcome-unknown", 409, "Outcome unknown",
+                                 "A request with this idempotency key failed in a way that "
+                                 "leaves its outcome unknown; it is not executed again until "
+                                 "the lock expires."},
+    [PROBLEM_ALREADY_COMPLETED] = {"already-completed", 409, "Request already completed",
+                                   "already completed"},
+    [PROBLEM_FINGERPRINT_MISMATCH] = {"fingerprint-mismatch", 422,
+                                      "Idempotency key reused with a different request",
+                                      "This idempotency key was used with a different "
+                                      "request payload."},
+    [PROBLEM_PAYLOAD_TOO_LARGE] = {"payload-too-large", 413, "Request body too large",
+                                   "The request body exceeds max_request_body."},
+    [PROBLEM_STORE_UNAVAILABLE] = {"store-unavailable", 503, "Idempotency store unavailable",
+                                   "The idempotency store cannot be reached; the request was "
+                                   "not executed. Retry later."},
+    [PROBLEM_TOKEN_INVALID] = {"token-invalid", 400, "Invalid idempotency token",
+                               "The idempotency token is unknown or expired."},
+    [PROBLEM_BAD_REQUEST] = {"bad-request", 400, "Bad request", "The request is malformed."},
+    [PROBLEM_URI_TOO_LONG] = {"bad-request", 414, "URI too long",
+                              "The request line exceeds max_header_size."},
+    [PROBLEM_HEADER_TOO_LARGE] = {"bad-request", 431, "Request header fields too large",
+                                  "The request header exceeds max_header_size."},
+    [PROBLEM_REQUEST_TIMEOUT] = {"bad-request", 408, "Request timeout",
+                                 "The request was not received in time."},
+    [PROBLEM_UPSTREAM_UNAVAILABLE] = {"upstream-unavailable", 502, "Upstream unavailable",
+                                      "The upstream server could not be reached or failed."},
+    [PROBLEM_UPSTREAM_TIMEOUT] = {"upstream-timeout", 504, "Upstream timeout",
+                                  "The upstream server did not answer in time."},
+};
+
+int problem_status(enum problem_code code)
+{
+    return kinds[code].status;
+}
+
+const char *problem_code_name(enum problem_code code)
+{
+    return kinds[code].code;
+}
+
+/* Appends "name": "escaped value" to buf. */
+static size_t put_string(char *buf, size_t cap, size_t at, const char *name, const char *value)
+{
+    char esc[1024];
+    log_json_escape(value, strlen(value), esc, sizeof(esc));
+    int n = snprintf(buf + at, at < cap ? cap - at : 0, "%s\"%s\":\"%s\"", at > 1 ? "," : "",
+                     name, esc);
+    return at + (n > 0 ? (size_t)n : 0);
+}
+
+char *problem_render(const struct problem *p, const char *doc_url, struct header_list *h,
+                     size_t *len)
+{
+    const struct problem_kind *k = &kinds[p->code];
+    char type[512];
+    if (doc_url)
+        snprintf(type, sizeof(type), "%s#%s", doc_url, k->code);
+    else
+        snprintf(type, sizeof(type), "about:blank");
+
+    size_t cap = 4096;
+    char *buf = xmalloc(cap);
+    size_t at = (size_t)snprintf(buf, cap, "{");
+    at = put_string(buf, cap, at, "type", type);
+    at = put_string(buf, cap, at, "title", k->title);
+    at += (size_t)snprintf(buf + at, cap - at, ",\"status\":%d", k->status);
+    at = put_string(buf, cap, at, "detail", p->detail ? p->detail : k->detail);
+    at = put_string(buf, cap, at, "code", k->code);
+    if (p->key)
+        at = put_string(buf, cap, at, "idempotency_key", p->key);
+    at += (size_t)snprintf(buf + at, cap - at, "}\n");
+    *len = at < cap ? at : cap - 1;
+
+    headers_add_cstr(h, "Content-Type", "application/problem+json");
+    headers_add_cstr(h, "Cache-Control", "no-store");
+    if (doc_url) {
+        char link[600];
+        snprintf(link, sizeof(link), "<%s>; rel=\"describedby\"", doc_url);
+        headers_add_cstr(h, "Link", link);
+    }
+    return buf;
+}

@@ -1,0 +1,47 @@
+/*
+ * problem.h - the answers idemproxy gives in its own name: RFC 9457
+ * application/problem+json bodies with a stable machine-readable `code`
+ * (SPEC §4.1). Pure: builds headers and a body, sends nothing.
+ */
+#ifndef IDEM_PROBLEM_H
+#define IDEM_PROBLEM_H
+
+#include <stddef.h>
+
+#include "headers.h"
+
+enum problem_code {
+    PROBLEM_MISSING_KEY,
+    PROBLEM_INVALID_KEY,
+    PROBLEM_CONFLICT,
+    PROBLEM_OUTCOME_UNKNOWN,
+    PROBLEM_ALREADY_COMPLETED,
+    PROBLEM_FINGERPRINT_MISMATCH,
+    PROBLEM_PAYLOAD_TOO_LARGE,
+    PROBLEM_STORE_UNAVAILABLE,
+    PROBLEM_TOKEN_INVALID,
+    PROBLEM_BAD_REQUEST,
+    PROBLEM_URI_TOO_LONG,
+    PROBLEM_HEADER_TOO_LARGE,
+    PROBLEM_REQUEST_TIMEOUT,
+    PROBLEM_UPSTREAM_UNAVAILABLE,
+    PROBLEM_UPSTREAM_TIMEOUT,
+};
+
+struct problem {
+    enum problem_code code;
+    const char *detail; /* NULL: the code's default sentence */
+    const char *key;    /* idempotency key to echo, or NULL */
+};
+
+int problem_status(enum problem_code code);
+const char *problem_code_name(enum problem_code code);
+
+/*
+ * Appends Content-Type, Cache-Control and, with doc_url, a Link header to h,
+ * and returns the malloc'd JSON body (*len bytes).
+ */
+char *problem_render(const struct problem *p, const char *doc_url, struct header_list *h,
+                     size_t *len);
+
+#endif

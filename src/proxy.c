@@ -1,0 +1,913 @@
+/*
+ * proxy.c - one request's life: an exchange.
+ *
+ * server.c hands over each request as it is parsed. The exchange decides,
+ * with the route's policy, whether idempotency applies, and then runs one of
+ * two paths:
+ *
+ *   pass (not covered, no key, or store down with on_store_error pass):
+ *     head --> connect upstream at once --> body streamed --> response streamed
+ *
+ *   idempotent (covered and keyed):
+ *     head --> body buffered (max_request_body) --> claim in Redis
+ *       claimed    --> forward --> response buffered (max_cached_body)
+ *                                  --> complete / release / mark unknown --> answer
+ *       in flight  --> 409 conflict          done, same fingerprint --> replay
+ *       unknown    --> 409 outcome-unknown   other fingerprint      --> 422
+ *
+ * States, each transition through ex_set_state():
+ *
+ *   RECEIVING -> CLAIMING -> CONNECTING -> WAITING -> FINISHING -> DONE
+ *       \______________\____________\__________\______________/
+ *                    (any state may end in DONE with an answer)
+ *
+ * The client may leave at any time (proxy_client_gone). Before the request
+ * is complete that abandons the exchange; after it, an idempotent exchange
+ * runs to the end so that its response is stored and a retry gets the replay.
+ * A pass-through exchange whose client left is aborted, as nginx does.
+ *
+ * Memory: an exchange is freed once it is DONE and no store operation still
+ * holds a pointer to it (store_ops == 0); store callbacks always come.
+ */
+#include "proxy.h"
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "policy.h"
+#include "problem.h"
+#include "record.h"
+#include "server.h"
+#include "store.h"
+#include "upstream.h"
+
+#define PASS_BODY_HIGH_WATER (256 * 1024)
+
+enum ex_state { EX_RECEIVING, EX_CLAIMING, EX_CONNECTING, EX_WAITING, EX_FINISHING, EX_DONE };
+
+static const char *const ex_state_name[] = {"receiving", "claiming", "connecting",
+                                            "waiting",   "finishing", "done"};
+
+struct exchange {
+    struct runtime *rt;
+    struct config *cfg;
+    struct upstream_pool *pool;
+    const struct policy *policy;
+    struct client *client;
+    struct http_message *req;
+    char peer[64];
+    enum ex_state state;
+
+    bool idempotent; /* the key is claimed or being claimed */
+    bool degraded;   /* store unreachable, forwarded unprotected (on_store_error pass) */
+    bool owns_key;   /* our claim succeeded and nothing released it yet */
+    char *key;
+    char scope[POLICY_SCOPE_HASH_LEN + 1];
+    char fingerprint[POLICY_FINGERPRINT_LEN + 1];
+    char *rkey;
+    char owner[33];
+
+    struct evbuffer *body; /* idempotent: the whole body; pass: bytes not yet sent */
+    size_t body_len;
+    bool request_complete;
+
+    struct upstream_conn *up;
+    char upstream_name[80];
+    struct http_message *resp;
+    struct evbuffer *resp_body;
+    size_t resp_body_len;
+    bool streaming; /* the response head went to the client before the end */
+    bool paused;    /* upstream reading paused for a slow client */
+
+    struct event *timer; /* upstream_timeout */
+    struct event *renew; /* lease renewal every lock_ttl/3 */
+    int store_ops;
+
+    bool head_sent;  /* the request head is in the upstream's output */
+    /* What to answer once a release or mark-unknown has landed in Redis. */
+    bool then_send_response;
+    enum problem_code then_problem;
+    uint64_t t_start;
+    uint64_t t_upstream;
+    int64_t upstream_ms;
+    const char *idem;
+    int status;
+    uint64_t bytes;
+};
+
+static void ex_finish(struct exchange *ex);
+static void forward(struct exchange *ex);
+static const struct upstream_events upstream_events;
+
+/* ---- state and lifetime ------------------------------------------------- */
+
+static void ex_set_state(struct exchange *ex, enum ex_state next)
+{
+    log_debug("request %s %s key=%s: %s -> %s", ex->peer, ex->req->url, ex->key ? ex->key : "-",
+              ex_state_name[ex->state], ex_state_name[next]);
+    ex->state = next;
+}
+
+static void ex_free(struct exchange *ex)
+{
+    struct runtime *rt = ex->rt;
+    if (ex->up)
+        upstream_conn_abort(ex->up);
+    event_free(ex->timer);
+    event_free(ex->renew);
+    if (ex->body)
+        evbuffer_free(ex->body);
+    if (ex->resp_body)
+        evbuffer_free(ex->resp_body);
+    http_message_free(ex->req);
+    http_message_free(ex->resp);
+    free(ex->key);
+    free(ex->rkey);
+    upstream_pool_unref(ex->pool);
+    config_unref(ex->cfg);
+    free(ex);
+    rt->exchanges--;
+    if (rt->draining && rt->on_idle)
+        rt->on_idle(rt);
+}
+
+static void ex_maybe_free(struct exchange *ex)
+{
+    if (ex->state == EX_DONE && ex->store_ops == 0)
+        ex_free(ex);
+}
+
+static void log_exchange(struct exchange *ex)
+{
+    const char *url = ex->req->url ? ex->req->url : "";
+    struct access_entry e = {
+        .client = ex->peer,
+        .method = llhttp_method_name((llhttp_method_t)ex->req->method),
+        .path = url,
+        .path_len = ex->req->url_len,
+        .status = ex->status,
+        .idem = ex->idem,
+        .key = ex->key,
+        .scope = ex->key ? ex->scope : NULL,
+        .upstream = ex->upstream_name[0] ? ex->upstream_name : NULL,
+        .upstream_ms = ex->upstream_ms,
+        .ms = now_monotonic_ms() - ex->t_start,
+        .bytes = ex->bytes,
+    };
+    log_access(&e);
+}
+
+/*
+ * The answer is out (or nobody is left to hear it): log and stop timers.
+ * Never frees: every entry point into this file ends with ex_maybe_free(),
+ * so no caller up the stack is left holding a freed exchange.
+ */
+static void ex_finish(struct exchange *ex)
+{
+    if (ex->state == EX_DONE)
+        return;
+    if (ex->up) {
+        upstream_conn_abort(ex->up);
+        ex->up = NULL;
+    }
+    evtimer_del(ex->timer);
+    evtimer_del(ex->renew);
+    ex_set_state(ex, EX_DONE);
+    log_exchange(ex);
+}
+
+/* ---- answering ---------------------------------------------------------- */
+
+static void answer_problem(struct exchange *ex, enum problem_code code,
+                           const struct header_list *extra)
+{
+    ex->status = problem_status(code);
+    if (ex->client) {
+        struct problem p = {.code = code, .key = ex->key};
+        ex->bytes = client_respond_problem(ex->client, &p, extra);
+        ex->client = NULL;
+    }
+    ex_finish(ex);
+}
+
+static void answer_retry_later(struct exchange *ex, enum problem_code code, int64_t pttl_ms)
+{
+    struct header_list extra;
+    headers_init(&extra);
+    char secs[24];
+    long long s = pttl_ms > 0 ? (pttl_ms + 999) / 1000 : 1;
+    snprintf(secs, sizeof(secs), "%lld", s < 1 ? 1 : s);
+    headers_add_cstr(&extra, "Retry-After", secs);
+    answer_problem(ex, code, &extra);
+    headers_clear(&extra);
+}
+
+/* Response headers for the client: end-to-end fields, framing left to server.c. */
+static void client_headers(const struct http_message *resp, bool keep_length,
+                           struct header_list *out)
+{
+    headers_copy_end_to_end(out, &resp->headers);
+    if (!keep_length)
+        headers_remove(out, "Content-Length");
+}
+
+static bool response_has_no_body(const struct exchange *ex, int status)
+{
+    return http_response_has_no_body(ex->req->method, status);
+}
+
+static void start_client_response(struct exchange *ex, int64_t content_length)
+{
+    struct http_message *resp = ex->resp;
+    bool no_body = response_has_no_body(ex, resp->status);
+    struct header_list h;
+    headers_init(&h);
+    client_headers(resp, no_body, &h);
+    if (ex->degraded)
+        headers_add_cstr(&h, "Idempotency-Degraded", "true");
+    client_respond_head(ex->client, resp->status, &h, no_body ? -1 : content_length, no_body);
+    headers_clear(&h);
+}
+
+/* Sends the buffered upstream response as a whole. */
+static void answer_buffered(struct exchange *ex)
+{
+    ex->status = ex->resp->status;
+    if (ex->client && !ex->streaming) {
+        start_client_response(ex, (int64_t)ex->resp_body_len);
+        size_t n = evbuffer_get_length(ex->resp_body);
+        client_respond_body(ex->client, (const char *)evbuffer_pullup(ex->resp_body, -1), n);
+    }
+    if (ex->client) {
+        ex->bytes = client_respond_end(ex->client);
+        ex->client = NULL;
+    }
+    ex_finish(ex);
+}
+
+static void answer_replay(struct exchange *ex, const struct record *rec)
+{
+    ex->status = rec->status;
+    ex->idem = "replay";
+    if (ex->client == NULL) {
+        ex_finish(ex);
+        return;
+    }
+    struct header_list h;
+    headers_init(&h);
+    for (int i = 0; i < rec->headers.count; i++) {
+        const struct header *f = &rec->headers.items[i];
+        if (!strn_case_equal(f->name, f->name_len, "Date") &&
+            !strn_case_equal(f->name, f->name_len, "Content-Length"))
+            headers_add(&h, f->name, f->name_len, f->value, f->value_len);
+    }
+    char date[64];
+    http_date_now(date, sizeof(date));
+    headers_add_cstr(&h, "Date", date);
+    headers_add_cstr(&h, ex->cfg->replay_header, "true");
+    if (rec->body_omitted)
+        headers_add_cstr(&h, "Idempotency-Replay", "omitted");
+    bool no_body = response_has_no_body(ex, rec->status);
+    client_respond_head(ex->client, rec->status, &h, (int64_t)rec->body_len, no_body);
+    client_respond_body(ex->client, rec->body, rec->body_len);
+    ex->bytes = client_respond_end(ex->client);
+    ex->client = NULL;
+    headers_clear(&h);
+    ex_finish(ex);
+}
+
+/* ---- store continuations ------------------------------------------------ */
+
+static void on_released_then_answer(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    if (error)
+        log_error("request %s key=%s: releasing the key failed (%s); it stays locked until "
+                  "its lease expires",
+                  ex->peer, ex->key, error);
+    else if (!applied)
+        log_warn("request %s key=%s: lease was lost before release", ex->peer, ex->key);
+    if (ex->then_send_response)
+        answer_buffered(ex);
+    else
+        answer_problem(ex, ex->then_problem, NULL);
+    ex_maybe_free(ex);
+}
+
+/* Releases the key; then answers with the buffered response or a problem. */
+static void release_then(struct exchange *ex, bool send_response, enum problem_code problem)
+{
+    ex->then_send_response = send_response;
+    ex->then_problem = problem;
+    ex->owns_key = false;
+    ex_set_state(ex, EX_FINISHING);
+    ex->store_ops++;
+    store_release(ex->rt->store, ex->rkey, ex->owner, on_released_then_answer, ex);
+}
+
+static void on_unknown_then_answer(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    if (error)
+        log_error("request %s key=%s: cannot mark the outcome unknown (%s); the key stays "
+                  "locked until its lease expires",
+                  ex->peer, ex->key, error);
+    else if (!applied)
+        log_warn("request %s key=%s: lease was lost before the outcome was recorded", ex->peer,
+                 ex->key);
+    if (ex->streaming || ex->client == NULL)
+        ex_finish(ex);
+    else
+        answer_problem(ex, ex->then_problem, NULL);
+    ex_maybe_free(ex);
+}
+
+/* The upstream may or may not have executed the request: block the key. */
+static void mark_unknown_then(struct exchange *ex, enum problem_code then)
+{
+    ex->then_problem = then;
+    ex->owns_key = false;
+    ex_set_state(ex, EX_FINISHING);
+    ex->store_ops++;
+    store_mark_unknown(ex->rt->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms,
+                       on_unknown_then_answer, ex);
+}
+
+static void on_completed(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    if (error)
+        log_error("request %s key=%s: storing the response failed (%s); the key stays locked "
+                  "until its lease expires, then a retry executes again",
+                  ex->peer, ex->key, error);
+    else if (!applied)
+        log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
+                 ex->peer, ex->key);
+    answer_buffered(ex);
+    ex_maybe_free(ex);
+}
+
+static void store_response(struct exchange *ex)
+{
+    struct header_list h;
+    headers_init(&h);
+    client_headers(ex->resp, false, &h);
+    headers_remove(&h, "Date");
+    size_t len;
+    const char *body = ex->streaming ? "" : (const char *)evbuffer_pullup(ex->resp_body, -1);
+    size_t body_len = ex->streaming ? 0 : ex->resp_body_len;
+    char *rec = record_encode(ex->resp->status, ex->streaming, &h, body ? body : "", body_len, &len);
+    headers_clear(&h);
+    ex->owns_key = false;
+    ex_set_state(ex, EX_FINISHING);
+    if (rec == NULL) {
+        log_error("request %s key=%s: response cannot be encoded; releasing the key", ex->peer,
+                  ex->key);
+        release_then(ex, true, PROBLEM_UPSTREAM_UNAVAILABLE);
+        return;
+    }
+    ex->store_ops++;
+    store_complete(ex->rt->store, ex->rkey, ex->owner, rec, len, ex->policy->ttl_ms, on_completed,
+                   ex);
+    free(rec);
+}
+
+static void on_renewed(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    if (error)
+        log_warn("request %s key=%s: lease renewal failed: %s", ex->peer, ex->key, error);
+    else if (!applied)
+        log_warn("request %s key=%s: lease lost while the upstream works; the response will "
+                 "not be stored",
+                 ex->peer, ex->key);
+    ex_maybe_free(ex);
+}
+
+static void arm_renew(struct exchange *ex)
+{
+    uint64_t ms = ex->policy->lock_ttl_ms / 3;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(ex->renew, &tv);
+}
+
+static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct exchange *ex = arg;
+    if (!ex->owns_key || (ex->state != EX_CONNECTING && ex->state != EX_WAITING))
+        return;
+    ex->store_ops++;
+    store_renew(ex->rt->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, on_renewed, ex);
+    arm_renew(ex);
+}
+
+/* ---- claim -------------------------------------------------------------- */
+
+static void answer_done(struct exchange *ex, const struct claim_result *res)
+{
+    struct record rec;
+    if (record_decode(res->record, res->record_len, &rec) != IDEM_OK) {
+        log_error("request %s key=%s: stored record is unreadable; answering 409", ex->peer,
+                  ex->key);
+        ex->idem = "reject";
+        answer_retry_later(ex, PROBLEM_CONFLICT, res->pttl_ms);
+        return;
+    }
+    if (ex->policy->on_duplicate == ON_DUPLICATE_REJECT) {
+        struct header_list extra;
+        headers_init(&extra);
+        char status[8];
+        snprintf(status, sizeof(status), "%d", rec.status);
+        headers_add_cstr(&extra, "Idempotency-Original-Status", status);
+        ex->idem = "reject";
+        answer_problem(ex, PROBLEM_ALREADY_COMPLETED, &extra);
+        headers_clear(&extra);
+    } else {
+        answer_replay(ex, &rec);
+    }
+    record_free(&rec);
+}
+
+static void on_claimed(void *arg, const struct claim_result *res, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    if (error) {
+        if (ex->rt->cfg->on_store_error == ON_STORE_ERROR_PASS) {
+            log_warn("request %s key=%s: store unavailable (%s); forwarding UNPROTECTED "
+                     "(on_store_error pass)",
+                     ex->peer, ex->key, error);
+            ex->degraded = true;
+            ex->idempotent = false;
+            ex->idem = "store_error";
+            forward(ex);
+        } else {
+            log_warn("request %s key=%s: store unavailable (%s); answering 503 "
+                     "(on_store_error reject)",
+                     ex->peer, ex->key, error);
+            ex->idem = "store_error";
+            struct header_list extra;
+            headers_init(&extra);
+            headers_add_cstr(&extra, "Retry-After", "1");
+            answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, &extra);
+            headers_clear(&extra);
+        }
+        ex_maybe_free(ex);
+        return;
+    }
+    if (res->state == KEY_STATE_CLAIMED) {
+        ex->owns_key = true;
+        ex->idem = "miss";
+        arm_renew(ex);
+        forward(ex);
+    } else if (res->fingerprint_len != POLICY_FINGERPRINT_LEN ||
+               memcmp(res->fingerprint, ex->fingerprint, POLICY_FINGERPRINT_LEN) != 0) {
+        ex->idem = "mismatch";
+        answer_problem(ex, PROBLEM_FINGERPRINT_MISMATCH, NULL);
+    } else if (res->state == KEY_STATE_INFLIGHT) {
+        ex->idem = "inflight";
+        answer_retry_later(ex, PROBLEM_CONFLICT, res->pttl_ms);
+    } else if (res->state == KEY_STATE_UNKNOWN) {
+        ex->idem = "unknown";
+        answer_retry_later(ex, PROBLEM_OUTCOME_UNKNOWN, res->pttl_ms);
+    } else {
+        answer_done(ex, res);
+    }
+    ex_maybe_free(ex);
+}
+
+static void request_view(const struct exchange *ex, struct request_view *v)
+{
+    const char *url = ex->req->url ? ex->req->url : "";
+    const char *q = memchr(url, '?', ex->req->url_len);
+    memset(v, 0, sizeof(*v));
+    v->method = ex->req->method;
+    v->method_name = llhttp_method_name((llhttp_method_t)ex->req->method);
+    v->path = url;
+    v->path_len = q ? (size_t)(q - url) : ex->req->url_len;
+    v->query = q ? q + 1 : NULL;
+    v->query_len = q ? ex->req->url_len - (size_t)(q - url) - 1 : 0;
+    v->headers = &ex->req->headers;
+    if (ex->body) {
+        v->body_len = evbuffer_get_length(ex->body);
+        v->body = (const char *)evbuffer_pullup(ex->body, -1);
+    }
+}
+
+static void claim(struct exchange *ex)
+{
+    struct request_view v;
+    request_view(ex, &v);
+    policy_scope(ex->policy, &v, ex->scope);
+    policy_fingerprint(ex->policy, &v, ex->fingerprint);
+    ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ex->key);
+    if (store_random_token(ex->owner) != IDEM_OK) {
+        log_error("request %s: no randomness for an owner token", ex->peer);
+        answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
+        return;
+    }
+    ex_set_state(ex, EX_CLAIMING);
+    ex->store_ops++;
+    store_claim(ex->rt->store, ex->rkey, ex->fingerprint, ex->owner, ex->policy->lock_ttl_ms,
+                on_claimed, ex);
+}
+
+/* ---- upstream ----------------------------------------------------------- */
+
+static void add_forwarded(const struct exchange *ex, struct header_list *h)
+{
+    const struct header *xff = headers_find(&ex->req->headers, "X-Forwarded-For");
+    char buf[1024];
+    if (xff)
+        snprintf(buf, sizeof(buf), "%s, %s", xff->value, ex->peer);
+    else
+        snprintf(buf, sizeof(buf), "%s", ex->peer);
+    headers_remove(h, "X-Forwarded-For");
+    headers_add_cstr(h, "X-Forwarded-For", buf);
+    headers_remove(h, "X-Forwarded-Proto");
+    headers_add_cstr(h, "X-Forwarded-Proto", "http");
+    const struct header *host = headers_find(&ex->req->headers, "Host");
+    if (host && !headers_find(h, "X-Forwarded-Host"))
+        headers_add(h, "X-Forwarded-Host", 16, host->value, host->value_len);
+    const struct header *via = headers_find(&ex->req->headers, "Via");
+    if (via)
+        snprintf(buf, sizeof(buf), "%s, 1.%d idemproxy", via->value, ex->req->minor);
+    else
+        snprintf(buf, sizeof(buf), "1.%d idemproxy", ex->req->minor);
+    headers_remove(h, "Via");
+    headers_add_cstr(h, "Via", buf);
+}
+
+static void write_request_head(struct exchange *ex, struct evbuffer *out)
+{
+    struct header_list h;
+    headers_init(&h);
+    headers_copy_end_to_end(&h, &ex->req->headers);
+    headers_remove(&h, "Content-Length");
+    headers_remove(&h, "Expect"); /* 100-continue was answered by server.c */
+    add_forwarded(ex, &h);
+    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n",
+                        llhttp_method_name((llhttp_method_t)ex->req->method), ex->req->url);
+    if (!headers_find(&h, "Host")) {
+        const struct upstream_url *u = &ex->cfg->upstreams[0];
+        evbuffer_add_printf(out, "Host: %s\r\n", u->host_header);
+    }
+    for (int i = 0; i < h.count; i++)
+        evbuffer_add_printf(out, "%s: %s\r\n", h.items[i].name, h.items[i].value);
+    if (ex->idempotent)
+        evbuffer_add_printf(out, "Content-Length: %zu\r\n", evbuffer_get_length(ex->body));
+    else if (ex->req->chunked)
+        evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+    else if (ex->req->has_content_length)
+        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
+                            (unsigned long long)ex->req->content_length);
+    evbuffer_add(out, "\r\n", 2);
+    headers_clear(&h);
+}
+
+/* Writes a piece of a streamed request body, re-framed for the upstream. */
+static void write_body_piece(struct exchange *ex, struct evbuffer *out, const char *data,
+                             size_t len)
+{
+    if (len == 0)
+        return;
+    if (!ex->idempotent && ex->req->chunked)
+        evbuffer_add_printf(out, "%zx\r\n", len);
+    evbuffer_add(out, data, len);
+    if (!ex->idempotent && ex->req->chunked)
+        evbuffer_add(out, "\r\n", 2);
+}
+
+static void arm_upstream_timer(struct exchange *ex)
+{
+    uint64_t ms = ex->cfg->upstream_timeout_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(ex->timer, &tv);
+}
+
+/* The whole request is in the upstream's output buffer. */
+static void request_sent(struct exchange *ex)
+{
+    struct evbuffer *out = upstream_conn_output(ex->up);
+    if (!ex->idempotent && ex->req->chunked)
+        evbuffer_add(out, "0\r\n\r\n", 5);
+    ex_set_state(ex, EX_WAITING);
+    arm_upstream_timer(ex);
+}
+
+static void on_upstream_ready(void *arg, struct upstream_conn *conn, const char *why)
+{
+    struct exchange *ex = arg;
+    if (conn == NULL) {
+        ex->up = NULL;
+        log_warn("request %s key=%s: no upstream reachable: %s", ex->peer,
+                 ex->key ? ex->key : "-", why);
+        if (ex->owns_key)
+            release_then(ex, false, PROBLEM_UPSTREAM_UNAVAILABLE);
+        else
+            answer_problem(ex, PROBLEM_UPSTREAM_UNAVAILABLE, NULL);
+        ex_maybe_free(ex);
+        return;
+    }
+    snprintf(ex->upstream_name, sizeof(ex->upstream_name), "%s", upstream_conn_name(conn));
+    ex->t_upstream = now_monotonic_ms();
+    struct evbuffer *out = upstream_conn_output(conn);
+    write_request_head(ex, out);
+    if (ex->idempotent) {
+        evbuffer_add_buffer_reference(out, ex->body);
+    } else if (ex->body) {
+        size_t n = evbuffer_get_length(ex->body);
+        write_body_piece(ex, out, (const char *)evbuffer_pullup(ex->body, -1), n);
+        evbuffer_drain(ex->body, n);
+    }
+    ex->head_sent = true;
+    upstream_conn_expect_response(conn, ex->req->method);
+    if (ex->client && !ex->request_complete)
+        client_set_reading(ex->client, true);
+    if (ex->request_complete)
+        request_sent(ex);
+}
+
+static void forward(struct exchange *ex)
+{
+    ex_set_state(ex, EX_CONNECTING);
+    ex->up = upstream_acquire(ex->pool, &upstream_events, ex, on_upstream_ready);
+}
+
+static enum http_verdict on_up_head(void *arg, struct http_message *resp)
+{
+    struct exchange *ex = arg;
+    ex->resp = resp;
+    ex->resp_body = evbuffer_new();
+    if (ex->idempotent) {
+        /* A body known to be too large is streamed from the start. */
+        if (resp->has_content_length && resp->content_length > ex->policy->max_cached_body &&
+            !response_has_no_body(ex, resp->status)) {
+            ex->streaming = true;
+            if (ex->client)
+                start_client_response(ex, (int64_t)resp->content_length);
+        }
+        return PARSE_CONTINUE;
+    }
+    ex->streaming = true;
+    if (ex->client)
+        start_client_response(ex, resp->has_content_length ? (int64_t)resp->content_length : -1);
+    return PARSE_CONTINUE;
+}
+
+static void stream_to_client(struct exchange *ex, const char *data, size_t len)
+{
+    if (ex->client == NULL)
+        return;
+    client_respond_body(ex->client, data, len);
+    if (!ex->paused && client_congested(ex->client) && ex->up) {
+        ex->paused = true;
+        upstream_conn_set_reading(ex->up, false);
+    }
+}
+
+static enum http_verdict on_up_body(void *arg, const char *data, size_t len)
+{
+    struct exchange *ex = arg;
+    ex->resp_body_len += len;
+    if (ex->streaming) {
+        stream_to_client(ex, data, len);
+        return PARSE_CONTINUE;
+    }
+    evbuffer_add(ex->resp_body, data, len);
+    if (ex->resp_body_len > ex->policy->max_cached_body) {
+        /* Too large to keep: send what we have and stream the rest. */
+        ex->streaming = true;
+        if (ex->client) {
+            start_client_response(ex, ex->resp->has_content_length
+                                          ? (int64_t)ex->resp->content_length
+                                          : -1);
+            size_t n = evbuffer_get_length(ex->resp_body);
+            stream_to_client(ex, (const char *)evbuffer_pullup(ex->resp_body, -1), n);
+        }
+        evbuffer_drain(ex->resp_body, evbuffer_get_length(ex->resp_body));
+    }
+    return PARSE_CONTINUE;
+}
+
+static void on_up_complete(void *arg)
+{
+    struct exchange *ex = arg;
+    ex->up = NULL;
+    ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
+    evtimer_del(ex->timer);
+    evtimer_del(ex->renew);
+    int status = ex->resp->status;
+    if (!ex->idempotent) {
+        answer_buffered(ex); /* streamed already: ends the response */
+        ex_maybe_free(ex);
+        return;
+    }
+    if (status < CONFIG_MAX_STATUS && ex->policy->release_on[status]) {
+        log_info("request %s key=%s: upstream answered %d (release_on); key released", ex->peer,
+                 ex->key, status);
+        release_then(ex, true, PROBLEM_UPSTREAM_UNAVAILABLE);
+        return;
+    }
+    store_response(ex);
+}
+
+static void on_up_error(void *arg, enum upstream_failure failure, const char *why)
+{
+    struct exchange *ex = arg;
+    (void)failure;
+    ex->up = NULL;
+    ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
+    log_warn("request %s key=%s: upstream %s failed after the request was sent: %s", ex->peer,
+             ex->key ? ex->key : "-", ex->upstream_name, why);
+    if (ex->owns_key)
+        mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
+    else if (ex->streaming)
+        ex_finish(ex); /* the client connection closes with the exchange */
+    else
+        answer_problem(ex, PROBLEM_UPSTREAM_UNAVAILABLE, NULL);
+    ex_maybe_free(ex);
+}
+
+static void on_up_drained(void *arg)
+{
+    struct exchange *ex = arg;
+    if (ex->client && !ex->request_complete)
+        client_set_reading(ex->client, true);
+}
+
+static const struct upstream_events upstream_events = {
+    .on_head = on_up_head,
+    .on_body = on_up_body,
+    .on_complete = on_up_complete,
+    .on_error = on_up_error,
+    .on_drained = on_up_drained,
+};
+
+static void on_upstream_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct exchange *ex = arg;
+    log_warn("request %s key=%s: upstream %s did not answer within upstream_timeout", ex->peer,
+             ex->key ? ex->key : "-", ex->upstream_name);
+    if (ex->up) {
+        upstream_conn_abort(ex->up);
+        ex->up = NULL;
+    }
+    ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
+    if (ex->owns_key)
+        mark_unknown_then(ex, PROBLEM_UPSTREAM_TIMEOUT);
+    else if (ex->streaming)
+        ex_finish(ex);
+    else
+        answer_problem(ex, PROBLEM_UPSTREAM_TIMEOUT, NULL);
+    ex_maybe_free(ex);
+}
+
+/* ---- entry points from server.c ----------------------------------------- */
+
+static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http_message *req)
+{
+    struct exchange *ex = xcalloc(1, sizeof(*ex));
+    ex->rt = rt;
+    ex->cfg = config_ref(rt->cfg);
+    ex->pool = rt->pool;
+    upstream_pool_ref(ex->pool);
+    ex->client = c;
+    ex->req = req;
+    snprintf(ex->peer, sizeof(ex->peer), "%s", client_peer(c));
+    ex->t_start = now_monotonic_ms();
+    ex->upstream_ms = -1;
+    ex->timer = evtimer_new(rt->base, on_upstream_timeout, ex);
+    ex->renew = evtimer_new(rt->base, on_renew_timer, ex);
+    ex->state = EX_RECEIVING;
+    rt->exchanges++;
+    if (req->url == NULL) {
+        req->url = xstrdup("/");
+        req->url_len = 1;
+    }
+    return ex;
+}
+
+/* Returns NULL when the request was answered at once. */
+static struct exchange *begin_pass(struct exchange *ex, const char *idem)
+{
+    ex->idem = idem;
+    ex->body = evbuffer_new();
+    forward(ex);
+    return ex;
+}
+
+struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_message *req)
+{
+    struct exchange *ex = ex_new(rt, c, req);
+    const char *url = req->url;
+    const char *q = memchr(url, '?', req->url_len);
+    size_t path_len = q ? (size_t)(q - url) : req->url_len;
+    ex->policy = config_policy_for(ex->cfg, url, path_len);
+
+    if (!policy_covers(ex->policy, req->method))
+        return begin_pass(ex, "bypass");
+
+    struct request_view v;
+    request_view(ex, &v);
+    switch (policy_extract_key(ex->policy, &v, &ex->key)) {
+    case KEY_ABSENT:
+        if (!ex->policy->require_key)
+            return begin_pass(ex, "nokey");
+        ex->idem = "nokey";
+        answer_problem(ex, PROBLEM_MISSING_KEY, NULL);
+        ex_maybe_free(ex);
+        return NULL;
+    case KEY_INVALID:
+        ex->idem = "invalid";
+        answer_problem(ex, PROBLEM_INVALID_KEY, NULL);
+        ex_maybe_free(ex);
+        return NULL;
+    case KEY_FOUND:
+        break;
+    }
+    if (req->has_content_length && req->content_length > ex->policy->max_request_body) {
+        ex->idem = "too_large";
+        answer_problem(ex, PROBLEM_PAYLOAD_TOO_LARGE, NULL);
+        ex_maybe_free(ex);
+        return NULL;
+    }
+    ex->idempotent = true;
+    ex->body = evbuffer_new();
+    return ex;
+}
+
+bool proxy_request_body(struct exchange *ex, const char *data, size_t len)
+{
+    ex->body_len += len;
+    if (ex->idempotent) {
+        if (ex->body_len > ex->policy->max_request_body) {
+            ex->idem = "too_large";
+            answer_problem(ex, PROBLEM_PAYLOAD_TOO_LARGE, NULL);
+            ex_maybe_free(ex);
+            return false;
+        }
+        evbuffer_add(ex->body, data, len);
+        return true;
+    }
+    struct evbuffer *out = ex->head_sent ? upstream_conn_output(ex->up) : ex->body;
+    if (ex->head_sent)
+        write_body_piece(ex, out, data, len);
+    else
+        evbuffer_add(out, data, len);
+    /* The upstream (or its connect) is slower than the client: stop reading. */
+    if (evbuffer_get_length(out) > PASS_BODY_HIGH_WATER && ex->client)
+        client_set_reading(ex->client, false);
+    return true;
+}
+
+void proxy_request_complete(struct exchange *ex)
+{
+    ex->request_complete = true;
+    if (ex->idempotent) {
+        claim(ex);
+        ex_maybe_free(ex);
+        return;
+    }
+    /* Pass-through: the head may already be upstream. */
+    if (ex->head_sent)
+        request_sent(ex);
+}
+
+void proxy_client_gone(struct exchange *ex)
+{
+    ex->client = NULL;
+    if (ex->state == EX_DONE)
+        return;
+    if (!ex->request_complete || !ex->idempotent || ex->degraded) {
+        log_info("request %s key=%s: client went away; abandoning the request", ex->peer,
+                 ex->key ? ex->key : "-");
+        ex->status = 499;
+        ex_finish(ex);
+        ex_maybe_free(ex);
+        return;
+    }
+    log_info("request %s key=%s: client went away; finishing so the response is stored",
+             ex->peer, ex->key);
+}
+
+void proxy_client_drained(struct exchange *ex)
+{
+    if (ex->paused && ex->up) {
+        ex->paused = false;
+        upstream_conn_set_reading(ex->up, true);
+    }
+}

@@ -1,0 +1,594 @@
+/*
+ * server.c - listeners and client connections.
+ *
+ * A client connection is a small state machine; every transition goes
+ * through client_set_state(), which also arms the one timer that guards the
+ * state:
+ *
+ *   IDLE --first byte--> HEAD --head parsed--> BODY --request complete--> WAIT
+ *    ^                    (client_header_timeout) (client_body_timeout)   |
+ *    |                                                                     |
+ *    +------------- response ended, keep-alive ----------------------------+
+ *                   response ended, close  --> CLOSING (flush, then free)
+ *
+ * IDLE is guarded by idle_timeout (closed silently); HEAD and BODY by their
+ * timeouts (408, then closed); WAIT by nothing here: the exchange owns the
+ * upstream timeout.
+ *
+ * While a request is being served the parser is paused, so pipelined
+ * requests stay in the input buffer (bounded by a read watermark) and are
+ * parsed only after the response ends, which keeps answers in order.
+ *
+ * Freeing: a client is freed only from its own bufferevent callbacks or a
+ * deferred event, never from inside the parser or a proxy callback; code that
+ * wants it closed sets `want_close` while `in_parser` is true.
+ */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "http.h"
+#include "log.h"
+#include "proxy.h"
+
+#define CLIENT_READ_HIGH_WATER (256 * 1024)
+#define CLIENT_WRITE_HIGH_WATER (256 * 1024)
+
+enum client_state { CLIENT_IDLE, CLIENT_HEAD, CLIENT_BODY, CLIENT_WAIT, CLIENT_CLOSING };
+
+static const char *const client_state_name[] = {"idle", "head", "body", "wait", "closing"};
+
+enum framing { FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE };
+
+struct client {
+    struct server *srv;
+    struct bufferevent *bev;
+    struct event *timer;
+    struct event *resume; /* deferred: parse what is buffered after a response */
+    enum client_state state;
+    struct http_parser parser;
+    struct exchange *ex;
+    char peer[64];
+    int minor;             /* HTTP/1.minor of the current request */
+    bool keep_alive;       /* the current request allows another after it */
+    bool close_after;      /* close once the current response is out */
+    bool in_parser;
+    bool want_close;
+    bool peer_closed;      /* EOF seen: answer what is in flight, then close */
+    bool responding;       /* a response head went out for the current request */
+    enum framing framing;
+    uint64_t response_bytes;
+    struct client *prev, *next;
+};
+
+struct server {
+    struct runtime *rt;
+    struct evconnlistener *listeners[CONFIG_MAX_LISTEN];
+    int nlisteners;
+    struct client *clients;
+};
+
+static void client_free(struct client *c);
+static void client_process(struct client *c);
+
+/* ---- state -------------------------------------------------------------- */
+
+static void arm_timer(struct client *c, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(c->timer, &tv);
+}
+
+static void client_set_state(struct client *c, enum client_state next)
+{
+    const struct config *cfg = c->srv->rt->cfg;
+    log_debug("client %s: %s -> %s", c->peer, client_state_name[c->state],
+              client_state_name[next]);
+    c->state = next;
+    evtimer_del(c->timer);
+    switch (next) {
+    case CLIENT_IDLE:
+        arm_timer(c, cfg->idle_timeout_ms);
+        break;
+    case CLIENT_HEAD:
+        arm_timer(c, cfg->client_header_timeout_ms);
+        break;
+    case CLIENT_BODY:
+        arm_timer(c, cfg->client_body_timeout_ms);
+        break;
+    case CLIENT_WAIT:
+        break;
+    case CLIENT_CLOSING:
+        /* A peer that never reads must not hold the connection forever. */
+        arm_timer(c, cfg->client_body_timeout_ms);
+        break;
+    }
+}
+
+/* Frees now, or as soon as the parser has returned. */
+static void client_close(struct client *c)
+{
+    if (c->in_parser) {
+        c->want_close = true;
+        return;
+    }
+    client_free(c);
+}
+
+/* Closes once everything written has been sent. */
+static void client_close_after_flush(struct client *c)
+{
+    client_set_state(c, CLIENT_CLOSING);
+    bufferevent_disable(c->bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+        client_close(c);
+}
+
+/* ---- writing responses -------------------------------------------------- */
+
+static void write_head(struct client *c, int status, const struct header_list *headers,
+                       const char *framing_header, bool close)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    for (int i = 0; i < headers->count; i++) {
+        const struct header *h = &headers->items[i];
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (framing_header)
+        evbuffer_add_printf(out, "%s\r\n", framing_header);
+    if (close)
+        evbuffer_add_printf(out, "Connection: close\r\n");
+    else if (c->minor == 0)
+        evbuffer_add_printf(out, "Connection: keep-alive\r\n");
+    evbuffer_add(out, "\r\n", 2);
+    c->response_bytes += evbuffer_get_length(out) - before;
+}
+
+void client_respond_head(struct client *c, int status, const struct header_list *headers,
+                         int64_t content_length, bool no_body)
+{
+    char framing_header[64];
+    const char *fh = NULL;
+    /* A request not read to its end leaves bytes we cannot parse past: close. */
+    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive ||
+        c->peer_closed || c->srv->rt->draining)
+        c->close_after = true;
+    if (no_body) {
+        c->framing = FRAME_NONE;
+    } else if (content_length >= 0) {
+        c->framing = FRAME_LENGTH;
+        snprintf(framing_header, sizeof(framing_header), "Content-Length: %lld",
+                 (long long)content_length);
+        fh = framing_header;
+    } else if (c->minor >= 1) {
+        c->framing = FRAME_CHUNKED;
+        fh = "Transfer-Encoding: chunked";
+    } else {
+        c->framing = FRAME_CLOSE;
+        c->close_after = true;
+    }
+    c->responding = true;
+    write_head(c, status, headers, fh, c->close_after);
+}
+
+void client_respond_body(struct client *c, const char *data, size_t len)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    if (len == 0 || c->framing == FRAME_NONE)
+        return;
+    if (c->framing == FRAME_CHUNKED) {
+        evbuffer_add_printf(out, "%zx\r\n", len);
+        evbuffer_add(out, data, len);
+        evbuffer_add(out, "\r\n", 2);
+        c->response_bytes += len + 4 + 16;
+    } else {
+        evbuffer_add(out, data, len);
+        c->response_bytes += len;
+    }
+}
+
+uint64_t client_respond_end(struct client *c)
+{
+    if (c->framing == FRAME_CHUNKED) {
+        evbuffer_add(bufferevent_get_output(c->bev), "0\r\n\r\n", 5);
+        c->response_bytes += 5;
+    }
+    uint64_t bytes = c->response_bytes;
+    c->response_bytes = 0;
+    c->responding = false;
+    c->ex = NULL;
+    if (c->close_after) {
+        client_close_after_flush(c);
+        return bytes;
+    }
+    client_set_state(c, CLIENT_IDLE);
+    http_parser_resume(&c->parser);
+    event_active(c->resume, EV_TIMEOUT, 0);
+    return bytes;
+}
+
+uint64_t client_respond_problem(struct client *c, const struct problem *p,
+                                const struct header_list *extra)
+{
+    struct header_list h;
+    headers_init(&h);
+    char date[64];
+    http_date_now(date, sizeof(date));
+    headers_add_cstr(&h, "Date", date);
+    if (extra)
+        for (int i = 0; i < extra->count; i++)
+            headers_add(&h, extra->items[i].name, extra->items[i].name_len,
+                        extra->items[i].value, extra->items[i].value_len);
+    size_t len;
+    char *body = problem_render(p, c->srv->rt->cfg->error_doc_url, &h, &len);
+    client_respond_head(c, problem_status(p->code), &h, (int64_t)len, false);
+    client_respond_body(c, body, len);
+    free(body);
+    headers_clear(&h);
+    return client_respond_end(c);
+}
+
+bool client_congested(const struct client *c)
+{
+    return evbuffer_get_length(bufferevent_get_output(c->bev)) > CLIENT_WRITE_HIGH_WATER;
+}
+
+void client_set_reading(struct client *c, bool reading)
+{
+    if (reading)
+        bufferevent_enable(c->bev, EV_READ);
+    else
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+const char *client_peer(const struct client *c)
+{
+    return c->peer;
+}
+
+int client_http_minor(const struct client *c)
+{
+    return c->minor;
+}
+
+/* ---- errors found by the server itself ---------------------------------- */
+
+static void log_protocol_error(struct client *c, int status, const char *why)
+{
+    struct access_entry e = {
+        .client = c->peer,
+        .method = NULL,
+        .path = NULL,
+        .status = status,
+        .upstream_ms = -1,
+    };
+    log_info("client %s: %s", c->peer, why);
+    log_access(&e);
+}
+
+/* Answers with a problem (if nothing was sent yet) and closes. */
+static void client_fail(struct client *c, enum problem_code code, const char *why)
+{
+    if (c->ex) {
+        struct exchange *ex = c->ex;
+        c->ex = NULL;
+        proxy_client_gone(ex);
+    }
+    if (c->responding) {
+        log_info("client %s: %s; closing mid-response", c->peer, why);
+        client_close(c);
+        return;
+    }
+    struct problem p = {.code = code};
+    c->close_after = true;
+    log_protocol_error(c, problem_status(code), why);
+    (void)client_respond_problem(c, &p, NULL);
+}
+
+/* ---- parsing ------------------------------------------------------------ */
+
+static enum http_verdict on_req_head(void *arg, struct http_message *req)
+{
+    struct client *c = arg;
+    c->minor = req->minor;
+    c->keep_alive = req->keep_alive;
+    client_set_state(c, CLIENT_BODY);
+    bool expects_body = req->chunked || req->content_length > 0;
+    const struct header *expect = headers_find(&req->headers, "Expect");
+    bool wants_continue = expect && strn_case_equal(expect->value, expect->value_len,
+                                                    "100-continue");
+    c->ex = proxy_begin(c->srv->rt, c, req);
+    if (c->ex == NULL)
+        return PARSE_ABORT; /* answered already; the connection closes */
+    if (wants_continue && expects_body && c->minor >= 1)
+        evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+    return PARSE_CONTINUE;
+}
+
+static enum http_verdict on_req_body(void *arg, const char *data, size_t len)
+{
+    struct client *c = arg;
+    arm_timer(c, c->srv->rt->cfg->client_body_timeout_ms);
+    if (!proxy_request_body(c->ex, data, len))
+        return PARSE_ABORT;
+    return PARSE_CONTINUE;
+}
+
+static enum http_verdict on_req_complete(void *arg)
+{
+    struct client *c = arg;
+    client_set_state(c, CLIENT_WAIT);
+    proxy_request_complete(c->ex);
+    return PARSE_PAUSE;
+}
+
+static const struct http_parser_callbacks request_callbacks = {
+    .on_head = on_req_head,
+    .on_body = on_req_body,
+    .on_complete = on_req_complete,
+};
+
+static enum problem_code problem_for(enum http_error e)
+{
+    switch (e) {
+    case HTTP_ERROR_URI_TOO_LONG:
+        return PROBLEM_URI_TOO_LONG;
+    case HTTP_ERROR_HEADER_TOO_LARGE:
+        return PROBLEM_HEADER_TOO_LARGE;
+    default:
+        return PROBLEM_BAD_REQUEST;
+    }
+}
+
+/* Parses what is buffered, as far as the state allows. */
+static void client_process(struct client *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (c->state == CLIENT_WAIT || c->state == CLIENT_CLOSING)
+        return;
+    if (c->state == CLIENT_IDLE) {
+        if (evbuffer_get_length(in) == 0)
+            return;
+        if (c->srv->rt->draining) {
+            client_close(c);
+            return;
+        }
+        client_set_state(c, CLIENT_HEAD);
+    }
+    c->in_parser = true;
+    enum http_feed_result r = http_parser_feed(&c->parser, in);
+    c->in_parser = false;
+    if (r == HTTP_FEED_ERROR) {
+        char why[160];
+        snprintf(why, sizeof(why), "malformed request: %s",
+                 c->parser.error_reason ? c->parser.error_reason : "parse error");
+        client_fail(c, problem_for(c->parser.error), why);
+    }
+    if (c->want_close)
+        client_free(c);
+}
+
+static void on_client_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    client_process(arg);
+}
+
+static void on_client_resume(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct client *c = arg;
+    client_process(c);
+    /* A peer that half-closed and has nothing more to send is done. */
+    if (c->state == CLIENT_IDLE && c->peer_closed &&
+        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        client_close_after_flush(c);
+}
+
+static void on_client_write(struct bufferevent *bev, void *arg)
+{
+    struct client *c = arg;
+    if (c->state == CLIENT_CLOSING) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            client_free(c);
+        return;
+    }
+    if (c->ex)
+        proxy_client_drained(c->ex);
+}
+
+static void on_client_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct client *c = arg;
+    if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
+        c->peer_closed = true;
+        if (c->state == CLIENT_WAIT) {
+            /* Half-close: the client may still read the answer. */
+            log_debug("client %s: closed its side while waiting", c->peer);
+            return;
+        }
+        if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY)
+            log_info("client %s: closed the connection mid-request", c->peer);
+    } else if (what & BEV_EVENT_ERROR) {
+        log_debug("client %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    }
+    client_free(c);
+}
+
+static void on_client_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct client *c = arg;
+    switch (c->state) {
+    case CLIENT_HEAD:
+        client_fail(c, PROBLEM_REQUEST_TIMEOUT, "request head not received in time");
+        break;
+    case CLIENT_BODY:
+        client_fail(c, PROBLEM_REQUEST_TIMEOUT, "request body not received in time");
+        break;
+    case CLIENT_IDLE:
+    case CLIENT_CLOSING:
+    case CLIENT_WAIT:
+        client_free(c);
+        break;
+    }
+}
+
+/* ---- connections -------------------------------------------------------- */
+
+static void client_free(struct client *c)
+{
+    struct server *srv = c->srv;
+    if (c->ex) {
+        struct exchange *ex = c->ex;
+        c->ex = NULL;
+        proxy_client_gone(ex);
+    }
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        srv->clients = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    http_parser_reset(&c->parser);
+    event_free(c->timer);
+    event_free(c->resume);
+    bufferevent_free(c->bev);
+    free(c);
+    srv->rt->clients--;
+    if (srv->rt->draining && srv->rt->on_idle)
+        srv->rt->on_idle(srv->rt);
+}
+
+static void format_peer(const struct sockaddr *sa, char *out, size_t cap)
+{
+    char host[INET6_ADDRSTRLEN] = "?";
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+    snprintf(out, cap, "%s", host);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    (void)l;
+    (void)socklen;
+    struct server *srv = arg;
+    struct runtime *rt = srv->rt;
+    if (rt->clients >= rt->cfg->max_connections || rt->draining) {
+        evutil_closesocket(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct client *c = xcalloc(1, sizeof(*c));
+    c->srv = srv;
+    format_peer(sa, c->peer, sizeof(c->peer));
+    c->bev = bufferevent_socket_new(rt->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    c->timer = evtimer_new(rt->base, on_client_timer, c);
+    c->resume = event_new(rt->base, -1, 0, on_client_resume, c);
+    c->minor = 1;
+    http_parser_init(&c->parser, HTTP_REQUEST, rt->cfg->max_header_size, &request_callbacks, c);
+    bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, CLIENT_READ_HIGH_WATER);
+    bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_HIGH_WATER / 2, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->next = srv->clients;
+    if (srv->clients)
+        srv->clients->prev = c;
+    srv->clients = c;
+    rt->clients++;
+    c->state = CLIENT_IDLE;
+    client_set_state(c, CLIENT_IDLE);
+}
+
+static void on_accept_error(struct evconnlistener *l, void *arg)
+{
+    (void)l;
+    (void)arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    log_error("accept failed: %s", evutil_socket_error_to_string(err));
+}
+
+struct server *server_new(struct runtime *rt)
+{
+    struct server *srv = xcalloc(1, sizeof(*srv));
+    srv->rt = rt;
+    return srv;
+}
+
+int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+{
+    for (int i = 0; i < cfg->nlistens; i++) {
+        const struct listen_addr *la = &cfg->listens[i];
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                                 .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
+        struct evutil_addrinfo *res = NULL;
+        int rc = evutil_getaddrinfo(la->host, la->port, &hints, &res);
+        if (rc != 0) {
+            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port,
+                     evutil_gai_strerror(rc));
+            return IDEM_ERR;
+        }
+        struct evconnlistener *l = evconnlistener_new_bind(
+            srv->rt->base, on_accept, srv,
+            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
+            res->ai_addr, (int)res->ai_addrlen);
+        evutil_freeaddrinfo(res);
+        if (l == NULL) {
+            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, strerror(errno));
+            return IDEM_ERR;
+        }
+        evconnlistener_set_error_cb(l, on_accept_error);
+        srv->listeners[srv->nlisteners++] = l;
+        log_info("listening on %s:%s", la->host, la->port);
+    }
+    return IDEM_OK;
+}
+
+void server_drain(struct server *srv)
+{
+    for (int i = 0; i < srv->nlisteners; i++) {
+        evconnlistener_free(srv->listeners[i]);
+        srv->listeners[i] = NULL;
+    }
+    srv->nlisteners = 0;
+    struct client *c = srv->clients;
+    while (c) {
+        struct client *next = c->next;
+        if (c->state == CLIENT_IDLE)
+            client_free(c);
+        c = next;
+    }
+}
+
+void server_free(struct server *srv)
+{
+    if (srv == NULL)
+        return;
+    server_drain(srv);
+    while (srv->clients)
+        client_free(srv->clients);
+    free(srv);
+}

@@ -1,0 +1,59 @@
+/*
+ * server.h - listeners and client connections.
+ *
+ * server.c accepts connections, parses requests (http.c) and hands each one
+ * to proxy.c as it arrives. proxy.c answers through the client_* calls
+ * below. A client serves one request at a time; pipelined requests wait in
+ * its input buffer until the current response has ended.
+ */
+#ifndef IDEM_SERVER_H
+#define IDEM_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "headers.h"
+#include "problem.h"
+#include "runtime.h"
+
+struct server;
+struct client;
+
+struct server *server_new(struct runtime *rt);
+/* Binds every `listen` address. Fails (with a phrase in err) if any cannot be bound. */
+int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen) MUST_CHECK;
+/* Stops accepting and closes idle keep-alive connections (SIGTERM). */
+void server_drain(struct server *srv);
+/* Closes every connection and listener. */
+void server_free(struct server *srv);
+
+/* ---- answering, for proxy.c ---------------------------------------------- */
+
+/*
+ * Starts the response. headers are written as given (end-to-end fields only;
+ * the caller has removed Content-Length and Transfer-Encoding unless
+ * no_body). content_length < 0 means unknown: chunked for HTTP/1.1 clients,
+ * close-delimited for HTTP/1.0.
+ */
+void client_respond_head(struct client *c, int status, const struct header_list *headers,
+                         int64_t content_length, bool no_body);
+void client_respond_body(struct client *c, const char *data, size_t len);
+/* Ends the response; returns the bytes it took on the wire. The client is
+ * then no longer the exchange's. */
+uint64_t client_respond_end(struct client *c);
+
+/* A complete problem response; extra may add fields (Retry-After ...). */
+uint64_t client_respond_problem(struct client *c, const struct problem *p,
+                                const struct header_list *extra);
+
+/* Output above the high-water mark: the producer should pause. */
+bool client_congested(const struct client *c);
+/* Stops or restarts reading the request body (upstream back-pressure). */
+void client_set_reading(struct client *c, bool reading);
+
+const char *client_peer(const struct client *c);
+int client_http_minor(const struct client *c);
+
+#endif

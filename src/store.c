@@ -1,0 +1,546 @@
+/*
+ * store.c - hiredis async client and the Lua scripts that own the life of a
+ * key.
+ *
+ * A key is a Redis hash: s = state, f = fingerprint, o = owner token (while in
+ * flight), r = encoded record (when done). Its expiry is the lease while in
+ * flight or unknown, and the retention ttl when done.
+ *
+ *              claim                complete (owner)
+ *   absent ----------> inflight -------------------> done --(ttl)--> absent
+ *     ^                 |  |  \ renew (owner) extends the lease
+ *     |   release(owner)|  |   \
+ *     +-----------------+  |    mark_unknown (owner)
+ *     +--(lock_ttl)--------+-------> unknown --(lock_ttl)--> absent
+ *
+ * Scripts run by EVALSHA; a NOSCRIPT answer (a restarted or flushed Redis)
+ * re-sends that command once as EVAL, which also caches the script again.
+ *
+ * Connection: one redisAsyncContext. When it is down, operations fail at
+ * once (on the next loop turn) and a timer reconnects with backoff from 50 ms
+ * to 1 s. Each operation has its own redis_timeout timer: when it fires the
+ * operation fails and the connection is torn down, since a Redis that does
+ * not answer in time cannot be trusted to answer the commands queued behind.
+ *
+ * Ownership: an op (struct store_op) is allocated per command and freed after
+ * hiredis has called its reply callback (hiredis calls every pending callback,
+ * with a NULL reply, when the context is freed), so op memory is never
+ * released while hiredis may still point at it. The caller's callback runs at
+ * most once, guarded by op->answered.
+ */
+#include "store.h"
+
+#include <event2/event.h>
+#include <hiredis/adapters/libevent.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+enum script_id { SCRIPT_CLAIM, SCRIPT_COMPLETE, SCRIPT_RELEASE, SCRIPT_RENEW, SCRIPT_UNKNOWN };
+
+static const char *const script_source[] = {
+    [SCRIPT_CLAIM] =
+        "local s = redis.call('HGET', KEYS[1], 's')\n"
+        "if not s then\n"
+        "  redis.call('HSET', KEYS[1], 's', 'inflight', 'f', ARGV[1], 'o', ARGV[2])\n"
+        "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "  return {'claimed'}\n"
+        "end\n"
+        "local f = redis.call('HGET', KEYS[1], 'f') or ''\n"
+        "local ttl = redis.call('PTTL', KEYS[1])\n"
+        "if s == 'done' and f == ARGV[1] then\n"
+        "  return {s, f, ttl, redis.call('HGET', KEYS[1], 'r') or ''}\n"
+        "end\n"
+        "return {s, f, ttl}\n",
+    [SCRIPT_COMPLETE] =
+        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
+        "redis.call('HDEL', KEYS[1], 'o')\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "return 1\n",
+    [SCRIPT_RELEASE] =
+        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "redis.call('DEL', KEYS[1])\n"
+        "return 1\n",
+    [SCRIPT_RENEW] =
+        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+        "return 1\n",
+    [SCRIPT_UNKNOWN] =
+        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "redis.call('HSET', KEYS[1], 's', 'unknown')\n"
+        "redis.call('HDEL', KEYS[1], 'o')\n"
+        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+        "return 1\n",
+};
+
+static const char *const script_name[] = {"claim", "complete", "release", "renew", "unknown"};
+
+#define SCRIPT_COUNT ((int)ARRAY_LEN(script_source))
+#define OP_MAX_ARGS 8
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 1000
+
+enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
+
+struct store_op {
+    struct store *st;
+    enum script_id script;
+    store_claim_cb on_claim;
+    store_update_cb on_update;
+    void *arg;
+    struct event *timer;
+    bool answered;
+    bool resent_as_eval;
+    int argc;
+    char *argv[OP_MAX_ARGS];
+    size_t argvlen[OP_MAX_ARGS];
+};
+
+struct store {
+    struct event_base *base;
+    redisAsyncContext *ac;
+    enum link_state link;
+    struct event *reconnect_timer;
+    uint64_t backoff_ms;
+    bool down_logged;
+
+    char *host, *port, *unix_path, *user, *password;
+    int db;
+    uint64_t timeout_ms;
+
+    char sha[SCRIPT_COUNT][41];
+};
+
+/* ---- answering ---------------------------------------------------------- */
+
+static void op_answer_error(struct store_op *op, const char *error)
+{
+    if (op->answered)
+        return;
+    op->answered = true;
+    if (op->on_claim)
+        op->on_claim(op->arg, NULL, error);
+    else
+        op->on_update(op->arg, false, error);
+}
+
+static void op_free(struct store_op *op)
+{
+    event_free(op->timer);
+    for (int i = 0; i < op->argc; i++)
+        free(op->argv[i]);
+    free(op);
+}
+
+static void answer_claim(struct store_op *op, redisReply *r)
+{
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        op_answer_error(op, "unexpected reply to claim");
+        return;
+    }
+    struct claim_result res = {.pttl_ms = -1};
+    const char *s = r->element[0]->str;
+    if (strcmp(s, "claimed") == 0)
+        res.state = KEY_STATE_CLAIMED;
+    else if (strcmp(s, "inflight") == 0)
+        res.state = KEY_STATE_INFLIGHT;
+    else if (strcmp(s, "done") == 0)
+        res.state = KEY_STATE_DONE;
+    else if (strcmp(s, "unknown") == 0)
+        res.state = KEY_STATE_UNKNOWN;
+    else {
+        op_answer_error(op, "unexpected key state in Redis");
+        return;
+    }
+    if (r->elements >= 3) {
+        res.fingerprint = r->element[1]->str;
+        res.fingerprint_len = r->element[1]->len;
+        res.pttl_ms = r->element[2]->integer;
+    }
+    if (r->elements >= 4) {
+        res.record = r->element[3]->str;
+        res.record_len = r->element[3]->len;
+    }
+    op->answered = true;
+    op->on_claim(op->arg, &res, NULL);
+}
+
+static void op_send(struct store_op *op);
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store_op *op = privdata;
+    redisReply *r = reply;
+    if (r == NULL) {
+        op_answer_error(op, "connection to Redis lost");
+    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
+               !op->resent_as_eval && !op->answered) {
+        op->resent_as_eval = true;
+        log_info("redis: script %s not cached, sending it again", script_name[op->script]);
+        op_send(op);
+        return;
+    } else if (r->type == REDIS_REPLY_ERROR) {
+        log_error("redis: %s script failed: %s", script_name[op->script], r->str);
+        op_answer_error(op, r->str);
+    } else if (!op->answered && op->script == SCRIPT_CLAIM) {
+        answer_claim(op, r);
+    } else if (!op->answered) {
+        op->answered = true;
+        op->on_update(op->arg, r->type == REDIS_REPLY_INTEGER && r->integer == 1, NULL);
+    }
+    op_free(op);
+}
+
+/* ---- connection --------------------------------------------------------- */
+
+static void schedule_reconnect(struct store *st)
+{
+    st->link = LINK_DOWN;
+    st->ac = NULL;
+    struct timeval tv = {(time_t)(st->backoff_ms / 1000), (suseconds_t)(st->backoff_ms % 1000) * 1000};
+    evtimer_add(st->reconnect_timer, &tv);
+    st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
+}
+
+static void report_down(struct store *st, const char *why)
+{
+    if (!st->down_logged)
+        log_error("redis: %s: store unavailable, retrying with backoff", why);
+    else
+        log_debug("redis: %s", why);
+    st->down_logged = true;
+}
+
+static void on_connect(const redisAsyncContext *ac, int status)
+{
+    struct store *st = ac->data;
+    if (status != REDIS_OK) {
+        report_down(st, ac->errstr[0] ? ac->errstr : "cannot connect");
+        schedule_reconnect(st); /* hiredis frees ac after this returns */
+        return;
+    }
+    st->link = LINK_READY;
+    st->backoff_ms = BACKOFF_MIN_MS;
+    if (st->down_logged)
+        log_warn("redis: connected again to %s%s%s", st->unix_path ? st->unix_path : st->host,
+                 st->unix_path ? "" : ":", st->unix_path ? "" : st->port);
+    else
+        log_info("redis: connected");
+    st->down_logged = false;
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct store *st = ac->data;
+    if (st == NULL)
+        return; /* store_free is tearing down */
+    report_down(st, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "disconnected"));
+    schedule_reconnect(st);
+}
+
+static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
+        log_error("redis: %s failed: %s", (const char *)privdata, r->str);
+        redisAsyncDisconnect(ac);
+    }
+}
+
+static void store_connect(struct store *st)
+{
+    redisAsyncContext *ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
+                                          : redisAsyncConnect(st->host, atoi(st->port));
+    if (ac == NULL || ac->err) {
+        report_down(st, ac ? ac->errstr : "cannot allocate a connection");
+        if (ac)
+            redisAsyncFree(ac);
+        schedule_reconnect(st);
+        return;
+    }
+    ac->data = st;
+    st->ac = ac;
+    st->link = LINK_CONNECTING;
+    redisLibeventAttach(ac, st->base);
+    redisAsyncSetConnectCallback(ac, on_connect);
+    redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    /* Queued before any operation, so every script runs authenticated in the right db. */
+    if (st->password && st->user)
+        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", st->user, st->password);
+    else if (st->password)
+        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", st->password);
+    if (st->db != 0)
+        redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", st->db);
+}
+
+static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    store_connect(arg);
+}
+
+/* Frees the context; hiredis answers every pending op with a NULL reply. */
+static void drop_connection(struct store *st, const char *why)
+{
+    redisAsyncContext *ac = st->ac;
+    if (ac == NULL)
+        return;
+    report_down(st, why);
+    ac->data = NULL; /* on_disconnect must not schedule: we do it here */
+    st->ac = NULL;
+    redisAsyncFree(ac);
+    schedule_reconnect(st);
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_op *op = arg;
+    struct store *st = op->st;
+    op_answer_error(op, "timed out");
+    drop_connection(st, "a command timed out (redis_timeout)");
+}
+
+static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_op *op = arg;
+    op_answer_error(op, "Redis is unreachable");
+    op_free(op);
+}
+
+static void op_send(struct store_op *op)
+{
+    struct store *st = op->st;
+    free(op->argv[0]);
+    free(op->argv[1]);
+    const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
+    const char *body = op->resent_as_eval ? script_source[op->script] : st->sha[op->script];
+    op->argv[0] = xstrdup(verb);
+    op->argvlen[0] = strlen(verb);
+    op->argv[1] = xstrdup(body);
+    op->argvlen[1] = strlen(body);
+    int rc = redisAsyncCommandArgv(st->ac, on_reply, op, op->argc, (const char **)op->argv,
+                                   op->argvlen);
+    if (rc != REDIS_OK) {
+        op_answer_error(op, "cannot send to Redis");
+        op_free(op);
+    }
+}
+
+static void op_start(struct store *st, struct store_op *op)
+{
+    if (st->ac == NULL || st->link == LINK_DOWN) {
+        /* Answer on the next loop turn: callers never see a re-entrant callback. */
+        op->timer = evtimer_new(st->base, on_op_unreachable, op);
+        struct timeval zero = {0, 0};
+        evtimer_add(op->timer, &zero);
+        return;
+    }
+    op->timer = evtimer_new(st->base, on_op_timeout, op);
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    evtimer_add(op->timer, &tv);
+    op_send(op);
+}
+
+static struct store_op *op_new(struct store *st, enum script_id script, const char *rkey)
+{
+    struct store_op *op = xcalloc(1, sizeof(*op));
+    op->st = st;
+    op->script = script;
+    op->argc = 4; /* verb, script, numkeys, key; argv[0..1] are set by op_send */
+    op->argv[2] = xstrdup("1");
+    op->argvlen[2] = 1;
+    op->argv[3] = xstrdup(rkey);
+    op->argvlen[3] = strlen(rkey);
+    return op;
+}
+
+static void op_arg(struct store_op *op, const char *data, size_t len)
+{
+    op->argv[op->argc] = xstrndup(data, len);
+    op->argvlen[op->argc] = len;
+    op->argc++;
+}
+
+static void op_arg_u64(struct store_op *op, uint64_t v)
+{
+    char buf[24];
+    int n = snprintf(buf, sizeof(buf), "%llu", (unsigned long long)v);
+    op_arg(op, buf, (size_t)n);
+}
+
+void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
+                 uint64_t lock_ttl_ms, store_claim_cb cb, void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_CLAIM, rkey);
+    op->on_claim = cb;
+    op->arg = arg;
+    op_arg(op, fingerprint, strlen(fingerprint));
+    op_arg(op, owner, strlen(owner));
+    op_arg_u64(op, lock_ttl_ms);
+    op_start(st, op);
+}
+
+static void start_update(struct store *st, enum script_id script, const char *rkey,
+                         const char *owner, store_update_cb cb, void *arg, struct store_op **out)
+{
+    struct store_op *op = op_new(st, script, rkey);
+    op->on_update = cb;
+    op->arg = arg;
+    op_arg(op, owner, strlen(owner));
+    *out = op;
+}
+
+void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
+                    size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg)
+{
+    struct store_op *op;
+    start_update(st, SCRIPT_COMPLETE, rkey, owner, cb, arg, &op);
+    op_arg(op, record, record_len);
+    op_arg_u64(op, ttl_ms);
+    op_start(st, op);
+}
+
+void store_release(struct store *st, const char *rkey, const char *owner, store_update_cb cb,
+                   void *arg)
+{
+    struct store_op *op;
+    start_update(st, SCRIPT_RELEASE, rkey, owner, cb, arg, &op);
+    op_start(st, op);
+}
+
+void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                 store_update_cb cb, void *arg)
+{
+    struct store_op *op;
+    start_update(st, SCRIPT_RENEW, rkey, owner, cb, arg, &op);
+    op_arg_u64(op, lock_ttl_ms);
+    op_start(st, op);
+}
+
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
+                        uint64_t lock_ttl_ms, store_update_cb cb, void *arg)
+{
+    struct store_op *op;
+    start_update(st, SCRIPT_UNKNOWN, rkey, owner, cb, arg, &op);
+    op_arg_u64(op, lock_ttl_ms);
+    op_start(st, op);
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+static void sha1_hex(const char *text, char out[41])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    EVP_Digest(text, strlen(text), md, &n, EVP_sha1(), NULL);
+    hex_encode(md, n, out);
+}
+
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+static void take_settings(struct store *st, const struct config *cfg)
+{
+    free(st->host);
+    free(st->port);
+    free(st->unix_path);
+    free(st->user);
+    free(st->password);
+    st->host = dup_or_null(cfg->redis_host);
+    st->port = dup_or_null(cfg->redis_port);
+    st->unix_path = dup_or_null(cfg->redis_unix);
+    st->user = dup_or_null(cfg->redis_user);
+    st->password = dup_or_null(cfg->redis_password);
+    st->db = cfg->redis_db;
+    st->timeout_ms = cfg->redis_timeout_ms;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+struct store *store_new(struct event_base *base, const struct config *cfg)
+{
+    struct store *st = xcalloc(1, sizeof(*st));
+    st->base = base;
+    st->backoff_ms = BACKOFF_MIN_MS;
+    st->reconnect_timer = evtimer_new(base, on_reconnect_timer, st);
+    for (int i = 0; i < SCRIPT_COUNT; i++)
+        sha1_hex(script_source[i], st->sha[i]);
+    take_settings(st, cfg);
+    store_connect(st);
+    return st;
+}
+
+void store_reconfigure(struct store *st, const struct config *cfg)
+{
+    bool changed = str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
+                   str_differs(st->unix_path, cfg->redis_unix) ||
+                   str_differs(st->user, cfg->redis_user) ||
+                   str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db;
+    take_settings(st, cfg);
+    if (!changed)
+        return;
+    log_info("redis: settings changed, reconnecting");
+    evtimer_del(st->reconnect_timer);
+    if (st->ac) {
+        redisAsyncContext *ac = st->ac;
+        ac->data = NULL;
+        st->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    st->backoff_ms = BACKOFF_MIN_MS;
+    store_connect(st);
+}
+
+bool store_ready(const struct store *st)
+{
+    return st->link == LINK_READY;
+}
+
+void store_free(struct store *st)
+{
+    if (st == NULL)
+        return;
+    if (st->ac) {
+        redisAsyncContext *ac = st->ac;
+        ac->data = NULL;
+        st->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    event_free(st->reconnect_timer);
+    free(st->host);
+    free(st->port);
+    free(st->unix_path);
+    free(st->user);
+    free(st->password);
+    free(st);
+}
+
+int store_random_token(char out[33])
+{
+    unsigned char raw[16];
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        return IDEM_ERR;
+    hex_encode(raw, sizeof(raw), out);
+    return IDEM_OK;
+}

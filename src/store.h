@@ -1,0 +1,75 @@
+/*
+ * store.h - the Redis side of idempotency (SPEC §4.2): one atomic Lua script
+ * per state change of a key, over one persistent hiredis connection per event
+ * loop that reconnects by itself with backoff.
+ *
+ * Every operation's callback runs exactly once, never synchronously from the
+ * call that started it: with the reply, or with an error when Redis is
+ * unreachable, the connection drops, or redis_timeout passes. Reply data
+ * handed to a callback lives only during that callback.
+ */
+#ifndef IDEM_STORE_H
+#define IDEM_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config.h"
+#include "util.h"
+
+struct event_base;
+struct store;
+
+/* What claim found. CLAIMED means this caller now owns the lease. */
+enum key_state {
+    KEY_STATE_CLAIMED,
+    KEY_STATE_INFLIGHT,
+    KEY_STATE_DONE,
+    KEY_STATE_UNKNOWN,
+};
+
+struct claim_result {
+    enum key_state state;
+    const char *fingerprint; /* the first request's; NULL when CLAIMED */
+    size_t fingerprint_len;
+    int64_t pttl_ms;         /* lease or retention left; -1 when unknown */
+    const char *record;      /* DONE: the encoded record (record.h) */
+    size_t record_len;
+};
+
+/* error is NULL on success, else a phrase for the log (result is then NULL). */
+typedef void (*store_claim_cb)(void *arg, const struct claim_result *result, const char *error);
+/* applied: the owner token matched and the change was made. */
+typedef void (*store_update_cb)(void *arg, bool applied, const char *error);
+
+struct store *store_new(struct event_base *base, const struct config *cfg);
+/* Answers every outstanding operation with an error, closes the connection. */
+void store_free(struct store *st);
+
+/* Takes the new Redis settings; reconnects only when they changed. */
+void store_reconfigure(struct store *st, const struct config *cfg);
+
+/* Connected and authenticated. */
+bool store_ready(const struct store *st);
+
+/* absent -> in flight (owner, fingerprint, lease); present -> its state. */
+void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
+                 uint64_t lock_ttl_ms, store_claim_cb cb, void *arg);
+/* in flight (owned) -> done with record, kept ttl_ms. */
+void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
+                    size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg);
+/* in flight (owned) -> absent. */
+void store_release(struct store *st, const char *rkey, const char *owner, store_update_cb cb,
+                   void *arg);
+/* in flight (owned) -> lease extended to lock_ttl_ms. */
+void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                 store_update_cb cb, void *arg);
+/* in flight (owned) -> unknown for lock_ttl_ms: the outcome cannot be known. */
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
+                        uint64_t lock_ttl_ms, store_update_cb cb, void *arg);
+
+/* 128 random bits as 32 hex chars + NUL, for owner tokens. */
+int store_random_token(char out[33]) MUST_CHECK;
+
+#endif

@@ -1,0 +1,522 @@
+/*
+ * upstream.c - server selection, connection pooling and response parsing.
+ *
+ * Each configured URL is a server with its resolved address, a stack of idle
+ * keep-alive connections and a "down until" time set when it refuses us.
+ * A connection moves through:
+ *
+ *   CONNECTING --connected--> ACTIVE (owned by one exchange)
+ *        |                      |  response complete, keep-alive
+ *        | refused/timeout      v
+ *        +--> next server     IDLE (in its server's pool) --reused--> ACTIVE
+ *        +--> ready(NULL)       |  peer closed / idle timeout
+ *                               v
+ *                             closed
+ *
+ * An idle connection keeps reading so that a close by the upstream is noticed
+ * at once and the connection is dropped before anyone tries to reuse it.
+ *
+ * The pool is reference-counted by its live connections, so a reload can
+ * build a new pool while requests still finish on the old one.
+ *
+ * Re-entrancy: owner callbacks run from bufferevent callbacks or from a
+ * zero-delay timer, never from the owner's own call; the response parser
+ * pauses at message end so the connection is released only after llhttp has
+ * returned.
+ */
+#include "upstream.h"
+
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+
+#define OUTPUT_HIGH_WATER (256 * 1024)
+
+enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE };
+
+struct server {
+    struct upstream_pool *pool;
+    char *name; /* host:port */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    uint64_t down_until_ms;
+    struct upstream_conn *idle; /* stack through idle_next */
+    int nidle;
+};
+
+struct upstream_pool {
+    struct event_base *base;
+    struct server *servers;
+    int nservers;
+    int next; /* round robin */
+    int refs; /* 1 for the owner + 1 per live connection */
+    int keepalive;
+    uint64_t connect_timeout_ms;
+    uint64_t idle_timeout_ms;
+    uint64_t fail_timeout_ms;
+    size_t max_head;
+};
+
+struct upstream_conn {
+    struct upstream_pool *pool;
+    struct server *server;
+    struct bufferevent *bev;
+    enum conn_state state;
+    struct upstream_conn *idle_next;
+    struct event *timer; /* connect timeout, or the deferred ready of a pooled conn */
+    int tries;           /* servers attempted for this acquire */
+
+    const struct upstream_events *events;
+    void *owner;
+    upstream_ready_cb ready;
+
+    struct http_parser parser;
+    int request_method;
+    bool interim;     /* the head being parsed is a 1xx */
+    bool got_bytes;   /* any response byte arrived */
+    bool complete;    /* the response ended (parser paused there) */
+    bool aborted;     /* the owner returned PARSE_ABORT */
+};
+
+static void conn_free(struct upstream_conn *c);
+static void try_connect(struct upstream_conn *c);
+
+/* ---- response parsing --------------------------------------------------- */
+
+static enum http_verdict on_resp_head(void *arg, struct http_message *resp)
+{
+    struct upstream_conn *c = arg;
+    if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
+        c->interim = true;
+        http_message_free(resp);
+        return PARSE_CONTINUE;
+    }
+    c->interim = false;
+    bool no_body = c->request_method == HTTP_HEAD;
+    enum http_verdict v = c->events->on_head(c->owner, resp);
+    if (v == PARSE_CONTINUE && no_body)
+        return PARSE_SKIP_BODY;
+    return v;
+}
+
+static enum http_verdict on_resp_body(void *arg, const char *data, size_t len)
+{
+    struct upstream_conn *c = arg;
+    return c->events->on_body(c->owner, data, len);
+}
+
+static enum http_verdict on_resp_complete(void *arg)
+{
+    struct upstream_conn *c = arg;
+    if (c->interim) {
+        c->interim = false;
+        return PARSE_CONTINUE;
+    }
+    c->complete = true;
+    return PARSE_PAUSE;
+}
+
+static const struct http_parser_callbacks response_callbacks = {
+    .on_head = on_resp_head,
+    .on_body = on_resp_body,
+    .on_complete = on_resp_complete,
+};
+
+/* ---- pool --------------------------------------------------------------- */
+
+static void idle_remove(struct upstream_conn *c)
+{
+    struct upstream_conn **pp = &c->server->idle;
+    while (*pp && *pp != c)
+        pp = &(*pp)->idle_next;
+    if (*pp) {
+        *pp = c->idle_next;
+        c->server->nidle--;
+    }
+}
+
+static void on_idle_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct upstream_conn *c = arg;
+    log_debug("upstream %s: pooled connection closed (%s)", c->server->name,
+              (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "by the server");
+    idle_remove(c);
+    conn_free(c);
+}
+
+static void on_idle_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct upstream_conn *c = arg;
+    /* An idle connection has nothing to say: bytes here mean it is unusable. */
+    log_debug("upstream %s: unexpected bytes on an idle connection", c->server->name);
+    idle_remove(c);
+    conn_free(c);
+}
+
+/* The response is complete: keep the connection when both sides allow it. */
+static void conn_release(struct upstream_conn *c, bool keep_alive)
+{
+    struct bufferevent *bev = c->bev;
+    struct upstream_pool *pool = c->pool;
+    c->events = NULL;
+    c->owner = NULL;
+    if (!keep_alive || evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
+        c->server->nidle >= pool->keepalive) {
+        conn_free(c);
+        return;
+    }
+    http_parser_reset(&c->parser);
+    c->state = CONN_IDLE;
+    c->complete = false;
+    c->got_bytes = false;
+    c->idle_next = c->server->idle;
+    c->server->idle = c;
+    c->server->nidle++;
+    bufferevent_setcb(bev, on_idle_read, NULL, on_idle_event, c);
+    struct timeval tv = {(time_t)(pool->idle_timeout_ms / 1000),
+                         (suseconds_t)(pool->idle_timeout_ms % 1000) * 1000};
+    bufferevent_set_timeouts(bev, &tv, NULL);
+    bufferevent_enable(bev, EV_READ);
+}
+
+/* ---- active connection -------------------------------------------------- */
+
+static void fail_active(struct upstream_conn *c, const char *why)
+{
+    const struct upstream_events *ev = c->events;
+    void *owner = c->owner;
+    conn_free(c);
+    ev->on_error(owner, UPSTREAM_BROKEN, why);
+}
+
+static void finish_response(struct upstream_conn *c)
+{
+    const struct upstream_events *ev = c->events;
+    void *owner = c->owner;
+    bool keep_alive = llhttp_should_keep_alive(&c->parser.llhttp);
+    conn_release(c, keep_alive);
+    ev->on_complete(owner);
+}
+
+/* Parses what arrived. Returns false when the connection is gone. */
+static bool feed(struct upstream_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (evbuffer_get_length(in) > 0)
+        c->got_bytes = true;
+    enum http_feed_result r = http_parser_feed(&c->parser, in);
+    switch (r) {
+    case HTTP_FEED_OK:
+        return true;
+    case HTTP_FEED_PAUSED:
+        finish_response(c);
+        return false;
+    case HTTP_FEED_ABORTED:
+        conn_free(c);
+        return false;
+    case HTTP_FEED_ERROR:
+        break;
+    }
+    log_warn("upstream %s: malformed response: %s", c->server->name,
+             c->parser.error_reason ? c->parser.error_reason : "parse error");
+    fail_active(c, "malformed response");
+    return false;
+}
+
+static void on_active_read(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    (void)feed(arg);
+}
+
+static void on_active_write(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    struct upstream_conn *c = arg;
+    if (c->events && c->events->on_drained)
+        c->events->on_drained(c->owner);
+}
+
+static void on_active_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct upstream_conn *c = arg;
+    if (what & BEV_EVENT_EOF) {
+        /* A close-delimited body ends here; anything else was cut short. */
+        if (!feed(c))
+            return;
+        if (http_parser_finish(&c->parser) == HTTP_FEED_OK && c->complete) {
+            finish_response(c);
+            return;
+        }
+        fail_active(c, c->got_bytes ? "connection closed mid-response"
+                                    : "connection closed before any response");
+        return;
+    }
+    char why[128];
+    snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    fail_active(c, why);
+}
+
+static void activate(struct upstream_conn *c)
+{
+    c->state = CONN_ACTIVE;
+    http_parser_init(&c->parser, HTTP_RESPONSE, c->pool->max_head, &response_callbacks, c);
+    bufferevent_setcb(c->bev, on_active_read, on_active_write, on_active_event, c);
+    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_HIGH_WATER / 2, 0);
+}
+
+/* ---- connecting --------------------------------------------------------- */
+
+static struct server *pick_server(struct upstream_pool *pool)
+{
+    uint64_t now = now_monotonic_ms();
+    for (int i = 0; i < pool->nservers; i++) {
+        struct server *s = &pool->servers[(pool->next + i) % pool->nservers];
+        if (s->down_until_ms <= now) {
+            pool->next = (int)((s - pool->servers) + 1) % pool->nservers;
+            return s;
+        }
+    }
+    /* Every server is marked down: try the next anyway, so recovery is seen. */
+    struct server *s = &pool->servers[pool->next];
+    pool->next = (pool->next + 1) % pool->nservers;
+    return s;
+}
+
+static void connect_failed(struct upstream_conn *c, const char *why)
+{
+    struct upstream_pool *pool = c->pool;
+    log_warn("upstream %s: %s; skipping it for %llums", c->server->name, why,
+             (unsigned long long)pool->fail_timeout_ms);
+    c->server->down_until_ms = now_monotonic_ms() + pool->fail_timeout_ms;
+    if (c->bev) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    evtimer_del(c->timer);
+    if (c->tries < pool->nservers) {
+        try_connect(c);
+        return;
+    }
+    upstream_ready_cb ready = c->ready;
+    void *owner = c->owner;
+    conn_free(c);
+    ready(owner, NULL, why);
+}
+
+static void on_connect_event(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    struct upstream_conn *c = arg;
+    if (what & BEV_EVENT_CONNECTED) {
+        evtimer_del(c->timer);
+        activate(c);
+        c->ready(c->owner, c, NULL);
+        return;
+    }
+    char why[160];
+    snprintf(why, sizeof(why), "connect failed: %s",
+             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    connect_failed(c, why);
+}
+
+static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    connect_failed(arg, "connect timed out (upstream_connect_timeout)");
+}
+
+static void try_connect(struct upstream_conn *c)
+{
+    struct upstream_pool *pool = c->pool;
+    c->tries++;
+    c->server = pick_server(pool);
+    c->state = CONN_CONNECTING;
+    c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
+    bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);
+    struct timeval tv = {(time_t)(pool->connect_timeout_ms / 1000),
+                         (suseconds_t)(pool->connect_timeout_ms % 1000) * 1000};
+    evtimer_assign(c->timer, pool->base, on_connect_timeout, c);
+    evtimer_add(c->timer, &tv);
+    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->server->addr,
+                                   (int)c->server->addrlen) < 0) {
+        /* Refused synchronously (e.g. no route); report on the next turn. */
+        struct timeval zero = {0, 0};
+        evtimer_add(c->timer, &zero);
+    }
+}
+
+static void on_pooled_ready(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct upstream_conn *c = arg;
+    c->ready(c->owner, c, NULL);
+}
+
+struct upstream_conn *upstream_acquire(struct upstream_pool *pool,
+                                       const struct upstream_events *events, void *owner,
+                                       upstream_ready_cb ready)
+{
+    /* Prefer a warm connection to the server round robin would pick next. */
+    struct server *s = &pool->servers[pool->next];
+    struct upstream_conn *c = NULL;
+    if (s->idle && s->down_until_ms <= now_monotonic_ms()) {
+        c = s->idle;
+        idle_remove(c);
+        pool->next = (pool->next + 1) % pool->nservers;
+    }
+    if (c == NULL) {
+        c = xcalloc(1, sizeof(*c));
+        c->pool = pool;
+        c->timer = xcalloc(1, event_get_struct_event_size());
+        pool->refs++;
+    }
+    c->events = events;
+    c->owner = owner;
+    c->ready = ready;
+    if (c->bev != NULL) {
+        activate(c);
+        evtimer_assign(c->timer, pool->base, on_pooled_ready, c);
+        struct timeval zero = {0, 0};
+        evtimer_add(c->timer, &zero);
+    } else {
+        try_connect(c);
+    }
+    return c;
+}
+
+/* ---- connection API ----------------------------------------------------- */
+
+struct evbuffer *upstream_conn_output(struct upstream_conn *c)
+{
+    return bufferevent_get_output(c->bev);
+}
+
+void upstream_conn_expect_response(struct upstream_conn *c, int request_method)
+{
+    c->request_method = request_method;
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+void upstream_conn_set_reading(struct upstream_conn *c, bool reading)
+{
+    if (reading)
+        bufferevent_enable(c->bev, EV_READ);
+    else
+        bufferevent_disable(c->bev, EV_READ);
+}
+
+void upstream_conn_abort(struct upstream_conn *c)
+{
+    conn_free(c);
+}
+
+const char *upstream_conn_name(const struct upstream_conn *c)
+{
+    return c->server ? c->server->name : "-";
+}
+
+static void conn_free(struct upstream_conn *c)
+{
+    struct upstream_pool *pool = c->pool;
+    if (c->state == CONN_ACTIVE)
+        http_parser_reset(&c->parser);
+    if (c->bev)
+        bufferevent_free(c->bev);
+    if (c->timer) {
+        if (event_initialized(c->timer))
+            evtimer_del(c->timer);
+        free(c->timer);
+    }
+    free(c);
+    upstream_pool_unref(pool);
+}
+
+/* ---- pool lifecycle ----------------------------------------------------- */
+
+static int resolve(struct server *s, const struct upstream_url *u, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(u->host, u->port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "upstream %s: cannot resolve %s: %s", u->url, u->host,
+                 gai_strerror(rc));
+        return IDEM_ERR;
+    }
+    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
+    s->addrlen = res->ai_addrlen;
+    freeaddrinfo(res);
+    return IDEM_OK;
+}
+
+struct upstream_pool *upstream_pool_new(struct event_base *base, const struct config *cfg,
+                                        char *err, size_t errlen)
+{
+    struct upstream_pool *pool = xcalloc(1, sizeof(*pool));
+    pool->base = base;
+    pool->refs = 1;
+    pool->keepalive = cfg->upstream_keepalive;
+    pool->connect_timeout_ms = cfg->upstream_connect_timeout_ms;
+    pool->idle_timeout_ms = cfg->idle_timeout_ms;
+    pool->fail_timeout_ms = cfg->upstream_fail_timeout_ms;
+    pool->max_head = cfg->max_header_size;
+    pool->nservers = cfg->nupstreams;
+    pool->servers = xcalloc((size_t)cfg->nupstreams, sizeof(*pool->servers));
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        struct server *s = &pool->servers[i];
+        s->pool = pool;
+        s->name = xstrdup(cfg->upstreams[i].host_header);
+        if (resolve(s, &cfg->upstreams[i], err, errlen) != IDEM_OK) {
+            upstream_pool_free(pool);
+            return NULL;
+        }
+    }
+    return pool;
+}
+
+void upstream_pool_ref(struct upstream_pool *pool)
+{
+    pool->refs++;
+}
+
+void upstream_pool_unref(struct upstream_pool *pool)
+{
+    if (--pool->refs > 0)
+        return;
+    for (int i = 0; i < pool->nservers; i++)
+        free(pool->servers[i].name);
+    free(pool->servers);
+    free(pool);
+}
+
+void upstream_pool_free(struct upstream_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    pool->refs++; /* hold it while the idle connections go */
+    for (int i = 0; i < pool->nservers; i++) {
+        struct server *s = &pool->servers[i];
+        while (s->idle) {
+            struct upstream_conn *c = s->idle;
+            idle_remove(c);
+            conn_free(c);
+        }
+    }
+    pool->refs--;
+    upstream_pool_unref(pool);
+}

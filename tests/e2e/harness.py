@@ -1,0 +1,948 @@
+"""End-to-end test harness for idemproxy (Python 3 standard library only).
+
+Every test builds its own world: a private redis-server, the test upstream
+(tests/upstream/upstream.c) and idemproxy started from a generated config, all
+on free 127.0.0.1 ports, stopped by PID when the test ends:
+
+    with Env(extra_config="on_duplicate reject") as env:
+        r = env.post("/orders", key="k1", body=b"{}")
+        assert r.status == 201
+        assert env.upstream.count("k1") == 1
+
+Stopping the proxy fails the test when its stderr or error log holds a
+sanitizer report, or when it does not exit 0 after SIGTERM.
+
+Environment: IDEMPROXY_BIN (default build/idemproxy), UPSTREAM_BIN (default
+build/test-upstream), REDIS_BIN (default redis-server), SANITIZE=1 (sanitizer
+options and longer waits), KEEP_TMP=1 (keep the temporary directories).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SANITIZE = os.environ.get("SANITIZE", "0") == "1"
+# Start-up and shutdown waits grow under sanitizers.
+SLOW = 3.0 if SANITIZE else 1.0
+
+SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+
+
+class TestFailure(AssertionError):
+    """A failure the harness detected itself (start-up, sanitizer, exit code)."""
+
+
+def _bin(env_name, default):
+    path = os.environ.get(env_name, default)
+    if not os.path.isabs(path) and os.sep in path:
+        path = os.path.join(ROOT, path)
+    return path
+
+
+def idemproxy_bin():
+    return _bin("IDEMPROXY_BIN", "build/idemproxy")
+
+
+def upstream_bin():
+    return _bin("UPSTREAM_BIN", "build/test-upstream")
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout, interval=0.05, what="condition"):
+    """Polls predicate() until it returns a true value; returns that value.
+    Raises TestFailure after timeout seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc = None
+    while True:
+        try:
+            v = predicate()
+            if v:
+                return v
+        except Exception as e:  # noqa: BLE001 - reported below
+            last_exc = e
+        if time.monotonic() >= deadline:
+            extra = f" (last error: {last_exc!r})" if last_exc else ""
+            raise TestFailure(f"timed out after {timeout}s waiting for {what}{extra}")
+        time.sleep(interval)
+
+
+def port_open(port, host="127.0.0.1", timeout=0.2):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def connect_refused(port, host="127.0.0.1", timeout=0.5):
+    """True when a connection to port is actively refused."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return False
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+
+
+def _read_file(path, limit=None):
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return ""
+    if limit is not None and len(data) > limit:
+        data = data[-limit:]
+    return data.decode("utf-8", "replace")
+
+
+def _tail(text, lines=30):
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# Logs of processes from the test that is running, for the runner to print
+# when the test fails: list of (label, text).
+FAILURE_CONTEXT = []
+
+
+# Every process the harness started, so the runner can kill leftovers (by
+# PID) when a test was interrupted in the middle of its cleanup.
+PROCESSES = []
+
+
+def _spawn(argv, **kwargs):
+    proc = subprocess.Popen(argv, **kwargs)  # the one place
+    PROCESSES.append(proc)
+    return proc
+
+
+def reap_leftovers():
+    """Kills (by PID) every process the harness started that still runs.
+    Returns how many there were."""
+    n = 0
+    for proc in PROCESSES:
+        if proc.poll() is None:
+            n += 1
+            proc.kill()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+    PROCESSES.clear()
+    return n
+
+
+def _note_context(label, text):
+    if text.strip():
+        FAILURE_CONTEXT.append((label, _tail(text)))
+
+
+# ---------------------------------------------------------------- RESP / Redis
+
+
+class RedisError(Exception):
+    """An error reply (-ERR ...) from Redis."""
+
+
+def resp_encode(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        if isinstance(a, str):
+            a = a.encode()
+        elif isinstance(a, int):
+            a = str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(out)
+
+
+class _Reader:
+    """Buffered reads from a socket; raises ConnectionError on early EOF."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buf = b""
+        self.eof = False
+
+    def _fill(self):
+        try:
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf += chunk
+        return True
+
+    def readline(self):
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[: i + 1], self.buf[i + 1 :]
+                return line
+            if not self._fill():
+                raise ConnectionError("connection closed mid-line")
+
+    def read(self, n):
+        while len(self.buf) < n:
+            if not self._fill():
+                raise ConnectionError(f"connection closed: wanted {n} bytes, got {len(self.buf)}")
+        data, self.buf = self.buf[:n], self.buf[n:]
+        return data
+
+    def read_all(self):
+        while self._fill():
+            pass
+        data, self.buf = self.buf, b""
+        return data
+
+
+def resp_read(reader):
+    line = reader.readline()
+    if not line.endswith(b"\r\n"):
+        raise ConnectionError(f"bad RESP line {line!r}")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        return RedisError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = reader.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        if n < 0:
+            return None
+        return [resp_read(reader) for _ in range(n)]
+    raise ConnectionError(f"unknown RESP type {line!r}")
+
+
+class Redis:
+    """A private redis-server on 127.0.0.1 with no persistence."""
+
+    def __init__(self, port=None, tmpdir=None):
+        self.port = port or free_port()
+        self._own_tmp = tmpdir is None
+        self.dir = tmpdir or tempfile.mkdtemp(prefix="idem-redis-")
+        self.proc = None
+        self.log_path = os.path.join(self.dir, "redis.log")
+        self.start()
+
+    def start(self, timeout=5.0):
+        """Starts (again) on the same port; waits until PING answers."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        binary = os.environ.get("REDIS_BIN", "redis-server")
+        argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--daemonize", "no", "--logfile", self.log_path]
+        try:
+            self.proc = _spawn(argv, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        except FileNotFoundError as e:
+            raise TestFailure(f"cannot start {binary}: {e}") from None
+        try:
+            wait_until(self._pong, timeout * SLOW, what=f"redis on port {self.port}")
+        except TestFailure:
+            self.stop()
+            raise TestFailure(f"redis did not start:\n{_tail(_read_file(self.log_path))}") from None
+
+    def _pong(self):
+        if self.proc.poll() is not None:
+            raise TestFailure(f"redis exited with {self.proc.returncode}:\n"
+                              f"{_tail(_read_file(self.log_path))}")
+        try:
+            return self.cmd("PING") == "PONG"
+        except OSError:
+            return False
+
+    def stop(self, timeout=5.0):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def cmd(self, *args, timeout=3.0):
+        """Sends one command; returns the decoded reply (str for simple
+        strings, int, bytes for bulk, list, None for nil). An error reply
+        raises RedisError."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(resp_encode(*args))
+            reply = resp_read(_Reader(s))
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    def keys(self, pattern="*"):
+        return sorted(k.decode() for k in self.cmd("KEYS", pattern))
+
+    def close(self):
+        self.stop()
+        if self._own_tmp and os.environ.get("KEEP_TMP") != "1":
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- HTTP client
+
+
+class Response:
+    def __init__(self, status, reason, headers, body, version="HTTP/1.1"):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # list of (name, value) as received
+        self.body = body
+        self.version = version
+
+    def header(self, name, default=None):
+        """First value of a header, case-insensitive; default when absent."""
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return default
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k.lower() == name]
+
+    def json(self):
+        return json.loads(self.body.decode("utf-8"))
+
+    def __repr__(self):
+        body = self.body[:300]
+        return f"<Response {self.status} {self.headers!r} {body!r}>"
+
+
+def _encode_request(method, path, headers, body, host):
+    if headers is None:
+        headers = []
+    elif isinstance(headers, dict):
+        headers = list(headers.items())
+    names = {k.lower() for k, _ in headers}
+    lines = [f"{method} {path} HTTP/1.1".encode()]
+    if "host" not in names:
+        lines.append(f"Host: {host}".encode())
+    if body is None:
+        body = b""
+    if isinstance(body, str):
+        body = body.encode()
+    if ("content-length" not in names and "transfer-encoding" not in names
+            and (body or method in ("POST", "PUT", "PATCH"))):
+        lines.append(b"Content-Length: %d" % len(body))
+    for k, v in headers:
+        k = k.encode() if isinstance(k, str) else k
+        v = v.encode("latin-1") if isinstance(v, str) else v
+        lines.append(k + b": " + v)
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def read_response(reader, method="GET"):
+    """Reads one response (skipping 1xx interim ones) from a _Reader."""
+    while True:
+        line = reader.readline()
+        if not line.strip():
+            # tolerate a stray CRLF before the status line
+            line = reader.readline()
+        parts = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise ConnectionError(f"bad status line {line!r}")
+        version, status = parts[0], int(parts[1])
+        reason = parts[2] if len(parts) > 2 else ""
+        headers = []
+        while True:
+            h = reader.readline()
+            if h in (b"\r\n", b"\n"):
+                break
+            name, _, value = h.decode("latin-1").rstrip("\r\n").partition(":")
+            headers.append((name, value.strip(" \t")))
+        if 100 <= status < 200 and status != 101:
+            continue
+        break
+    resp = Response(status, reason, headers, b"", version)
+    te = (resp.header("Transfer-Encoding") or "").lower()
+    cl = resp.header("Content-Length")
+    if method == "HEAD" or status in (204, 304) or 100 <= status < 200:
+        body = b""
+    elif "chunked" in te:
+        chunks = []
+        while True:
+            size_line = reader.readline().split(b";")[0].strip()
+            size = int(size_line, 16)
+            if size == 0:
+                while reader.readline() not in (b"\r\n", b"\n"):
+                    pass
+                break
+            chunks.append(reader.read(size))
+            reader.read(2)
+        body = b"".join(chunks)
+    elif cl is not None:
+        body = reader.read(int(cl))
+    else:
+        body = reader.read_all()
+    resp.body = body
+    return resp
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection; requests are sent one at a time."""
+
+    def __init__(self, port, host="127.0.0.1", timeout=10):
+        self.host = f"{host}:{port}"
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.reader = _Reader(self.sock)
+
+    def request(self, method, path, headers=None, body=b""):
+        self.sock.sendall(_encode_request(method, path, headers, body, self.host))
+        return read_response(self.reader, method)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def read_response(self, method="GET"):
+        return read_response(self.reader, method)
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def request(port, method, path, headers=None, body=b"", timeout=10, host="127.0.0.1"):
+    """One request on a new connection. headers: dict or list of (name, value)
+    (a list may repeat a name). Content-Length is added unless given."""
+    with Client(port, host, timeout) as c:
+        return c.request(method, path, headers, body)
+
+
+def raw(port, data, timeout=5, host="127.0.0.1", shut_write=False):
+    """Sends bytes as they are; returns everything read until the peer
+    closes or timeout seconds pass."""
+    out = b""
+    deadline = time.monotonic() + timeout
+    with socket.create_connection((host, port), timeout=timeout) as s:
+        s.sendall(data)
+        if shut_write:
+            s.shutdown(socket.SHUT_WR)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            s.settimeout(left)
+            try:
+                chunk = s.recv(65536)
+            except socket.timeout:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    return out
+
+
+def parallel(fn, n, timeout=30):
+    """Runs fn(i) in n threads released together; returns the results in
+    order (an exception is returned in place of its result)."""
+    results = [None] * n
+    barrier = threading.Barrier(n)
+
+    def run(i):
+        try:
+            barrier.wait(timeout)
+            results[i] = fn(i)
+        except Exception as e:  # noqa: BLE001 - handed to the caller
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in threads):
+        raise TestFailure(f"parallel: threads still running after {timeout}s")
+    return results
+
+
+def background(fn, *args, **kwargs):
+    """Runs fn in a thread; returns an object whose .result(timeout) gives
+    fn's return value (or raises its exception)."""
+
+    class _Job:
+        def __init__(self):
+            self.value = None
+            self.error = None
+            self.thread = threading.Thread(target=self._run, daemon=True)
+
+        def _run(self):
+            try:
+                self.value = fn(*args, **kwargs)
+            except Exception as e:  # noqa: BLE001 - re-raised in result()
+                self.error = e
+
+        def result(self, timeout=15):
+            self.thread.join(timeout)
+            if self.thread.is_alive():
+                raise TestFailure(f"background job still running after {timeout}s")
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+    job = _Job()
+    job.thread.start()
+    return job
+
+
+def problem(resp):
+    """Checks resp is an RFC 9457 problem response; returns its JSON."""
+    ctype = resp.header("Content-Type") or ""
+    assert ctype.split(";")[0].strip().lower() == "application/problem+json", \
+        f"Content-Type {ctype!r} is not application/problem+json: {resp!r}"
+    doc = resp.json()
+    assert doc.get("status") == resp.status, f"problem status {doc.get('status')} != {resp.status}"
+    return doc
+
+
+def assert_problem(resp, status, code):
+    assert resp.status == status, f"expected {status} {code}, got {resp!r}"
+    doc = problem(resp)
+    assert doc.get("code") == code, f"expected code {code!r}, got {doc!r}"
+    return doc
+
+
+# ---------------------------------------------------------------- upstream
+
+
+class Upstream:
+    """The test upstream (tests/upstream/upstream.c) on a free port."""
+
+    def __init__(self, port=None, tmpdir=None):
+        self.port = port or free_port()
+        self._own_tmp = tmpdir is None
+        self.dir = tmpdir or tempfile.mkdtemp(prefix="idem-upstream-")
+        self.proc = None
+        self.out_path = os.path.join(self.dir, f"upstream-{self.port}.out")
+        self.err_path = os.path.join(self.dir, f"upstream-{self.port}.err")
+        self.start()
+
+    def start(self, timeout=5.0):
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        binary = upstream_bin()
+        if not os.path.exists(binary):
+            raise TestFailure(f"test upstream binary not found: {binary} (make build/test-upstream)")
+        with open(self.out_path, "wb") as out, open(self.err_path, "ab") as err:
+            self.proc = _spawn([binary, "-p", str(self.port)], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err)
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise TestFailure(f"test upstream exited with {self.proc.returncode}: "
+                                  f"{_read_file(self.err_path)}")
+            return f"ready {self.port}" in _read_file(self.out_path)
+
+        try:
+            wait_until(ready, timeout * SLOW, what=f"test upstream on port {self.port}")
+        except TestFailure:
+            self.stop(check=False)
+            raise
+
+    def count(self, key=None):
+        path = "/__count"
+        if key is not None:
+            from urllib.parse import quote
+            path += "?key=" + quote(key, safe="")
+        r = request(self.port, "GET", path, timeout=5)
+        assert r.status == 200, f"upstream /__count answered {r!r}"
+        return int(r.body)
+
+    def reset(self):
+        r = request(self.port, "POST", "/__reset", timeout=5)
+        assert r.status == 200, f"upstream /__reset answered {r!r}"
+
+    def stop(self, check=True):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5 * SLOW)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+        err = _read_file(self.err_path)
+        if check and any(m in err for m in SANITIZER_MARKERS):
+            raise TestFailure(f"sanitizer report from the test upstream:\n{_tail(err, 60)}")
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            if self._own_tmp and os.environ.get("KEEP_TMP") != "1":
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- idemproxy
+
+
+def run_idemproxy(args, timeout=10, env=None):
+    """Runs the binary to completion (for -t, -v, start-up failures).
+    Returns (exit code, stdout text, stderr text)."""
+    binary = idemproxy_bin()
+    if not os.path.exists(binary):
+        raise TestFailure(f"idemproxy binary not found: {binary} (make)")
+    full_env = dict(os.environ)
+    full_env.update(_sanitizer_env())
+    if env:
+        full_env.update(env)
+    try:
+        p = subprocess.run([binary] + list(args), stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=timeout * SLOW, env=full_env)
+    except subprocess.TimeoutExpired as e:
+        raise TestFailure(f"idemproxy {' '.join(args)} did not exit within {timeout * SLOW}s") from e
+    out = p.stdout.decode("utf-8", "replace")
+    err = p.stderr.decode("utf-8", "replace")
+    if any(m in out + err for m in SANITIZER_MARKERS):
+        raise TestFailure(f"sanitizer report from idemproxy {' '.join(args)}:\n{_tail(err, 60)}")
+    return p.returncode, out, err
+
+
+def _sanitizer_env():
+    if not SANITIZE:
+        return {}
+    return {"ASAN_OPTIONS": "detect_leaks=1:abort_on_error=0",
+            "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1"}
+
+
+def _directive_name(line):
+    s = line.strip()
+    if not s or s.startswith("#"):
+        return None
+    return s.split()[0]
+
+
+class Proxy:
+    """idemproxy from a generated config.
+
+    The base config sets listen, upstream, redis, access_log, error_log,
+    log_level and shutdown_timeout. extra_config is appended; a global
+    directive in it whose name is one of the base ones replaces the base line
+    (so extra_config="listen 127.0.0.1:9999" moves the listener)."""
+
+    def __init__(self, upstream_port, redis_port, extra_config="", tmpdir=None, port=None,
+                 start=True, env=None, config_text=None):
+        self.port = port or free_port()
+        self.upstream_port = upstream_port
+        self.redis_port = redis_port
+        self._own_tmp = tmpdir is None
+        self.dir = tmpdir or tempfile.mkdtemp(prefix="idem-proxy-")
+        self.config_path = os.path.join(self.dir, "idemproxy.conf")
+        self.access_log_path = os.path.join(self.dir, "access.log")
+        self.error_log_path = os.path.join(self.dir, "error.log")
+        self.stderr_path = os.path.join(self.dir, "stderr.log")
+        self.stdout_path = os.path.join(self.dir, "stdout.log")
+        self.extra_env = env or {}
+        self.proc = None
+        self.exit_code = None
+        self.write_config(extra_config, config_text=config_text)
+        if start:
+            self.start()
+
+    def base_config(self):
+        return [
+            f"listen 127.0.0.1:{self.port}",
+            f"upstream http://127.0.0.1:{self.upstream_port}",
+            f"redis 127.0.0.1:{self.redis_port}",
+            f"access_log {self.access_log_path}",
+            f"error_log {self.error_log_path}",
+            "log_level debug",
+            "shutdown_timeout 5s",
+        ]
+
+    def config_for(self, extra_config=""):
+        extra_lines = extra_config.splitlines() if extra_config else []
+        # Only top-level lines (outside route blocks) override the base.
+        depth = 0
+        overridden = set()
+        for line in extra_lines:
+            name = _directive_name(line)
+            if depth == 0 and name and name != "route":
+                overridden.add(name)
+            depth += line.count("{") - line.count("}")
+        base = [line for line in self.base_config() if _directive_name(line) not in overridden]
+        return "\n".join(["# generated by tests/e2e/harness.py"] + base + extra_lines) + "\n"
+
+    def write_config(self, extra_config="", config_text=None):
+        """(Re)writes the config file; the running proxy sees it on SIGHUP."""
+        self.extra_config = extra_config
+        text = config_text if config_text is not None else self.config_for(extra_config)
+        tmp = self.config_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, self.config_path)
+
+    def start(self, timeout=5.0):
+        binary = idemproxy_bin()
+        if not os.path.exists(binary):
+            raise TestFailure(f"idemproxy binary not found: {binary} (make)")
+        env = dict(os.environ)
+        env.update(_sanitizer_env())
+        env.update(self.extra_env)
+        with open(self.stdout_path, "ab") as out, open(self.stderr_path, "ab") as err:
+            self.proc = _spawn([binary, "-c", self.config_path], stdin=subprocess.DEVNULL,
+                                         stdout=out, stderr=err, env=env)
+        self.exit_code = None
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise TestFailure(f"idemproxy exited with {self.proc.returncode} during start-up")
+            return port_open(self.port)
+
+        try:
+            wait_until(ready, timeout * SLOW, what=f"idemproxy listening on {self.port}")
+        except TestFailure as e:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(5)
+            self.exit_code = self.proc.returncode
+            self.proc = None
+            raise TestFailure(f"{e}\n--- error log:\n{_tail(self.error_log())}\n"
+                              f"--- stderr:\n{_tail(self.stderr())}") from None
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc else None
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig):
+        assert self.running(), "idemproxy is not running"
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout):
+        """Waits for exit; returns the exit code (None if still running)."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, sig=None, timeout=None, check=True):
+        """Sends sig, waits for exit and returns the exit code. With check,
+        fails on a sanitizer report or on a non-zero exit after SIGTERM."""
+        if sig is None:
+            sig = signal.SIGTERM
+        if self.proc is None:
+            return self.exit_code
+        if timeout is None:
+            timeout = 10.0 * SLOW
+        killed = False
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                killed = True
+        self.exit_code = self.proc.returncode
+        self.proc = None
+        if check:
+            self.check_logs()
+            if killed:
+                raise TestFailure(f"idemproxy did not exit within {timeout}s of signal {sig}; killed")
+            if sig == signal.SIGTERM and self.exit_code != 0:
+                raise TestFailure(f"idemproxy exited with {self.exit_code} after SIGTERM\n"
+                                  f"--- stderr:\n{_tail(self.stderr())}")
+        return self.exit_code
+
+    def check_logs(self):
+        """Fails on any sanitizer report in stderr or the error log."""
+        for label, text in (("stderr", self.stderr()), ("error log", self.error_log())):
+            for m in SANITIZER_MARKERS:
+                if m in text:
+                    i = text.index(m)
+                    raise TestFailure(f"sanitizer report ({m}) in idemproxy {label}:\n"
+                                      f"{text[max(0, i - 200): i + 4000]}")
+
+    def access_log(self):
+        """Parsed access log lines (list of dicts). A line that is not JSON
+        fails the test."""
+        out = []
+        for n, line in enumerate(_read_file(self.access_log_path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                raise TestFailure(f"access log line {n} is not JSON: {line!r}") from None
+        return out
+
+    def wait_access_log(self, n, timeout=3.0):
+        """Waits until the access log has at least n entries; returns them."""
+        return wait_until(lambda: len(self.access_log()) >= n and self.access_log(), timeout,
+                          what=f"{n} access log lines")
+
+    def error_log(self):
+        return _read_file(self.error_log_path)
+
+    def stderr(self):
+        return _read_file(self.stderr_path)
+
+    def request(self, method, path, headers=None, body=b"", timeout=10):
+        return request(self.port, method, path, headers, body, timeout)
+
+    def close(self):
+        """Stops (checking logs) and records the logs for failure reports."""
+        try:
+            self.stop()
+        finally:
+            _note_context(f"idemproxy error log ({self.error_log_path})", self.error_log())
+            _note_context("idemproxy stderr", self.stderr())
+            if self._own_tmp and os.environ.get("KEEP_TMP") != "1":
+                shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- Env
+
+
+class Env:
+    """Redis + test upstream + idemproxy for one test, cleaned up on exit.
+
+        with Env(extra_config="require_key on") as env:
+            env.redis, env.upstream, env.proxy, env.tmp
+
+    proxy=False leaves the proxy unstarted (env.start_proxy(extra) later);
+    redis=False / upstream=False skip those (ports are still reserved)."""
+
+    def __init__(self, extra_config="", proxy=True, redis=True, upstream=True, proxy_env=None):
+        self.extra_config = extra_config
+        self.want_proxy = proxy
+        self.want_redis = redis
+        self.want_upstream = upstream
+        self.proxy_env = proxy_env
+        self.tmp = None
+        self.redis = None
+        self.upstream = None
+        self.proxy = None
+        self.redis_port = None
+        self.upstream_port = None
+
+    def __enter__(self):
+        self.tmp = tempfile.mkdtemp(prefix="idem-e2e-")
+        try:
+            if self.want_redis:
+                self.redis = Redis(tmpdir=self.tmp)
+                self.redis_port = self.redis.port
+            else:
+                self.redis_port = free_port()
+            if self.want_upstream:
+                self.upstream = Upstream(tmpdir=self.tmp)
+                self.upstream_port = self.upstream.port
+            else:
+                self.upstream_port = free_port()
+            if self.want_proxy:
+                self.start_proxy(self.extra_config)
+        except BaseException:
+            self._cleanup(ok=False)
+            raise
+        return self
+
+    def start_proxy(self, extra_config=None, **kwargs):
+        if extra_config is None:
+            extra_config = self.extra_config
+        if self.proxy is not None:
+            self.proxy.close()
+        self.proxy = Proxy(self.upstream_port, self.redis_port, extra_config, tmpdir=self.tmp,
+                           env=self.proxy_env, **kwargs)
+        return self.proxy
+
+    def __exit__(self, exc_type, exc, tb):
+        self._cleanup(ok=exc_type is None)
+        return False
+
+    def _cleanup(self, ok):
+        errors = []
+        for part in (self.proxy, self.upstream, self.redis):
+            if part is None:
+                continue
+            try:
+                part.close()
+            except Exception as e:  # noqa: BLE001 - collected below
+                errors.append(e)
+        if self.tmp and os.environ.get("KEEP_TMP") != "1":
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if errors and ok:
+            raise errors[0]
+        if errors:
+            for e in errors:
+                FAILURE_CONTEXT.append(("also during cleanup", str(e)))
+
+    # Short-hands for requests through the proxy.
+
+    def request(self, method, path, headers=None, body=b"", timeout=10):
+        return request(self.proxy.port, method, path, headers, body, timeout)
+
+    def post(self, path="/orders", key=None, body=b"{}", headers=None, method="POST", timeout=10):
+        """A covered request; key (if given) goes into Idempotency-Key as is."""
+        h = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
+        if key is not None:
+            h.insert(0, ("Idempotency-Key", key))
+        return request(self.proxy.port, method, path, h, body, timeout)
+
+
+HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",
+              "transfer-encoding", "upgrade", "proxy-authenticate", "proxy-authorization"}
+
+
+def end_to_end_headers(resp, ignore=()):
+    """Response headers without hop-by-hop ones, Date and the names in
+    ignore, lower-cased names, in order."""
+    skip = HOP_BY_HOP | {"date"} | {i.lower() for i in ignore}
+    return [(k.lower(), v) for k, v in resp.headers if k.lower() not in skip]
+
+
+def fnv1a64(data):
+    """The hash the test upstream reports as body_fnv."""
+    h = 14695981039346656037
+    for b in data:
+        h ^= b
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return f"{h:016x}"
+

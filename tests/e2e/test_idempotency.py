@@ -1,0 +1,447 @@
+"""End-to-end tests of idemproxy's idempotency contract (SPEC §4.1, §4.2, §4.5).
+
+Each test starts its own redis-server, test upstream and idemproxy (harness.Env).
+The test upstream counts executions globally and per raw Idempotency-Key value.
+"""
+
+import re
+import socket
+import time
+import uuid
+
+from harness import (Env, assert_problem, background, end_to_end_headers, fnv1a64, parallel,
+                     problem, request, wait_until)
+
+REPLAY = "Idempotent-Replayed"
+
+
+def new_key():
+    return "k-" + uuid.uuid4().hex
+
+
+def is_replay(resp):
+    return (resp.header(REPLAY) or "").lower() == "true"
+
+
+def retry_after(resp):
+    v = resp.header("Retry-After")
+    assert v is not None and v.strip().isdigit(), f"Retry-After missing or not seconds: {resp!r}"
+    return int(v)
+
+
+# ---------------------------------------------------------------- replay
+
+
+def test_same_key_five_times_executes_once():
+    with Env() as env:
+        key = new_key()
+        body = b'{"item":"book","qty":1}'
+        answers = [env.post("/orders", key=key, body=body) for _ in range(5)]
+        first = answers[0]
+        assert first.status == 201, first
+        assert env.upstream.count(key) == 1
+        assert env.upstream.count() == 1
+        assert not is_replay(first), f"first answer carries {REPLAY}: {first!r}"
+        assert first.header("X-Custom") == "yes", "upstream header lost"
+        want = end_to_end_headers(first, ignore=[REPLAY])
+        for i, r in enumerate(answers[1:], 2):
+            assert r.status == first.status, f"answer {i}: {r!r}"
+            assert r.body == first.body, f"answer {i} body differs: {r.body!r} vs {first.body!r}"
+            assert is_replay(r), f"answer {i} lacks {REPLAY}: true: {r!r}"
+            assert r.header_all(REPLAY) == ["true"], r.header_all(REPLAY)
+            assert r.header("Date"), f"answer {i} has no Date"
+            got = end_to_end_headers(r, ignore=[REPLAY])
+            assert sorted(got) == sorted(want), f"answer {i} headers differ:\n{got}\nvs\n{want}"
+
+
+def test_sf_string_and_bare_key_are_the_same_key():
+    with Env() as env:
+        key = new_key()
+        r1 = env.post("/orders", key=f'"{key}"', body=b"{}")
+        assert r1.status == 201 and not is_replay(r1), r1
+        r2 = env.post("/orders", key=key, body=b"{}")
+        assert r2.status == 201 and is_replay(r2), f"bare key did not replay the sf-string one: {r2!r}"
+        assert r2.body == r1.body
+        assert env.upstream.count() == 1
+        # and the other way round
+        other = new_key()
+        r3 = env.post("/orders", key=other, body=b"{}")
+        r4 = env.post("/orders", key=f'"{other}"', body=b"{}")
+        assert r3.status == 201 and not is_replay(r3), r3
+        assert is_replay(r4) and r4.body == r3.body, r4
+        assert env.upstream.count() == 2
+
+
+def test_hundred_concurrent_clients_one_execution():
+    with Env() as env:
+        key = new_key()
+        body = b'{"amount":100}'
+
+        def one(_i):
+            return env.post("/orders", key=key, body=body,
+                            headers={"X-Test-Delay": "300"}, timeout=20)
+
+        results = parallel(one, 100, timeout=60)
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert not errors, f"{len(errors)} clients failed, e.g. {errors[0]!r}"
+        statuses = sorted({r.status for r in results})
+        assert set(statuses) <= {201, 409}, f"unexpected statuses {statuses}"
+        ok = [r for r in results if r.status == 201]
+        assert ok, "no client got 201"
+        assert len([r for r in ok if not is_replay(r)]) == 1, "more than one non-replayed 201"
+        assert len({r.body for r in ok}) == 1, "201 answers differ"
+        for r in results:
+            if r.status == 409:
+                assert problem(r).get("code") == "conflict", r
+        assert env.upstream.count(key) == 1
+        assert env.upstream.count() == 1
+
+
+def test_duplicate_while_in_flight_gets_409_then_replay():
+    with Env() as env:
+        key = new_key()
+        body = b'{"slow":true}'
+        job = background(env.post, "/orders", key=key, body=body,
+                         headers={"X-Test-Delay": "1500"})
+        wait_until(lambda: env.upstream.count(key) == 1, 3, what="first request at the upstream")
+        dup = env.post("/orders", key=key, body=body)
+        doc = assert_problem(dup, 409, "conflict")
+        ra = retry_after(dup)
+        assert 1 <= ra <= 60, f"Retry-After {ra} not within the lease"
+        assert doc.get("idempotency_key") == key, doc
+        first = job.result(10)
+        assert first.status == 201 and not is_replay(first), first
+        again = env.post("/orders", key=key, body=body)
+        assert again.status == 201 and is_replay(again), again
+        assert again.body == first.body
+        assert env.upstream.count(key) == 1
+
+
+def test_client_disconnect_still_stores_the_outcome():
+    with Env() as env:
+        key = new_key()
+        body = b'{"gone":1}'
+        req = (b"POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: " + key.encode() +
+               b"\r\nX-Test-Delay: 1000\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5)
+        s.sendall(req)
+        wait_until(lambda: env.upstream.count(key) == 1, 3, what="request at the upstream")
+        s.close()
+
+        def replayed():
+            r = env.post("/orders", key=key, body=body)
+            assert r.status in (201, 409), r
+            return r if r.status == 201 else None
+
+        r = wait_until(replayed, 5, interval=0.2, what="the replay after the client left")
+        assert is_replay(r), f"retry was not a replay: {r!r}"
+        assert r.json()["n"] == 1
+        assert env.upstream.count(key) == 1
+
+
+def test_changed_body_gets_422_and_original_still_replays():
+    with Env() as env:
+        key = new_key()
+        r1 = env.post("/orders", key=key, body=b'{"amount":10}')
+        assert r1.status == 201, r1
+        r2 = env.post("/orders", key=key, body=b'{"amount":99}')
+        doc = assert_problem(r2, 422, "fingerprint-mismatch")
+        assert doc.get("idempotency_key") == key, doc
+        r3 = env.post("/orders", key=key, body=b'{"amount":10}')
+        assert r3.status == 201 and is_replay(r3), r3
+        assert r3.body == r1.body
+        # another path is another fingerprint too
+        r4 = env.post("/payments", key=key, body=b'{"amount":10}')
+        assert_problem(r4, 422, "fingerprint-mismatch")
+        assert env.upstream.count() == 1
+
+
+# ---------------------------------------------------------------- bad requests
+
+
+def test_invalid_keys_get_400():
+    with Env() as env:
+        cases = [
+            ("empty", [("Idempotency-Key", "")]),
+            ("empty sf-string", [("Idempotency-Key", '""')]),
+            ("256 bytes", [("Idempotency-Key", "a" * 256)]),
+            ("tab inside", [("Idempotency-Key", "ab\tcd")]),
+            ("space inside", [("Idempotency-Key", "ab cd")]),
+            ("non-ascii byte", [("Idempotency-Key", "caf\xe9")]),
+            ("repeated header", [("Idempotency-Key", "a1"), ("Idempotency-Key", "a2")]),
+            ("repeated same value", [("Idempotency-Key", "a1"), ("Idempotency-Key", "a1")]),
+        ]
+        for label, headers in cases:
+            r = request(env.proxy.port, "POST", "/orders", headers, b"{}")
+            assert r.status == 400, f"{label}: {r!r}"
+            code = problem(r).get("code")
+            assert code == "invalid-key", f"{label}: code {code!r}"
+        # control bytes: the HTTP parser may refuse them first (bad-request)
+        for label, value in (("control byte", b"ab\x01cd"), ("DEL", b"ab\x7fcd")):
+            r = request(env.proxy.port, "POST", "/orders", [(b"Idempotency-Key", value)], b"{}")
+            assert r.status == 400, f"{label}: {r!r}"
+            if r.body:
+                code = problem(r).get("code")
+                assert code in ("invalid-key", "bad-request"), f"{label}: code {code!r}"
+        assert env.upstream.count() == 0, "a bad key reached the upstream"
+        # 255 bytes is still a key
+        r = env.post("/orders", key="b" * 255, body=b"{}")
+        assert r.status == 201, r
+        assert env.upstream.count() == 1
+
+
+def test_require_key_on_without_key_is_400():
+    with Env(extra_config="require_key on") as env:
+        r = env.post("/orders", body=b"{}")
+        assert_problem(r, 400, "missing-key")
+        assert env.upstream.count() == 0
+        # a key still works, and uncovered methods need none
+        assert env.post("/orders", key=new_key(), body=b"{}").status == 201
+        assert env.request("GET", "/orders").status == 200
+
+
+def test_no_key_is_proxied_and_logged_nokey():
+    with Env() as env:
+        r1 = env.post("/orders", body=b"{}")
+        r2 = env.post("/orders", body=b"{}")
+        assert r1.status == 201 and r2.status == 201, (r1, r2)
+        assert not is_replay(r2)
+        assert env.upstream.count() == 2
+        log = env.proxy.wait_access_log(2)
+        assert [e.get("idem") for e in log[-2:]] == ["nokey", "nokey"], log
+
+
+def test_uncovered_get_is_proxied_and_never_touches_redis():
+    with Env() as env:
+        key = new_key()
+        r1 = env.request("GET", "/orders/1", {"Idempotency-Key": key})
+        r2 = env.request("GET", "/orders/1", {"Idempotency-Key": key})
+        assert r1.status == 200 and r2.status == 200, (r1, r2)
+        assert not is_replay(r2), r2
+        assert env.upstream.count(key) == 2
+        assert env.redis.cmd("DBSIZE") == 0, env.redis.keys()
+        log = env.proxy.wait_access_log(2)
+        assert [e.get("idem") for e in log[-2:]] == ["bypass", "bypass"], log
+
+
+def test_body_over_max_request_body_is_413():
+    with Env(extra_config="max_request_body 1k") as env:
+        r = env.post("/orders", key=new_key(), body=b"x" * 2000)
+        assert_problem(r, 413, "payload-too-large")
+        assert env.upstream.count() == 0
+        r = env.post("/orders", key=new_key(), body=b"y" * 1024)
+        assert r.status == 201, r
+        assert r.json()["body_len"] == 1024
+        assert r.json()["body_fnv"] == fnv1a64(b"y" * 1024), "body changed on the way"
+
+
+# ---------------------------------------------------------------- failures
+
+
+def test_redis_down_is_503_then_recovers():
+    with Env(extra_config="redis_timeout 500ms") as env:
+        assert env.post("/orders", key=new_key(), body=b"{}").status == 201
+        env.redis.stop()
+        r = env.post("/orders", key=new_key(), body=b"{}")
+        assert_problem(r, 503, "store-unavailable")
+        assert r.header("Retry-After") == "1", r
+        assert env.upstream.count() == 1, "forwarded while the store was down"
+        env.redis.start()
+        key = new_key()
+
+        def works():
+            resp = env.post("/orders", key=key, body=b"{}")
+            return resp if resp.status == 201 else None
+
+        r = wait_until(works, 6, interval=0.2, what="requests to succeed after redis came back")
+        again = env.post("/orders", key=key, body=b"{}")
+        assert is_replay(again) and again.body == r.body, again
+        assert env.upstream.count(key) == 1
+
+
+def test_on_store_error_pass_forwards_degraded():
+    with Env(extra_config="on_store_error pass\nredis_timeout 500ms") as env:
+        env.redis.stop()
+        key = new_key()
+        r = env.post("/orders", key=key, body=b"{}")
+        assert r.status == 201, r
+        assert (r.header("Idempotency-Degraded") or "").lower() == "true", r
+        assert env.upstream.count(key) == 1
+
+
+def test_upstream_down_is_502_and_key_released():
+    with Env(extra_config="upstream_fail_timeout 1s\nupstream_connect_timeout 1s") as env:
+        key = new_key()
+        env.upstream.stop()
+        r = env.post("/orders", key=key, body=b"{}")
+        doc = assert_problem(r, 502, "upstream-unavailable")
+        assert doc.get("idempotency_key") == key, doc
+        env.upstream.start()  # same port, counters from zero
+        seen = []
+
+        def works():
+            resp = env.post("/orders", key=key, body=b"{}")
+            seen.append(resp.status)
+            assert resp.status in (201, 502), f"key not released: {resp!r}"
+            return resp if resp.status == 201 else None
+
+        r = wait_until(works, 5, interval=0.2, what="the key to execute on the new upstream")
+        assert not is_replay(r), r
+        assert env.upstream.count(key) == 1
+
+
+def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
+    with Env(extra_config="upstream_timeout 1s\nlock_ttl 3s") as env:
+        key = new_key()
+        r = env.post("/orders", key=key, body=b"{}", headers={"X-Test-Delay": "2500"})
+        assert_problem(r, 504, "upstream-timeout")
+        failed_at = time.monotonic()
+        dup = env.post("/orders", key=key, body=b"{}")
+        assert_problem(dup, 409, "outcome-unknown")
+        ra = retry_after(dup)
+        assert 1 <= ra <= 3, f"Retry-After {ra} beyond lock_ttl"
+
+        def free():
+            resp = env.post("/orders", key=key, body=b"{}")
+            if resp.status == 409:
+                assert problem(resp).get("code") == "outcome-unknown", resp
+                return None
+            return resp
+
+        r = wait_until(free, 5, interval=0.2, what="the key to be free after lock_ttl")
+        assert r.status == 201 and not is_replay(r), r
+        assert time.monotonic() - failed_at >= 1.5, "unknown state ended long before lock_ttl"
+        assert env.upstream.count(key) == 2
+
+
+def test_release_on_status_lets_the_client_retry():
+    with Env() as env:
+        key = new_key()
+        fail = {"X-Test-Status": "500"}
+        r1 = env.post("/orders", key=key, body=b"{}", headers=fail)
+        r2 = env.post("/orders", key=key, body=b"{}", headers=fail)
+        assert r1.status == 500 and r2.status == 500, (r1, r2)
+        assert not is_replay(r2)
+        assert env.upstream.count(key) == 2
+        r3 = env.post("/orders", key=key, body=b"{}")
+        assert r3.status == 201 and not is_replay(r3), r3
+        r4 = env.post("/orders", key=key, body=b"{}")
+        assert r4.status == 201 and is_replay(r4) and r4.body == r3.body, r4
+        assert env.upstream.count(key) == 3
+
+
+def test_on_duplicate_reject():
+    with Env(extra_config="on_duplicate reject") as env:
+        key = new_key()
+        assert env.post("/orders", key=key, body=b"{}").status == 201
+        r = env.post("/orders", key=key, body=b"{}")
+        assert_problem(r, 409, "already-completed")
+        assert r.header("Idempotency-Original-Status") == "201", r
+        assert env.upstream.count(key) == 1
+
+
+def test_response_over_max_cached_body_replays_without_body():
+    with Env(extra_config="max_cached_body 1k") as env:
+        key = new_key()
+        big = {"X-Test-Body-Size": "5000"}
+        r1 = env.post("/orders", key=key, body=b"{}", headers=big)
+        assert r1.status == 201 and len(r1.body) == 5000, (r1.status, len(r1.body))
+        r2 = env.post("/orders", key=key, body=b"{}", headers=big)
+        assert r2.status == 201, r2
+        assert r2.body == b"", f"replay carried {len(r2.body)} bytes"
+        assert is_replay(r2), r2
+        assert (r2.header("Idempotency-Replay") or "").lower() == "omitted", r2
+        assert env.upstream.count(key) == 1
+
+
+def test_scope_separates_tenants():
+    with Env() as env:
+        key = new_key()
+        a = {"Authorization": "Bearer A"}
+        b = {"Authorization": "Bearer B"}
+        ra = env.post("/orders", key=key, body=b"{}", headers=a)
+        rb = env.post("/orders", key=key, body=b"{}", headers=b)
+        assert ra.status == 201 and rb.status == 201, (ra, rb)
+        assert not is_replay(rb), "tenant B got a replay of tenant A"
+        assert ra.json()["n"] != rb.json()["n"], "tenant B got tenant A's body"
+        anon = env.post("/orders", key=key, body=b"{}")
+        assert anon.status == 201 and not is_replay(anon), anon
+        assert env.upstream.count(key) == 3
+        ra2 = env.post("/orders", key=key, body=b"{}", headers=a)
+        rb2 = env.post("/orders", key=key, body=b"{}", headers=b)
+        assert is_replay(ra2) and ra2.body == ra.body, ra2
+        assert is_replay(rb2) and rb2.body == rb.body, rb2
+        assert env.upstream.count(key) == 3
+
+
+def test_redis_holds_one_key_with_ttl():
+    with Env(extra_config="ttl 1h\nlock_ttl 6s\nupstream_timeout 3s") as env:
+        key = new_key()
+        assert env.post("/orders", key=key, body=b"{}").status == 201
+        keys = env.redis.keys("idem:*")
+        assert len(keys) == 1, f"expected one idem: key, found {keys}"
+        pttl = env.redis.cmd("PTTL", keys[0])
+        assert 3_500_000 <= pttl <= 3_600_000, f"PTTL {pttl} of a finished record is not ~1h"
+        # in flight: the lease, about lock_ttl (renewed every lock_ttl/3)
+        slow = new_key()
+        job = background(env.post, "/orders", key=slow, body=b"{}",
+                         headers={"X-Test-Delay": "1500"})
+        wait_until(lambda: env.upstream.count(slow) == 1, 3, what="slow request at the upstream")
+        now = env.redis.keys("idem:*")
+        new = [k for k in now if k not in keys]
+        assert len(new) == 1, f"expected one new key while in flight, found {now}"
+        pttl = env.redis.cmd("PTTL", new[0])
+        assert 3000 <= pttl <= 6000, f"PTTL {pttl} of an in-flight key is not ~lock_ttl 6s"
+        assert job.result(10).status == 201
+        pttl = env.redis.cmd("PTTL", new[0])
+        assert 3_500_000 <= pttl <= 3_600_000, f"PTTL {pttl} after completion is not ~1h"
+        assert len(env.redis.keys("idem:*")) == 2
+
+
+def test_error_doc_url_links_problems():
+    url = "https://example.test/errors"
+    with Env(extra_config=f"error_doc_url {url}") as env:
+        key = new_key()
+        want = f'<{url}>; rel="describedby"'
+        bad = env.post("/orders", key="", body=b"{}")
+        assert_problem(bad, 400, "invalid-key")
+        assert bad.header("Link") == want, bad
+        assert env.post("/orders", key=key, body=b"1").status == 201
+        mism = env.post("/orders", key=key, body=b"2")
+        assert_problem(mism, 422, "fingerprint-mismatch")
+        assert mism.header("Link") == want, mism
+
+
+TS_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(Z|[+-]\d\d:\d\d)$")
+ACCESS_KEYS = ("ts", "client", "method", "path", "status", "idem", "key", "scope", "upstream",
+               "upstream_ms", "ms", "bytes")
+
+
+def test_access_log_lines():
+    with Env() as env:
+        key = new_key()
+        marker = "BODY-MARKER-" + uuid.uuid4().hex
+        body = ('{"secret":"%s"}' % marker).encode()
+        r1 = env.post("/orders", key=key, body=body, headers={"Authorization": "Bearer T"})
+        r2 = env.post("/orders", key=key, body=body, headers={"Authorization": "Bearer T"})
+        assert r1.status == 201 and is_replay(r2), (r1, r2)
+        log = env.proxy.wait_access_log(2)
+        assert len(log) == 2, f"expected 2 lines, got {log}"
+        for e in log:
+            missing = [k for k in ACCESS_KEYS if k not in e]
+            assert not missing, f"access log line lacks {missing}: {e}"
+            assert TS_RE.match(e["ts"]), f"ts not RFC 3339 with ms: {e['ts']!r}"
+            assert e["client"].startswith("127.0.0.1"), e
+            assert e["method"] == "POST" and e["path"] == "/orders", e
+            assert e["status"] == 201, e
+            assert e["key"] == key, e
+            assert isinstance(e["ms"], (int, float)) and isinstance(e["bytes"], int), e
+            assert e["bytes"] > 0, e
+            assert e["scope"] not in ("Bearer T", "T"), "scope is not hashed"
+        assert [e["idem"] for e in log] == ["miss", "replay"], log
+        assert log[0]["upstream"], "miss has no upstream"
+        assert log[0]["scope"] == log[1]["scope"]
+        text = open(env.proxy.access_log_path).read()
+        assert marker not in text, "request body in the access log"
+        assert r1.json()["body_fnv"] not in text, "response body in the access log"
+        assert "Bearer T" not in text, "Authorization value in the access log"

@@ -1,0 +1,611 @@
+/*
+ * test_policy.c - coverage, key parsing and extraction, scope hashing,
+ * fingerprints and record keys (policy.c), against hand-built policies.
+ */
+#include <string.h>
+
+#include "llhttp.h"
+#include "policy.h"
+#include "unit.h"
+
+/* ---- helpers ---- */
+
+static void policy_zero(struct policy *p)
+{
+    memset(p, 0, sizeof(*p));
+}
+
+static void view_init(struct request_view *v, const char *method_name, int method, const char *path,
+                      const struct header_list *h)
+{
+    memset(v, 0, sizeof(*v));
+    v->method = method;
+    v->method_name = method_name;
+    v->path = path;
+    v->path_len = strlen(path);
+    v->headers = h;
+}
+
+static bool is_lower_hex(const char *s, size_t n)
+{
+    if (strlen(s) != n)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    return true;
+}
+
+/* ---- policy_covers ---- */
+
+START_TEST(test_covers_methods)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.methods = (1ull << HTTP_POST) | (1ull << HTTP_PUT);
+    ck_assert(policy_covers(&p, HTTP_POST));
+    ck_assert(policy_covers(&p, HTTP_PUT));
+    ck_assert(!policy_covers(&p, HTTP_GET));
+    ck_assert(!policy_covers(&p, HTTP_DELETE));
+    ck_assert(!policy_covers(&p, -1));
+    ck_assert(!policy_covers(&p, 64));
+}
+END_TEST
+
+START_TEST(test_covers_bypass)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.methods = ~0ull;
+    ck_assert(policy_covers(&p, HTTP_PATCH));
+    p.bypass = true;
+    ck_assert(!policy_covers(&p, HTTP_POST));
+    ck_assert(!policy_covers(&p, HTTP_GET));
+}
+END_TEST
+
+/* ---- policy_parse_key_value ---- */
+
+struct key_case {
+    const char *in;
+    size_t len; /* 0: strlen(in) */
+    enum key_result want;
+    const char *key; /* when KEY_FOUND */
+};
+
+static const struct key_case key_cases[] = {
+    {"abc", 0, KEY_FOUND, "abc"},
+    {"\"abc\"", 0, KEY_FOUND, "abc"},
+    {"8e03978e-40d5-43e8-bc93-6894a57f9324", 0, KEY_FOUND, "8e03978e-40d5-43e8-bc93-6894a57f9324"},
+    {"!~#$%&'*+.^_`|", 0, KEY_FOUND, "!~#$%&'*+.^_`|"},
+    {"  abc\t", 0, KEY_FOUND, "abc"},
+    {" \t\"abc\" \t", 0, KEY_FOUND, "abc"},
+    {"\"a\\\"b\"", 0, KEY_FOUND, "a\"b"},
+    {"\"a\\\\b\"", 0, KEY_FOUND, "a\\b"},
+    {"\"\\\\\"", 0, KEY_FOUND, "\\"},
+    {"\"a b\"", 0, KEY_FOUND, "a b"},
+    {"\" x \"", 0, KEY_FOUND, " x "},
+    {"\" \"", 0, KEY_FOUND, " "},
+    {"x", 0, KEY_FOUND, "x"},
+    /* empty */
+    {"", 0, KEY_INVALID, NULL},
+    {" \t ", 0, KEY_INVALID, NULL},
+    {"\"\"", 0, KEY_INVALID, NULL},
+    {"  \"\"  ", 0, KEY_INVALID, NULL},
+    /* bare: visible ASCII only */
+    {"a b", 0, KEY_INVALID, NULL},
+    {"a\tb", 0, KEY_INVALID, NULL},
+    {"ab\x01", 0, KEY_INVALID, NULL},
+    {"ab\x7f", 0, KEY_INVALID, NULL},
+    {"a\rb", 0, KEY_INVALID, NULL},
+    {"caf\xc3\xa9", 0, KEY_INVALID, NULL},
+    {"\xff", 0, KEY_INVALID, NULL},
+    {"ab\0cd", 5, KEY_INVALID, NULL},
+    /* sf-string: malformed */
+    {"\"abc", 0, KEY_INVALID, NULL},
+    {"\"", 0, KEY_INVALID, NULL},
+    {"\"abc\\\"", 0, KEY_INVALID, NULL},
+    {"\"abc\\", 0, KEY_INVALID, NULL},
+    {"\"a\\nb\"", 0, KEY_INVALID, NULL},
+    {"\"a\\tb\"", 0, KEY_INVALID, NULL},
+    {"\"a\\'b\"", 0, KEY_INVALID, NULL},
+    {"\"abc\"x", 0, KEY_INVALID, NULL},
+    {"\"abc\";p=1", 0, KEY_INVALID, NULL},
+    {"\"abc\" \"def\"", 0, KEY_INVALID, NULL},
+    {"\"abc\"\"", 0, KEY_INVALID, NULL},
+    {"\"a\tb\"", 0, KEY_INVALID, NULL},
+    {"\"a\x01\"", 0, KEY_INVALID, NULL},
+    {"\"a\x7f\"", 0, KEY_INVALID, NULL},
+    {"\"caf\xc3\xa9\"", 0, KEY_INVALID, NULL},
+    {"\"a\0b\"", 5, KEY_INVALID, NULL},
+};
+
+START_TEST(test_parse_key_table)
+{
+    const struct key_case *kc = &key_cases[_i];
+    size_t len = kc->len ? kc->len : strlen(kc->in);
+    char *key = NULL;
+    enum key_result r = policy_parse_key_value(kc->in, len, &key);
+    ck_assert_msg(r == kc->want, "case %d (%s): got %d want %d", _i, kc->in, (int)r, (int)kc->want);
+    if (kc->want == KEY_FOUND)
+        ck_assert_str_eq(key, kc->key);
+    else
+        ck_assert_ptr_null(key);
+    free(key);
+}
+END_TEST
+
+START_TEST(test_parse_key_quoted_equals_bare)
+{
+    char *a = NULL, *b = NULL;
+    ck_assert_int_eq(policy_parse_key_value("abc", 3, &a), KEY_FOUND);
+    ck_assert_int_eq(policy_parse_key_value("\"abc\"", 5, &b), KEY_FOUND);
+    ck_assert_str_eq(a, b);
+    free(a);
+    free(b);
+}
+END_TEST
+
+START_TEST(test_parse_key_length_limits)
+{
+    char buf[POLICY_MAX_KEY_LEN + 8];
+    char *key = NULL;
+
+    /* bare: 255 is fine, 256 is too long */
+    memset(buf, 'k', sizeof(buf));
+    ck_assert_int_eq(policy_parse_key_value(buf, 255, &key), KEY_FOUND);
+    ck_assert_uint_eq(strlen(key), 255);
+    free(key);
+    key = NULL;
+    ck_assert_int_eq(policy_parse_key_value(buf, 256, &key), KEY_INVALID);
+    ck_assert_ptr_null(key);
+
+    /* sf-string: the limit counts the content, not the quotes */
+    buf[0] = '"';
+    buf[256] = '"';
+    ck_assert_int_eq(policy_parse_key_value(buf, 257, &key), KEY_FOUND);
+    ck_assert_uint_eq(strlen(key), 255);
+    free(key);
+    key = NULL;
+    buf[256] = 'k';
+    buf[257] = '"';
+    ck_assert_int_eq(policy_parse_key_value(buf, 258, &key), KEY_INVALID);
+
+    /* ...and counts it after unescaping: 254 chars + \\ is 255 */
+    memset(buf, 'k', sizeof(buf));
+    buf[0] = '"';
+    buf[255] = '\\';
+    buf[256] = '\\';
+    buf[257] = '"';
+    ck_assert_int_eq(policy_parse_key_value(buf, 258, &key), KEY_FOUND);
+    ck_assert_uint_eq(strlen(key), 255);
+    ck_assert_int_eq(key[254], '\\');
+    free(key);
+}
+END_TEST
+
+/* ---- policy_extract_key ---- */
+
+static void policy_add_key(struct policy *p, enum key_source_kind kind, const char *name)
+{
+    p->keys[p->nkeys].kind = kind;
+    p->keys[p->nkeys].name = (char *)name;
+    p->nkeys++;
+}
+
+START_TEST(test_extract_found)
+{
+    struct policy p;
+    policy_zero(&p);
+    policy_add_key(&p, KEY_SOURCE_HEADER, "Idempotency-Key");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Content-Type", "application/json");
+    headers_add_cstr(&h, "idempotency-key", " \"8e03-ab\" ");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
+    ck_assert_str_eq(key, "8e03-ab");
+    free(key);
+    headers_clear(&h);
+}
+END_TEST
+
+START_TEST(test_extract_absent)
+{
+    struct policy p;
+    policy_zero(&p);
+    policy_add_key(&p, KEY_SOURCE_HEADER, "Idempotency-Key");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Idempotency-Keys", "abc");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_ABSENT);
+    ck_assert_ptr_null(key);
+
+    /* no sources at all */
+    p.nkeys = 0;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_ABSENT);
+    headers_clear(&h);
+}
+END_TEST
+
+START_TEST(test_extract_repeated_invalid)
+{
+    struct policy p;
+    policy_zero(&p);
+    policy_add_key(&p, KEY_SOURCE_HEADER, "Idempotency-Key");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Idempotency-Key", "abc");
+    headers_add_cstr(&h, "IDEMPOTENCY-KEY", "abc");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_INVALID);
+    ck_assert_ptr_null(key);
+    headers_clear(&h);
+}
+END_TEST
+
+START_TEST(test_extract_invalid_value)
+{
+    struct policy p;
+    policy_zero(&p);
+    policy_add_key(&p, KEY_SOURCE_HEADER, "Idempotency-Key");
+    policy_add_key(&p, KEY_SOURCE_HEADER, "X-Request-Id");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Idempotency-Key", "\"\"");
+    headers_add_cstr(&h, "X-Request-Id", "fallback");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+
+    /* a present but bad key is an error, not a reason to try the next source */
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_INVALID);
+    ck_assert_ptr_null(key);
+    headers_clear(&h);
+}
+END_TEST
+
+START_TEST(test_extract_source_order)
+{
+    struct policy p;
+    policy_zero(&p);
+    policy_add_key(&p, KEY_SOURCE_QUERY, "key"); /* not implemented yet: absent */
+    policy_add_key(&p, KEY_SOURCE_HEADER, "X-A");
+    policy_add_key(&p, KEY_SOURCE_HEADER, "X-B");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "X-B", "from-b");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+    v.query = "key=from-query";
+    v.query_len = strlen(v.query);
+
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
+    ck_assert_str_eq(key, "from-b");
+    free(key);
+    key = NULL;
+
+    /* both present: the first source in the list wins, whatever the header order */
+    headers_add_cstr(&h, "X-A", "from-a");
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
+    ck_assert_str_eq(key, "from-a");
+    free(key);
+    headers_clear(&h);
+}
+END_TEST
+
+/* ---- policy_scope ---- */
+
+static void scope_of(const struct policy *p, const char *auth1, const char *auth2,
+                     char out[POLICY_SCOPE_HASH_LEN + 1])
+{
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Host", "example.com");
+    if (auth1 != NULL)
+        headers_add_cstr(&h, "Authorization", auth1);
+    if (auth2 != NULL)
+        headers_add_cstr(&h, "authorization", auth2);
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/", &h);
+    policy_scope(p, &v, out);
+    headers_clear(&h);
+}
+
+START_TEST(test_scope_hash)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.scope.kind = KEY_SOURCE_HEADER;
+    p.scope.name = "Authorization";
+    char a[POLICY_SCOPE_HASH_LEN + 1], b[POLICY_SCOPE_HASH_LEN + 1];
+    char c[POLICY_SCOPE_HASH_LEN + 1], d[POLICY_SCOPE_HASH_LEN + 1];
+
+    scope_of(&p, "Bearer alice", NULL, a);
+    scope_of(&p, "Bearer alice", NULL, b);
+    scope_of(&p, "Bearer bob", NULL, c);
+    ck_assert(is_lower_hex(a, POLICY_SCOPE_HASH_LEN));
+    ck_assert_str_eq(a, b);
+    ck_assert_str_ne(a, c);
+
+    /* the first 16 bytes of SHA-256("abc"), a FIPS 180-2 test vector */
+    scope_of(&p, "abc", NULL, d);
+    ck_assert_str_eq(d, "ba7816bf8f01cfea414140de5dae2223");
+
+    /* repeated fields hash as their comma-joined value */
+    scope_of(&p, "a", "b", c);
+    scope_of(&p, "a,b", NULL, d);
+    ck_assert_str_eq(c, d);
+
+    /* present but empty is a scope of its own, not the anonymous one */
+    scope_of(&p, "", NULL, c);
+    ck_assert_str_ne(c, "-");
+}
+END_TEST
+
+START_TEST(test_scope_anonymous)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.scope.kind = KEY_SOURCE_HEADER;
+    p.scope.name = "Authorization";
+    char out[POLICY_SCOPE_HASH_LEN + 1];
+
+    scope_of(&p, NULL, NULL, out);
+    ck_assert_str_eq(out, "-");
+
+    p.scope.kind = KEY_SOURCE_NONE;
+    p.scope.name = NULL;
+    scope_of(&p, "Bearer alice", NULL, out);
+    ck_assert_str_eq(out, "-");
+}
+END_TEST
+
+/* ---- policy_fingerprint ---- */
+
+/* A request whose every part the tests below can vary. */
+struct fp_req {
+    const char *method;
+    const char *path;
+    const char *query; /* NULL: none */
+    const char *body;
+    const char *tenant; /* X-Tenant value, NULL: absent */
+};
+
+static void fp_of(const struct policy *p, const struct fp_req *r,
+                  char out[POLICY_FINGERPRINT_LEN + 1])
+{
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Content-Type", "application/json");
+    if (r->tenant != NULL)
+        headers_add_cstr(&h, "X-Tenant", r->tenant);
+    struct request_view v;
+    view_init(&v, r->method, HTTP_POST, r->path, &h);
+    if (r->query != NULL) {
+        v.query = r->query;
+        v.query_len = strlen(r->query);
+    }
+    v.body = r->body;
+    v.body_len = strlen(r->body);
+    policy_fingerprint(p, &v, out);
+    headers_clear(&h);
+}
+
+static const struct fp_req fp_base = {"POST", "/orders", "a=1", "{\"n\":1}", "t1"};
+
+static const struct {
+    unsigned part;
+    struct fp_req changed;
+} fp_changes[] = {
+    {FP_METHOD, {"PUT", "/orders", "a=1", "{\"n\":1}", "t1"}},
+    {FP_PATH, {"POST", "/orders/2", "a=1", "{\"n\":1}", "t1"}},
+    {FP_QUERY, {"POST", "/orders", "a=2", "{\"n\":1}", "t1"}},
+    {FP_QUERY, {"POST", "/orders", NULL, "{\"n\":1}", "t1"}},
+    {FP_BODY, {"POST", "/orders", "a=1", "{\"n\":2}", "t1"}},
+    {FP_BODY, {"POST", "/orders", "a=1", "", "t1"}},
+};
+
+START_TEST(test_fingerprint_part_selected)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.fingerprint = fp_changes[_i].part;
+    char a[POLICY_FINGERPRINT_LEN + 1], b[POLICY_FINGERPRINT_LEN + 1];
+    fp_of(&p, &fp_base, a);
+    fp_of(&p, &fp_changes[_i].changed, b);
+    ck_assert(is_lower_hex(a, POLICY_FINGERPRINT_LEN));
+    ck_assert_str_ne(a, b);
+
+    /* also with every part selected */
+    p.fingerprint = FP_METHOD | FP_PATH | FP_QUERY | FP_BODY;
+    fp_of(&p, &fp_base, a);
+    fp_of(&p, &fp_changes[_i].changed, b);
+    ck_assert_str_ne(a, b);
+}
+END_TEST
+
+START_TEST(test_fingerprint_part_not_selected)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.fingerprint = (FP_METHOD | FP_PATH | FP_QUERY | FP_BODY) & ~fp_changes[_i].part;
+    char a[POLICY_FINGERPRINT_LEN + 1], b[POLICY_FINGERPRINT_LEN + 1];
+    fp_of(&p, &fp_base, a);
+    fp_of(&p, &fp_changes[_i].changed, b);
+    ck_assert_str_eq(a, b);
+}
+END_TEST
+
+START_TEST(test_fingerprint_header)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.fingerprint = FP_METHOD | FP_PATH | FP_BODY;
+    char base[POLICY_FINGERPRINT_LEN + 1], other[POLICY_FINGERPRINT_LEN + 1];
+    char absent[POLICY_FINGERPRINT_LEN + 1], empty[POLICY_FINGERPRINT_LEN + 1];
+    struct fp_req r = fp_base;
+
+    /* not listed: the header does not matter */
+    fp_of(&p, &r, base);
+    r.tenant = "t2";
+    fp_of(&p, &r, other);
+    ck_assert_str_eq(base, other);
+
+    /* listed: it does, and absent differs from empty */
+    p.fp_headers[p.nfp_headers++] = "x-tenant";
+    r.tenant = "t1";
+    fp_of(&p, &r, base);
+    r.tenant = "t2";
+    fp_of(&p, &r, other);
+    ck_assert_str_ne(base, other);
+    r.tenant = NULL;
+    fp_of(&p, &r, absent);
+    r.tenant = "";
+    fp_of(&p, &r, empty);
+    ck_assert_str_ne(absent, empty);
+    ck_assert_str_ne(absent, base);
+    ck_assert_str_ne(empty, base);
+
+    /* listing a header changes the fingerprint even when it is absent */
+    p.nfp_headers = 0;
+    r.tenant = NULL;
+    fp_of(&p, &r, other);
+    ck_assert_str_ne(absent, other);
+}
+END_TEST
+
+START_TEST(test_fingerprint_boundaries)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.fingerprint = FP_METHOD | FP_PATH | FP_QUERY | FP_BODY;
+    char a[POLICY_FINGERPRINT_LEN + 1], b[POLICY_FINGERPRINT_LEN + 1];
+
+    struct fp_req r1 = {"POST", "/a", NULL, "", NULL};
+    struct fp_req r2 = {"POS", "T/a", NULL, "", NULL};
+    fp_of(&p, &r1, a);
+    fp_of(&p, &r2, b);
+    ck_assert_str_ne(a, b);
+
+    struct fp_req r3 = {"POST", "/ab", "c", "", NULL};
+    struct fp_req r4 = {"POST", "/a", "bc", "", NULL};
+    fp_of(&p, &r3, a);
+    fp_of(&p, &r4, b);
+    ck_assert_str_ne(a, b);
+
+    struct fp_req r5 = {"POST", "/a", "b", "c", NULL};
+    struct fp_req r6 = {"POST", "/a", "bc", "", NULL};
+    fp_of(&p, &r5, a);
+    fp_of(&p, &r6, b);
+    ck_assert_str_ne(a, b);
+
+    /* a value holding the next part's tag byte cannot pose as that part */
+    struct fp_req r9 = {"POST", "/a",
+                        "q\x08"
+                        "b",
+                        "c", NULL};
+    struct fp_req r10 = {"POST", "/a", "q",
+                         "b\x08"
+                         "c",
+                         NULL};
+    fp_of(&p, &r9, a);
+    fp_of(&p, &r10, b);
+    ck_assert_str_ne(a, b);
+
+    /* no query and an empty query are the same request */
+    struct fp_req r7 = {"POST", "/a", NULL, "x", NULL};
+    struct fp_req r8 = {"POST", "/a", "", "x", NULL};
+    fp_of(&p, &r7, a);
+    fp_of(&p, &r8, b);
+    ck_assert_str_eq(a, b);
+}
+END_TEST
+
+START_TEST(test_fingerprint_binary_body)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.fingerprint = FP_BODY;
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/", NULL);
+    char a[POLICY_FINGERPRINT_LEN + 1], b[POLICY_FINGERPRINT_LEN + 1];
+
+    /* bytes after a NUL count */
+    v.body = "ab\0c";
+    v.body_len = 4;
+    policy_fingerprint(&p, &v, a);
+    v.body = "ab\0d";
+    policy_fingerprint(&p, &v, b);
+    ck_assert_str_ne(a, b);
+}
+END_TEST
+
+/* ---- policy_record_key ---- */
+
+START_TEST(test_record_key)
+{
+    char *k = policy_record_key("idem:", "-", "abc");
+    ck_assert_str_eq(k, "idem:-:abc");
+    free(k);
+    k = policy_record_key("p/", "ba7816bf8f01cfea414140de5dae2223", "a:b c");
+    ck_assert_str_eq(k, "p/ba7816bf8f01cfea414140de5dae2223:a:b c");
+    free(k);
+    k = policy_record_key("", "-", "k");
+    ck_assert_str_eq(k, "-:k");
+    free(k);
+}
+END_TEST
+
+static Suite *policy_suite(void)
+{
+    Suite *s = suite_create("policy");
+
+    TCase *tc = tcase_create("covers");
+    tcase_add_test(tc, test_covers_methods);
+    tcase_add_test(tc, test_covers_bypass);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("key");
+    tcase_add_loop_test(tc, test_parse_key_table, 0, (int)ARRAY_LEN(key_cases));
+    tcase_add_test(tc, test_parse_key_quoted_equals_bare);
+    tcase_add_test(tc, test_parse_key_length_limits);
+    tcase_add_test(tc, test_extract_found);
+    tcase_add_test(tc, test_extract_absent);
+    tcase_add_test(tc, test_extract_repeated_invalid);
+    tcase_add_test(tc, test_extract_invalid_value);
+    tcase_add_test(tc, test_extract_source_order);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("scope");
+    tcase_add_test(tc, test_scope_hash);
+    tcase_add_test(tc, test_scope_anonymous);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("fingerprint");
+    tcase_add_loop_test(tc, test_fingerprint_part_selected, 0, (int)ARRAY_LEN(fp_changes));
+    tcase_add_loop_test(tc, test_fingerprint_part_not_selected, 0, (int)ARRAY_LEN(fp_changes));
+    tcase_add_test(tc, test_fingerprint_header);
+    tcase_add_test(tc, test_fingerprint_boundaries);
+    tcase_add_test(tc, test_fingerprint_binary_body);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("record_key");
+    tcase_add_test(tc, test_record_key);
+    suite_add_tcase(s, tc);
+
+    return s;
+}
+
+UNIT_MAIN(policy_suite)
