@@ -1,11 +1,14 @@
 /*
  * config.c - the configuration file (SPEC §3): text in, struct config out.
  *
- * Owns the lexer, the directive table and the post-parse resolution. Pure
- * except for two reads: config_load() reads the file, and the
- * redis_password_file setter reads the password file.
+ * Owns the directive table, the block structure, the scalar and network
+ * setters and the post-parse resolution. The syntax of the file is
+ * config_lex.c's, the syntax of single values config_value.c's, and the
+ * policy directives with compound values config_policy.c's. Pure except for
+ * two reads: config_load() reads the file, and the redis_password_file
+ * setter reads the password file.
  *
- *   text --read_statement()--> (line, argv, terminator)
+ *   text --config_lex_next()--> (line, argv, terminator)
  *        --run_directive()---> directives[] row --setter--> field of struct
  *                              config (global-only rows) or struct policy
  *                              (rows flagged D_POLICY: cfg->global at top
@@ -23,15 +26,17 @@
  *          v  |   reported, skipped) v  |   contents skipped)
  *        skipping (skip_depth > 0: statements ignored, braces counted)
  *
- * Errors: every one is reported through on_error as "FILE:LINE: message" and
- * parsing goes on, so one run shows them all; a config is returned only when
- * none was reported. Setters return NULL or a short phrase (a literal, or one
- * formatted into the parser's msg buffer by phrase()); run_directive() adds
- * "FILE:LINE: NAME: ".
+ * Errors: every one, the lexer's included (through lex_error()), is reported
+ * through on_error as "FILE:LINE: message" and parsing goes on, so one run
+ * shows them all; a config is returned only when none was reported. Setters
+ * return NULL or a short phrase (a literal, or one formatted into the
+ * parser's msg buffer by phrase() or by config_policy.c); run_directive()
+ * adds "FILE:LINE: NAME: ".
  *
  * Ownership: struct config owns every string it points to, and each policy
  * (global and every route) owns its own key, scope and fingerprint-header
- * strings: inheritance deep-copies them. config_unref() frees all of it once.
+ * strings: inheritance deep-copies them (config_policy_inherit_*()).
+ * config_unref() frees all of it once.
  */
 #include "config.h"
 
@@ -43,7 +48,9 @@
 #include <string.h>
 #include <strings.h>
 
-#include <llhttp.h>
+#include "config_lex.h"
+#include "config_policy.h"
+#include "config_value.h"
 
 #define PASSWORD_MAX 1024
 #define WORKERS_MAX 1024
@@ -68,8 +75,8 @@ typedef const char *(*setter_fn)(struct setting *s);
 typedef void (*inherit_fn)(struct policy *dst, const struct policy *src);
 
 enum {
-    D_GLOBAL = 1u << 0,   /* allowed at top level */
-    D_ROUTE = 1u << 1,    /* allowed inside a route block */
+    D_GLOBAL = 1u << 0, /* allowed at top level */
+    D_ROUTE = 1u << 1,  /* allowed inside a route block */
     D_BOTH = D_GLOBAL | D_ROUTE,
     D_POLICY = 1u << 2,   /* offset is into struct policy, else struct config */
     D_MULTI = 1u << 3,    /* may be given more than once */
@@ -115,11 +122,6 @@ static const char *set_fingerprint(struct setting *s);
 static const char *set_release_on(struct setting *s);
 static const char *set_on_inflight(struct setting *s);
 
-static void inherit_keys(struct policy *dst, const struct policy *src);
-static void inherit_scope(struct policy *dst, const struct policy *src);
-static void inherit_fingerprint(struct policy *dst, const struct policy *src);
-static void inherit_on_inflight(struct policy *dst, const struct policy *src);
-
 /* Word lists for set_enum, in enum order. */
 static const char *const on_duplicate_words[] = {"replay", "reject", NULL};
 static const char *const on_store_error_words[] = {"reject", "pass", NULL};
@@ -146,25 +148,26 @@ static const struct directive directives[] = {
     {"redis", set_redis, CFG(redis_host), G, 1, 1, "127.0.0.1:6379", NULL, NULL},
     {"redis_db", set_uint, CFG(redis_db), G, 1, 1, "0", NULL, NULL},
     {"redis_user", set_string, CFG(redis_user), G, 1, 1, NULL, NULL, NULL},
-    {"redis_password_file", set_password_file, CFG(redis_password_file), G, 1, 1, NULL, NULL,
-     NULL},
+    {"redis_password_file", set_password_file, CFG(redis_password_file), G, 1, 1, NULL, NULL, NULL},
     {"redis_timeout", set_duration, CFG(redis_timeout_ms), G, 1, 1, "1s", NULL, NULL},
     {"key_prefix", set_string, CFG(key_prefix), G, 1, 1, "idem:", NULL, NULL},
     {"key_header", set_header_name, CFG(key_header), G, 1, 1, "Idempotency-Key", NULL, NULL},
     {"methods", set_methods, POL(methods), P, 1, -1, "POST PUT PATCH DELETE", NULL, NULL},
-    {"key", set_keys, POL(keys), R, 1, CONFIG_MAX_KEY_SOURCES, NULL, NULL, inherit_keys},
+    {"key", set_keys, POL(keys), R, 1, CONFIG_MAX_KEY_SOURCES, NULL, NULL,
+     config_policy_inherit_keys},
     {"require_key", set_bool, POL(require_key), P, 1, 1, "off", NULL, NULL},
     {"require_token", set_bool, POL(require_token), R, 1, 1, "off", NULL, NULL},
     {"ttl", set_duration, POL(ttl_ms), P, 1, 1, "24h", NULL, NULL},
     {"lock_ttl", set_duration, POL(lock_ttl_ms), P, 1, 1, "60s", NULL, NULL},
-    {"scope", set_scope, POL(scope), P, 1, 1, "header:Authorization", NULL, inherit_scope},
+    {"scope", set_scope, POL(scope), P, 1, 1, "header:Authorization", NULL,
+     config_policy_inherit_scope},
     {"fingerprint", set_fingerprint, POL(fingerprint), P, 1, -1, "method path body", NULL,
-     inherit_fingerprint},
+     config_policy_inherit_fingerprint},
     {"release_on", set_release_on, POL(release_on), P, 1, -1, "500 502 503 504 408 429", NULL,
      NULL},
     {"on_duplicate", set_enum, POL(on_duplicate), P, 1, 1, "replay", on_duplicate_words, NULL},
     {"on_inflight", set_on_inflight, POL(on_inflight), P, 1, 2, "reject", NULL,
-     inherit_on_inflight},
+     config_policy_inherit_on_inflight},
     {"on_store_error", set_enum, CFG(on_store_error), G, 1, 1, "reject", on_store_error_words,
      NULL},
     {"max_request_body", set_size, POL(max_request_body), P, 1, 1, "1m", NULL, NULL},
@@ -180,8 +183,7 @@ static const struct directive directives[] = {
     {"upstream_max_conns", set_count, CFG(upstream_max_conns), G, 1, 1, "1024", NULL, NULL},
     {"client_header_timeout", set_duration, CFG(client_header_timeout_ms), G, 1, 1, "10s", NULL,
      NULL},
-    {"client_body_timeout", set_duration, CFG(client_body_timeout_ms), G, 1, 1, "30s", NULL,
-     NULL},
+    {"client_body_timeout", set_duration, CFG(client_body_timeout_ms), G, 1, 1, "30s", NULL, NULL},
     {"idle_timeout", set_duration, CFG(idle_timeout_ms), G, 1, 1, "60s", NULL, NULL},
     {"upstream_connect_timeout", set_duration, CFG(upstream_connect_timeout_ms), G, 1, 1, "3s",
      NULL, NULL},
@@ -192,8 +194,7 @@ static const struct directive directives[] = {
     {"log_level", set_enum, CFG(log_level), G, 1, 1, "info", log_level_words, NULL},
     {"admin_listen", set_admin_listen, CFG(admin_listen), G, 1, 1, "off", NULL, NULL},
     {"token_endpoint", set_token_endpoint, CFG(token_endpoint), G, 1, 1, "off", NULL, NULL},
-    {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL,
-     NULL},
+    {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL, NULL},
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
     {"route", NULL, 0, 0, G | D_BLOCK | D_MULTI, 1, 1, NULL, NULL, NULL},
 };
@@ -207,31 +208,18 @@ static const struct directive directives[] = {
 
 struct parser {
     const char *name; /* file name for messages */
-    const char *p;
-    const char *end;
-    int line;
+    struct config_lex *lex;
     config_error_fn on_error; /* may be NULL */
     void *arg;
     int nerrors;
     struct config *cfg;
-    int global_seen[NDIRECTIVES]; /* line where each was given at top level; 0: not given */
+    int global_seen[NDIRECTIVES];   /* line where each was given at top level; 0: not given */
     int (*route_seen)[NDIRECTIVES]; /* the same per route, parallel to cfg->routes */
     int routes_cap;
     int cur_route;  /* index of the open route block, -1 at top level */
     int skip_depth; /* > 0 while inside a block that was rejected */
     char msg[512];  /* phrase() output */
 };
-
-/* A statement as the lexer returns it; argv strings are malloc'd. */
-struct stmt {
-    char **argv;
-    int argc;
-    int cap;
-    int line; /* of the first word, or of the brace when there is none */
-    bool bad; /* a lexical error was reported: do not run it */
-};
-
-enum term { TERM_END, TERM_OPEN, TERM_CLOSE, TERM_EOF };
 
 static const char *phrase(struct parser *ps, const char *fmt, ...) PRINTF_LIKE(2, 3);
 static void report(struct parser *ps, int line, const char *fmt, ...) PRINTF_LIKE(3, 4);
@@ -283,123 +271,7 @@ const char *config_directive_name(int i)
     return i >= 0 && (size_t)i < NDIRECTIVES ? directives[i].name : NULL;
 }
 
-/* ---- values ---------------------------------------------------------- */
-
-int config_parse_duration(const char *s, uint64_t *ms)
-{
-    static const struct {
-        const char *unit;
-        uint64_t ms;
-    } units[] = {{"ms", 1}, {"s", 1000}, {"m", 60000}, {"h", 3600000}, {"d", 86400000}};
-    uint64_t n = 0;
-    const char *p = s;
-
-    if (*p < '0' || *p > '9')
-        return IDEM_ERR;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        unsigned digit = (unsigned)(*p - '0');
-        if (n > (UINT64_MAX - digit) / 10)
-            return IDEM_ERR;
-        n = n * 10 + digit;
-    }
-    for (size_t i = 0; i < ARRAY_LEN(units); i++) {
-        if (strcmp(p, units[i].unit) != 0)
-            continue;
-        if (n > UINT64_MAX / units[i].ms)
-            return IDEM_ERR;
-        *ms = n * units[i].ms;
-        return IDEM_OK;
-    }
-    return IDEM_ERR;
-}
-
-int config_parse_size(const char *s, size_t *bytes)
-{
-    size_t n = 0;
-    size_t mult = 1;
-    const char *p = s;
-
-    if (*p < '0' || *p > '9')
-        return IDEM_ERR;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        size_t digit = (size_t)(*p - '0');
-        if (n > (SIZE_MAX - digit) / 10)
-            return IDEM_ERR;
-        n = n * 10 + digit;
-    }
-    switch (*p) {
-    case '\0':
-        break;
-    case 'k':
-    case 'K':
-        mult = 1024;
-        break;
-    case 'm':
-    case 'M':
-        mult = 1024 * 1024;
-        break;
-    case 'g':
-    case 'G':
-        mult = 1024 * 1024 * 1024;
-        break;
-    default:
-        return IDEM_ERR;
-    }
-    if (*p != '\0' && p[1] != '\0')
-        return IDEM_ERR;
-    if (n > SIZE_MAX / mult)
-        return IDEM_ERR;
-    *bytes = n * mult;
-    return IDEM_OK;
-}
-
-/* "30s", "1m", "1500ms": the largest unit that divides ms exactly. */
-static const char *format_duration(uint64_t ms, char buf[32])
-{
-    static const struct {
-        const char *unit;
-        uint64_t ms;
-    } units[] = {{"d", 86400000}, {"h", 3600000}, {"m", 60000}, {"s", 1000}};
-    for (size_t i = 0; i < ARRAY_LEN(units); i++) {
-        if (ms != 0 && ms % units[i].ms == 0) {
-            snprintf(buf, 32, "%llu%s", (unsigned long long)(ms / units[i].ms), units[i].unit);
-            return buf;
-        }
-    }
-    snprintf(buf, 32, "%llums", (unsigned long long)ms);
-    return buf;
-}
-
-/* Decimal digits only, lo..hi. */
-static int parse_int(const char *s, long lo, long hi, int *out)
-{
-    long n = 0;
-    if (*s == '\0')
-        return IDEM_ERR;
-    for (; *s != '\0'; s++) {
-        if (*s < '0' || *s > '9' || n > hi)
-            return IDEM_ERR;
-        n = n * 10 + (*s - '0');
-    }
-    if (n < lo || n > hi)
-        return IDEM_ERR;
-    *out = (int)n;
-    return IDEM_OK;
-}
-
-/* RFC 9110 token characters: what a header field name may contain. */
-static bool valid_header_name(const char *s)
-{
-    if (*s == '\0')
-        return false;
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              strchr("!#$%&'*+-.^_`|~", c) != NULL))
-            return false;
-    }
-    return true;
-}
+/* ---- addresses ------------------------------------------------------- */
 
 /* A host name (letters, digits, '-', '.', '_') or, bracketed, an IPv6 address. */
 static bool valid_host(const char *host, bool bracketed)
@@ -419,7 +291,7 @@ static bool valid_host(const char *host, bool bracketed)
 static bool valid_port(const char *s)
 {
     int port;
-    return strlen(s) <= 5 && parse_int(s, 1, 65535, &port) == IDEM_OK;
+    return strlen(s) <= 5 && config_parse_int(s, 1, 65535, &port) == IDEM_OK;
 }
 
 /*
@@ -449,8 +321,7 @@ static const char *split_host_port(struct setting *s, const char *arg, const cha
             return phrase(s->ps, "expected HOST:PORT, got \"%s\"", arg);
         hlen = colon != NULL ? (size_t)(colon - arg) : strlen(arg);
         if (memchr(arg, ':', hlen) != NULL)
-            return phrase(s->ps, "IPv6 addresses go in brackets, like [::1]:8080, got \"%s\"",
-                          arg);
+            return phrase(s->ps, "IPv6 addresses go in brackets, like [::1]:8080, got \"%s\"", arg);
         if (colon != NULL)
             port_str = colon + 1;
         *bracketed = false;
@@ -477,77 +348,15 @@ static const char *parse_listen_addr(struct setting *s, const char *arg, struct 
     if (inet_pton(bracketed ? AF_INET6 : AF_INET, host, addr) != 1) {
         free(host);
         free(port);
-        return phrase(s->ps, "expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
-                             "got \"%s\"",
+        return phrase(s->ps,
+                      "expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
+                      "got \"%s\"",
                       arg);
     }
     out->host = host;
     out->port = port;
     out->tls = false;
     return NULL;
-}
-
-/* ---- policies -------------------------------------------------------- */
-
-static void clear_keys(struct policy *p)
-{
-    for (int i = 0; i < p->nkeys; i++) {
-        free(p->keys[i].name);
-        p->keys[i].name = NULL;
-    }
-    p->nkeys = 0;
-}
-
-static void clear_fp_headers(struct policy *p)
-{
-    for (int i = 0; i < p->nfp_headers; i++) {
-        free(p->fp_headers[i]);
-        p->fp_headers[i] = NULL;
-    }
-    p->nfp_headers = 0;
-}
-
-static void policy_free(struct policy *p)
-{
-    clear_keys(p);
-    clear_fp_headers(p);
-    free(p->scope.name);
-    p->scope.name = NULL;
-}
-
-static struct key_source copy_source(const struct key_source *src)
-{
-    struct key_source ks = {src->kind, src->name != NULL ? xstrdup(src->name) : NULL};
-    return ks;
-}
-
-static void inherit_keys(struct policy *dst, const struct policy *src)
-{
-    clear_keys(dst);
-    for (int i = 0; i < src->nkeys; i++)
-        dst->keys[i] = copy_source(&src->keys[i]);
-    dst->nkeys = src->nkeys;
-}
-
-static void inherit_scope(struct policy *dst, const struct policy *src)
-{
-    free(dst->scope.name);
-    dst->scope = copy_source(&src->scope);
-}
-
-static void inherit_fingerprint(struct policy *dst, const struct policy *src)
-{
-    clear_fp_headers(dst);
-    dst->fingerprint = src->fingerprint;
-    for (int i = 0; i < src->nfp_headers; i++)
-        dst->fp_headers[i] = xstrdup(src->fp_headers[i]);
-    dst->nfp_headers = src->nfp_headers;
-}
-
-static void inherit_on_inflight(struct policy *dst, const struct policy *src)
-{
-    dst->on_inflight = src->on_inflight;
-    dst->inflight_wait_ms = src->inflight_wait_ms;
 }
 
 /* ---- setters --------------------------------------------------------- */
@@ -613,7 +422,7 @@ static const char *set_string(struct setting *s)
 
 static const char *set_header_name(struct setting *s)
 {
-    if (!valid_header_name(s->argv[0]))
+    if (!config_valid_header_name(s->argv[0]))
         return phrase(s->ps, "not a valid header name: \"%s\"", s->argv[0]);
     return set_string(s);
 }
@@ -632,14 +441,14 @@ static const char *set_url(struct setting *s)
 
 static const char *set_uint(struct setting *s)
 {
-    if (parse_int(s->argv[0], 0, INT32_MAX, s->field) != IDEM_OK)
+    if (config_parse_int(s->argv[0], 0, INT32_MAX, s->field) != IDEM_OK)
         return phrase(s->ps, "expected a number 0 or more, got \"%s\"", s->argv[0]);
     return NULL;
 }
 
 static const char *set_count(struct setting *s)
 {
-    if (parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
+    if (config_parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
         return phrase(s->ps, "expected a number 1 or more, got \"%s\"", s->argv[0]);
     return NULL;
 }
@@ -650,7 +459,7 @@ static const char *set_workers(struct setting *s)
         *(int *)s->field = 0;
         return NULL;
     }
-    if (parse_int(s->argv[0], 0, WORKERS_MAX, s->field) != IDEM_OK)
+    if (config_parse_int(s->argv[0], 0, WORKERS_MAX, s->field) != IDEM_OK)
         return phrase(s->ps, "expected auto or a number 0..%d, got \"%s\"", WORKERS_MAX,
                       s->argv[0]);
     return NULL;
@@ -679,8 +488,7 @@ static const char *set_token_endpoint(struct setting *s)
         return NULL;
     }
     if (s->argv[0][0] != '/')
-        return phrase(s->ps, "expected a path starting with \"/\" or off, got \"%s\"",
-                      s->argv[0]);
+        return phrase(s->ps, "expected a path starting with \"/\" or off, got \"%s\"", s->argv[0]);
     return set_string(s);
 }
 
@@ -843,346 +651,44 @@ static const char *set_password_file(struct setting *s)
     return err;
 }
 
-/* The HTTP methods llhttp knows, by their wire names. */
-static const struct {
-    int id;
-    const char *name;
-} http_methods[] = {
-#define METHOD_ROW(num, name, string) {num, #string},
-    HTTP_METHOD_MAP(METHOD_ROW)
-#undef METHOD_ROW
-};
-
+/*
+ * The policy directives with compound values are parsed by config_policy.c
+ * into the policy being set (s->base for D_POLICY rows), with ps->msg for
+ * their phrases.
+ */
 static const char *set_methods(struct setting *s)
 {
-    uint64_t bits = 0;
-    for (int i = 0; i < s->argc; i++) {
-        size_t m = 0;
-        while (m < ARRAY_LEN(http_methods) && strcmp(http_methods[m].name, s->argv[i]) != 0)
-            m++;
-        if (m == ARRAY_LEN(http_methods))
-            return phrase(s->ps, "unknown method \"%s\"", s->argv[i]);
-        bits |= 1ull << http_methods[m].id;
-    }
-    *(uint64_t *)s->field = bits;
-    return NULL;
-}
-
-/* RFC 6901: "/" then reference tokens where "~" is only in "~0" or "~1". */
-static bool valid_json_pointer(const char *p)
-{
-    if (*p != '/')
-        return false;
-    for (; *p != '\0'; p++)
-        if (*p == '~' && p[1] != '0' && p[1] != '1')
-            return false;
-    return true;
-}
-
-static const char *parse_key_source(struct setting *s, const char *arg, struct key_source *out)
-{
-    if (strcmp(arg, "token") == 0) {
-        out->kind = KEY_SOURCE_TOKEN;
-        out->name = NULL;
-        return NULL;
-    }
-    if (strncmp(arg, "header:", 7) == 0) {
-        if (!valid_header_name(arg + 7))
-            return phrase(s->ps, "not a valid header name in \"%s\"", arg);
-        out->kind = KEY_SOURCE_HEADER;
-        out->name = xstrdup(arg + 7);
-    } else if (strncmp(arg, "query:", 6) == 0 || strncmp(arg, "form:", 5) == 0) {
-        const char *name = strchr(arg, ':') + 1;
-        if (*name == '\0')
-            return phrase(s->ps, "missing parameter name in \"%s\"", arg);
-        out->kind = arg[0] == 'q' ? KEY_SOURCE_QUERY : KEY_SOURCE_FORM;
-        out->name = xstrdup(name);
-    } else if (strncmp(arg, "json:", 5) == 0) {
-        if (!valid_json_pointer(arg + 5))
-            return phrase(s->ps, "expected a JSON pointer like json:/order_no, got \"%s\"", arg);
-        out->kind = KEY_SOURCE_JSON;
-        out->name = xstrdup(arg + 5);
-    } else {
-        return phrase(s->ps,
-                      "unknown key source \"%s\" (expected header:NAME, query:NAME, form:NAME, "
-                      "json:/pointer or token)",
-                      arg);
-    }
-    return NULL;
+    return config_policy_set_methods(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 static const char *set_keys(struct setting *s)
 {
-    struct policy *p = s->base;
-    clear_keys(p);
-    for (int i = 0; i < s->argc; i++) {
-        const char *err = parse_key_source(s, s->argv[i], &p->keys[p->nkeys]);
-        if (err != NULL)
-            return err;
-        p->nkeys++;
-    }
-    return NULL;
+    return config_policy_set_keys(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 static const char *set_scope(struct setting *s)
 {
-    struct policy *p = s->base;
-    const char *arg = s->argv[0];
-
-    if (strcmp(arg, "none") != 0 && strncmp(arg, "header:", 7) != 0)
-        return phrase(s->ps, "expected header:NAME or none, got \"%s\"", arg);
-    if (arg[0] == 'h' && !valid_header_name(arg + 7))
-        return phrase(s->ps, "not a valid header name in \"%s\"", arg);
-    free(p->scope.name);
-    p->scope.kind = arg[0] == 'h' ? KEY_SOURCE_HEADER : KEY_SOURCE_NONE;
-    p->scope.name = arg[0] == 'h' ? xstrdup(arg + 7) : NULL;
-    return NULL;
+    return config_policy_set_scope(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 static const char *set_fingerprint(struct setting *s)
 {
-    static const struct {
-        const char *name;
-        unsigned bit;
-    } parts[] = {{"method", FP_METHOD}, {"path", FP_PATH}, {"query", FP_QUERY}, {"body", FP_BODY}};
-    struct policy *p = s->base;
-
-    clear_fp_headers(p);
-    p->fingerprint = 0;
-    for (int i = 0; i < s->argc; i++) {
-        const char *arg = s->argv[i];
-        size_t k = 0;
-        while (k < ARRAY_LEN(parts) && strcmp(parts[k].name, arg) != 0)
-            k++;
-        if (k < ARRAY_LEN(parts)) {
-            p->fingerprint |= parts[k].bit;
-        } else if (strncmp(arg, "header:", 7) == 0) {
-            if (!valid_header_name(arg + 7))
-                return phrase(s->ps, "not a valid header name in \"%s\"", arg);
-            if (p->nfp_headers == CONFIG_MAX_FP_HEADERS)
-                return phrase(s->ps, "too many header: parts (at most %d)",
-                              CONFIG_MAX_FP_HEADERS);
-            p->fp_headers[p->nfp_headers++] = xstrdup(arg + 7);
-        } else {
-            return phrase(s->ps,
-                          "unknown part \"%s\" (expected method, path, query, body or "
-                          "header:NAME)",
-                          arg);
-        }
-    }
-    return NULL;
+    return config_policy_set_fingerprint(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 static const char *set_release_on(struct setting *s)
 {
-    struct policy *p = s->base;
-    memset(p->release_on, 0, sizeof(p->release_on));
-    for (int i = 0; i < s->argc; i++) {
-        const char *arg = s->argv[i];
-        int status;
-        if (arg[0] >= '1' && arg[0] <= '5' && (arg[1] == 'x' || arg[1] == 'X') &&
-            (arg[2] == 'x' || arg[2] == 'X') && arg[3] == '\0') {
-            int base = (arg[0] - '0') * 100;
-            for (int c = base; c < base + 100; c++)
-                p->release_on[c] = true;
-        } else if (strlen(arg) == 3 && parse_int(arg, 100, 599, &status) == IDEM_OK) {
-            p->release_on[status] = true;
-        } else {
-            return phrase(s->ps, "expected a status 100..599 or a class like 5xx, got \"%s\"",
-                          arg);
-        }
-    }
-    return NULL;
+    return config_policy_set_release_on(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 static const char *set_on_inflight(struct setting *s)
 {
-    struct policy *p = s->base;
-    uint64_t ms;
-
-    if (strcmp(s->argv[0], "reject") == 0) {
-        if (s->argc != 1)
-            return "reject takes no duration";
-        p->on_inflight = ON_INFLIGHT_REJECT;
-        p->inflight_wait_ms = 0;
-        return NULL;
-    }
-    if (strcmp(s->argv[0], "wait") != 0)
-        return phrase(s->ps, "expected reject or wait DURATION, got \"%s\"", s->argv[0]);
-    if (s->argc != 2)
-        return "wait needs a duration, like: on_inflight wait 5s";
-    if (config_parse_duration(s->argv[1], &ms) != IDEM_OK || ms == 0)
-        return phrase(s->ps, "expected a duration like 30s, got \"%s\"", s->argv[1]);
-    p->on_inflight = ON_INFLIGHT_WAIT;
-    p->inflight_wait_ms = ms;
-    return NULL;
-}
-
-/* ---- lexer ----------------------------------------------------------- */
-
-struct word {
-    char *s;
-    size_t len;
-    size_t cap;
-};
-
-static void word_add(struct word *w, char c)
-{
-    if (w->len + 1 >= w->cap) {
-        w->cap = w->cap != 0 ? w->cap * 2 : 32;
-        w->s = xrealloc(w->s, w->cap);
-    }
-    w->s[w->len++] = c;
-    w->s[w->len] = '\0';
-}
-
-static void stmt_clear(struct stmt *st)
-{
-    for (int i = 0; i < st->argc; i++) {
-        free(st->argv[i]);
-        st->argv[i] = NULL;
-    }
-    st->argc = 0;
-    st->bad = false;
-}
-
-static void stmt_free(struct stmt *st)
-{
-    stmt_clear(st);
-    free(st->argv);
-    st->argv = NULL;
-    st->cap = 0;
-}
-
-/* Takes ownership of w->s. */
-static void stmt_push(struct stmt *st, struct word *w)
-{
-    if (st->argc == st->cap) {
-        st->cap = st->cap != 0 ? st->cap * 2 : 8;
-        st->argv = xrealloc(st->argv, (size_t)st->cap * sizeof(*st->argv));
-    }
-    st->argv[st->argc++] = w->s != NULL ? w->s : xstrdup("");
-    w->s = NULL;
-}
-
-/* After the opening quote; stops after the closing one or at the line end. */
-static void read_quoted(struct parser *ps, struct stmt *st, struct word *w)
-{
-    for (;;) {
-        char c;
-        if (ps->p == ps->end || *ps->p == '\n') {
-            report(ps, ps->line, "unterminated quoted string");
-            st->bad = true;
-            return;
-        }
-        c = *ps->p++;
-        if (c == '"')
-            return;
-        if (c == '\\') {
-            if (ps->p < ps->end && (*ps->p == '"' || *ps->p == '\\')) {
-                word_add(w, *ps->p++);
-                continue;
-            }
-            report(ps, ps->line, "invalid escape in quoted string: only \\\" and \\\\ are allowed");
-            st->bad = true;
-            continue;
-        }
-        if (c == '\0') {
-            report(ps, ps->line, "NUL byte in the configuration");
-            st->bad = true;
-            continue;
-        }
-        word_add(w, c);
-    }
-}
-
-/* One argument: unquoted characters and quoted segments, concatenated. */
-static void read_word(struct parser *ps, struct stmt *st)
-{
-    struct word w = {NULL, 0, 0};
-    while (ps->p < ps->end) {
-        char c = *ps->p;
-        if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == ';' || c == '{' || c == '}' ||
-            c == '#')
-            break;
-        ps->p++;
-        if (c == '"') {
-            read_quoted(ps, st, &w); /* "" leaves w.s NULL: pushed as "" */
-        } else if (c == '\0') {
-            report(ps, ps->line, "NUL byte in the configuration");
-            st->bad = true;
-        } else {
-            word_add(&w, c);
-        }
-    }
-    stmt_push(st, &w);
-}
-
-/*
- * Reads the next statement into st: its words up to a newline or ";" (then
- * TERM_END), "{" (TERM_OPEN), "}" (TERM_CLOSE) or the end of the text
- * (TERM_EOF). Empty statements are skipped, so a brace or EOF may come with
- * no words. Comments run from "#" outside quotes to the end of the line.
- */
-static enum term read_statement(struct parser *ps, struct stmt *st)
-{
-    stmt_clear(st);
-    st->line = ps->line;
-    for (;;) {
-        char c;
-        while (ps->p < ps->end && (*ps->p == ' ' || *ps->p == '\t' || *ps->p == '\r'))
-            ps->p++;
-        if (ps->p == ps->end)
-            return TERM_EOF;
-        c = *ps->p;
-        if (c == '#') {
-            while (ps->p < ps->end && *ps->p != '\n')
-                ps->p++;
-        } else if (c == '\n' || c == ';') {
-            ps->p++;
-            if (c == '\n')
-                ps->line++; /* st->line was taken at the first word */
-            if (st->argc > 0)
-                return TERM_END;
-            st->line = ps->line;
-        } else if (c == '{' || c == '}') {
-            if (st->argc == 0)
-                st->line = ps->line;
-            ps->p++;
-            return c == '{' ? TERM_OPEN : TERM_CLOSE;
-        } else {
-            if (st->argc == 0)
-                st->line = ps->line;
-            read_word(ps, st);
-        }
-    }
-}
-
-/* After `route PREFIX` and a newline: is the next token "{"? Consumes it if so. */
-static bool peek_open_brace(struct parser *ps)
-{
-    const char *p = ps->p;
-    int line = ps->line;
-    while (p < ps->end) {
-        if (*p == '\n')
-            line++;
-        else if (*p == '#')
-            while (p + 1 < ps->end && p[1] != '\n')
-                p++;
-        else if (*p != ' ' && *p != '\t' && *p != '\r')
-            break;
-        p++;
-    }
-    if (p == ps->end || *p != '{')
-        return false;
-    ps->p = p + 1;
-    ps->line = line;
-    return true;
+    return config_policy_set_on_inflight(s->base, s->argc, s->argv, s->ps->msg, sizeof(s->ps->msg));
 }
 
 /* ---- framework ------------------------------------------------------- */
 
-static void open_route(struct parser *ps, struct stmt *st)
+static void open_route(struct parser *ps, const struct config_lex_stmt *st)
 {
     struct config *cfg = ps->cfg;
     const char *prefix = st->argv[1];
@@ -1197,8 +703,7 @@ static void open_route(struct parser *ps, struct stmt *st)
     if (cfg->nroutes == ps->routes_cap) {
         ps->routes_cap = ps->routes_cap != 0 ? ps->routes_cap * 2 : 8;
         cfg->routes = xrealloc(cfg->routes, (size_t)ps->routes_cap * sizeof(*cfg->routes));
-        ps->route_seen =
-            xrealloc(ps->route_seen, (size_t)ps->routes_cap * sizeof(*ps->route_seen));
+        ps->route_seen = xrealloc(ps->route_seen, (size_t)ps->routes_cap * sizeof(*ps->route_seen));
     }
     r = &cfg->routes[cfg->nroutes];
     memset(r, 0, sizeof(*r));
@@ -1209,7 +714,7 @@ static void open_route(struct parser *ps, struct stmt *st)
 }
 
 /* A statement ended by "{". Anything but a valid route is reported and skipped. */
-static void open_block(struct parser *ps, struct stmt *st)
+static void open_block(struct parser *ps, const struct config_lex_stmt *st)
 {
     const char *name = st->argv[0];
     if (strcmp(name, "route") != 0) {
@@ -1238,7 +743,7 @@ static void close_block(struct parser *ps, int line)
         report(ps, line, "unexpected \"}\"");
 }
 
-static void run_directive(struct parser *ps, struct stmt *st)
+static void run_directive(struct parser *ps, const struct config_lex_stmt *st)
 {
     const struct directive *d = find_directive(st->argv[0]);
     bool in_route = ps->cur_route >= 0;
@@ -1297,32 +802,38 @@ static void run_directive(struct parser *ps, struct stmt *st)
         report(ps, st->line, "%s: %s", d->name, err);
 }
 
+/* Lexical errors come here, in order with the parser's own. */
+static void lex_error(void *arg, int line, const char *message)
+{
+    report(arg, line, "%s", message);
+}
+
 static void parse_text(struct parser *ps)
 {
-    struct stmt st = {NULL, 0, 0, 0, false};
     for (;;) {
-        enum term t = read_statement(ps, &st);
-        if (t == TERM_END && !st.bad && strcmp(st.argv[0], "route") == 0 && peek_open_brace(ps))
-            t = TERM_OPEN;
-        if (t == TERM_OPEN && (ps->skip_depth > 0 || st.bad))
+        const struct config_lex_stmt *st;
+        enum config_lex_term t = config_lex_next(ps->lex, &st);
+        if (t == CONFIG_LEX_END && !st->bad && strcmp(st->argv[0], "route") == 0 &&
+            config_lex_open_brace_follows(ps->lex))
+            t = CONFIG_LEX_OPEN;
+        if (t == CONFIG_LEX_OPEN && (ps->skip_depth > 0 || st->bad))
             ps->skip_depth++;
-        else if (st.argc > 0 && ps->skip_depth == 0 && !st.bad && t == TERM_OPEN)
-            open_block(ps, &st);
-        else if (st.argc > 0 && ps->skip_depth == 0 && !st.bad)
-            run_directive(ps, &st);
-        else if (t == TERM_OPEN) {
-            report(ps, st.line, "unexpected \"{\"");
+        else if (st->argc > 0 && ps->skip_depth == 0 && !st->bad && t == CONFIG_LEX_OPEN)
+            open_block(ps, st);
+        else if (st->argc > 0 && ps->skip_depth == 0 && !st->bad)
+            run_directive(ps, st);
+        else if (t == CONFIG_LEX_OPEN) {
+            report(ps, st->line, "unexpected \"{\"");
             ps->skip_depth++;
         }
-        if (t == TERM_CLOSE)
-            close_block(ps, st.line);
-        if (t == TERM_EOF)
+        if (t == CONFIG_LEX_CLOSE)
+            close_block(ps, st->line);
+        if (t == CONFIG_LEX_EOF)
             break;
     }
     if (ps->cur_route >= 0)
         report(ps, ps->cfg->routes[ps->cur_route].line,
                "route: block not closed: \"}\" missing before the end of the file");
-    stmt_free(&st);
 }
 
 /* Runs a directive's default through its setter, as if it had been written. */
@@ -1354,7 +865,7 @@ static void check_lock_ttl(struct parser *ps, int line, uint64_t lock_ttl_ms)
     char a[32];
     if (lock_ttl_ms != 0 && lock_ttl_ms <= ps->cfg->upstream_timeout_ms)
         report(ps, line, "lock_ttl: must be greater than upstream_timeout (%s)",
-               format_duration(ps->cfg->upstream_timeout_ms, a));
+               config_format_duration(ps->cfg->upstream_timeout_ms, a));
 }
 
 static int compare_routes(const void *a, const void *b)
@@ -1399,7 +910,7 @@ static void finish(struct parser *ps)
         check_lock_ttl(ps, ps->global_seen[lock], cfg->global.lock_ttl_ms);
     else if (cfg->global.lock_ttl_ms <= cfg->upstream_timeout_ms)
         report(ps, ps->global_seen[timeout], "upstream_timeout: must be less than lock_ttl (%s)",
-               format_duration(cfg->global.lock_ttl_ms, a));
+               config_format_duration(cfg->global.lock_ttl_ms, a));
 
     for (int r = 0; r < cfg->nroutes; r++) {
         struct policy *dst = &cfg->routes[r].policy;
@@ -1430,9 +941,7 @@ struct config *config_parse(const char *name, const char *text, size_t len,
     cfg->file = xstrdup(name);
     cfg->refcount = 1;
     ps->name = name;
-    ps->p = text;
-    ps->end = text + len;
-    ps->line = 1;
+    ps->lex = config_lex_new(text, len, lex_error, ps);
     ps->on_error = on_error;
     ps->arg = arg;
     ps->cfg = cfg;
@@ -1445,6 +954,8 @@ struct config *config_parse(const char *name, const char *text, size_t len,
         config_unref(cfg);
         cfg = NULL;
     }
+    config_lex_free(ps->lex);
+    ps->lex = NULL;
     free(ps->route_seen);
     ps->route_seen = NULL;
     free(ps);
@@ -1510,10 +1021,10 @@ void config_unref(struct config *cfg)
         return;
     for (int i = 0; i < cfg->nroutes; i++) {
         free(cfg->routes[i].prefix);
-        policy_free(&cfg->routes[i].policy);
+        config_policy_free(&cfg->routes[i].policy);
     }
     free(cfg->routes);
-    policy_free(&cfg->global);
+    config_policy_free(&cfg->global);
     for (int i = 0; i < cfg->nupstreams; i++) {
         free(cfg->upstreams[i].url);
         free(cfg->upstreams[i].host);

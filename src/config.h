@@ -18,6 +18,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config_value.h" /* config_parse_duration(), config_parse_size() */
 #include "util.h"
 
 #define CONFIG_DEFAULT_FILE "/etc/idemproxy/idemproxy.conf"
@@ -175,9 +176,5 @@ const struct policy *config_policy_for(const struct config *cfg, const char *pat
  * every directive.
  */
 const char *config_directive_name(int i);
-
-/* Parsers shared with tests: return IDEM_OK or IDEM_ERR. */
-int config_parse_duration(const char *s, uint64_t *ms) MUST_CHECK;
-int config_parse_size(const char *s, size_t *bytes) MUST_CHECK;
 
 #endif

@@ -19,6 +19,7 @@ options and longer waits), KEEP_TMP=1 (keep the temporary directories).
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -33,6 +34,9 @@ SANITIZE = os.environ.get("SANITIZE", "0") == "1"
 SLOW = 3.0 if SANITIZE else 1.0
 
 SANITIZER_MARKERS = ("AddressSanitizer", "LeakSanitizer", "runtime error:")
+# An error-log line at a level that a healthy run never produces
+# ("2026-11-26T07:37:19.123Z error message", see src/log.h).
+ERROR_LINE_RE = re.compile(r"^\S+\s+\[?(error|crit|alert|emerg|fatal)\]?[\s:]", re.I)
 
 
 class TestFailure(AssertionError):
@@ -666,8 +670,10 @@ class Proxy:
     (so extra_config="listen 127.0.0.1:9999" moves the listener)."""
 
     def __init__(self, upstream_port, redis_port, extra_config="", tmpdir=None, port=None,
-                 start=True, env=None, config_text=None):
+                 start=True, env=None, config_text=None, expect_errors=False):
         self.port = port or free_port()
+        # False: an error-level line in the error log fails the test.
+        self.expect_errors = expect_errors
         self.upstream_port = upstream_port
         self.redis_port = redis_port
         self._own_tmp = tmpdir is None
@@ -793,13 +799,25 @@ class Proxy:
         return self.exit_code
 
     def check_logs(self):
-        """Fails on any sanitizer report in stderr or the error log."""
+        """Fails on any sanitizer report in stderr or the error log, and,
+        unless expect_errors, on an error-level line in the error log."""
         for label, text in (("stderr", self.stderr()), ("error log", self.error_log())):
             for m in SANITIZER_MARKERS:
                 if m in text:
                     i = text.index(m)
                     raise TestFailure(f"sanitizer report ({m}) in idemproxy {label}:\n"
                                       f"{text[max(0, i - 200): i + 4000]}")
+        if not self.expect_errors:
+            bad = self.error_lines()
+            if bad:
+                raise TestFailure("unexpected error in the idemproxy error log (pass "
+                                  "expect_errors=True if the test provokes it):\n"
+                                  + "\n".join(bad[:10]))
+
+    def error_lines(self):
+        """Error-level lines of the error log and stderr."""
+        text = self.error_log() + "\n" + self.stderr()
+        return [line for line in text.splitlines() if ERROR_LINE_RE.match(line)]
 
     def access_log(self):
         """Parsed access log lines (list of dicts). A line that is not JSON
@@ -849,10 +867,13 @@ class Env:
             env.redis, env.upstream, env.proxy, env.tmp
 
     proxy=False leaves the proxy unstarted (env.start_proxy(extra) later);
-    redis=False / upstream=False skip those (ports are still reserved)."""
+    redis=False / upstream=False skip those (ports are still reserved);
+    expect_errors=True for tests that provoke error-level log lines."""
 
-    def __init__(self, extra_config="", proxy=True, redis=True, upstream=True, proxy_env=None):
+    def __init__(self, extra_config="", proxy=True, redis=True, upstream=True, proxy_env=None,
+                 expect_errors=False):
         self.extra_config = extra_config
+        self.expect_errors = expect_errors
         self.want_proxy = proxy
         self.want_redis = redis
         self.want_upstream = upstream
@@ -889,6 +910,7 @@ class Env:
             extra_config = self.extra_config
         if self.proxy is not None:
             self.proxy.close()
+        kwargs.setdefault("expect_errors", self.expect_errors)
         self.proxy = Proxy(self.upstream_port, self.redis_port, extra_config, tmpdir=self.tmp,
                            env=self.proxy_env, **kwargs)
         return self.proxy

@@ -118,7 +118,7 @@ def test_duplicate_while_in_flight_gets_409_then_replay():
 
 
 def test_client_disconnect_still_stores_the_outcome():
-    with Env() as env:
+    with Env(expect_errors=True) as env:
         key = new_key()
         body = b'{"gone":1}'
         req = (b"POST /orders HTTP/1.1\r\nHost: x\r\nIdempotency-Key: " + key.encode() +
@@ -239,7 +239,7 @@ def test_body_over_max_request_body_is_413():
 
 
 def test_redis_down_is_503_then_recovers():
-    with Env(extra_config="redis_timeout 500ms") as env:
+    with Env(extra_config="redis_timeout 500ms", expect_errors=True) as env:
         assert env.post("/orders", key=new_key(), body=b"{}").status == 201
         env.redis.stop()
         r = env.post("/orders", key=new_key(), body=b"{}")
@@ -260,7 +260,7 @@ def test_redis_down_is_503_then_recovers():
 
 
 def test_on_store_error_pass_forwards_degraded():
-    with Env(extra_config="on_store_error pass\nredis_timeout 500ms") as env:
+    with Env(extra_config="on_store_error pass\nredis_timeout 500ms", expect_errors=True) as env:
         env.redis.stop()
         key = new_key()
         r = env.post("/orders", key=key, body=b"{}")
@@ -270,7 +270,8 @@ def test_on_store_error_pass_forwards_degraded():
 
 
 def test_upstream_down_is_502_and_key_released():
-    with Env(extra_config="upstream_fail_timeout 1s\nupstream_connect_timeout 1s") as env:
+    with Env(extra_config="upstream_fail_timeout 1s\nupstream_connect_timeout 1s",
+             expect_errors=True) as env:
         key = new_key()
         env.upstream.stop()
         r = env.post("/orders", key=key, body=b"{}")
@@ -291,7 +292,7 @@ def test_upstream_down_is_502_and_key_released():
 
 
 def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
-    with Env(extra_config="upstream_timeout 1s\nlock_ttl 3s") as env:
+    with Env(extra_config="upstream_timeout 1s\nlock_ttl 3s", expect_errors=True) as env:
         key = new_key()
         r = env.post("/orders", key=key, body=b"{}", headers={"X-Test-Delay": "2500"})
         assert_problem(r, 504, "upstream-timeout")
@@ -312,6 +313,60 @@ def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
         assert r.status == 201 and not is_replay(r), r
         assert time.monotonic() - failed_at >= 1.5, "unknown state ended long before lock_ttl"
         assert env.upstream.count(key) == 2
+
+
+def test_upstream_reset_after_send_is_outcome_unknown():
+    # X-Test-Close: the upstream received the request (and executed it), then
+    # dropped the connection without an answer.
+    with Env(extra_config="upstream_timeout 1s\nlock_ttl 2s", expect_errors=True) as env:
+        key = new_key()
+        r = env.post("/orders", key=key, body=b"{}", headers={"X-Test-Close": "1"})
+        assert r.status in (502, 504), r
+        assert problem(r).get("code") in ("upstream-unavailable", "upstream-timeout"), r
+        assert env.upstream.count(key) == 1, "the request was sent to the upstream again"
+        dup = env.post("/orders", key=key, body=b"{}")
+        assert_problem(dup, 409, "outcome-unknown")
+        assert 1 <= retry_after(dup) <= 2, dup
+
+        def free():
+            resp = env.post("/orders", key=key, body=b"{}")
+            return resp if resp.status != 409 else None
+
+        r = wait_until(free, 4, interval=0.2, what="the key to be free after lock_ttl")
+        assert r.status == 201 and not is_replay(r), r
+        assert env.upstream.count(key) == 2
+
+
+def test_on_inflight_wait_replays_when_the_first_finishes():
+    with Env(extra_config="on_inflight wait 5s") as env:
+        key = new_key()
+        first = background(env.post, "/orders", key=key, body=b"{}",
+                           headers={"X-Test-Delay": "1000"})
+        wait_until(lambda: env.upstream.count(key) == 1, 3, what="first request at the upstream")
+        t0 = time.monotonic()
+        dup = env.post("/orders", key=key, body=b"{}")
+        waited = time.monotonic() - t0
+        r1 = first.result(10)
+        assert r1.status == 201 and not is_replay(r1), r1
+        assert dup.status == 201 and is_replay(dup), f"parked duplicate was not replayed: {dup!r}"
+        assert dup.body == r1.body
+        assert waited < 4, f"duplicate waited {waited:.1f}s, past the first's completion"
+        assert env.upstream.count(key) == 1
+
+
+def test_on_inflight_wait_gives_up_after_its_duration():
+    with Env(extra_config="on_inflight wait 300ms") as env:
+        key = new_key()
+        first = background(env.post, "/orders", key=key, body=b"{}",
+                           headers={"X-Test-Delay": "1500"})
+        wait_until(lambda: env.upstream.count(key) == 1, 3, what="first request at the upstream")
+        t0 = time.monotonic()
+        dup = env.post("/orders", key=key, body=b"{}")
+        waited = time.monotonic() - t0
+        assert_problem(dup, 409, "conflict")
+        assert 0.2 <= waited < 1.4, f"409 after {waited:.2f}s, not after the 300ms wait"
+        assert first.result(10).status == 201
+        assert env.upstream.count(key) == 1
 
 
 def test_release_on_status_lets_the_client_retry():

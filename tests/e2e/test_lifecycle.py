@@ -114,11 +114,13 @@ def test_sigterm_finishes_in_flight_request():
         key = new_key()
         port = env.proxy.port
         job = background(env.post, "/orders", key=key, body=b"{}",
-                         headers={"X-Test-Delay": "1000"})
+                         headers={"X-Test-Delay": "2000"})
         wait_until(lambda: env.upstream.count(key) == 1, 3, what="request at the upstream")
         env.proxy.signal(signal.SIGTERM)
-        wait_until(lambda: connect_refused(port), 0.9, interval=0.02,
+        # while the request is still in flight
+        wait_until(lambda: connect_refused(port), 1.2, interval=0.02,
                    what="new connections to be refused after SIGTERM")
+        assert env.proxy.running(), "exited before the in-flight request finished"
         r = job.result(10)
         assert r.status == 201, f"in-flight request lost on SIGTERM: {r!r}"
         code = env.proxy.wait(10 * SLOW)
@@ -149,7 +151,7 @@ def test_sighup_reload_applies_new_config():
 
 
 def test_sighup_with_invalid_config_keeps_the_old_one():
-    with Env(extra_config="on_duplicate reject") as env:
+    with Env(extra_config="on_duplicate reject", expect_errors=True) as env:
         key = new_key()
         assert env.post("/orders", key=key, body=b"{}").status == 201
         before = len(env.proxy.error_log())

@@ -511,16 +511,17 @@ END_TEST
 
 START_TEST(test_block_forms)
 {
-    struct config *cfg = parse_ok("route /webhooks/github { key header:X-GitHub-Delivery; scope none }\n"
-                                  "route /empty {}\n"
-                                  "route /brace-below\n"
-                                  "# a comment between\n"
-                                  "{\n"
-                                  "    ttl 5s\n"
-                                  "}\n"
-                                  "route /a { ttl 1s; } ttl 2h\n"
-                                  "route /b {\n"
-                                  "    ttl 3s }\n");
+    struct config *cfg =
+        parse_ok("route /webhooks/github { key header:X-GitHub-Delivery; scope none }\n"
+                 "route /empty {}\n"
+                 "route /brace-below\n"
+                 "# a comment between\n"
+                 "{\n"
+                 "    ttl 5s\n"
+                 "}\n"
+                 "route /a { ttl 1s; } ttl 2h\n"
+                 "route /b {\n"
+                 "    ttl 3s }\n");
     const struct policy *p;
     ck_assert_int_eq(cfg->nroutes, 5);
     p = config_policy_for(cfg, "/webhooks/github", 16);
@@ -605,10 +606,19 @@ START_TEST(test_durations)
     static const struct {
         const char *s;
         uint64_t ms;
-    } good[] = {{"250ms", 250},   {"30s", 30000},       {"5m", 300000}, {"24h", 86400000},
-                {"7d", 604800000}, {"0s", 0}, {"1000ms", 1000}};
-    static const char *const bad[] = {"30",  "",     "s",  "1.5s", "30S", "-1s",
-                                      "30 s", "1h30m", "ms", "5w", "99999999999999999999s",
+    } good[] = {{"250ms", 250},    {"30s", 30000}, {"5m", 300000},  {"24h", 86400000},
+                {"7d", 604800000}, {"0s", 0},      {"1000ms", 1000}};
+    static const char *const bad[] = {"30",
+                                      "",
+                                      "s",
+                                      "1.5s",
+                                      "30S",
+                                      "-1s",
+                                      "30 s",
+                                      "1h30m",
+                                      "ms",
+                                      "5w",
+                                      "99999999999999999999s",
                                       "300000000000000d"};
     uint64_t ms;
     for (size_t i = 0; i < ARRAY_LEN(good); i++) {
@@ -625,11 +635,17 @@ START_TEST(test_sizes)
     static const struct {
         const char *s;
         size_t n;
-    } good[] = {{"512", 512},         {"0", 0},           {"64k", 65536},
-                {"64K", 65536},       {"1m", 1048576},    {"1M", 1048576},
-                {"1g", 1073741824},   {"2G", 2147483648u}};
-    static const char *const bad[] = {"",   "k",  "1kb", "-1", "1t", "1.5m",
-                                      " 1", "1 ", "99999999999999999999999",
+    } good[] = {{"512", 512},    {"0", 0},        {"64k", 65536},     {"64K", 65536},
+                {"1m", 1048576}, {"1M", 1048576}, {"1g", 1073741824}, {"2G", 2147483648u}};
+    static const char *const bad[] = {"",
+                                      "k",
+                                      "1kb",
+                                      "-1",
+                                      "1t",
+                                      "1.5m",
+                                      " 1",
+                                      "1 ",
+                                      "99999999999999999999999",
                                       "99999999999999g"};
     size_t n;
     for (size_t i = 0; i < ARRAY_LEN(good); i++) {
@@ -735,8 +751,7 @@ static const struct {
      "t.conf:1: redis_password_file: cannot read \"/nonexistent/redis-password\": No such file"},
     /* blocks */
     {"route /a {\n  ttl 1h\n", "t.conf:1: route: block not closed"},
-    {"ttl 1h\n\nroute /a {\nroute /b {\n}\n",
-     "t.conf:3: route: block not closed"},
+    {"ttl 1h\n\nroute /a {\nroute /b {\n}\n", "t.conf:3: route: block not closed"},
     {"}\n", "t.conf:1: unexpected \"}\""},
     {"route /a { ttl 1h }\n}\n", "t.conf:2: unexpected \"}\""},
     {"{\n}\n", "t.conf:1: unexpected \"{\""},
@@ -981,8 +996,7 @@ START_TEST(test_sample_examples_parse)
                 char stmt[512];
                 struct errors e = {{NULL}, 0};
                 struct config *cfg;
-                snprintf(stmt, sizeof(stmt), "%.*s" UPSTREAM_LINE, (int)(line + len - word),
-                         word);
+                snprintf(stmt, sizeof(stmt), "%.*s" UPSTREAM_LINE, (int)(line + len - word), word);
                 cfg = parse_raw(stmt, &e);
                 if (cfg == NULL && errors_have(&e, "only allowed inside a route")) {
                     errors_free(&e);

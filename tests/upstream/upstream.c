@@ -428,8 +428,8 @@ static void handle_request(struct evhttp_request *req, void *arg)
         json_string(p->body, method_name(cmd));
         evbuffer_add(p->body, ",\"path\":", 8);
         json_string(p->body, evhttp_request_get_uri(req));
-        evbuffer_add_printf(p->body, ",\"body_len\":%zu,\"body_fnv\":\"%016" PRIx64 "\",\"key\":",
-                            body_len, fnv);
+        evbuffer_add_printf(
+            p->body, ",\"body_len\":%zu,\"body_fnv\":\"%016" PRIx64 "\",\"key\":", body_len, fnv);
         if (key != NULL)
             json_string(p->body, key);
         else
