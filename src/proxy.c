@@ -175,6 +175,11 @@ static void ex_finish(struct exchange *ex)
         upstream_conn_abort(ex->up);
         ex->up = NULL;
     }
+    if (ex->client) {
+        /* Nothing complete can be sent any more (the upstream broke mid-body). */
+        client_abort(ex->client);
+        ex->client = NULL;
+    }
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
     ex_set_state(ex, EX_DONE);
@@ -234,12 +239,13 @@ static void start_client_response(struct exchange *ex, int64_t content_length)
     headers_clear(&h);
 }
 
-/* Sends the buffered upstream response as a whole. */
+/* Sends the buffered upstream response (or, when streamed, its held-back end). */
 static void answer_buffered(struct exchange *ex)
 {
     ex->status = ex->resp->status;
-    if (ex->client && !ex->streaming) {
+    if (ex->client && !ex->streaming)
         start_client_response(ex, (int64_t)ex->resp_body_len);
+    if (ex->client) {
         size_t n = evbuffer_get_length(ex->resp_body);
         client_respond_body(ex->client, (const char *)evbuffer_pullup(ex->resp_body, -1), n);
     }
@@ -677,26 +683,41 @@ static void stream_to_client(struct exchange *ex, const char *data, size_t len)
     }
 }
 
+/* Writes the first n bytes of ex->resp_body to the client and drops them. */
+static void flush_held(struct exchange *ex, size_t n)
+{
+    if (n == 0)
+        return;
+    stream_to_client(ex, (const char *)evbuffer_pullup(ex->resp_body, (ev_ssize_t)n), n);
+    evbuffer_drain(ex->resp_body, n);
+}
+
+/*
+ * Idempotent responses too large to keep are streamed, but the latest piece
+ * is held back until the record is stored: a client that has the whole
+ * response and retries at once must find the key done, not in flight.
+ */
 static enum http_verdict on_up_body(void *arg, const char *data, size_t len)
 {
     struct exchange *ex = arg;
     ex->resp_body_len += len;
-    if (ex->streaming) {
+    if (!ex->idempotent) {
         stream_to_client(ex, data, len);
+        return PARSE_CONTINUE;
+    }
+    if (ex->streaming) {
+        flush_held(ex, evbuffer_get_length(ex->resp_body));
+        evbuffer_add(ex->resp_body, data, len);
         return PARSE_CONTINUE;
     }
     evbuffer_add(ex->resp_body, data, len);
     if (ex->resp_body_len > ex->policy->max_cached_body) {
-        /* Too large to keep: send what we have and stream the rest. */
         ex->streaming = true;
-        if (ex->client) {
+        if (ex->client)
             start_client_response(ex, ex->resp->has_content_length
                                           ? (int64_t)ex->resp->content_length
                                           : -1);
-            size_t n = evbuffer_get_length(ex->resp_body);
-            stream_to_client(ex, (const char *)evbuffer_pullup(ex->resp_body, -1), n);
-        }
-        evbuffer_drain(ex->resp_body, evbuffer_get_length(ex->resp_body));
+        flush_held(ex, evbuffer_get_length(ex->resp_body) - len);
     }
     return PARSE_CONTINUE;
 }

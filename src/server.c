@@ -244,6 +244,13 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
     return client_respond_end(c);
 }
 
+void client_abort(struct client *c)
+{
+    c->ex = NULL;
+    log_info("client %s: response aborted; closing the connection", c->peer);
+    client_close(c);
+}
+
 bool client_congested(const struct client *c)
 {
     return evbuffer_get_length(bufferevent_get_output(c->bev)) > CLIENT_WRITE_HIGH_WATER;

@@ -48,6 +48,10 @@ uint64_t client_respond_end(struct client *c);
 uint64_t client_respond_problem(struct client *c, const struct problem *p,
                                 const struct header_list *extra);
 
+/* Gives up on the current response (the upstream broke mid-body): the
+ * connection closes, as only a close tells the client the body is cut. */
+void client_abort(struct client *c);
+
 /* Output above the high-water mark: the producer should pause. */
 bool client_congested(const struct client *c);
 /* Stops or restarts reading the request body (upstream back-pressure). */
