@@ -77,10 +77,6 @@ static void warn_unimplemented(const struct config *cfg)
     for (int i = 0; i < n; i++) {
         const struct policy *p = policies[i];
         const char *where = i == 0 ? "global" : cfg->routes[i - 1].prefix;
-        if (p->on_inflight == ON_INFLIGHT_WAIT)
-            log_warn("%s: on_inflight wait is not implemented in this build; duplicates in "
-                     "flight get 409 at once",
-                     where);
         if (p->require_token)
             log_warn("%s: require_token is not implemented in this build; ignored", where);
         for (int k = 0; k < p->nkeys; k++)

@@ -18,8 +18,11 @@
  * States, each transition through ex_set_state():
  *
  *   RECEIVING -> CLAIMING -> CONNECTING -> WAITING -> FINISHING -> DONE
- *       \______________\____________\__________\______________/
- *                    (any state may end in DONE with an answer)
+ *                   |   ^
+ *                   v   | woken (pub/sub) or deadline: claim again
+ *                  PARKED          (on_inflight wait, SPEC §4.4)
+ *
+ *   Any state may end in DONE with an answer.
  *
  * The client may leave at any time (proxy_client_gone). Before the request
  * is complete that abandons the exchange; after it, an idempotent exchange
@@ -48,9 +51,17 @@
 
 #define PASS_BODY_HIGH_WATER (256 * 1024)
 
-enum ex_state { EX_RECEIVING, EX_CLAIMING, EX_CONNECTING, EX_WAITING, EX_FINISHING, EX_DONE };
+enum ex_state {
+    EX_RECEIVING,
+    EX_CLAIMING,
+    EX_PARKED,
+    EX_CONNECTING,
+    EX_WAITING,
+    EX_FINISHING,
+    EX_DONE
+};
 
-static const char *const ex_state_name[] = {"receiving", "claiming", "connecting",
+static const char *const ex_state_name[] = {"receiving", "claiming",  "parked", "connecting",
                                             "waiting",   "finishing", "done"};
 
 struct exchange {
@@ -86,6 +97,13 @@ struct exchange {
 
     struct event *timer; /* upstream_timeout */
     struct event *renew; /* lease renewal every lock_ttl/3 */
+
+    /* Parked duplicate (on_inflight wait): woken by store_watch or its deadline. */
+    struct store_watch *watch;
+    struct event *wait_timer;
+    bool claim_outstanding;
+    bool claim_again; /* a wake came while a claim was outstanding */
+    int64_t last_pttl_ms;
     int store_ops;
 
     bool head_sent;  /* the request head is in the upstream's output */
@@ -103,6 +121,9 @@ struct exchange {
 static void ex_finish(struct exchange *ex);
 static void forward(struct exchange *ex);
 static const struct upstream_events upstream_events;
+static void on_claimed(void *arg, const struct claim_result *res, const char *error);
+static void on_late_claim_released(void *arg, bool applied, const char *error);
+static void on_wait_deadline(evutil_socket_t fd, short what, void *arg);
 
 /* ---- state and lifetime ------------------------------------------------- */
 
@@ -120,6 +141,7 @@ static void ex_free(struct exchange *ex)
         upstream_conn_abort(ex->up);
     event_free(ex->timer);
     event_free(ex->renew);
+    event_free(ex->wait_timer);
     if (ex->body)
         evbuffer_free(ex->body);
     if (ex->resp_body)
@@ -180,8 +202,13 @@ static void ex_finish(struct exchange *ex)
         client_abort(ex->client);
         ex->client = NULL;
     }
+    if (ex->watch) {
+        store_unwatch(ex->rt->store, ex->watch);
+        ex->watch = NULL;
+    }
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
+    evtimer_del(ex->wait_timer);
     ex_set_state(ex, EX_DONE);
     log_exchange(ex);
 }
@@ -399,6 +426,18 @@ static void on_renewed(void *arg, bool applied, const char *error)
     ex_maybe_free(ex);
 }
 
+static void on_late_claim_released(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    (void)applied;
+    ex->store_ops--;
+    if (error)
+        log_warn("request %s key=%s: giving back a late claim failed (%s); the key frees "
+                 "itself after lock_ttl",
+                 ex->peer, ex->key, error);
+    ex_maybe_free(ex);
+}
+
 static void arm_renew(struct exchange *ex)
 {
     uint64_t ms = ex->policy->lock_ttl_ms / 3;
@@ -445,34 +484,81 @@ static void answer_done(struct exchange *ex, const struct claim_result *res)
     record_free(&rec);
 }
 
-static void on_claimed(void *arg, const struct claim_result *res, const char *error)
+static void send_claim(struct exchange *ex)
+{
+    ex->claim_outstanding = true;
+    ex->store_ops++;
+    store_claim(ex->rt->store, ex->rkey, ex->fingerprint, ex->owner, ex->policy->lock_ttl_ms,
+                ex->policy->on_inflight == ON_INFLIGHT_WAIT, on_claimed, ex);
+}
+
+static void on_wake(void *arg)
 {
     struct exchange *ex = arg;
-    ex->store_ops--;
-    if (error) {
-        if (ex->rt->cfg->on_store_error == ON_STORE_ERROR_PASS) {
-            log_warn("request %s key=%s: store unavailable (%s); forwarding UNPROTECTED "
-                     "(on_store_error pass)",
-                     ex->peer, ex->key, error);
-            ex->degraded = true;
-            ex->idempotent = false;
-            ex->idem = "store_error";
-            forward(ex);
-        } else {
-            log_warn("request %s key=%s: store unavailable (%s); answering 503 "
-                     "(on_store_error reject)",
-                     ex->peer, ex->key, error);
-            ex->idem = "store_error";
-            struct header_list extra;
-            headers_init(&extra);
-            headers_add_cstr(&extra, "Retry-After", "1");
-            answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, &extra);
-            headers_clear(&extra);
-        }
-        ex_maybe_free(ex);
+    if (ex->state != EX_PARKED)
+        return;
+    if (ex->claim_outstanding)
+        ex->claim_again = true;
+    else
+        send_claim(ex);
+}
+
+static void on_wait_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct exchange *ex = arg;
+    log_info("request %s key=%s: still in flight after on_inflight wait; answering 409",
+             ex->peer, ex->key);
+    ex->idem = "inflight";
+    answer_retry_later(ex, PROBLEM_CONFLICT, ex->last_pttl_ms);
+    ex_maybe_free(ex);
+}
+
+/* The key is in flight elsewhere: wait for its announcement (SPEC §4.4). */
+static void park(struct exchange *ex)
+{
+    if (ex->watch != NULL)
+        return; /* woken, claimed again, still in flight: keep waiting */
+    ex_set_state(ex, EX_PARKED);
+    ex->watch = store_watch(ex->rt->store, ex->rkey, on_wake, ex);
+    uint64_t ms = ex->policy->inflight_wait_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(ex->wait_timer, &tv);
+    /* The first attempt may have finished between our claim and the watch:
+     * look once more now that any later announcement will reach us. */
+    send_claim(ex);
+}
+
+static void on_store_unavailable(struct exchange *ex, const char *error)
+{
+    ex->idem = "store_error";
+    if (ex->rt->cfg->on_store_error == ON_STORE_ERROR_PASS) {
+        log_warn("request %s key=%s: store unavailable (%s); forwarding UNPROTECTED "
+                 "(on_store_error pass)",
+                 ex->peer, ex->key, error);
+        ex->degraded = true;
+        ex->idempotent = false;
+        forward(ex);
         return;
     }
+    log_warn("request %s key=%s: store unavailable (%s); answering 503 (on_store_error reject)",
+             ex->peer, ex->key, error);
+    struct header_list extra;
+    headers_init(&extra);
+    headers_add_cstr(&extra, "Retry-After", "1");
+    answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, &extra);
+    headers_clear(&extra);
+}
+
+static void handle_claim(struct exchange *ex, const struct claim_result *res)
+{
     if (res->state == KEY_STATE_CLAIMED) {
+        if (ex->watch) {
+            store_unwatch(ex->rt->store, ex->watch);
+            ex->watch = NULL;
+            evtimer_del(ex->wait_timer);
+        }
         ex->owns_key = true;
         ex->idem = "miss";
         arm_renew(ex);
@@ -482,6 +568,11 @@ static void on_claimed(void *arg, const struct claim_result *res, const char *er
         ex->idem = "mismatch";
         answer_problem(ex, PROBLEM_FINGERPRINT_MISMATCH, NULL);
     } else if (res->state == KEY_STATE_INFLIGHT) {
+        ex->last_pttl_ms = res->pttl_ms;
+        if (ex->policy->on_inflight == ON_INFLIGHT_WAIT) {
+            park(ex);
+            return;
+        }
         ex->idem = "inflight";
         answer_retry_later(ex, PROBLEM_CONFLICT, res->pttl_ms);
     } else if (res->state == KEY_STATE_UNKNOWN) {
@@ -489,6 +580,29 @@ static void on_claimed(void *arg, const struct claim_result *res, const char *er
         answer_retry_later(ex, PROBLEM_OUTCOME_UNKNOWN, res->pttl_ms);
     } else {
         answer_done(ex, res);
+    }
+}
+
+static void on_claimed(void *arg, const struct claim_result *res, const char *error)
+{
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    ex->claim_outstanding = false;
+    if (ex->state == EX_DONE) {
+        /* Answered meanwhile (wait deadline, client gone). A claim that won
+         * the key must give it back, or it would stay locked for lock_ttl. */
+        if (res && res->state == KEY_STATE_CLAIMED) {
+            ex->store_ops++;
+            store_release(ex->rt->store, ex->rkey, ex->owner, on_late_claim_released, ex);
+        }
+    } else if (error) {
+        on_store_unavailable(ex, error);
+    } else {
+        handle_claim(ex, res);
+        if (ex->state == EX_PARKED && ex->claim_again && !ex->claim_outstanding) {
+            ex->claim_again = false;
+            send_claim(ex);
+        }
     }
     ex_maybe_free(ex);
 }
@@ -524,9 +638,7 @@ static void claim(struct exchange *ex)
         return;
     }
     ex_set_state(ex, EX_CLAIMING);
-    ex->store_ops++;
-    store_claim(ex->rt->store, ex->rkey, ex->fingerprint, ex->owner, ex->policy->lock_ttl_ms,
-                on_claimed, ex);
+    send_claim(ex);
 }
 
 /* ---- upstream ----------------------------------------------------------- */
@@ -813,6 +925,7 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
     ex->upstream_ms = -1;
     ex->timer = evtimer_new(rt->base, on_upstream_timeout, ex);
     ex->renew = evtimer_new(rt->base, on_renew_timer, ex);
+    ex->wait_timer = evtimer_new(rt->base, on_wait_deadline, ex);
     ex->state = EX_RECEIVING;
     rt->exchanges++;
     if (req->url == NULL) {
@@ -913,7 +1026,7 @@ void proxy_client_gone(struct exchange *ex)
     ex->client = NULL;
     if (ex->state == EX_DONE)
         return;
-    if (!ex->request_complete || !ex->idempotent || ex->degraded) {
+    if (!ex->request_complete || !ex->idempotent || ex->degraded || ex->state == EX_PARKED) {
         log_info("request %s key=%s: client went away; abandoning the request", ex->peer,
                  ex->key ? ex->key : "-");
         ex->status = 499;

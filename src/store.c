@@ -52,6 +52,7 @@ static const char *const script_source[] = {
         "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
         "  return {'claimed'}\n"
         "end\n"
+        "if s == 'inflight' and ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'w', '1') end\n"
         "local f = redis.call('HGET', KEYS[1], 'f') or ''\n"
         "local ttl = redis.call('PTTL', KEYS[1])\n"
         "if s == 'done' and f == ARGV[1] then\n"
@@ -60,13 +61,17 @@ static const char *const script_source[] = {
         "return {s, f, ttl}\n",
     [SCRIPT_COMPLETE] =
         "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "local w = redis.call('HGET', KEYS[1], 'w')\n"
         "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
-        "redis.call('HDEL', KEYS[1], 'o')\n"
+        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
         "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "if w then redis.call('PUBLISH', KEYS[1], 'done') end\n"
         "return 1\n",
     [SCRIPT_RELEASE] =
         "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "local w = redis.call('HGET', KEYS[1], 'w')\n"
         "redis.call('DEL', KEYS[1])\n"
+        "if w then redis.call('PUBLISH', KEYS[1], 'released') end\n"
         "return 1\n",
     [SCRIPT_RENEW] =
         "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
@@ -74,9 +79,11 @@ static const char *const script_source[] = {
         "return 1\n",
     [SCRIPT_UNKNOWN] =
         "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+        "local w = redis.call('HGET', KEYS[1], 'w')\n"
         "redis.call('HSET', KEYS[1], 's', 'unknown')\n"
-        "redis.call('HDEL', KEYS[1], 'o')\n"
+        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
         "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+        "if w then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
         "return 1\n",
 };
 
@@ -88,6 +95,30 @@ static const char *const script_name[] = {"claim", "complete", "release", "renew
 #define BACKOFF_MAX_MS 1000
 
 enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
+
+/*
+ * One hiredis connection with its own reconnect timer and backoff. The
+ * store has two: `cmd` runs the scripts; `sub` holds one PSUBSCRIBE on
+ * "<key_prefix>*" and wakes parked duplicates (SPEC §4.4).
+ */
+struct link {
+    struct store *st;
+    const char *role;
+    redisAsyncContext *ac;
+    enum link_state state;
+    struct event *reconnect_timer;
+    uint64_t backoff_ms;
+    bool down_logged;
+    void (*on_ready)(struct link *l);
+};
+
+struct store_watch {
+    char *rkey;
+    store_wake_cb cb;
+    void *arg;
+    bool wake_pending;
+    struct store_watch *prev, *next;
+};
 
 struct store_op {
     struct store *st;
@@ -105,13 +136,11 @@ struct store_op {
 
 struct store {
     struct event_base *base;
-    redisAsyncContext *ac;
-    enum link_state link;
-    struct event *reconnect_timer;
-    uint64_t backoff_ms;
-    bool down_logged;
+    struct link cmd;
+    struct link sub;
+    struct store_watch *watches;
 
-    char *host, *port, *unix_path, *user, *password;
+    char *host, *port, *unix_path, *user, *password, *pattern;
     int db;
     uint64_t timeout_ms;
 
@@ -202,49 +231,53 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 /* ---- connection --------------------------------------------------------- */
 
-static void schedule_reconnect(struct store *st)
+static void link_schedule_reconnect(struct link *l)
 {
-    st->link = LINK_DOWN;
-    st->ac = NULL;
-    struct timeval tv = {(time_t)(st->backoff_ms / 1000), (suseconds_t)(st->backoff_ms % 1000) * 1000};
-    evtimer_add(st->reconnect_timer, &tv);
-    st->backoff_ms = st->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : st->backoff_ms * 2;
+    l->state = LINK_DOWN;
+    l->ac = NULL;
+    struct timeval tv = {(time_t)(l->backoff_ms / 1000), (suseconds_t)(l->backoff_ms % 1000) * 1000};
+    evtimer_add(l->reconnect_timer, &tv);
+    l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
-static void report_down(struct store *st, const char *why)
+static void link_report_down(struct link *l, const char *why)
 {
-    if (!st->down_logged)
-        log_error("redis: %s: store unavailable, retrying with backoff", why);
+    if (!l->down_logged)
+        log_error("%s: %s: store unavailable, retrying with backoff", l->role, why);
     else
-        log_debug("redis: %s", why);
-    st->down_logged = true;
+        log_debug("%s: %s", l->role, why);
+    l->down_logged = true;
 }
 
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct store *st = ac->data;
+    struct link *l = ac->data;
     if (status != REDIS_OK) {
-        report_down(st, ac->errstr[0] ? ac->errstr : "cannot connect");
-        schedule_reconnect(st); /* hiredis frees ac after this returns */
+        link_report_down(l, ac->errstr[0] ? ac->errstr : "cannot connect");
+        link_schedule_reconnect(l); /* hiredis frees ac after this returns */
         return;
     }
-    st->link = LINK_READY;
-    st->backoff_ms = BACKOFF_MIN_MS;
-    if (st->down_logged)
-        log_warn("redis: connected again to %s%s%s", st->unix_path ? st->unix_path : st->host,
+    struct store *st = l->st;
+    l->state = LINK_READY;
+    l->backoff_ms = BACKOFF_MIN_MS;
+    if (l->down_logged)
+        log_warn("%s: connected again to %s%s%s", l->role, st->unix_path ? st->unix_path : st->host,
                  st->unix_path ? "" : ":", st->unix_path ? "" : st->port);
     else
-        log_info("redis: connected");
-    st->down_logged = false;
+        log_info("%s: connected", l->role);
+    l->down_logged = false;
+    if (l->on_ready)
+        l->on_ready(l);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct store *st = ac->data;
-    if (st == NULL)
-        return; /* store_free is tearing down */
-    report_down(st, status == REDIS_OK ? "disconnected" : (ac->errstr[0] ? ac->errstr : "disconnected"));
-    schedule_reconnect(st);
+    struct link *l = ac->data;
+    if (l == NULL)
+        return; /* dropped on purpose: the dropper schedules what follows */
+    link_report_down(l, status == REDIS_OK ? "disconnected"
+                                           : (ac->errstr[0] ? ac->errstr : "disconnected"));
+    link_schedule_reconnect(l);
 }
 
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -256,20 +289,21 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
     }
 }
 
-static void store_connect(struct store *st)
+static void link_connect(struct link *l)
 {
+    struct store *st = l->st;
     redisAsyncContext *ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
                                           : redisAsyncConnect(st->host, atoi(st->port));
     if (ac == NULL || ac->err) {
-        report_down(st, ac ? ac->errstr : "cannot allocate a connection");
+        link_report_down(l, ac ? ac->errstr : "cannot allocate a connection");
         if (ac)
             redisAsyncFree(ac);
-        schedule_reconnect(st);
+        link_schedule_reconnect(l);
         return;
     }
-    ac->data = st;
-    st->ac = ac;
-    st->link = LINK_CONNECTING;
+    ac->data = l;
+    l->ac = ac;
+    l->state = LINK_CONNECTING;
     redisLibeventAttach(ac, st->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -286,20 +320,106 @@ static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    store_connect(arg);
+    link_connect(arg);
 }
 
-/* Frees the context; hiredis answers every pending op with a NULL reply. */
-static void drop_connection(struct store *st, const char *why)
+/* Frees the context now; hiredis answers every pending callback with NULL. */
+static void link_close(struct link *l)
 {
-    redisAsyncContext *ac = st->ac;
+    redisAsyncContext *ac = l->ac;
+    evtimer_del(l->reconnect_timer);
     if (ac == NULL)
         return;
-    report_down(st, why);
-    ac->data = NULL; /* on_disconnect must not schedule: we do it here */
-    st->ac = NULL;
+    ac->data = NULL;
+    l->ac = NULL;
+    l->state = LINK_DOWN;
     redisAsyncFree(ac);
-    schedule_reconnect(st);
+}
+
+static void link_drop(struct link *l, const char *why)
+{
+    if (l->ac == NULL)
+        return;
+    link_report_down(l, why);
+    link_close(l);
+    link_schedule_reconnect(l);
+}
+
+static void link_init(struct store *st, struct link *l, const char *role,
+                      void (*on_ready)(struct link *l))
+{
+    l->st = st;
+    l->role = role;
+    l->backoff_ms = BACKOFF_MIN_MS;
+    l->reconnect_timer = evtimer_new(st->base, on_reconnect_timer, l);
+    l->on_ready = on_ready;
+}
+
+/* ---- waiting duplicates ------------------------------------------------- */
+
+/* Runs every watch marked pending; a callback may add or remove watches. */
+static void run_pending_wakes(struct store *st)
+{
+    for (;;) {
+        struct store_watch *w = st->watches;
+        while (w && !w->wake_pending)
+            w = w->next;
+        if (w == NULL)
+            return;
+        w->wake_pending = false;
+        w->cb(w->arg);
+    }
+}
+
+static void on_pmessage(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store *st = privdata;
+    redisReply *r = reply;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "pmessage") != 0)
+        return;
+    const redisReply *channel = r->element[2];
+    for (struct store_watch *w = st->watches; w; w = w->next)
+        if (strlen(w->rkey) == channel->len && memcmp(w->rkey, channel->str, channel->len) == 0)
+            w->wake_pending = true;
+    run_pending_wakes(st);
+}
+
+static void on_sub_ready(struct link *l)
+{
+    struct store *st = l->st;
+    redisAsyncCommand(l->ac, on_pmessage, st, "PSUBSCRIBE %s", st->pattern);
+    /* Completions published while we were away are lost: let every parked
+     * request look again. */
+    for (struct store_watch *w = st->watches; w; w = w->next)
+        w->wake_pending = true;
+    run_pending_wakes(st);
+}
+
+struct store_watch *store_watch(struct store *st, const char *rkey, store_wake_cb cb, void *arg)
+{
+    struct store_watch *w = xcalloc(1, sizeof(*w));
+    w->rkey = xstrdup(rkey);
+    w->cb = cb;
+    w->arg = arg;
+    w->next = st->watches;
+    if (st->watches)
+        st->watches->prev = w;
+    st->watches = w;
+    return w;
+}
+
+void store_unwatch(struct store *st, struct store_watch *w)
+{
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        st->watches = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    free(w->rkey);
+    free(w);
 }
 
 /* ---- operations --------------------------------------------------------- */
@@ -311,7 +431,7 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
     struct store_op *op = arg;
     struct store *st = op->st;
     op_answer_error(op, "timed out");
-    drop_connection(st, "a command timed out (redis_timeout)");
+    link_drop(&st->cmd, "a command timed out (redis_timeout)");
 }
 
 static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
@@ -334,7 +454,7 @@ static void op_send(struct store_op *op)
     op->argvlen[0] = strlen(verb);
     op->argv[1] = xstrdup(body);
     op->argvlen[1] = strlen(body);
-    int rc = redisAsyncCommandArgv(st->ac, on_reply, op, op->argc, (const char **)op->argv,
+    int rc = redisAsyncCommandArgv(st->cmd.ac, on_reply, op, op->argc, (const char **)op->argv,
                                    op->argvlen);
     if (rc != REDIS_OK) {
         op_answer_error(op, "cannot send to Redis");
@@ -344,7 +464,7 @@ static void op_send(struct store_op *op)
 
 static void op_start(struct store *st, struct store_op *op)
 {
-    if (st->ac == NULL || st->link == LINK_DOWN) {
+    if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN) {
         /* Answer on the next loop turn: callers never see a re-entrant callback. */
         op->timer = evtimer_new(st->base, on_op_unreachable, op);
         struct timeval zero = {0, 0};
@@ -385,7 +505,7 @@ static void op_arg_u64(struct store_op *op, uint64_t v)
 }
 
 void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
-                 uint64_t lock_ttl_ms, store_claim_cb cb, void *arg)
+                 uint64_t lock_ttl_ms, bool will_wait, store_claim_cb cb, void *arg)
 {
     struct store_op *op = op_new(st, SCRIPT_CLAIM, rkey);
     op->on_claim = cb;
@@ -393,6 +513,7 @@ void store_claim(struct store *st, const char *rkey, const char *fingerprint, co
     op_arg(op, fingerprint, strlen(fingerprint));
     op_arg(op, owner, strlen(owner));
     op_arg_u64(op, lock_ttl_ms);
+    op_arg(op, will_wait ? "1" : "0", 1);
     op_start(st, op);
 }
 
@@ -464,11 +585,16 @@ static void take_settings(struct store *st, const struct config *cfg)
     free(st->unix_path);
     free(st->user);
     free(st->password);
+    free(st->pattern);
     st->host = dup_or_null(cfg->redis_host);
     st->port = dup_or_null(cfg->redis_port);
     st->unix_path = dup_or_null(cfg->redis_unix);
     st->user = dup_or_null(cfg->redis_user);
     st->password = dup_or_null(cfg->redis_password);
+    size_t n = strlen(cfg->key_prefix);
+    st->pattern = xmalloc(n + 2);
+    memcpy(st->pattern, cfg->key_prefix, n);
+    memcpy(st->pattern + n, "*", 2);
     st->db = cfg->redis_db;
     st->timeout_ms = cfg->redis_timeout_ms;
 }
@@ -482,12 +608,13 @@ struct store *store_new(struct event_base *base, const struct config *cfg)
 {
     struct store *st = xcalloc(1, sizeof(*st));
     st->base = base;
-    st->backoff_ms = BACKOFF_MIN_MS;
-    st->reconnect_timer = evtimer_new(base, on_reconnect_timer, st);
     for (int i = 0; i < SCRIPT_COUNT; i++)
         sha1_hex(script_source[i], st->sha[i]);
     take_settings(st, cfg);
-    store_connect(st);
+    link_init(st, &st->cmd, "redis", NULL);
+    link_init(st, &st->sub, "redis pubsub", on_sub_ready);
+    link_connect(&st->cmd);
+    link_connect(&st->sub);
     return st;
 }
 
@@ -496,43 +623,43 @@ void store_reconfigure(struct store *st, const struct config *cfg)
     bool changed = str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
                    str_differs(st->unix_path, cfg->redis_unix) ||
                    str_differs(st->user, cfg->redis_user) ||
-                   str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db;
+                   str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
+                   strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
+                   strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
     take_settings(st, cfg);
     if (!changed)
         return;
     log_info("redis: settings changed, reconnecting");
-    evtimer_del(st->reconnect_timer);
-    if (st->ac) {
-        redisAsyncContext *ac = st->ac;
-        ac->data = NULL;
-        st->ac = NULL;
-        redisAsyncFree(ac);
+    struct link *links[] = {&st->cmd, &st->sub};
+    for (size_t i = 0; i < ARRAY_LEN(links); i++) {
+        link_close(links[i]);
+        links[i]->backoff_ms = BACKOFF_MIN_MS;
+        link_connect(links[i]);
     }
-    st->backoff_ms = BACKOFF_MIN_MS;
-    store_connect(st);
 }
 
 bool store_ready(const struct store *st)
 {
-    return st->link == LINK_READY;
+    return st->cmd.state == LINK_READY;
 }
 
 void store_free(struct store *st)
 {
     if (st == NULL)
         return;
-    if (st->ac) {
-        redisAsyncContext *ac = st->ac;
-        ac->data = NULL;
-        st->ac = NULL;
-        redisAsyncFree(ac);
+    struct link *links[] = {&st->cmd, &st->sub};
+    for (size_t i = 0; i < ARRAY_LEN(links); i++) {
+        link_close(links[i]);
+        event_free(links[i]->reconnect_timer);
     }
-    event_free(st->reconnect_timer);
+    while (st->watches)
+        store_unwatch(st, st->watches);
     free(st->host);
     free(st->port);
     free(st->unix_path);
     free(st->user);
     free(st->password);
+    free(st->pattern);
     free(st);
 }
 

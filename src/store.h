@@ -53,9 +53,13 @@ void store_reconfigure(struct store *st, const struct config *cfg);
 /* Connected and authenticated. */
 bool store_ready(const struct store *st);
 
-/* absent -> in flight (owner, fingerprint, lease); present -> its state. */
+/*
+ * absent -> in flight (owner, fingerprint, lease); present -> its state.
+ * will_wait: the caller parks if the key is in flight, so the key is marked
+ * and its next state change is published for store_watch().
+ */
 void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
-                 uint64_t lock_ttl_ms, store_claim_cb cb, void *arg);
+                 uint64_t lock_ttl_ms, bool will_wait, store_claim_cb cb, void *arg);
 /* in flight (owned) -> done with record, kept ttl_ms. */
 void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
                     size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg);
@@ -68,6 +72,17 @@ void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t
 /* in flight (owned) -> unknown for lock_ttl_ms: the outcome cannot be known. */
 void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
                         uint64_t lock_ttl_ms, store_update_cb cb, void *arg);
+
+/*
+ * Waiting duplicates (SPEC §4.4): cb runs (never re-entrantly from this
+ * call) each time a state change of rkey is announced on Redis pub/sub, from
+ * any idemproxy instance, and once after the pub/sub connection comes back.
+ * A wake is a hint: the caller claims again to learn the state.
+ */
+typedef void (*store_wake_cb)(void *arg);
+struct store_watch;
+struct store_watch *store_watch(struct store *st, const char *rkey, store_wake_cb cb, void *arg);
+void store_unwatch(struct store *st, struct store_watch *w);
 
 /* 128 random bits as 32 hex chars + NUL, for owner tokens. */
 int store_random_token(char out[33]) MUST_CHECK;
