@@ -19,6 +19,14 @@ LLHTTP_SRC_DIR := /usr/share/llhttp
 LLHTTP_INC_DIR := /usr/share/include/llhttp
 DEB_PACKAGES := libevent-dev libhiredis-dev node-llhttp libssl-dev check pkg-config redis-server python3
 
+# `make V=1` shows the full commands.
+V ?= 0
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
 WARNINGS := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 -Werror
 OPTFLAGS ?= -O2 -g
 BUILD := build
@@ -49,23 +57,28 @@ UPSTREAM_BIN := $(BUILD)/test-upstream
 all: $(BUILD)/idemproxy
 
 $(BUILD)/idemproxy: $(OBJS) $(LLHTTP_OBJS)
-	$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
+	@echo "  LD      $@"
+	$(Q)$(CC) -o $@ $^ $(LDFLAGS_ALL) $(PKG_LIBS)
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
-	$(CC) $(ALL_CFLAGS) -MMD -c -o $@ $<
+	@echo "  CC      $<"
+	$(Q)$(CC) $(ALL_CFLAGS) -MMD -c -o $@ $<
 
 # llhttp is generated code: its own warnings are not ours to fix.
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/obj
 	@mkdir -p $(dir $@)
-	$(CC) -std=c11 $(OPTFLAGS) -w -I$(LLHTTP_INC_DIR) -c -o $@ $<
+	@echo "  CC      $<"
+	$(Q)$(CC) -std=c11 $(OPTFLAGS) -w -I$(LLHTTP_INC_DIR) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTTP_OBJS) | $(BUILD)/obj
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
+	@echo "  CC      $<"
+	$(Q)$(CC) $(ALL_CFLAGS) $(CHECK_CFLAGS) -Itests/unit -o $@ $< $(LIB_OBJS) $(LLHTTP_OBJS) \
 		$(LDFLAGS_ALL) $(PKG_LIBS) $(CHECK_LIBS)
 
 $(UPSTREAM_BIN): tests/upstream/upstream.c | $(BUILD)/obj
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS_ALL) $(PKG_LIBS)
+	@echo "  CC      $<"
+	$(Q)$(CC) $(ALL_CFLAGS) -o $@ $< $(LDFLAGS_ALL) $(PKG_LIBS)
 
 $(BUILD)/obj:
 	@mkdir -p $@

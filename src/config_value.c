@@ -54,22 +54,14 @@ int config_parse_size(const char *s, size_t *bytes)
         n = n * 10 + digit;
     }
     switch (*p) {
-    case '\0':
-        break;
+    case '\0': break;
     case 'k':
-    case 'K':
-        mult = 1024;
-        break;
+    case 'K': mult = 1024; break;
     case 'm':
-    case 'M':
-        mult = 1024 * 1024;
-        break;
+    case 'M': mult = 1024 * 1024; break;
     case 'g':
-    case 'G':
-        mult = 1024 * 1024 * 1024;
-        break;
-    default:
-        return IDEM_ERR;
+    case 'G': mult = 1024 * 1024 * 1024; break;
+    default: return IDEM_ERR;
     }
     if (*p != '\0' && p[1] != '\0')
         return IDEM_ERR;

@@ -99,14 +99,10 @@ static int on_header_value(llhttp_t *l, const char *at, size_t len)
 static int verdict_to_llhttp(struct http_parser *p, enum http_verdict v)
 {
     switch (v) {
-    case PARSE_CONTINUE:
-        return 0;
-    case PARSE_SKIP_BODY:
-        return 1;
-    case PARSE_PAUSE:
-        return HPE_PAUSED;
-    case PARSE_ABORT:
-        break;
+    case PARSE_CONTINUE: return 0;
+    case PARSE_SKIP_BODY: return 1;
+    case PARSE_PAUSE: return HPE_PAUSED;
+    case PARSE_ABORT: break;
     }
     p->aborted = true;
     return -1;

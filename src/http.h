@@ -25,9 +25,9 @@ struct evbuffer;
 
 /* One request or response head. Owned by whoever took it from the parser. */
 struct http_message {
-    int method;              /* llhttp_method_t; requests */
-    int status;              /* responses */
-    char *url;               /* requests: the target as received */
+    int method; /* llhttp_method_t; requests */
+    int status; /* responses */
+    char *url;  /* requests: the target as received */
     size_t url_len;
     int major, minor;
     struct header_list headers;

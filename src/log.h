@@ -39,17 +39,17 @@ void log_write(enum log_level level, const char *fmt, ...) PRINTF_LIKE(2, 3);
 #define log_warn(...) log_at(LOG_WARN, __VA_ARGS__)
 #define log_info(...) log_at(LOG_INFO, __VA_ARGS__)
 #define log_debug(...) log_at(LOG_DEBUG, __VA_ARGS__)
-#define log_at(level, ...)                                                                     \
-    do {                                                                                       \
-        if (log_enabled(level))                                                                \
-            log_write(level, __VA_ARGS__);                                                     \
+#define log_at(level, ...)                                                                         \
+    do {                                                                                           \
+        if (log_enabled(level))                                                                    \
+            log_write(level, __VA_ARGS__);                                                         \
     } while (0)
 
 /* One request, as the access log records it. NULL strings are written as null. */
 struct access_entry {
-    const char *client;   /* peer address */
+    const char *client; /* peer address */
     const char *method;
-    const char *path;     /* request target as received, not NUL-terminated */
+    const char *path; /* request target as received, not NUL-terminated */
     size_t path_len;
     int status;
     const char *idem;     /* miss replay inflight mismatch nokey bypass reject store_error ... */

@@ -245,7 +245,7 @@ static void teardown(struct daemon *d)
     server_free(d->rt.server);
     store_free(d->rt.store);
     upstream_pool_free(d->rt.pool);
-    struct event *events[] = {d->sig_term, d->sig_int, d->sig_hup,
+    struct event *events[] = {d->sig_term, d->sig_int,  d->sig_hup,
                               d->sig_usr1, d->watchdog, d->shutdown_timer};
     for (size_t i = 0; i < ARRAY_LEN(events); i++)
         if (events[i])
@@ -298,21 +298,11 @@ int main(int argc, char **argv)
     int opt;
     while ((opt = getopt(argc, argv, "c:tvh")) != -1) {
         switch (opt) {
-        case 'c':
-            d.config_path = optarg;
-            break;
-        case 't':
-            test_only = true;
-            break;
-        case 'v':
-            printf("idemproxy " IDEMPROXY_VERSION "\n");
-            return 0;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 1;
+        case 'c': d.config_path = optarg; break;
+        case 't': test_only = true; break;
+        case 'v': printf("idemproxy " IDEMPROXY_VERSION "\n"); return 0;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
         }
     }
     if (optind < argc) {

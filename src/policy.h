@@ -15,8 +15,8 @@
 #include "headers.h"
 
 #define POLICY_MAX_KEY_LEN 255
-#define POLICY_SCOPE_HASH_LEN 32       /* hex chars */
-#define POLICY_FINGERPRINT_LEN 64      /* hex chars of SHA-256 */
+#define POLICY_SCOPE_HASH_LEN 32  /* hex chars */
+#define POLICY_FINGERPRINT_LEN 64 /* hex chars of SHA-256 */
 
 /* The parts of a request the policy looks at. path excludes the query. */
 struct request_view {

@@ -76,8 +76,8 @@ static size_t put_string(char *buf, size_t cap, size_t at, const char *name, con
 {
     char esc[1024];
     log_json_escape(value, strlen(value), esc, sizeof(esc));
-    int n = snprintf(buf + at, at < cap ? cap - at : 0, "%s\"%s\":\"%s\"", at > 1 ? "," : "",
-                     name, esc);
+    int n = snprintf(buf + at, at < cap ? cap - at : 0, "%s\"%s\":\"%s\"", at > 1 ? "," : "", name,
+                     esc);
     return at + (n > 0 ? (size_t)n : 0);
 }
 

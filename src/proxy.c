@@ -106,7 +106,7 @@ struct exchange {
     int64_t last_pttl_ms;
     int store_ops;
 
-    bool head_sent;  /* the request head is in the upstream's output */
+    bool head_sent; /* the request head is in the upstream's output */
     /* What to answer once a release or mark-unknown has landed in Redis. */
     bool then_send_response;
     enum problem_code then_problem;
@@ -397,7 +397,8 @@ static void store_response(struct exchange *ex)
     size_t len;
     const char *body = ex->streaming ? "" : (const char *)evbuffer_pullup(ex->resp_body, -1);
     size_t body_len = ex->streaming ? 0 : ex->resp_body_len;
-    char *rec = record_encode(ex->resp->status, ex->streaming, &h, body ? body : "", body_len, &len);
+    char *rec =
+        record_encode(ex->resp->status, ex->streaming, &h, body ? body : "", body_len, &len);
     headers_clear(&h);
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
@@ -508,8 +509,8 @@ static void on_wait_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct exchange *ex = arg;
-    log_info("request %s key=%s: still in flight after on_inflight wait; answering 409",
-             ex->peer, ex->key);
+    log_info("request %s key=%s: still in flight after on_inflight wait; answering 409", ex->peer,
+             ex->key);
     ex->idem = "inflight";
     answer_retry_later(ex, PROBLEM_CONFLICT, ex->last_pttl_ms);
     ex_maybe_free(ex);
@@ -729,8 +730,8 @@ static void on_upstream_ready(void *arg, struct upstream_conn *conn, const char 
     struct exchange *ex = arg;
     if (conn == NULL) {
         ex->up = NULL;
-        log_warn("request %s key=%s: no upstream reachable: %s", ex->peer,
-                 ex->key ? ex->key : "-", why);
+        log_warn("request %s key=%s: no upstream reachable: %s", ex->peer, ex->key ? ex->key : "-",
+                 why);
         if (ex->owns_key)
             release_then(ex, false, PROBLEM_UPSTREAM_UNAVAILABLE);
         else
@@ -826,9 +827,8 @@ static enum http_verdict on_up_body(void *arg, const char *data, size_t len)
     if (ex->resp_body_len > ex->policy->max_cached_body) {
         ex->streaming = true;
         if (ex->client)
-            start_client_response(ex, ex->resp->has_content_length
-                                          ? (int64_t)ex->resp->content_length
-                                          : -1);
+            start_client_response(
+                ex, ex->resp->has_content_length ? (int64_t)ex->resp->content_length : -1);
         flush_held(ex, evbuffer_get_length(ex->resp_body) - len);
     }
     return PARSE_CONTINUE;
@@ -970,8 +970,7 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
         answer_problem(ex, PROBLEM_INVALID_KEY, NULL);
         ex_maybe_free(ex);
         return NULL;
-    case KEY_FOUND:
-        break;
+    case KEY_FOUND: break;
     }
     if (req->has_content_length && req->content_length > ex->policy->max_request_body) {
         ex->idem = "too_large";
@@ -1034,8 +1033,8 @@ void proxy_client_gone(struct exchange *ex)
         ex_maybe_free(ex);
         return;
     }
-    log_info("request %s key=%s: client went away; finishing so the response is stored",
-             ex->peer, ex->key);
+    log_info("request %s key=%s: client went away; finishing so the response is stored", ex->peer,
+             ex->key);
 }
 
 void proxy_client_drained(struct exchange *ex)

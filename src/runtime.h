@@ -21,9 +21,9 @@ struct runtime {
     struct store *store;
     struct upstream_pool *pool;
     struct server *server;
-    bool draining;  /* SIGTERM: finish what is in flight, accept nothing new */
-    int exchanges;  /* requests in flight */
-    int clients;    /* open client connections */
+    bool draining;                       /* SIGTERM: finish what is in flight, accept nothing new */
+    int exchanges;                       /* requests in flight */
+    int clients;                         /* open client connections */
     void (*on_idle)(struct runtime *rt); /* called when draining and nothing is left */
 };
 

@@ -60,13 +60,13 @@ struct client {
     struct http_parser parser;
     struct exchange *ex;
     char peer[64];
-    int minor;             /* HTTP/1.minor of the current request */
-    bool keep_alive;       /* the current request allows another after it */
-    bool close_after;      /* close once the current response is out */
+    int minor;        /* HTTP/1.minor of the current request */
+    bool keep_alive;  /* the current request allows another after it */
+    bool close_after; /* close once the current response is out */
     bool in_parser;
     bool want_close;
-    bool peer_closed;      /* EOF seen: answer what is in flight, then close */
-    bool responding;       /* a response head went out for the current request */
+    bool peer_closed; /* EOF seen: answer what is in flight, then close */
+    bool responding;  /* a response head went out for the current request */
     enum framing framing;
     uint64_t response_bytes;
     struct client *prev, *next;
@@ -93,22 +93,14 @@ static void arm_timer(struct client *c, uint64_t ms)
 static void client_set_state(struct client *c, enum client_state next)
 {
     const struct config *cfg = c->srv->rt->cfg;
-    log_debug("client %s: %s -> %s", c->peer, client_state_name[c->state],
-              client_state_name[next]);
+    log_debug("client %s: %s -> %s", c->peer, client_state_name[c->state], client_state_name[next]);
     c->state = next;
     evtimer_del(c->timer);
     switch (next) {
-    case CLIENT_IDLE:
-        arm_timer(c, cfg->idle_timeout_ms);
-        break;
-    case CLIENT_HEAD:
-        arm_timer(c, cfg->client_header_timeout_ms);
-        break;
-    case CLIENT_BODY:
-        arm_timer(c, cfg->client_body_timeout_ms);
-        break;
-    case CLIENT_WAIT:
-        break;
+    case CLIENT_IDLE: arm_timer(c, cfg->idle_timeout_ms); break;
+    case CLIENT_HEAD: arm_timer(c, cfg->client_header_timeout_ms); break;
+    case CLIENT_BODY: arm_timer(c, cfg->client_body_timeout_ms); break;
+    case CLIENT_WAIT: break;
     case CLIENT_CLOSING:
         /* A peer that never reads must not hold the connection forever. */
         arm_timer(c, cfg->client_body_timeout_ms);
@@ -166,8 +158,8 @@ void client_respond_head(struct client *c, int status, const struct header_list 
     char framing_header[64];
     const char *fh = NULL;
     /* A request not read to its end leaves bytes we cannot parse past: close. */
-    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive ||
-        c->peer_closed || c->srv->rt->draining)
+    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive || c->peer_closed ||
+        c->srv->rt->draining)
         c->close_after = true;
     if (no_body) {
         c->framing = FRAME_NONE;
@@ -233,8 +225,8 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
     headers_add_cstr(&h, "Date", date);
     if (extra)
         for (int i = 0; i < extra->count; i++)
-            headers_add(&h, extra->items[i].name, extra->items[i].name_len,
-                        extra->items[i].value, extra->items[i].value_len);
+            headers_add(&h, extra->items[i].name, extra->items[i].name_len, extra->items[i].value,
+                        extra->items[i].value_len);
     size_t len;
     char *body = problem_render(p, c->srv->rt->cfg->error_doc_url, &h, &len);
     client_respond_head(c, problem_status(p->code), &h, (int64_t)len, false);
@@ -318,8 +310,8 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     client_set_state(c, CLIENT_BODY);
     bool expects_body = req->chunked || req->content_length > 0;
     const struct header *expect = headers_find(&req->headers, "Expect");
-    bool wants_continue = expect && strn_case_equal(expect->value, expect->value_len,
-                                                    "100-continue");
+    bool wants_continue =
+        expect && strn_case_equal(expect->value, expect->value_len, "100-continue");
     c->ex = proxy_begin(c->srv->rt, c, req);
     if (c->ex == NULL)
         return PARSE_ABORT; /* answered already; the connection closes */
@@ -354,12 +346,9 @@ static const struct http_parser_callbacks request_callbacks = {
 static enum problem_code problem_for(enum http_error e)
 {
     switch (e) {
-    case HTTP_ERROR_URI_TOO_LONG:
-        return PROBLEM_URI_TOO_LONG;
-    case HTTP_ERROR_HEADER_TOO_LARGE:
-        return PROBLEM_HEADER_TOO_LARGE;
-    default:
-        return PROBLEM_BAD_REQUEST;
+    case HTTP_ERROR_URI_TOO_LONG: return PROBLEM_URI_TOO_LONG;
+    case HTTP_ERROR_HEADER_TOO_LARGE: return PROBLEM_HEADER_TOO_LARGE;
+    default: return PROBLEM_BAD_REQUEST;
     }
 }
 
@@ -454,9 +443,7 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
         break;
     case CLIENT_IDLE:
     case CLIENT_CLOSING:
-    case CLIENT_WAIT:
-        client_free(c);
-        break;
+    case CLIENT_WAIT: client_free(c); break;
     }
 }
 
@@ -549,19 +536,19 @@ int server_listen(struct server *srv, const struct config *cfg, char *err, size_
 {
     for (int i = 0; i < cfg->nlistens; i++) {
         const struct listen_addr *la = &cfg->listens[i];
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+        struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                                 .ai_socktype = SOCK_STREAM,
                                  .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
         struct evutil_addrinfo *res = NULL;
         int rc = evutil_getaddrinfo(la->host, la->port, &hints, &res);
         if (rc != 0) {
-            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port,
-                     evutil_gai_strerror(rc));
+            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, evutil_gai_strerror(rc));
             return IDEM_ERR;
         }
         struct evconnlistener *l = evconnlistener_new_bind(
             srv->rt->base, on_accept, srv,
-            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024,
-            res->ai_addr, (int)res->ai_addrlen);
+            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024, res->ai_addr,
+            (int)res->ai_addrlen);
         evutil_freeaddrinfo(res);
         if (l == NULL) {
             snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, strerror(errno));

@@ -23,7 +23,8 @@ struct client;
 
 struct server *server_new(struct runtime *rt);
 /* Binds every `listen` address. Fails (with a phrase in err) if any cannot be bound. */
-int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen) MUST_CHECK;
+int server_listen(struct server *srv, const struct config *cfg, char *err,
+                  size_t errlen) MUST_CHECK;
 /* Stops accepting and closes idle keep-alive connections (SIGTERM). */
 void server_drain(struct server *srv);
 /* Closes every connection and listener. */

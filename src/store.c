@@ -59,32 +59,28 @@ static const char *const script_source[] = {
         "  return {s, f, ttl, redis.call('HGET', KEYS[1], 'r') or ''}\n"
         "end\n"
         "return {s, f, ttl}\n",
-    [SCRIPT_COMPLETE] =
-        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-        "local w = redis.call('HGET', KEYS[1], 'w')\n"
-        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
-        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
-        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-        "if w then redis.call('PUBLISH', KEYS[1], 'done') end\n"
-        "return 1\n",
-    [SCRIPT_RELEASE] =
-        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-        "local w = redis.call('HGET', KEYS[1], 'w')\n"
-        "redis.call('DEL', KEYS[1])\n"
-        "if w then redis.call('PUBLISH', KEYS[1], 'released') end\n"
-        "return 1\n",
-    [SCRIPT_RENEW] =
-        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-        "return 1\n",
-    [SCRIPT_UNKNOWN] =
-        "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-        "local w = redis.call('HGET', KEYS[1], 'w')\n"
-        "redis.call('HSET', KEYS[1], 's', 'unknown')\n"
-        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
-        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-        "if w then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
-        "return 1\n",
+    [SCRIPT_COMPLETE] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+                        "local w = redis.call('HGET', KEYS[1], 'w')\n"
+                        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
+                        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
+                        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+                        "if w then redis.call('PUBLISH', KEYS[1], 'done') end\n"
+                        "return 1\n",
+    [SCRIPT_RELEASE] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+                       "local w = redis.call('HGET', KEYS[1], 'w')\n"
+                       "redis.call('DEL', KEYS[1])\n"
+                       "if w then redis.call('PUBLISH', KEYS[1], 'released') end\n"
+                       "return 1\n",
+    [SCRIPT_RENEW] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+                     "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                     "return 1\n",
+    [SCRIPT_UNKNOWN] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
+                       "local w = redis.call('HGET', KEYS[1], 'w')\n"
+                       "redis.call('HSET', KEYS[1], 's', 'unknown')\n"
+                       "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
+                       "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
+                       "if w then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
+                       "return 1\n",
 };
 
 static const char *const script_name[] = {"claim", "complete", "release", "renew", "unknown"};
@@ -235,7 +231,8 @@ static void link_schedule_reconnect(struct link *l)
 {
     l->state = LINK_DOWN;
     l->ac = NULL;
-    struct timeval tv = {(time_t)(l->backoff_ms / 1000), (suseconds_t)(l->backoff_ms % 1000) * 1000};
+    struct timeval tv = {(time_t)(l->backoff_ms / 1000),
+                         (suseconds_t)(l->backoff_ms % 1000) * 1000};
     evtimer_add(l->reconnect_timer, &tv);
     l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
@@ -472,7 +469,8 @@ static void op_start(struct store *st, struct store_op *op)
         return;
     }
     op->timer = evtimer_new(st->base, on_op_timeout, op);
-    struct timeval tv = {(time_t)(st->timeout_ms / 1000), (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000),
+                         (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(op->timer, &tv);
     op_send(op);
 }
@@ -554,8 +552,8 @@ void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t
     op_start(st, op);
 }
 
-void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
-                        uint64_t lock_ttl_ms, store_update_cb cb, void *arg)
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                        store_update_cb cb, void *arg)
 {
     struct store_op *op;
     start_update(st, SCRIPT_UNKNOWN, rkey, owner, cb, arg, &op);
@@ -620,12 +618,12 @@ struct store *store_new(struct event_base *base, const struct config *cfg)
 
 void store_reconfigure(struct store *st, const struct config *cfg)
 {
-    bool changed = str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
-                   str_differs(st->unix_path, cfg->redis_unix) ||
-                   str_differs(st->user, cfg->redis_user) ||
-                   str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
-                   strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
-                   strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
+    bool changed =
+        str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
+        str_differs(st->unix_path, cfg->redis_unix) || str_differs(st->user, cfg->redis_user) ||
+        str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
+        strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
+        strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
     take_settings(st, cfg);
     if (!changed)
         return;

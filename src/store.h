@@ -33,8 +33,8 @@ struct claim_result {
     enum key_state state;
     const char *fingerprint; /* the first request's; NULL when CLAIMED */
     size_t fingerprint_len;
-    int64_t pttl_ms;         /* lease or retention left; -1 when unknown */
-    const char *record;      /* DONE: the encoded record (record.h) */
+    int64_t pttl_ms;    /* lease or retention left; -1 when unknown */
+    const char *record; /* DONE: the encoded record (record.h) */
     size_t record_len;
 };
 
@@ -70,8 +70,8 @@ void store_release(struct store *st, const char *rkey, const char *owner, store_
 void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
                  store_update_cb cb, void *arg);
 /* in flight (owned) -> unknown for lock_ttl_ms: the outcome cannot be known. */
-void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
-                        uint64_t lock_ttl_ms, store_update_cb cb, void *arg);
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                        store_update_cb cb, void *arg);
 
 /*
  * Waiting duplicates (SPEC §4.4): cb runs (never re-entrantly from this

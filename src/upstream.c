@@ -80,10 +80,10 @@ struct upstream_conn {
 
     struct http_parser parser;
     int request_method;
-    bool interim;     /* the head being parsed is a 1xx */
-    bool got_bytes;   /* any response byte arrived */
-    bool complete;    /* the response ended (parser paused there) */
-    bool aborted;     /* the owner returned PARSE_ABORT */
+    bool interim;   /* the head being parsed is a 1xx */
+    bool got_bytes; /* any response byte arrived */
+    bool complete;  /* the response ended (parser paused there) */
+    bool aborted;   /* the owner returned PARSE_ABORT */
 };
 
 static void conn_free(struct upstream_conn *c);
@@ -216,16 +216,10 @@ static bool feed(struct upstream_conn *c)
         c->got_bytes = true;
     enum http_feed_result r = http_parser_feed(&c->parser, in);
     switch (r) {
-    case HTTP_FEED_OK:
-        return true;
-    case HTTP_FEED_PAUSED:
-        finish_response(c);
-        return false;
-    case HTTP_FEED_ABORTED:
-        conn_free(c);
-        return false;
-    case HTTP_FEED_ERROR:
-        break;
+    case HTTP_FEED_OK: return true;
+    case HTTP_FEED_PAUSED: finish_response(c); return false;
+    case HTTP_FEED_ABORTED: conn_free(c); return false;
+    case HTTP_FEED_ERROR: break;
     }
     log_warn("upstream %s: malformed response: %s", c->server->name,
              c->parser.error_reason ? c->parser.error_reason : "parse error");

@@ -453,6 +453,23 @@ def test_redis_holds_one_key_with_ttl():
         assert len(env.redis.keys("idem:*")) == 2
 
 
+def test_lease_is_renewed_while_the_upstream_works():
+    # lock_ttl 3s: without renewal the lease would have ~0.8s left after 2.2s.
+    with Env(extra_config="lock_ttl 3s\nupstream_timeout 2900ms") as env:
+        key = new_key()
+        job = background(env.post, "/orders", key=key, body=b"{}",
+                         headers={"X-Test-Delay": "2600"})
+        wait_until(lambda: env.upstream.count(key) == 1, 3, what="slow request at the upstream")
+        time.sleep(2.2)
+        keys = env.redis.keys("idem:*")
+        assert len(keys) == 1, keys
+        assert env.redis.cmd("HGET", keys[0], "s") == b"inflight"
+        pttl = env.redis.cmd("PTTL", keys[0])
+        assert pttl > 1500, f"lease not renewed: PTTL {pttl}ms after 2.2s of a 3s lock"
+        assert job.result(10).status == 201
+        assert env.redis.cmd("HGET", keys[0], "s") == b"done"
+
+
 def test_error_doc_url_links_problems():
     url = "https://example.test/errors"
     with Env(extra_config=f"error_doc_url {url}") as env:

@@ -250,3 +250,21 @@ def test_demo_selftest():
     out = data.decode("utf-8", "replace")
     assert p.returncode == 0, f"demo self-test exit {p.returncode}:\n{out[-3000:]}"
     assert "Idempotent-Replayed" in out, f"demo output shows no replay:\n{out[-3000:]}"
+
+
+def test_make_install_honours_prefix_and_destdir():
+    import tempfile
+    dest = tempfile.mkdtemp(prefix="idem-install-")
+    try:
+        out = subprocess.run(["make", "-s", "install", f"DESTDIR={dest}", "PREFIX=/opt/idem",
+                              f"SANITIZE={os.environ.get('SANITIZE', '0')}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        binary = os.path.join(dest, "opt/idem/bin/idemproxy")
+        assert os.access(binary, os.X_OK)
+        conf = os.path.join(dest, "etc/idemproxy/idemproxy.conf")
+        assert subprocess.run([binary, "-t", "-c", conf], capture_output=True).returncode == 0
+        unit = open(os.path.join(dest, "opt/idem/lib/systemd/system/idemproxy.service")).read()
+        assert "ExecStart=/opt/idem/bin/idemproxy" in unit and "/usr/local" not in unit
+    finally:
+        subprocess.run(["rm", "-rf", dest])

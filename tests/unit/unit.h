@@ -8,15 +8,15 @@
 #include <check.h>
 #include <stdlib.h>
 
-#define UNIT_MAIN(make_suite)                                                                  \
-    int main(void)                                                                             \
-    {                                                                                          \
-        SRunner *runner = srunner_create(make_suite());                                        \
-        srunner_set_fork_status(runner, CK_FORK);                                              \
-        srunner_run_all(runner, CK_NORMAL);                                                    \
-        int failed = srunner_ntests_failed(runner);                                            \
-        srunner_free(runner);                                                                  \
-        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;                                      \
+#define UNIT_MAIN(make_suite)                                                                      \
+    int main(void)                                                                                 \
+    {                                                                                              \
+        SRunner *runner = srunner_create(make_suite());                                            \
+        srunner_set_fork_status(runner, CK_FORK);                                                  \
+        srunner_run_all(runner, CK_NORMAL);                                                        \
+        int failed = srunner_ntests_failed(runner);                                                \
+        srunner_free(runner);                                                                      \
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;                                          \
     }
 
 #endif

@@ -25,7 +25,8 @@
  * with X-Upstream-Count, X-Custom: yes, every X-Echo-* request header echoed,
  * and X-Forwarded-For / -Proto / -Host and Via echoed as X-Seen-*.
  *
- * Control paths (not counted): GET /__count, GET /__count?key=K, POST /__reset.
+ * Control paths (not counted): GET /__count, GET /__count?key=K, POST /__reset,
+ * GET /__connections (connections that carried counted requests).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -73,6 +74,10 @@ struct pending {
 };
 
 static uint64_t g_count;
+/* Connections that carried counted requests: proves upstream keep-alive. */
+static uint64_t g_connections;
+#define MAX_LIVE_CONNS 256
+static struct evhttp_connection *g_live[MAX_LIVE_CONNS];
 static struct key_count *g_keys[KEY_BUCKETS];
 static struct pending *g_pending;
 static struct event_base *g_base;
@@ -153,24 +158,15 @@ static long parse_num(const char *s, long max)
 static const char *method_name(enum evhttp_cmd_type cmd)
 {
     switch (cmd) {
-    case EVHTTP_REQ_GET:
-        return "GET";
-    case EVHTTP_REQ_POST:
-        return "POST";
-    case EVHTTP_REQ_HEAD:
-        return "HEAD";
-    case EVHTTP_REQ_PUT:
-        return "PUT";
-    case EVHTTP_REQ_DELETE:
-        return "DELETE";
-    case EVHTTP_REQ_OPTIONS:
-        return "OPTIONS";
-    case EVHTTP_REQ_TRACE:
-        return "TRACE";
-    case EVHTTP_REQ_CONNECT:
-        return "CONNECT";
-    case EVHTTP_REQ_PATCH:
-        return "PATCH";
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
     }
     return "UNKNOWN";
 }
@@ -178,38 +174,22 @@ static const char *method_name(enum evhttp_cmd_type cmd)
 static const char *reason_phrase(int status)
 {
     switch (status) {
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 404:
-        return "Not Found";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 500:
-        return "Internal Server Error";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return "Status";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    default: return "Status";
     }
 }
 
@@ -268,8 +248,14 @@ static bool handle_control(struct evhttp_request *req)
         reply_text(req, 200, num);
         return true;
     }
+    if (strcmp(path, "/__connections") == 0 && cmd == EVHTTP_REQ_GET) {
+        snprintf(num, sizeof(num), "%" PRIu64, g_connections);
+        reply_text(req, 200, num);
+        return true;
+    }
     if (strcmp(path, "/__reset") == 0 && cmd == EVHTTP_REQ_POST) {
         g_count = 0;
+        g_connections = 0;
         keys_clear();
         reply_text(req, 200, "0");
         return true;
@@ -355,11 +341,38 @@ static void pending_fire(evutil_socket_t fd, short what, void *arg)
     pending_free(p);
 }
 
+static void on_conn_close(struct evhttp_connection *conn, void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < MAX_LIVE_CONNS; i++)
+        if (g_live[i] == conn)
+            g_live[i] = NULL;
+}
+
+/* Counts a connection the first time it carries a counted request. */
+static void note_connection(struct evhttp_request *req)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    int free_slot = -1;
+    for (int i = 0; i < MAX_LIVE_CONNS; i++) {
+        if (g_live[i] == conn)
+            return;
+        if (g_live[i] == NULL && free_slot < 0)
+            free_slot = i;
+    }
+    g_connections++;
+    if (free_slot >= 0) {
+        g_live[free_slot] = conn;
+        evhttp_connection_set_closecb(conn, on_conn_close, NULL);
+    }
+}
+
 static void handle_request(struct evhttp_request *req, void *arg)
 {
     (void)arg;
     if (handle_control(req))
         return;
+    note_connection(req);
 
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
     const char *key = evhttp_find_header(in, "Idempotency-Key");
@@ -475,18 +488,10 @@ int main(int argc, char **argv)
 
     while ((opt = getopt(argc, argv, "p:a:h")) != -1) {
         switch (opt) {
-        case 'p':
-            port = parse_num(optarg, 65535);
-            break;
-        case 'a':
-            addr = optarg;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
+        case 'p': port = parse_num(optarg, 65535); break;
+        case 'a': addr = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
         }
     }
     if (port < 0) {
