@@ -16,9 +16,13 @@
  * Scripts run by EVALSHA; a NOSCRIPT answer (a restarted or flushed Redis)
  * re-sends that command once as EVAL, which also caches the script again.
  *
- * Connection: one redisAsyncContext. When it is down, operations fail at
- * once (on the next loop turn) and a timer reconnects with backoff from 50 ms
- * to 1 s. Each operation has its own redis_timeout timer: when it fires the
+ * Connections: two redisAsyncContexts ("links"). `cmd` runs the scripts;
+ * `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting duplicates: a
+ * claim that will wait marks the key (field w), and complete, release and
+ * mark_unknown PUBLISH on the key's name only when it is marked, so keys
+ * nobody waits for cost no messages. When a link is down, operations fail
+ * at once (on the next loop turn) and a timer reconnects with backoff from
+ * 50 ms to 1 s. Each operation has its own redis_timeout timer: when it fires the
  * operation fails and the connection is torn down, since a Redis that does
  * not answer in time cannot be trusted to answer the commands queued behind.
  *
@@ -515,21 +519,21 @@ void store_claim(struct store *st, const char *rkey, const char *fingerprint, co
     op_start(st, op);
 }
 
-static void start_update(struct store *st, enum script_id script, const char *rkey,
-                         const char *owner, store_update_cb cb, void *arg, struct store_op **out)
+/* An owner-checked script: argv is the owner token, then the extra args. */
+static struct store_op *owner_op(struct store *st, enum script_id script, const char *rkey,
+                                 const char *owner, store_update_cb cb, void *arg)
 {
     struct store_op *op = op_new(st, script, rkey);
     op->on_update = cb;
     op->arg = arg;
     op_arg(op, owner, strlen(owner));
-    *out = op;
+    return op;
 }
 
 void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
                     size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg)
 {
-    struct store_op *op;
-    start_update(st, SCRIPT_COMPLETE, rkey, owner, cb, arg, &op);
+    struct store_op *op = owner_op(st, SCRIPT_COMPLETE, rkey, owner, cb, arg);
     op_arg(op, record, record_len);
     op_arg_u64(op, ttl_ms);
     op_start(st, op);
@@ -538,27 +542,28 @@ void store_complete(struct store *st, const char *rkey, const char *owner, const
 void store_release(struct store *st, const char *rkey, const char *owner, store_update_cb cb,
                    void *arg)
 {
-    struct store_op *op;
-    start_update(st, SCRIPT_RELEASE, rkey, owner, cb, arg, &op);
+    op_start(st, owner_op(st, SCRIPT_RELEASE, rkey, owner, cb, arg));
+}
+
+static void owner_op_with_lease(struct store *st, enum script_id script, const char *rkey,
+                                const char *owner, uint64_t lock_ttl_ms, store_update_cb cb,
+                                void *arg)
+{
+    struct store_op *op = owner_op(st, script, rkey, owner, cb, arg);
+    op_arg_u64(op, lock_ttl_ms);
     op_start(st, op);
 }
 
 void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
                  store_update_cb cb, void *arg)
 {
-    struct store_op *op;
-    start_update(st, SCRIPT_RENEW, rkey, owner, cb, arg, &op);
-    op_arg_u64(op, lock_ttl_ms);
-    op_start(st, op);
+    owner_op_with_lease(st, SCRIPT_RENEW, rkey, owner, lock_ttl_ms, cb, arg);
 }
 
 void store_mark_unknown(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
                         store_update_cb cb, void *arg)
 {
-    struct store_op *op;
-    start_update(st, SCRIPT_UNKNOWN, rkey, owner, cb, arg, &op);
-    op_arg_u64(op, lock_ttl_ms);
-    op_start(st, op);
+    owner_op_with_lease(st, SCRIPT_UNKNOWN, rkey, owner, lock_ttl_ms, cb, arg);
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
