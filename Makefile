@@ -52,7 +52,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 UPSTREAM_BIN := $(BUILD)/test-upstream
 
-.PHONY: all deps test unit e2e run install clean format format-check
+.PHONY: all deps test unit e2e run bench install clean format format-check
 
 all: $(BUILD)/idemproxy
 
@@ -112,6 +112,22 @@ test: deps
 run: deps
 	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
 	@IDEMPROXY_BIN=$(BUILD)/idemproxy UPSTREAM_BIN=$(UPSTREAM_BIN) sh scripts/demo.sh
+
+# idemproxy against nginx with wrk, on this machine (tests/bench/bench.py,
+# docs/performance.md). BENCH_DURATION, BENCH_WORKERS, BENCH_CONNECTIONS...
+bench: deps
+	@missing=""; \
+	for p in wrk nginx; do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
+	@IDEMPROXY_BIN=$(BUILD)/idemproxy BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-results.md} python3 tests/bench/bench.py
 
 install: $(BUILD)/idemproxy
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/idemproxy $(DESTDIR)$(PREFIX)/lib/systemd/system

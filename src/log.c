@@ -50,10 +50,11 @@
 #define FIELD_IDEM 64
 #define FIELD_SCOPE 128
 #define FIELD_UPSTREAM 512
+#define FIELD_ROUTE 512
 #define FIELD_FIXED 512 /* key names, punctuation, timestamp and numbers */
 
 _Static_assert(FIELD_PATH + FIELD_KEY + FIELD_CLIENT + FIELD_METHOD + FIELD_IDEM + FIELD_SCOPE +
-                       FIELD_UPSTREAM + FIELD_FIXED <=
+                       FIELD_UPSTREAM + FIELD_ROUTE + FIELD_FIXED <=
                    ACCESS_LINE_MAX,
                "access log fields must fit one line buffer");
 
@@ -418,6 +419,8 @@ void log_access(const struct access_entry *e)
     line_cstring(&l, "method", e->method, FIELD_METHOD);
     line_raw(&l, ",");
     line_string(&l, "path", e->path, e->path_len, FIELD_PATH);
+    line_raw(&l, ",");
+    line_cstring(&l, "route", e->route, FIELD_ROUTE);
     line_printf(&l, ",\"status\":%d,", e->status);
     line_cstring(&l, "idem", e->idem, FIELD_IDEM);
     line_raw(&l, ",");

@@ -51,6 +51,7 @@ struct access_entry {
     const char *method;
     const char *path; /* request target as received, not NUL-terminated */
     size_t path_len;
+    const char *route; /* the matched route's prefix, NULL for the global policy */
     int status;
     const char *idem;     /* miss replay inflight mismatch nokey bypass reject store_error ... */
     const char *key;      /* idempotency key, NULL when none */

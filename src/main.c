@@ -21,8 +21,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "admin.h"
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "runtime.h"
 #include "sdnotify.h"
 #include "server.h"
@@ -37,6 +39,7 @@ struct daemon {
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *watchdog;
     struct event *shutdown_timer;
+    struct admin *admin;
 };
 
 static void usage(FILE *out)
@@ -65,26 +68,6 @@ static void warn_unimplemented(const struct config *cfg)
 {
     if (cfg->workers > 1)
         log_warn("workers %d: this build runs one event loop; using 1", cfg->workers);
-    if (cfg->admin_listen.host)
-        log_warn("admin_listen: not implemented in this build; ignored");
-    if (cfg->token_endpoint)
-        log_warn("token_endpoint: not implemented in this build; ignored");
-    const struct policy *policies[1 + 64];
-    int n = 0;
-    policies[n++] = &cfg->global;
-    for (int i = 0; i < cfg->nroutes && n < (int)ARRAY_LEN(policies); i++)
-        policies[n++] = &cfg->routes[i].policy;
-    for (int i = 0; i < n; i++) {
-        const struct policy *p = policies[i];
-        const char *where = i == 0 ? "global" : cfg->routes[i - 1].prefix;
-        if (p->require_token)
-            log_warn("%s: require_token is not implemented in this build; ignored", where);
-        for (int k = 0; k < p->nkeys; k++)
-            if (p->keys[k].kind != KEY_SOURCE_HEADER)
-                log_warn("%s: only header: key sources are implemented in this build; "
-                         "other sources find no key",
-                         where);
-    }
 }
 
 /* ---- shutdown ----------------------------------------------------------- */
@@ -242,6 +225,7 @@ static void install_signals(struct daemon *d)
 
 static void teardown(struct daemon *d)
 {
+    admin_free(d->admin);
     server_free(d->rt.server);
     store_free(d->rt.store);
     upstream_pool_free(d->rt.pool);
@@ -278,6 +262,13 @@ static int run(struct daemon *d)
         return 2;
     }
     rt->store = store_new(rt->base, rt->cfg);
+    metrics_init();
+    d->admin = admin_start(rt, rt->cfg, err, sizeof(err));
+    if (d->admin == NULL && err[0] != '\0') {
+        log_error("cannot start: %s", err);
+        teardown(d);
+        return 2;
+    }
     install_signals(d);
     warn_unimplemented(rt->cfg);
     log_info("idemproxy " IDEMPROXY_VERSION " started (pid %d, config %s)", (int)getpid(),
@@ -286,6 +277,7 @@ static int run(struct daemon *d)
     event_base_dispatch(rt->base);
     log_info("stopped");
     teardown(d);
+    metrics_reset();
     return 0;
 }
 

@@ -6,6 +6,8 @@
  *
  *   request_view --> policy_covers ------> bypass / covered
  *                |-> policy_extract_key -> KEY_FOUND / KEY_ABSENT / KEY_INVALID
+ *                |     header: / token: here; query: / form: / json: parsed by
+ *                |     keysource.c, the value judged here
  *                |-> policy_scope -------> "-" or 32 hex chars
  *                '-> policy_fingerprint -> 64 hex chars
  *   prefix + scope + key -> policy_record_key -> "<prefix><scope>:<key>"
@@ -22,6 +24,7 @@
 
 #include <openssl/evp.h>
 
+#include "keysource.h"
 #include "util.h"
 
 /* Tag bytes of the fingerprint's parts beyond enum fingerprint_part. */
@@ -106,34 +109,146 @@ invalid:
     return KEY_INVALID;
 }
 
-enum key_result policy_extract_key(const struct policy *p, const struct request_view *req,
-                                   char **key_out)
+/*
+ * Judges a value taken from a query, form or JSON source: 1..255 bytes of
+ * visible ASCII. Takes ownership of value (len bytes and a NUL): handed on in
+ * *key_out when acceptable, freed when not.
+ */
+static enum key_result accept_key(char *value, size_t len, char **key_out)
+{
+    bool ok = len > 0 && len <= POLICY_MAX_KEY_LEN;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = (unsigned char)value[i] >= 0x21 && (unsigned char)value[i] <= 0x7e;
+    if (!ok) {
+        free(value);
+        value = NULL;
+        return KEY_INVALID;
+    }
+    *key_out = value;
+    return KEY_FOUND;
+}
+
+/* header:NAME and token: one field, parsed as a key header value. */
+static enum key_result key_from_header(const struct request_view *req, const char *name,
+                                       char **key_out)
+{
+    if (req->headers == NULL || name == NULL)
+        return KEY_ABSENT;
+    int n = headers_count(req->headers, name);
+    if (n == 0)
+        return KEY_ABSENT;
+    if (n > 1)
+        return KEY_INVALID; /* "the key header repeated" */
+    const struct header *h = headers_find(req->headers, name);
+    return policy_parse_key_value(h->value, h->value_len, key_out);
+}
+
+/*
+ * Whether the body may be read as the source kind says: true without a
+ * Content-Type, false with several, else when the media type fits.
+ */
+static bool body_type_fits(const struct request_view *req, enum key_source_kind kind)
+{
+    if (req->headers == NULL)
+        return true;
+    int n = headers_count(req->headers, "Content-Type");
+    if (n == 0)
+        return true;
+    if (n > 1)
+        return false;
+    const struct header *h = headers_find(req->headers, "Content-Type");
+    if (kind == KEY_SOURCE_JSON)
+        return keysource_media_type_is_json(h->value, h->value_len);
+    return keysource_media_type_is(h->value, h->value_len, "application/x-www-form-urlencoded");
+}
+
+/*
+ * query:NAME and form:NAME. A malformed escape in the value is the client's
+ * error in a query (KEY_INVALID) but makes a form body no key (KEY_ABSENT).
+ */
+static enum key_result key_from_param(const char *text, size_t len, const char *name,
+                                      enum key_result on_malformed, char **key_out)
+{
+    if (text == NULL)
+        return KEY_ABSENT;
+    char *value = NULL;
+    size_t value_len = 0;
+    switch (keysource_param(text, len, name, &value, &value_len)) {
+    case KS_FOUND: return accept_key(value, value_len, key_out);
+    case KS_DUPLICATE: return KEY_INVALID;
+    case KS_MALFORMED: return on_malformed;
+    case KS_ABSENT: break;
+    }
+    return KEY_ABSENT;
+}
+
+/* json:/pointer. */
+static enum key_result key_from_json(const struct request_view *req, const char *pointer,
+                                     char **key_out)
+{
+    if (req->body == NULL || !body_type_fits(req, KEY_SOURCE_JSON))
+        return KEY_ABSENT;
+    char *value = NULL;
+    size_t value_len = 0;
+    switch (keysource_json(req->body, req->body_len, pointer, &value, &value_len)) {
+    case KS_FOUND: return accept_key(value, value_len, key_out);
+    case KS_DUPLICATE: return KEY_INVALID; /* ambiguous: which member is the key? */
+    case KS_MALFORMED:
+    case KS_ABSENT: break;
+    }
+    return KEY_ABSENT;
+}
+
+/* One source's verdict. */
+static enum key_result key_from_source(const struct key_source *src, const struct request_view *req,
+                                       char **key_out)
+{
+    switch (src->kind) {
+    case KEY_SOURCE_HEADER: return key_from_header(req, src->name, key_out);
+    case KEY_SOURCE_QUERY:
+        return key_from_param(req->query, req->query_len, src->name, KEY_INVALID, key_out);
+    case KEY_SOURCE_FORM:
+        if (!body_type_fits(req, KEY_SOURCE_FORM))
+            return KEY_ABSENT;
+        return key_from_param(req->body, req->body_len, src->name, KEY_ABSENT, key_out);
+    case KEY_SOURCE_JSON: return key_from_json(req, src->name, key_out);
+    case KEY_SOURCE_TOKEN: return key_from_header(req, req->token_header, key_out);
+    case KEY_SOURCE_NONE: break;
+    }
+    return KEY_ABSENT;
+}
+
+enum key_result policy_extract_key_from(const struct policy *p, const struct request_view *req,
+                                        char **key_out, enum key_source_kind *kind_out)
 {
     for (int i = 0; i < p->nkeys; i++) {
         const struct key_source *src = &p->keys[i];
-        switch (src->kind) {
-        case KEY_SOURCE_HEADER: {
-            if (req->headers == NULL)
-                break;
-            int n = headers_count(req->headers, src->name);
-            if (n > 1)
-                return KEY_INVALID; /* "the key header repeated" */
-            if (n == 1) {
-                const struct header *h = headers_find(req->headers, src->name);
-                return policy_parse_key_value(h->value, h->value_len, key_out);
-            }
-            break;
-        }
-        case KEY_SOURCE_QUERY:
-        case KEY_SOURCE_FORM:
-        case KEY_SOURCE_JSON:
-        case KEY_SOURCE_TOKEN:
-        case KEY_SOURCE_NONE:
-            /* query/form/json/token sources come with a later issue: absent for now. */
-            break;
+        if (src->kind != KEY_SOURCE_TOKEN && src->name == NULL)
+            continue;
+        enum key_result r = key_from_source(src, req, key_out);
+        if (r != KEY_ABSENT) {
+            if (kind_out != NULL)
+                *kind_out = src->kind;
+            return r;
         }
     }
+    if (kind_out != NULL)
+        *kind_out = KEY_SOURCE_NONE;
     return KEY_ABSENT;
+}
+
+enum key_result policy_extract_key(const struct policy *p, const struct request_view *req,
+                                   char **key_out)
+{
+    return policy_extract_key_from(p, req, key_out, NULL);
+}
+
+bool policy_key_needs_body(const struct policy *p)
+{
+    for (int i = 0; i < p->nkeys; i++)
+        if (p->keys[i].kind == KEY_SOURCE_FORM || p->keys[i].kind == KEY_SOURCE_JSON)
+            return true;
+    return false;
 }
 
 static EVP_MD_CTX *sha256_begin(void)

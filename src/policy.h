@@ -27,8 +27,9 @@ struct request_view {
     const char *query; /* after '?', NULL when none */
     size_t query_len;
     const struct header_list *headers;
-    const char *body;
+    const char *body; /* may be NULL when body_len is 0 */
     size_t body_len;
+    const char *token_header; /* the configured token_header name; NULL: none */
 };
 
 enum key_result {
@@ -41,12 +42,44 @@ enum key_result {
 bool policy_covers(const struct policy *p, int method);
 
 /*
- * Extracts the idempotency key from the policy's key sources, tried in order.
- * Supports header sources; other kinds are handled by later issues and count
- * as absent here.
+ * Extracts the idempotency key from the policy's key sources (SPEC §3), tried
+ * in order; the first source where a key is present decides, and a present
+ * but unacceptable key is KEY_INVALID, not a reason to try the next source.
+ * A key is acceptable when it is 1..POLICY_MAX_KEY_LEN bytes of visible ASCII
+ * (header and token values as policy_parse_key_value says).
+ *
+ *   header:NAME  the field NAME; repeated: KEY_INVALID.
+ *   query:NAME   the parameter NAME of req->query, percent-decoded ('+' is a
+ *                space); repeated, or a malformed escape in its value: KEY_INVALID.
+ *   form:NAME    the same in req->body. Absent when Content-Type is present
+ *                and not application/x-www-form-urlencoded, and when the
+ *                value's escapes are malformed (a body not valid for its
+ *                source is no key); repeated: KEY_INVALID.
+ *   json:/ptr    the string (decoded) or number (as written) at the RFC 6901
+ *                pointer in req->body. Absent when Content-Type is present and
+ *                neither application/json nor "+json", when the body is not one
+ *                valid JSON text, or when the value is of another type. An
+ *                object on the path holding the named member twice: KEY_INVALID.
+ *   token        the field named req->token_header (absent when NULL), parsed
+ *                like a key header. The proxy checks the token in the store.
+ *
+ * More than one Content-Type field makes the body sources absent. The body
+ * sources read req->body as it is: the caller buffers the body first when
+ * policy_key_needs_body says so.
+ *
+ * KEY_FOUND sets *key_out (malloc'd, NUL-terminated; caller frees); nothing
+ * else touches it. When kind_out is not NULL it is set to the kind of the
+ * source that decided (KEY_FOUND, KEY_INVALID), or KEY_SOURCE_NONE (KEY_ABSENT).
  */
+enum key_result policy_extract_key_from(const struct policy *p, const struct request_view *req,
+                                        char **key_out, enum key_source_kind *kind_out);
+
+/* policy_extract_key_from without the kind. */
 enum key_result policy_extract_key(const struct policy *p, const struct request_view *req,
                                    char **key_out);
+
+/* Whether a key source reads the body (form: or json:), so the body must be buffered first. */
+bool policy_key_needs_body(const struct policy *p);
 
 /*
  * Parses one Idempotency-Key field value: an RFC 8941 sf-string ("...", with

@@ -55,6 +55,8 @@ static const struct problem_kind kinds[] = {
                                   "The request header exceeds max_header_size."},
     [PROBLEM_REQUEST_TIMEOUT] = {"bad-request", 408, "Request timeout",
                                  "The request was not received in time."},
+    [PROBLEM_METHOD_NOT_ALLOWED] = {"bad-request", 405, "Method not allowed",
+                                    "The token endpoint accepts POST only."},
     [PROBLEM_UPSTREAM_UNAVAILABLE] = {"upstream-unavailable", 502, "Upstream unavailable",
                                       "The upstream server could not be reached or failed."},
     [PROBLEM_UPSTREAM_TIMEOUT] = {"upstream-timeout", 504, "Upstream timeout",

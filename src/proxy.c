@@ -42,6 +42,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "policy.h"
 #include "problem.h"
 #include "record.h"
@@ -69,12 +70,17 @@ struct exchange {
     struct config *cfg;
     struct upstream_pool *pool;
     const struct policy *policy;
+    const char *route; /* the matched route's prefix; NULL for the global policy */
     struct client *client;
     struct http_message *req;
     char peer[64];
     enum ex_state state;
 
-    bool idempotent; /* the key is claimed or being claimed */
+    bool idempotent;  /* the key is claimed or being claimed */
+    bool key_pending; /* the key comes from the body: decided when it is complete */
+    bool by_token;    /* the key is a one-time token (SPEC §4.3) */
+    bool token_endpoint;
+    char *token_key;  /* Redis key of the token this request consumes */
     bool degraded;   /* store unreachable, forwarded unprotected (on_store_error pass) */
     bool owns_key;   /* our claim succeeded and nothing released it yet */
     char *key;
@@ -124,6 +130,7 @@ static const struct upstream_events upstream_events;
 static void on_claimed(void *arg, const struct claim_result *res, const char *error);
 static void on_late_claim_released(void *arg, bool applied, const char *error);
 static void on_wait_deadline(evutil_socket_t fd, short what, void *arg);
+static char *token_redis_key(const struct config *cfg, const char *scope, const char *token);
 
 /* ---- state and lifetime ------------------------------------------------- */
 
@@ -150,6 +157,7 @@ static void ex_free(struct exchange *ex)
     http_message_free(ex->resp);
     free(ex->key);
     free(ex->rkey);
+    free(ex->token_key);
     upstream_pool_unref(ex->pool);
     config_unref(ex->cfg);
     free(ex);
@@ -172,6 +180,7 @@ static void log_exchange(struct exchange *ex)
         .method = llhttp_method_name((llhttp_method_t)ex->req->method),
         .path = url,
         .path_len = ex->req->url_len,
+        .route = ex->route,
         .status = ex->status,
         .idem = ex->idem,
         .key = ex->key,
@@ -182,6 +191,7 @@ static void log_exchange(struct exchange *ex)
         .bytes = ex->bytes,
     };
     log_access(&e);
+    metrics_request(ex->route ? ex->route : "default", ex->idem, ex->status, e.ms);
 }
 
 /*
@@ -205,6 +215,7 @@ static void ex_finish(struct exchange *ex)
     if (ex->watch) {
         store_unwatch(ex->rt->store, ex->watch);
         ex->watch = NULL;
+        ex->rt->parked--;
     }
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
@@ -487,10 +498,17 @@ static void answer_done(struct exchange *ex, const struct claim_result *res)
 
 static void send_claim(struct exchange *ex)
 {
+    struct claim_request req = {
+        .rkey = ex->rkey,
+        .fingerprint = ex->fingerprint,
+        .owner = ex->owner,
+        .lock_ttl_ms = ex->policy->lock_ttl_ms,
+        .will_wait = ex->policy->on_inflight == ON_INFLIGHT_WAIT,
+        .token_key = ex->token_key,
+    };
     ex->claim_outstanding = true;
     ex->store_ops++;
-    store_claim(ex->rt->store, ex->rkey, ex->fingerprint, ex->owner, ex->policy->lock_ttl_ms,
-                ex->policy->on_inflight == ON_INFLIGHT_WAIT, on_claimed, ex);
+    store_claim(ex->rt->store, &req, on_claimed, ex);
 }
 
 static void on_wake(void *arg)
@@ -522,6 +540,7 @@ static void park(struct exchange *ex)
     if (ex->watch != NULL)
         return; /* woken, claimed again, still in flight: keep waiting */
     ex_set_state(ex, EX_PARKED);
+    ex->rt->parked++;
     ex->watch = store_watch(ex->rt->store, ex->rkey, on_wake, ex);
     uint64_t ms = ex->policy->inflight_wait_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
@@ -554,10 +573,14 @@ static void on_store_unavailable(struct exchange *ex, const char *error)
 
 static void handle_claim(struct exchange *ex, const struct claim_result *res)
 {
-    if (res->state == KEY_STATE_CLAIMED) {
+    if (res->state == KEY_STATE_TOKEN_INVALID) {
+        ex->idem = "token_invalid";
+        answer_problem(ex, PROBLEM_TOKEN_INVALID, NULL);
+    } else if (res->state == KEY_STATE_CLAIMED) {
         if (ex->watch) {
             store_unwatch(ex->rt->store, ex->watch);
             ex->watch = NULL;
+            ex->rt->parked--;
             evtimer_del(ex->wait_timer);
         }
         ex->owns_key = true;
@@ -633,6 +656,8 @@ static void claim(struct exchange *ex)
     policy_scope(ex->policy, &v, ex->scope);
     policy_fingerprint(ex->policy, &v, ex->fingerprint);
     ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ex->key);
+    if (ex->by_token)
+        ex->token_key = token_redis_key(ex->cfg, ex->scope, ex->key);
     if (store_random_token(ex->owner) != IDEM_OK) {
         log_error("request %s: no randomness for an owner token", ex->peer);
         answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
@@ -839,6 +864,7 @@ static void on_up_complete(void *arg)
     struct exchange *ex = arg;
     ex->up = NULL;
     ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
+    metrics_upstream_latency((uint64_t)ex->upstream_ms);
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
     int status = ex->resp->status;
@@ -909,6 +935,78 @@ static void on_upstream_timeout(evutil_socket_t fd, short what, void *arg)
     ex_maybe_free(ex);
 }
 
+/* ---- one-time tokens (SPEC §4.3) ---------------------------------------- */
+
+/* "<prefix>token:<scope>:<token>": where an unused token waits. Malloc'd. */
+static char *token_redis_key(const struct config *cfg, const char *scope, const char *token)
+{
+    size_t n = strlen(cfg->key_prefix) + strlen("token:") + strlen(scope) + 1 + strlen(token) + 1;
+    char *k = xmalloc(n);
+    snprintf(k, n, "%stoken:%s:%s", cfg->key_prefix, scope, token);
+    return k;
+}
+
+static void on_token_stored(void *arg, bool applied, const char *error)
+{
+    struct exchange *ex = arg;
+    (void)applied;
+    ex->store_ops--;
+    if (error) {
+        log_warn("request %s: cannot store a new token: %s; answering 503", ex->peer, error);
+        ex->idem = "store_error";
+        answer_retry_later(ex, PROBLEM_STORE_UNAVAILABLE, 1000);
+        ex_maybe_free(ex);
+        return;
+    }
+    char body[160];
+    int n = snprintf(body, sizeof(body), "{\"token\":\"%s\",\"expires_in\":%llu}\n", ex->key,
+                     (unsigned long long)(ex->cfg->token_ttl_ms / 1000));
+    ex->status = 201;
+    if (ex->client) {
+        struct header_list h;
+        headers_init(&h);
+        char date[64];
+        http_date_now(date, sizeof(date));
+        headers_add_cstr(&h, "Date", date);
+        headers_add_cstr(&h, "Content-Type", "application/json");
+        headers_add_cstr(&h, "Cache-Control", "no-store");
+        headers_add_cstr(&h, ex->cfg->token_header, ex->key);
+        client_respond_head(ex->client, 201, &h, n, false);
+        client_respond_body(ex->client, body, (size_t)n);
+        ex->bytes = client_respond_end(ex->client);
+        ex->client = NULL;
+        headers_clear(&h);
+    }
+    ex_finish(ex);
+    ex_maybe_free(ex);
+}
+
+/* POST <token_endpoint>: a fresh 128-bit token in the caller's scope. */
+static void issue_token(struct exchange *ex)
+{
+    ex->idem = "token";
+    if (ex->req->method != HTTP_POST) {
+        struct header_list extra;
+        headers_init(&extra);
+        headers_add_cstr(&extra, "Allow", "POST");
+        answer_problem(ex, PROBLEM_METHOD_NOT_ALLOWED, &extra);
+        headers_clear(&extra);
+        return;
+    }
+    char token[33];
+    if (store_random_token(token) != IDEM_OK) {
+        answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
+        return;
+    }
+    struct request_view v;
+    request_view(ex, &v);
+    policy_scope(ex->policy, &v, ex->scope);
+    ex->key = xstrdup(token);
+    ex->token_key = token_redis_key(ex->cfg, ex->scope, token);
+    ex->store_ops++;
+    store_new_token(ex->rt->store, ex->token_key, ex->cfg->token_ttl_ms, on_token_stored, ex);
+}
+
 /* ---- entry points from server.c ----------------------------------------- */
 
 static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http_message *req)
@@ -939,9 +1037,59 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
 static struct exchange *begin_pass(struct exchange *ex, const char *idem)
 {
     ex->idem = idem;
-    ex->body = evbuffer_new();
+    if (ex->body == NULL)
+        ex->body = evbuffer_new();
     forward(ex);
     return ex;
+}
+
+/* A policy whose only key source is the token header (require_token on). */
+static const struct policy token_only_policy = {
+    .keys = {{.kind = KEY_SOURCE_TOKEN}},
+    .nkeys = 1,
+};
+
+/*
+ * Finds the request's key and sets the exchange on its path: idempotent, or
+ * pass-through without a key. Returns false when it answered (400).
+ */
+static bool decide_key(struct exchange *ex)
+{
+    const struct policy *p = ex->policy;
+    struct request_view v;
+    request_view(ex, &v);
+    v.token_header = ex->cfg->token_header;
+    enum key_source_kind kind = KEY_SOURCE_NONE;
+    enum key_result r =
+        policy_extract_key_from(p->require_token ? &token_only_policy : p, &v, &ex->key, &kind);
+    ex->by_token = kind == KEY_SOURCE_TOKEN;
+    if (r == KEY_FOUND) {
+        ex->idempotent = true;
+        return true;
+    }
+    if (p->require_token || (r == KEY_INVALID && ex->by_token)) {
+        ex->idem = "token_invalid";
+        answer_problem(ex, PROBLEM_TOKEN_INVALID, NULL);
+        return false;
+    }
+    if (r == KEY_INVALID) {
+        ex->idem = "invalid";
+        answer_problem(ex, PROBLEM_INVALID_KEY, NULL);
+        return false;
+    }
+    if (p->require_key) {
+        ex->idem = "nokey";
+        answer_problem(ex, PROBLEM_MISSING_KEY, NULL);
+        return false;
+    }
+    ex->idem = "nokey";
+    return true;
+}
+
+static bool is_token_endpoint(const struct exchange *ex, size_t path_len)
+{
+    const char *ep = ex->cfg->token_endpoint;
+    return ep != NULL && strlen(ep) == path_len && memcmp(ep, ex->req->url, path_len) == 0;
 }
 
 struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_message *req)
@@ -951,42 +1099,43 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
     const char *q = memchr(url, '?', req->url_len);
     size_t path_len = q ? (size_t)(q - url) : req->url_len;
     ex->policy = config_policy_for(ex->cfg, url, path_len);
+    for (int i = 0; i < ex->cfg->nroutes; i++)
+        if (&ex->cfg->routes[i].policy == ex->policy)
+            ex->route = ex->cfg->routes[i].prefix;
 
+    if (is_token_endpoint(ex, path_len)) {
+        ex->token_endpoint = true; /* answered when the request is complete */
+        return ex;
+    }
     if (!policy_covers(ex->policy, req->method))
         return begin_pass(ex, "bypass");
-
-    struct request_view v;
-    request_view(ex, &v);
-    switch (policy_extract_key(ex->policy, &v, &ex->key)) {
-    case KEY_ABSENT:
-        if (!ex->policy->require_key)
-            return begin_pass(ex, "nokey");
-        ex->idem = "nokey";
-        answer_problem(ex, PROBLEM_MISSING_KEY, NULL);
+    ex->body = evbuffer_new();
+    if (policy_key_needs_body(ex->policy) && !ex->policy->require_token)
+        ex->key_pending = true; /* buffered like a covered body, decided at the end */
+    else if (!decide_key(ex)) {
         ex_maybe_free(ex);
         return NULL;
-    case KEY_INVALID:
-        ex->idem = "invalid";
-        answer_problem(ex, PROBLEM_INVALID_KEY, NULL);
-        ex_maybe_free(ex);
-        return NULL;
-    case KEY_FOUND: break;
     }
+    if (!ex->idempotent && !ex->key_pending) {
+        forward(ex); /* no key: stream it */
+        return ex;
+    }
+    /* The body will be buffered: refuse at once what cannot fit. */
     if (req->has_content_length && req->content_length > ex->policy->max_request_body) {
         ex->idem = "too_large";
         answer_problem(ex, PROBLEM_PAYLOAD_TOO_LARGE, NULL);
         ex_maybe_free(ex);
         return NULL;
     }
-    ex->idempotent = true;
-    ex->body = evbuffer_new();
     return ex;
 }
 
 bool proxy_request_body(struct exchange *ex, const char *data, size_t len)
 {
     ex->body_len += len;
-    if (ex->idempotent) {
+    if (ex->token_endpoint)
+        return true; /* the token endpoint ignores bodies */
+    if (ex->idempotent || ex->key_pending) {
         if (ex->body_len > ex->policy->max_request_body) {
             ex->idem = "too_large";
             answer_problem(ex, PROBLEM_PAYLOAD_TOO_LARGE, NULL);
@@ -1010,6 +1159,22 @@ bool proxy_request_body(struct exchange *ex, const char *data, size_t len)
 void proxy_request_complete(struct exchange *ex)
 {
     ex->request_complete = true;
+    if (ex->token_endpoint) {
+        issue_token(ex);
+        ex_maybe_free(ex);
+        return;
+    }
+    if (ex->key_pending) {
+        ex->key_pending = false;
+        if (!decide_key(ex)) {
+            ex_maybe_free(ex);
+            return;
+        }
+        if (!ex->idempotent) {
+            forward(ex); /* no key in the body: pass it on as it is */
+            return;
+        }
+    }
     if (ex->idempotent) {
         claim(ex);
         ex_maybe_free(ex);

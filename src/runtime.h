@@ -23,6 +23,7 @@ struct runtime {
     struct server *server;
     bool draining;                       /* SIGTERM: finish what is in flight, accept nothing new */
     int exchanges;                       /* requests in flight */
+    int parked;                          /* of those, duplicates waiting for a key in flight */
     int clients;                         /* open client connections */
     void (*on_idle)(struct runtime *rt); /* called when draining and nothing is left */
 };

@@ -43,15 +43,25 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "log.h"
+#include "metrics.h"
 
-enum script_id { SCRIPT_CLAIM, SCRIPT_COMPLETE, SCRIPT_RELEASE, SCRIPT_RENEW, SCRIPT_UNKNOWN };
+enum script_id {
+    SCRIPT_CLAIM,
+    SCRIPT_COMPLETE,
+    SCRIPT_RELEASE,
+    SCRIPT_RENEW,
+    SCRIPT_UNKNOWN,
+    SCRIPT_TOKEN
+};
 
 static const char *const script_source[] = {
     [SCRIPT_CLAIM] =
         "local s = redis.call('HGET', KEYS[1], 's')\n"
         "if not s then\n"
+        "  if KEYS[2] and redis.call('DEL', KEYS[2]) == 0 then return {'invalid'} end\n"
         "  redis.call('HSET', KEYS[1], 's', 'inflight', 'f', ARGV[1], 'o', ARGV[2])\n"
         "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
         "  return {'claimed'}\n"
@@ -85,12 +95,14 @@ static const char *const script_source[] = {
                        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
                        "if w then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
                        "return 1\n",
+    [SCRIPT_TOKEN] = "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1\n",
 };
 
-static const char *const script_name[] = {"claim", "complete", "release", "renew", "unknown"};
+static const char *const script_name[] = {"claim",   "complete", "release",
+                                          "renew",   "unknown",  "token"};
 
 #define SCRIPT_COUNT ((int)ARRAY_LEN(script_source))
-#define OP_MAX_ARGS 8
+#define OP_MAX_ARGS 10 /* verb, script, numkeys, 2 keys, 5 arguments */
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 
@@ -127,6 +139,7 @@ struct store_op {
     store_update_cb on_update;
     void *arg;
     struct event *timer;
+    uint64_t started_us;
     bool answered;
     bool resent_as_eval;
     int argc;
@@ -154,6 +167,7 @@ static void op_answer_error(struct store_op *op, const char *error)
     if (op->answered)
         return;
     op->answered = true;
+    metrics_redis_error();
     if (op->on_claim)
         op->on_claim(op->arg, NULL, error);
     else
@@ -185,6 +199,8 @@ static void answer_claim(struct store_op *op, redisReply *r)
         res.state = KEY_STATE_DONE;
     else if (strcmp(s, "unknown") == 0)
         res.state = KEY_STATE_UNKNOWN;
+    else if (strcmp(s, "invalid") == 0)
+        res.state = KEY_STATE_TOKEN_INVALID;
     else {
         op_answer_error(op, "unexpected key state in Redis");
         return;
@@ -204,11 +220,20 @@ static void answer_claim(struct store_op *op, redisReply *r)
 
 static void op_send(struct store_op *op);
 
+static uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct store_op *op = privdata;
     redisReply *r = reply;
+    if (r != NULL && r->type != REDIS_REPLY_ERROR && !op->answered)
+        metrics_redis_latency(now_us() - op->started_us);
     if (r == NULL) {
         op_answer_error(op, "connection to Redis lost");
     } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
@@ -473,6 +498,7 @@ static void op_start(struct store *st, struct store_op *op)
         return;
     }
     op->timer = evtimer_new(st->base, on_op_timeout, op);
+    op->started_us = now_us();
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(op->timer, &tv);
@@ -492,6 +518,16 @@ static struct store_op *op_new(struct store *st, enum script_id script, const ch
     return op;
 }
 
+/* A second key (before any argument): the script then sees KEYS[2]. */
+static void op_second_key(struct store_op *op, const char *key)
+{
+    free(op->argv[2]);
+    op->argv[2] = xstrdup("2");
+    op->argv[op->argc] = xstrdup(key);
+    op->argvlen[op->argc] = strlen(key);
+    op->argc++;
+}
+
 static void op_arg(struct store_op *op, const char *data, size_t len)
 {
     op->argv[op->argc] = xstrndup(data, len);
@@ -506,16 +542,27 @@ static void op_arg_u64(struct store_op *op, uint64_t v)
     op_arg(op, buf, (size_t)n);
 }
 
-void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
-                 uint64_t lock_ttl_ms, bool will_wait, store_claim_cb cb, void *arg)
+void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg)
 {
-    struct store_op *op = op_new(st, SCRIPT_CLAIM, rkey);
+    struct store_op *op = op_new(st, SCRIPT_CLAIM, req->rkey);
     op->on_claim = cb;
     op->arg = arg;
-    op_arg(op, fingerprint, strlen(fingerprint));
-    op_arg(op, owner, strlen(owner));
-    op_arg_u64(op, lock_ttl_ms);
-    op_arg(op, will_wait ? "1" : "0", 1);
+    if (req->token_key)
+        op_second_key(op, req->token_key);
+    op_arg(op, req->fingerprint, strlen(req->fingerprint));
+    op_arg(op, req->owner, strlen(req->owner));
+    op_arg_u64(op, req->lock_ttl_ms);
+    op_arg(op, req->will_wait ? "1" : "0", 1);
+    op_start(st, op);
+}
+
+void store_new_token(struct store *st, const char *token_key, uint64_t ttl_ms, store_update_cb cb,
+                     void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_TOKEN, token_key);
+    op->on_update = cb;
+    op->arg = arg;
+    op_arg_u64(op, ttl_ms);
     op_start(st, op);
 }
 

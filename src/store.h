@@ -27,6 +27,7 @@ enum key_state {
     KEY_STATE_INFLIGHT,
     KEY_STATE_DONE,
     KEY_STATE_UNKNOWN,
+    KEY_STATE_TOKEN_INVALID, /* a token claim found neither the token nor its key */
 };
 
 struct claim_result {
@@ -53,13 +54,25 @@ void store_reconfigure(struct store *st, const struct config *cfg);
 /* Connected and authenticated. */
 bool store_ready(const struct store *st);
 
-/*
- * absent -> in flight (owner, fingerprint, lease); present -> its state.
- * will_wait: the caller parks if the key is in flight, so the key is marked
- * and its next state change is published for store_watch().
- */
-void store_claim(struct store *st, const char *rkey, const char *fingerprint, const char *owner,
-                 uint64_t lock_ttl_ms, bool will_wait, store_claim_cb cb, void *arg);
+struct claim_request {
+    const char *rkey;
+    const char *fingerprint;
+    const char *owner;
+    uint64_t lock_ttl_ms;
+    /* The caller parks if the key is in flight: the key is marked so that its
+     * next state change is published for store_watch(). */
+    bool will_wait;
+    /* One-time token (SPEC §4.3): an absent key is claimed only by consuming
+     * this token key in the same script; NULL for ordinary keys. */
+    const char *token_key;
+};
+
+/* absent -> in flight (owner, fingerprint, lease); present -> its state. */
+void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg);
+
+/* Stores a one-time token key for ttl_ms (SPEC §4.3). */
+void store_new_token(struct store *st, const char *token_key, uint64_t ttl_ms, store_update_cb cb,
+                     void *arg);
 /* in flight (owned) -> done with record, kept ttl_ms. */
 void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
                     size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg);

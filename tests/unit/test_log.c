@@ -375,6 +375,7 @@ START_TEST(access_line_keys_and_nulls)
         .method = "POST",
         .path = "/orders?x=\"1\"TRAILING",
         .path_len = strlen("/orders?x=\"1\""),
+        .route = "/ord\"ers",
         .status = 201,
         .idem = "miss",
         .key = "k-\x01\xff",
@@ -402,12 +403,14 @@ START_TEST(access_line_keys_and_nulls)
     ck_assert_int_eq(count_lines(text), 2);
     ck_assert_msg(matches(text, "^\\{\"ts\":\"" TS_RE "\",\"client\":\"192\\.0\\.2\\.7:51234\","
                                 "\"method\":\"POST\",\"path\":\"/orders\\?x=\\\\\"1\\\\\"\","
-                                "\"status\":201,\"idem\":\"miss\",\"key\":\"k-\\\\u0001\\\\u00ff\","
+                                "\"route\":\"/ord\\\\\"ers\",\"status\":201,\"idem\":\"miss\","
+                                "\"key\":\"k-\\\\u0001\\\\u00ff\","
                                 "\"scope\":\"0123abcd\",\"upstream\":\"127\\.0\\.0\\.1:8080\","
                                 "\"upstream_ms\":12,\"ms\":15,\"bytes\":1234\\}$"),
                   "%s", text);
     ck_assert_msg(matches(text, "^\\{\"ts\":\"" TS_RE "\",\"client\":null,\"method\":\"GET\","
-                                "\"path\":\"/\",\"status\":400,\"idem\":\"nokey\",\"key\":null,"
+                                "\"path\":\"/\",\"route\":null,\"status\":400,\"idem\":\"nokey\","
+                                "\"key\":null,"
                                 "\"scope\":null,\"upstream\":null,\"upstream_ms\":null,"
                                 "\"ms\":0,\"bytes\":0\\}$"),
                   "%s", text);
@@ -450,14 +453,15 @@ START_TEST(access_long_paths)
     second[-1] = '\0';
 
     char *start = strstr(first, "\"path\":\"/aaaa");
-    char *end = strstr(first, "aaaa\",\"status\":200,");
+    char *end = strstr(first, "aaaa\",\"route\":null,\"status\":200,");
     ck_assert(start != NULL && end != NULL);
     start += strlen("\"path\":\"");
     end += strlen("aaaa");
     ck_assert_int_eq(end - start, (long)sizeof(long_path));
 
     ck_assert_uint_lt(strlen(second), 24 * 1024);
-    ck_assert_msg(matches(second, "\"path\":\"/(\\\\u00ff)+\\.\\.\\.\",\"status\":200,\"idem\":"
+    ck_assert_msg(matches(second, "\"path\":\"/(\\\\u00ff)+\\.\\.\\.\",\"route\":null,"
+                                  "\"status\":200,\"idem\":"
                                   "\"bypass\",.*\"bytes\":0\\}$"),
                   "%.200s", second);
     free(text);

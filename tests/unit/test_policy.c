@@ -1,12 +1,15 @@
 /*
- * test_policy.c - coverage, key parsing and extraction, scope hashing,
- * fingerprints and record keys (policy.c), against hand-built policies.
+ * test_policy.c - coverage, key parsing and extraction from every kind of
+ * key source, scope hashing, fingerprints and record keys (policy.c),
+ * against hand-built policies. The parsers themselves are tested in
+ * test_keysource.c; here it is which source decides and how its value is judged.
  */
 #include <string.h>
 
 #include "llhttp.h"
 #include "policy.h"
 #include "unit.h"
+#include "util.h"
 
 /* ---- helpers ---- */
 
@@ -279,7 +282,7 @@ START_TEST(test_extract_source_order)
 {
     struct policy p;
     policy_zero(&p);
-    policy_add_key(&p, KEY_SOURCE_QUERY, "key"); /* not implemented yet: absent */
+    policy_add_key(&p, KEY_SOURCE_QUERY, "key");
     policy_add_key(&p, KEY_SOURCE_HEADER, "X-A");
     policy_add_key(&p, KEY_SOURCE_HEADER, "X-B");
     struct header_list h;
@@ -287,7 +290,7 @@ START_TEST(test_extract_source_order)
     headers_add_cstr(&h, "X-B", "from-b");
     struct request_view v;
     view_init(&v, "POST", HTTP_POST, "/orders", &h);
-    v.query = "key=from-query";
+    v.query = "other=1";
     v.query_len = strlen(v.query);
 
     char *key = NULL;
@@ -301,7 +304,464 @@ START_TEST(test_extract_source_order)
     ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
     ck_assert_str_eq(key, "from-a");
     free(key);
+    key = NULL;
+
+    /* the query comes first in the list */
+    v.query = "key=from-query";
+    v.query_len = strlen(v.query);
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
+    ck_assert_str_eq(key, "from-query");
+    free(key);
     headers_clear(&h);
+}
+END_TEST
+
+/* ---- key sources beyond headers ---- */
+
+/*
+ * A policy whose key sources are written as in the config ("header:X json:/id
+ * token"). Names are copied; policy_free_keys releases them.
+ */
+static void policy_set_keys(struct policy *p, const char *sources)
+{
+    policy_zero(p);
+    char *copy = xstrdup(sources);
+    char *save = NULL;
+    for (char *t = strtok_r(copy, " ", &save); t != NULL; t = strtok_r(NULL, " ", &save)) {
+        struct key_source *k = &p->keys[p->nkeys++];
+        char *colon = strchr(t, ':');
+        k->name = colon != NULL ? xstrdup(colon + 1) : NULL;
+        if (strcmp(t, "token") == 0)
+            k->kind = KEY_SOURCE_TOKEN;
+        else if (strncmp(t, "header:", 7) == 0)
+            k->kind = KEY_SOURCE_HEADER;
+        else if (strncmp(t, "query:", 6) == 0)
+            k->kind = KEY_SOURCE_QUERY;
+        else if (strncmp(t, "form:", 5) == 0)
+            k->kind = KEY_SOURCE_FORM;
+        else if (strncmp(t, "json:", 5) == 0)
+            k->kind = KEY_SOURCE_JSON;
+        else
+            ck_abort_msg("bad source %s", t);
+    }
+    free(copy);
+}
+
+static void policy_free_keys(struct policy *p)
+{
+    for (int i = 0; i < p->nkeys; i++) {
+        free(p->keys[i].name);
+        p->keys[i].name = NULL;
+    }
+    p->nkeys = 0;
+}
+
+#define FORM_CT "application/x-www-form-urlencoded"
+#define JSON_CT "application/json"
+
+struct source_case {
+    const char *sources;
+    const char *query;        /* NULL: none */
+    const char *content_type; /* NULL: no Content-Type */
+    const char *body;         /* NULL: none */
+    const char *hname;        /* one more header, NULL: none */
+    const char *hvalue;
+    enum key_result want;
+    const char *key;           /* when KEY_FOUND */
+    enum key_source_kind kind; /* of the deciding source; NONE when absent */
+};
+
+static const struct source_case source_cases[] = {
+    /* query: */
+    {"query:key", "key=abc", NULL, NULL, NULL, NULL, KEY_FOUND, "abc", KEY_SOURCE_QUERY},
+    {"query:key", "a=1&key=abc&b=2", NULL, NULL, NULL, NULL, KEY_FOUND, "abc", KEY_SOURCE_QUERY},
+    {"query:key", "key=a%2Db%7e", NULL, NULL, NULL, NULL, KEY_FOUND, "a-b~", KEY_SOURCE_QUERY},
+    {"query:key", "k%65y=abc", NULL, NULL, NULL, NULL, KEY_FOUND, "abc", KEY_SOURCE_QUERY},
+    {"query:key", "key=\"abc\"", NULL, NULL, NULL, NULL, KEY_FOUND, "\"abc\"", KEY_SOURCE_QUERY},
+    {"query:key", "key=a%2Bb", NULL, NULL, NULL, NULL, KEY_FOUND, "a+b", KEY_SOURCE_QUERY},
+    {"query:key", "key=abc", JSON_CT, "{}", NULL, NULL, KEY_FOUND, "abc", KEY_SOURCE_QUERY},
+    {"query:key", "key=a+b", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=a%20b", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=a&key=b", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=a&key=a", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=%zz", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=%4", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=%00abc", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=%7F", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "key=caf%C3%A9", NULL, NULL, NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key", "other=1", NULL, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"query:key", "Key=abc", NULL, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"query:key", "", NULL, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"query:key", NULL, NULL, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"query:key", NULL, FORM_CT, "key=abc", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    /* form: */
+    {"form:notify_id", NULL, FORM_CT, "notify_id=n1&x=2", NULL, NULL, KEY_FOUND, "n1",
+     KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, NULL, "notify_id=n1", NULL, NULL, KEY_FOUND, "n1", KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, FORM_CT "; charset=utf-8", "notify_id=n1", NULL, NULL, KEY_FOUND, "n1",
+     KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, " Application/X-WWW-Form-Urlencoded ", "notify_id=n1", NULL, NULL,
+     KEY_FOUND, "n1", KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=2024%3A1", NULL, NULL, KEY_FOUND, "2024:1",
+     KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, JSON_CT, "notify_id=n1", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, "multipart/form-data; boundary=x", "notify_id=n1", NULL, NULL,
+     KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, "", "notify_id=n1", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=%zz", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=ab%", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=a&notify_id=b", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=", NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, FORM_CT, "notify_id=a+b", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_FORM},
+    {"form:notify_id", NULL, FORM_CT, "", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"form:notify_id", NULL, FORM_CT, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"form:notify_id", "notify_id=q", FORM_CT, "x=1", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    /* json: */
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"o-1\"}", NULL, NULL, KEY_FOUND, "o-1",
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":12345}", NULL, NULL, KEY_FOUND, "12345",
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":-1.5e3}", NULL, NULL, KEY_FOUND, "-1.5e3",
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, NULL, "{\"order_no\":\"o-1\"}", NULL, NULL, KEY_FOUND, "o-1",
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, "application/json; charset=utf-8", "{\"order_no\":\"o-1\"}", NULL,
+     NULL, KEY_FOUND, "o-1", KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, "application/vnd.api+json", "{\"order_no\":\"o-1\"}", NULL, NULL,
+     KEY_FOUND, "o-1", KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"\\u0041b\\u0063\"}", NULL, NULL, KEY_FOUND,
+     "Abc", KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"a\\\"b\"}", NULL, NULL, KEY_FOUND, "a\"b",
+     KEY_SOURCE_JSON},
+    {"json:/a/0/b", NULL, JSON_CT, "{\"a\":[{\"b\":\"deep\"}]}", NULL, NULL, KEY_FOUND, "deep",
+     KEY_SOURCE_JSON},
+    {"json:/a~1b", NULL, JSON_CT, "{\"a/b\":\"s\"}", NULL, NULL, KEY_FOUND, "s", KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, "text/plain", "{\"order_no\":\"o-1\"}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, FORM_CT, "{\"order_no\":\"o-1\"}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"o-1\",}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"o-1\"} {}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":true}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":null}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":{}}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":[\"o-1\"]}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"other\":\"o-1\"}", NULL, NULL, KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+    {"json:/order_no", "order_no=q", JSON_CT, "{}", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"\"}", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"a b\"}", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"a\\nb\"}", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"caf\\u00e9\"}", NULL, NULL, KEY_INVALID,
+     NULL, KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"a\\u0000\"}", NULL, NULL, KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"o-1\",\"order_no\":\"o-2\"}", NULL, NULL,
+     KEY_INVALID, NULL, KEY_SOURCE_JSON},
+    {"json:/order_no", NULL, JSON_CT, "{\"order_no\":\"o-1\",\"order_no\":\"o-1\"}", NULL, NULL,
+     KEY_INVALID, NULL, KEY_SOURCE_JSON},
+    /* token */
+    {"token", NULL, NULL, NULL, "Idempotency-Token", "tok123", KEY_FOUND, "tok123",
+     KEY_SOURCE_TOKEN},
+    {"token", NULL, NULL, NULL, "idempotency-token", " \"tok123\" ", KEY_FOUND, "tok123",
+     KEY_SOURCE_TOKEN},
+    {"token", NULL, NULL, NULL, "Idempotency-Token", "\"\"", KEY_INVALID, NULL, KEY_SOURCE_TOKEN},
+    {"token", NULL, NULL, NULL, "Idempotency-Token", "a b", KEY_INVALID, NULL, KEY_SOURCE_TOKEN},
+    {"token", NULL, NULL, NULL, "Idempotency-Key", "k", KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"token", "token=t", NULL, NULL, NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    /* order: the first present source wins; a present but bad key stops the search */
+    {"header:X json:/id", NULL, JSON_CT, "{\"id\":\"j\"}", "X", "hx", KEY_FOUND, "hx",
+     KEY_SOURCE_HEADER},
+    {"header:X json:/id", NULL, JSON_CT, "{\"id\":\"j\"}", NULL, NULL, KEY_FOUND, "j",
+     KEY_SOURCE_JSON},
+    {"header:X json:/id", NULL, JSON_CT, "{\"id\":\"j\"}", "X", "", KEY_INVALID, NULL,
+     KEY_SOURCE_HEADER},
+    {"json:/id header:X", NULL, JSON_CT, "{\"id\":\"j\"}", "X", "hx", KEY_FOUND, "j",
+     KEY_SOURCE_JSON},
+    {"json:/id header:X", NULL, JSON_CT, "{\"id\":\"j\"", "X", "hx", KEY_FOUND, "hx",
+     KEY_SOURCE_HEADER},
+    {"json:/id header:X", NULL, JSON_CT, "{\"id\":true}", "X", "hx", KEY_FOUND, "hx",
+     KEY_SOURCE_HEADER},
+    {"json:/id header:X", NULL, "text/plain", "{\"id\":\"j\"}", "X", "hx", KEY_FOUND, "hx",
+     KEY_SOURCE_HEADER},
+    {"json:/id header:X", NULL, JSON_CT, "{\"id\":\"\"}", "X", "hx", KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/id header:X", NULL, JSON_CT, "{\"id\":1,\"id\":2}", "X", "hx", KEY_INVALID, NULL,
+     KEY_SOURCE_JSON},
+    {"json:/id header:X", NULL, JSON_CT, "{}", NULL, NULL, KEY_ABSENT, NULL, KEY_SOURCE_NONE},
+    {"query:key header:X", "key=q", NULL, NULL, "X", "hx", KEY_FOUND, "q", KEY_SOURCE_QUERY},
+    {"query:key header:X", "key=%zz", NULL, NULL, "X", "hx", KEY_INVALID, NULL, KEY_SOURCE_QUERY},
+    {"query:key header:X", "nokey=q", NULL, NULL, "X", "hx", KEY_FOUND, "hx", KEY_SOURCE_HEADER},
+    {"form:k query:k", "k=q", FORM_CT, "k=f", NULL, NULL, KEY_FOUND, "f", KEY_SOURCE_FORM},
+    {"form:k query:k", "k=q", JSON_CT, "k=f", NULL, NULL, KEY_FOUND, "q", KEY_SOURCE_QUERY},
+    {"form:k query:k", "k=q", FORM_CT, "k=%zz", NULL, NULL, KEY_FOUND, "q", KEY_SOURCE_QUERY},
+    {"form:k query:k", "k=q", FORM_CT, "k=f&k=g", NULL, NULL, KEY_INVALID, NULL, KEY_SOURCE_FORM},
+    {"token header:Idempotency-Token", NULL, NULL, NULL, "Idempotency-Token", "t1", KEY_FOUND, "t1",
+     KEY_SOURCE_TOKEN},
+    {"header:Idempotency-Token token", NULL, NULL, NULL, "Idempotency-Token", "t1", KEY_FOUND, "t1",
+     KEY_SOURCE_HEADER},
+    {"query:a form:b json:/c token header:D", "c=1", FORM_CT, "a=1", "E", "1", KEY_ABSENT, NULL,
+     KEY_SOURCE_NONE},
+};
+
+/* Runs one case's request through policy_extract_key_from. */
+static enum key_result run_source_case(const struct source_case *c, const char *token_header,
+                                       char **key, enum key_source_kind *kind)
+{
+    struct policy p;
+    policy_set_keys(&p, c->sources);
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Host", "example.com");
+    if (c->content_type != NULL)
+        headers_add_cstr(&h, "Content-Type", c->content_type);
+    if (c->hname != NULL)
+        headers_add_cstr(&h, c->hname, c->hvalue);
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+    v.token_header = token_header;
+
+    /* exact-size copies, so a read past the end is caught */
+    char *query = NULL, *body = NULL;
+    if (c->query != NULL) {
+        v.query_len = strlen(c->query);
+        query = xmalloc(v.query_len + 1);
+        memcpy(query, c->query, v.query_len);
+        v.query = query;
+    }
+    if (c->body != NULL) {
+        v.body_len = strlen(c->body);
+        body = xmalloc(v.body_len + 1);
+        memcpy(body, c->body, v.body_len);
+        v.body = body;
+    }
+    enum key_result r = policy_extract_key_from(&p, &v, key, kind);
+    free(body);
+    free(query);
+    headers_clear(&h);
+    policy_free_keys(&p);
+    return r;
+}
+
+START_TEST(test_extract_sources)
+{
+    const struct source_case *c = &source_cases[_i];
+    char *key = NULL;
+    enum key_source_kind kind = (enum key_source_kind)99;
+    enum key_result r = run_source_case(c, "Idempotency-Token", &key, &kind);
+    ck_assert_msg(r == c->want, "case %d (%s): got %d want %d", _i, c->sources, (int)r,
+                  (int)c->want);
+    ck_assert_msg(kind == c->kind, "case %d (%s): kind %d want %d", _i, c->sources, (int)kind,
+                  (int)c->kind);
+    if (c->want == KEY_FOUND)
+        ck_assert_str_eq(key, c->key);
+    else
+        ck_assert_ptr_null(key);
+    free(key);
+}
+END_TEST
+
+START_TEST(test_extract_wrapper_agrees)
+{
+    /* policy_extract_key gives the same answer as policy_extract_key_from */
+    const struct source_case *c = &source_cases[_i];
+    struct policy p;
+    policy_set_keys(&p, c->sources);
+    struct header_list h;
+    headers_init(&h);
+    if (c->content_type != NULL)
+        headers_add_cstr(&h, "Content-Type", c->content_type);
+    if (c->hname != NULL)
+        headers_add_cstr(&h, c->hname, c->hvalue);
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/orders", &h);
+    v.token_header = "Idempotency-Token";
+    v.query = c->query;
+    v.query_len = c->query != NULL ? strlen(c->query) : 0;
+    v.body = c->body;
+    v.body_len = c->body != NULL ? strlen(c->body) : 0;
+
+    char *a = NULL, *b = NULL;
+    enum key_result ra = policy_extract_key(&p, &v, &a);
+    enum key_result rb = policy_extract_key_from(&p, &v, &b, NULL);
+    ck_assert_int_eq(ra, rb);
+    ck_assert_int_eq(ra, c->want);
+    if (ra == KEY_FOUND)
+        ck_assert_str_eq(a, b);
+    free(a);
+    free(b);
+    headers_clear(&h);
+    policy_free_keys(&p);
+}
+END_TEST
+
+START_TEST(test_extract_token_header_unset)
+{
+    /* without a configured token header the token source yields nothing */
+    const struct source_case c = {"token header:X",    NULL, NULL,       NULL,
+                                  "Idempotency-Token", "t1", KEY_ABSENT, NULL,
+                                  KEY_SOURCE_NONE};
+    char *key = NULL;
+    enum key_source_kind kind = KEY_SOURCE_HEADER;
+    ck_assert_int_eq(run_source_case(&c, NULL, &key, &kind), KEY_ABSENT);
+    ck_assert_int_eq(kind, KEY_SOURCE_NONE);
+    ck_assert_ptr_null(key);
+
+    /* another name is read instead */
+    const struct source_case d = {
+        "token", NULL, NULL, NULL, "X-Form-Token", "t2", KEY_FOUND, NULL, KEY_SOURCE_TOKEN};
+    ck_assert_int_eq(run_source_case(&d, "X-Form-Token", &key, &kind), KEY_FOUND);
+    ck_assert_int_eq(kind, KEY_SOURCE_TOKEN);
+    ck_assert_str_eq(key, "t2");
+    free(key);
+}
+END_TEST
+
+START_TEST(test_extract_token_repeated)
+{
+    struct policy p;
+    policy_set_keys(&p, "token");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Idempotency-Token", "t1");
+    headers_add_cstr(&h, "idempotency-token", "t2");
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/", &h);
+    v.token_header = "Idempotency-Token";
+    char *key = NULL;
+    enum key_source_kind kind = KEY_SOURCE_NONE;
+    ck_assert_int_eq(policy_extract_key_from(&p, &v, &key, &kind), KEY_INVALID);
+    ck_assert_int_eq(kind, KEY_SOURCE_TOKEN);
+    ck_assert_ptr_null(key);
+    headers_clear(&h);
+    policy_free_keys(&p);
+}
+END_TEST
+
+START_TEST(test_extract_repeated_content_type)
+{
+    /* two Content-Type fields: the body's type is unknown, so body sources are absent */
+    struct policy p;
+    policy_set_keys(&p, "form:k json:/k");
+    struct header_list h;
+    headers_init(&h);
+    headers_add_cstr(&h, "Content-Type", FORM_CT);
+    headers_add_cstr(&h, "Content-Type", FORM_CT);
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/", &h);
+    v.body = "k=1";
+    v.body_len = 3;
+    char *key = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_ABSENT);
+
+    headers_clear(&h);
+    headers_add_cstr(&h, "Content-Type", JSON_CT);
+    headers_add_cstr(&h, "content-type", JSON_CT);
+    v.body = "{\"k\":\"1\"}";
+    v.body_len = strlen(v.body);
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_ABSENT);
+
+    /* no header list at all: no Content-Type */
+    v.headers = NULL;
+    ck_assert_int_eq(policy_extract_key(&p, &v, &key), KEY_FOUND);
+    ck_assert_str_eq(key, "1");
+    free(key);
+    headers_clear(&h);
+    policy_free_keys(&p);
+}
+END_TEST
+
+/* A body "<prefix><n times c><suffix>" and a query "key=<n times c>". */
+static char *repeat_between(const char *prefix, size_t n, char c, const char *suffix)
+{
+    size_t lp = strlen(prefix), ls = strlen(suffix);
+    char *s = xmalloc(lp + n + ls + 1);
+    memcpy(s, prefix, lp);
+    memset(s + lp, c, n);
+    memcpy(s + lp + n, suffix, ls + 1);
+    return s;
+}
+
+START_TEST(test_extract_length_limits)
+{
+    static const struct {
+        const char *sources, *prefix, *suffix;
+        bool in_body;
+    } forms[] = {
+        {"query:key", "key=", "", false},
+        {"form:key", "key=", "&x=1", true},
+        {"json:/key", "{\"key\":\"", "\"}", true},
+        {"json:/key", "{\"key\":", "}", true}, /* a number of that many digits */
+    };
+    for (size_t i = 0; i < ARRAY_LEN(forms); i++) {
+        struct policy p;
+        policy_set_keys(&p, forms[i].sources);
+        for (size_t n = POLICY_MAX_KEY_LEN - 1; n <= POLICY_MAX_KEY_LEN + 2; n++) {
+            char *text = repeat_between(forms[i].prefix, n, '7', forms[i].suffix);
+            struct request_view v;
+            view_init(&v, "POST", HTTP_POST, "/", NULL);
+            if (forms[i].in_body) {
+                v.body = text;
+                v.body_len = strlen(text);
+            } else {
+                v.query = text;
+                v.query_len = strlen(text);
+            }
+            char *key = NULL;
+            enum key_result r = policy_extract_key(&p, &v, &key);
+            if (n <= POLICY_MAX_KEY_LEN) {
+                ck_assert_msg(r == KEY_FOUND, "%s length %zu", forms[i].sources, n);
+                ck_assert_uint_eq(strlen(key), n);
+            } else {
+                ck_assert_msg(r == KEY_INVALID, "%s length %zu", forms[i].sources, n);
+                ck_assert_ptr_null(key);
+            }
+            free(key);
+            free(text);
+        }
+        policy_free_keys(&p);
+    }
+}
+END_TEST
+
+START_TEST(test_key_needs_body)
+{
+    static const struct {
+        const char *sources;
+        bool body;
+    } cases[] = {
+        {"header:Idempotency-Key", false}, {"query:k", false},       {"token", false},
+        {"header:X query:k token", false}, {"form:k", true},         {"json:/k", true},
+        {"header:X json:/id", true},       {"query:k form:k", true},
+    };
+    for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+        struct policy p;
+        policy_set_keys(&p, cases[i].sources);
+        ck_assert_msg(policy_key_needs_body(&p) == cases[i].body, "%s", cases[i].sources);
+        policy_free_keys(&p);
+    }
+    struct policy none;
+    policy_zero(&none);
+    ck_assert(!policy_key_needs_body(&none));
 }
 END_TEST
 
@@ -586,6 +1046,16 @@ static Suite *policy_suite(void)
     tcase_add_test(tc, test_extract_repeated_invalid);
     tcase_add_test(tc, test_extract_invalid_value);
     tcase_add_test(tc, test_extract_source_order);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("key_sources");
+    tcase_add_loop_test(tc, test_extract_sources, 0, (int)ARRAY_LEN(source_cases));
+    tcase_add_loop_test(tc, test_extract_wrapper_agrees, 0, (int)ARRAY_LEN(source_cases));
+    tcase_add_test(tc, test_extract_token_header_unset);
+    tcase_add_test(tc, test_extract_token_repeated);
+    tcase_add_test(tc, test_extract_repeated_content_type);
+    tcase_add_test(tc, test_extract_length_limits);
+    tcase_add_test(tc, test_key_needs_body);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("scope");

@@ -1,0 +1,601 @@
+#!/usr/bin/env python3
+"""make bench: idemproxy against nginx, with wrk, on this machine.
+
+    make bench
+    BENCH_DURATION=5 python3 tests/bench/bench.py
+
+Starts, on free 127.0.0.1 ports and in a temporary directory: a private
+redis-server, nginx as a fast upstream (GET /get -> 200 "ok", POST /orders ->
+201 "created"), idemproxy in front of it, and a second nginx as a plain
+reverse proxy to the same upstream. Then:
+
+  1. opens BENCH_IDLE_CONNS (10000) idle keep-alive connections to idemproxy
+     and reports its resident memory per connection (idle_conns.py);
+  2. runs wrk (-t BENCH_THREADS, --latency) for BENCH_DURATION seconds per
+     scenario and connection count: GET passthrough and POST passthrough
+     (idemproxy and nginx), POST with a unique Idempotency-Key per request and
+     POST replay (idemproxy only);
+  3. prints a table and writes it to BENCH_OUT (build/bench-results.md).
+
+Environment (defaults in brackets): IDEMPROXY_BIN [build/idemproxy],
+BENCH_DURATION [10] seconds per wrk run, BENCH_WORKERS [1] (idemproxy `workers`
+and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
+BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
+[build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
+WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory).
+
+Exit status: 0 when the measurement ran (whatever the numbers), 1 when
+something failed to start, a sanity check failed, or idemproxy died during
+the run. Every process it starts is stopped by PID.
+"""
+
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+
+
+def env(name, default):
+    v = os.environ.get(name, "")
+    return v if v != "" else default
+
+
+IDEMPROXY_BIN = env("IDEMPROXY_BIN", os.path.join(ROOT, "build", "idemproxy"))
+DURATION = int(env("BENCH_DURATION", "10"))
+WORKERS = int(env("BENCH_WORKERS", "1"))
+CONNECTIONS = [int(c) for c in env("BENCH_CONNECTIONS", "50 500").split()]
+THREADS = int(env("BENCH_THREADS", "2"))
+IDLE_CONNS = int(env("BENCH_IDLE_CONNS", "10000"))
+OUT = env("BENCH_OUT", os.path.join(ROOT, "build", "bench-results.md"))
+REDIS_BIN = env("REDIS_BIN", "redis-server")
+NGINX_BIN = env("NGINX_BIN", "nginx")
+WRK_BIN = env("WRK_BIN", "wrk")
+KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
+BODY = b'{"amount":100}'
+
+
+class BenchError(Exception):
+    """Something failed to start or a sanity check failed: exit 1."""
+
+
+def say(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def find_bin(name, extra=("/usr/sbin", "/sbin", "/usr/local/sbin")):
+    if os.sep in name:
+        return name if os.access(name, os.X_OK) else None
+    path = shutil.which(name)
+    if path:
+        return path
+    for d in extra:
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return None
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def port_open(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+def render(template, out_path, **values):
+    with open(os.path.join(HERE, template)) as f:
+        text = f.read()
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", str(v))
+    left = [w for line in text.splitlines() if not line.lstrip().startswith("#")
+            for w in re.findall(r"@[A-Z_]+@", line)]
+    if left:
+        raise BenchError(f"{template}: placeholders left unfilled: {left}")
+    with open(out_path, "w") as f:
+        f.write(text)
+    return out_path
+
+
+def tail(path, n=20):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+class Procs:
+    """The processes started by the benchmark, stopped by PID in reverse."""
+
+    def __init__(self):
+        self.procs = []  # (name, Popen)
+
+    def start(self, name, argv, log_path, port, wait=10.0):
+        log = open(log_path, "ab")
+        try:
+            p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                 stderr=subprocess.STDOUT, start_new_session=True)
+        finally:
+            log.close()
+        self.procs.append((name, p))
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if p.poll() is not None:
+                raise BenchError(f"{name} exited with status {p.returncode} at start:\n"
+                                 f"{tail(log_path)}")
+            if port_open(port):
+                return p
+            time.sleep(0.05)
+        raise BenchError(f"{name} did not listen on 127.0.0.1:{port} within {wait:.0f}s:\n"
+                         f"{tail(log_path)}")
+
+    @staticmethod
+    def stop(p, timeout=10.0):
+        if p.poll() is not None:
+            return
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+        except ProcessLookupError:
+            pass
+
+    def stop_all(self):
+        while self.procs:
+            _, p = self.procs.pop()
+            self.stop(p)
+
+
+# ---- a little HTTP/1.1 client for the sanity checks ------------------------
+
+def http(port, method, path, headers=None, body=b"", timeout=5.0):
+    """One request on a fresh connection: (status, {lower-name: value}, body)."""
+    hdrs = {"Host": f"127.0.0.1:{port}", "Connection": "close"}
+    hdrs.update(headers or {})
+    if body or method in ("POST", "PUT", "PATCH"):
+        hdrs["Content-Length"] = str(len(body))
+    req = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(req.encode() + b"\r\n" + body)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    h = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        h[k.strip().lower()] = v.strip()
+    return status, h, rest
+
+
+def redis_cmd(port, *args):
+    """One RESP command, the reply's first line (enough for DBSIZE / PING)."""
+    msg = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(msg.encode())
+        return s.recv(4096).decode().split("\r\n")[0]
+
+
+# ---- wrk --------------------------------------------------------------------
+
+UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
+
+
+def to_ms(text):
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m|h)", text.strip())
+    if not m:
+        return None
+    return float(m.group(1)) * UNITS_MS[m.group(2)]
+
+
+def parse_wrk(out):
+    r = {"rps": None, "p50": None, "p99": None, "requests": None, "non2xx": 0,
+         "socket_errors": {}}
+    m = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if m:
+        r["rps"] = float(m.group(1))
+    m = re.search(r"^\s+50%\s+(\S+)", out, re.M)
+    if m:
+        r["p50"] = to_ms(m.group(1))
+    m = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    if m:
+        r["p99"] = to_ms(m.group(1))
+    m = re.search(r"^\s+(\d+) requests in", out, re.M)
+    if m:
+        r["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        r["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        r["socket_errors"] = {k: int(v) for k, v in
+                              zip(("connect", "read", "write", "timeout"), m.groups()) if int(v)}
+    return r
+
+
+def run_wrk(wrk, url, conns, script, extra_env, log):
+    argv = [wrk, f"-t{min(THREADS, conns)}", f"-c{conns}", f"-d{DURATION}s", "--latency",
+            "--timeout", "5s"]
+    if script:
+        argv += ["-s", os.path.join(HERE, script)]
+    argv.append(url)
+    e = dict(os.environ)
+    e.update(extra_env)
+    try:
+        cp = subprocess.run(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            timeout=DURATION + 60, text=True)
+        out = cp.stdout
+    except subprocess.TimeoutExpired as ex:
+        out = (ex.stdout or b"").decode(errors="replace") if isinstance(ex.stdout, bytes) \
+            else (ex.stdout or "")
+        out += "\n(wrk timed out)\n"
+    log.write(f"$ {' '.join(argv)}\n{out}\n")
+    log.flush()
+    r = parse_wrk(out)
+    if r["rps"] is None:
+        r["failed"] = out.strip().splitlines()[-1] if out.strip() else "no output"
+    return r
+
+
+# ---- formatting --------------------------------------------------------------
+
+def f_rps(v):
+    return "—" if v is None else f"{v:,.0f}"
+
+
+def f_ms(v):
+    if v is None:
+        return "—"
+    return f"{v * 1000:.0f}µs" if v < 1 else f"{v:.2f}ms"
+
+
+def f_ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "—"
+    return f"{a / b:.2f}"
+
+
+def f_err(r):
+    if r is None:
+        return "—"
+    parts = [str(r["non2xx"])]
+    se = r.get("socket_errors") or {}
+    if se:
+        parts.append(", ".join(f"{k} {v}" for k, v in se.items()))
+    if r.get("failed"):
+        parts.append("wrk failed: " + r["failed"])
+    return "; ".join(parts)
+
+
+def machine_info():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        with open("/proc/loadavg") as f:
+            load = " ".join(f.read().split()[:3])
+    except OSError:
+        load = "?"
+    return {"nproc": os.cpu_count(), "cpu": model,
+            "kernel": f"{platform.system()} {platform.release()}", "load": load}
+
+
+def version_of(argv):
+    try:
+        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=5)
+        return cp.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return "?"
+
+
+# ---- the benchmark -------------------------------------------------------------
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def main():
+    redis = find_bin(REDIS_BIN)
+    nginx = find_bin(NGINX_BIN)
+    wrk = find_bin(WRK_BIN)
+    for name, path in (("redis-server", redis), ("nginx", nginx), ("wrk", wrk)):
+        if not path:
+            raise BenchError(f"{name} not found (apt-get install redis-server nginx wrk)")
+    if not os.access(IDEMPROXY_BIN, os.X_OK):
+        raise BenchError(f"{IDEMPROXY_BIN} not found: run make first")
+
+    nofile = raise_nofile()  # inherited by idemproxy and idle_conns.py
+    if IDLE_CONNS and nofile < IDLE_CONNS + 100:
+        say(f"RLIMIT_NOFILE is {nofile}: the idle-connection step needs "
+            f"{IDLE_CONNS + 100}; it may fail")
+
+    info = machine_info()
+    tmp = tempfile.mkdtemp(prefix="idemproxy-bench.")
+    procs = Procs()
+    ok = False
+    problems = []
+    try:
+        run_id = f"{int(time.time())}{os.getpid()}"
+        user_line = ""
+        if os.geteuid() == 0:
+            # nginx started by root switches its workers to `nobody`, who
+            # cannot enter the private temporary directory: keep them as root.
+            user_line = "user root;"
+
+        redis_port = free_port()
+        procs.start("redis-server",
+                    [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", tmp, "--daemonize", "no",
+                     "--logfile", os.path.join(tmp, "redis.log")],
+                    os.path.join(tmp, "redis.out"), redis_port)
+
+        up_port = free_port()
+        conf = render("nginx-upstream.conf.in", os.path.join(tmp, "nginx-upstream.conf"),
+                      DIR=tmp, PORT=up_port, USER_LINE=user_line)
+        procs.start("nginx (upstream)",
+                    [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-upstream.error.log"),
+                     "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-upstream.pid;"],
+                    os.path.join(tmp, "nginx-upstream.out"), up_port)
+
+        idem_port = free_port()
+        idem_log = os.path.join(tmp, "idemproxy.log")
+        conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy.conf"),
+                      DIR=tmp, PORT=idem_port, UPSTREAM_PORT=up_port, REDIS_PORT=redis_port,
+                      WORKERS=WORKERS)
+        idem = procs.start("idemproxy", [IDEMPROXY_BIN, "-c", conf],
+                           os.path.join(tmp, "idemproxy.out"), idem_port)
+
+        px_port = free_port()
+        conf = render("nginx-proxy.conf.in", os.path.join(tmp, "nginx-proxy.conf"),
+                      DIR=tmp, PORT=px_port, UPSTREAM_PORT=up_port, WORKERS=WORKERS,
+                      USER_LINE=user_line)
+        procs.start("nginx (proxy)",
+                    [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-proxy.error.log"),
+                     "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-proxy.pid;"],
+                    os.path.join(tmp, "nginx-proxy.out"), px_port)
+        say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
+            f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
+
+        # Sanity: both proxies answer, idemproxy stores and replays.
+        for name, port in (("idemproxy", idem_port), ("nginx proxy", px_port)):
+            st, _, body = http(port, "GET", "/get")
+            if st != 200 or body != b"ok":
+                raise BenchError(f"{name}: GET /get answered {st} {body[:80]!r}")
+            st, _, body = http(port, "POST", "/orders", {"Content-Type": "application/json"},
+                               BODY)
+            if st != 201 or body != b"created":
+                raise BenchError(f"{name}: POST /orders answered {st} {body[:80]!r}")
+        key_hdr = {"Content-Type": "application/json", "Idempotency-Key": f"sanity-{run_id}"}
+        st1, h1, _ = http(idem_port, "POST", "/orders", key_hdr, BODY)
+        st2, h2, b2 = http(idem_port, "POST", "/orders", key_hdr, BODY)
+        if st1 != 201 or st2 != 201 or h2.get("idempotent-replayed") != "true" \
+                or "idempotent-replayed" in h1:
+            raise BenchError(f"idemproxy does not replay: first {st1}, second {st2} "
+                             f"{h2} {b2[:200]!r}\n{tail(idem_log)}")
+
+        # 1. Memory per idle keep-alive connection (on a fresh process, before
+        # the load runs have grown and fragmented its heap).
+        idle = None
+        if IDLE_CONNS > 0:
+            say(f"opening {IDLE_CONNS} idle keep-alive connections to idemproxy")
+            cp = subprocess.run([sys.executable, os.path.join(HERE, "idle_conns.py"),
+                                 str(idem_port), str(idem.pid), str(IDLE_CONNS), "/get"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                timeout=180)
+            if cp.returncode == 0:
+                idle = json.loads(cp.stdout)
+                say(f"idle connections: {idle}")
+                if idle["count"] < IDLE_CONNS or idle["open_after"] < idle["count"]:
+                    problems.append(f"idle connections: {idle['count']} of {IDLE_CONNS} "
+                                    f"established, {idle['open_after']} still open after 1 s, "
+                                    f"errors {idle['errors']}")
+            else:
+                problems.append(f"idle-connection step failed: {cp.stderr.strip()}")
+                say(problems[-1])
+            if idem.poll() is not None:
+                raise BenchError(f"idemproxy died during the idle-connection step "
+                                 f"(status {idem.returncode}):\n{tail(idem_log)}")
+            time.sleep(1.0)  # let the closes settle
+
+        # 2. Load.
+        scenarios = [
+            ("GET passthrough", "/get", None, True),
+            ("POST passthrough (no key)", "/orders", "post_nokey.lua", True),
+            ("POST unique key (claim+forward+store)", "/orders", "post_unique.lua", False),
+            ("POST replay (same key)", "/orders", "post_replay.lua", False),
+        ]
+        results = {}  # (scenario, conns) -> {"idem": r, "nginx": r}
+        unique_2xx = 0
+        wrk_log = open(os.path.join(tmp, "wrk.log"), "w")
+        try:
+            for name, path, script, with_nginx in scenarios:
+                for conns in CONNECTIONS:
+                    extra = {}
+                    if script == "post_unique.lua":
+                        extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}"
+                    if script == "post_replay.lua":
+                        key = f"bench-replay-{run_id}-c{conns}"
+                        extra["BENCH_REPLAY_KEY"] = key
+                        hdr = {"Content-Type": "application/json", "Idempotency-Key": key}
+                        st, h, _ = http(idem_port, "POST", "/orders", hdr, BODY)
+                        if st != 201 or "idempotent-replayed" in h:
+                            problems.append(f"replay warm-up answered {st} {h}")
+                    targets = [("idem", idem_port)] + ([("nginx", px_port)] if with_nginx else [])
+                    row = {}
+                    for tname, port in targets:
+                        say(f"{name}, {conns} connections, "
+                            f"{'idemproxy' if tname == 'idem' else 'nginx'}: {DURATION}s")
+                        keys_before = None
+                        if script == "post_unique.lua" and tname == "idem":
+                            keys_before = int(redis_cmd(redis_port, "DBSIZE")[1:])
+                        r = run_wrk(wrk, f"http://127.0.0.1:{port}{path}", conns, script,
+                                    extra, wrk_log)
+                        row[tname] = r
+                        say(f"  {f_rps(r['rps'])} req/s, p50 {f_ms(r['p50'])}, "
+                            f"p99 {f_ms(r['p99'])}, non-2xx {f_err(r)}")
+                        if keys_before is not None and r["requests"] is not None:
+                            stored = int(redis_cmd(redis_port, "DBSIZE")[1:]) - keys_before
+                            ok_2xx = r["requests"] - r["non2xx"]
+                            unique_2xx += ok_2xx
+                            r["keys_stored"] = stored
+                            say(f"  redis: {stored} new keys for {ok_2xx} 2xx responses")
+                        if tname == "idem" and idem.poll() is not None:
+                            raise BenchError(
+                                f"idemproxy died during '{name}' at {conns} connections "
+                                f"(status {idem.returncode}):\n{tail(idem_log, 40)}")
+                        time.sleep(1.0)
+                    results[(name, conns)] = row
+        finally:
+            wrk_log.close()
+
+        # Problems worth a line.
+        for (name, conns), row in results.items():
+            for tname, r in row.items():
+                who = "idemproxy" if tname == "idem" else "nginx"
+                if r.get("failed"):
+                    problems.append(f"{name} c{conns} {who}: wrk failed: {r['failed']}")
+                if r["non2xx"]:
+                    problems.append(f"{name} c{conns} {who}: {r['non2xx']} non-2xx responses")
+                if r["socket_errors"]:
+                    problems.append(f"{name} c{conns} {who}: socket errors {r['socket_errors']}")
+                if "keys_stored" in r:
+                    ok_2xx = r["requests"] - r["non2xx"]
+                    if r["keys_stored"] < ok_2xx:
+                        problems.append(f"{name} c{conns}: {ok_2xx} 2xx responses but only "
+                                        f"{r['keys_stored']} keys in Redis")
+
+        log_lines = []
+        try:
+            with open(idem_log, errors="replace") as f:
+                log_lines = [ln.rstrip("\n") for ln in f if ln.strip()]
+        except OSError:
+            pass
+        if log_lines:
+            problems.append(f"idemproxy logged {len(log_lines)} line(s) at warn or above; "
+                            f"first: {log_lines[0]}")
+
+        # 3. The report.
+        lines = []
+        lines.append("# idemproxy benchmark results")
+        lines.append("")
+        lines.append(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+        lines.append(f"- machine: {info['nproc']} CPU(s), {info['cpu']}, {info['kernel']}, "
+                     f"load average at start {info['load']}")
+        lines.append(f"- idemproxy: {version_of([IDEMPROXY_BIN, '-v'])}, `workers {WORKERS}`; "
+                     f"nginx proxy: {version_of([nginx, '-v'])}, "
+                     f"`worker_processes {WORKERS}`; upstream: nginx, 1 worker")
+        lines.append(f"- load: {version_of([wrk, '-v'])}, `-t{THREADS} --latency`, "
+                     f"{DURATION} s per run; everything on 127.0.0.1 of this one machine")
+        lines.append("")
+        lines.append("| scenario | conns | idemproxy req/s | p50 | p99 | nginx req/s | p50 | p99 "
+                     "| idemproxy/nginx | non-2xx, errors (idemproxy) | non-2xx, errors (nginx) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        for name, _, _, _ in scenarios:
+            for conns in CONNECTIONS:
+                row = results.get((name, conns), {})
+                i, n = row.get("idem"), row.get("nginx")
+                lines.append("| " + " | ".join([
+                    name, str(conns),
+                    f_rps(i and i["rps"]), f_ms(i and i["p50"]), f_ms(i and i["p99"]),
+                    f_rps(n and n["rps"]), f_ms(n and n["p50"]), f_ms(n and n["p99"]),
+                    f_ratio(i and i["rps"], n and n["rps"]),
+                    f_err(i), f_err(n) if n else "— (not run)"]) + " |")
+        lines.append("")
+        lines.append("Ratios, idemproxy only (req/s over POST passthrough req/s at the same "
+                     "connection count):")
+        lines.append("")
+        lines.append("| connections | unique-key POST / POST passthrough "
+                     "| replay / POST passthrough |")
+        lines.append("|---:|---:|---:|")
+        for conns in CONNECTIONS:
+            base = results.get(("POST passthrough (no key)", conns), {}).get("idem")
+            uniq = results.get(("POST unique key (claim+forward+store)", conns), {}).get("idem")
+            rep = results.get(("POST replay (same key)", conns), {}).get("idem")
+            lines.append(f"| {conns} | {f_ratio(uniq and uniq['rps'], base and base['rps'])} "
+                         f"| {f_ratio(rep and rep['rps'], base and base['rps'])} |")
+        lines.append("")
+        if idle:
+            lines.append(f"Idle keep-alive connections: {idle['count']} open to idemproxy "
+                         f"({idle['open_after']} still open when measured); VmRSS "
+                         f"{idle['rss_before_kb']} kB before, {idle['rss_after_kb']} kB after: "
+                         f"**{idle['bytes_per_conn']:,.0f} bytes per connection**.")
+        elif IDLE_CONNS > 0:
+            lines.append("Idle keep-alive connections: not measured (the step failed).")
+        lines.append("")
+        if problems:
+            lines.append("Notes:")
+            lines.append("")
+            for p in problems:
+                lines.append(f"- {p}")
+        else:
+            lines.append("Notes: no non-2xx responses, no socket errors, nothing in "
+                         "idemproxy's error log.")
+        report = "\n".join(lines) + "\n"
+        os.makedirs(os.path.dirname(os.path.abspath(OUT)), exist_ok=True)
+        with open(OUT, "w") as f:
+            f.write(report)
+        print()
+        print(report)
+        say(f"written to {OUT}")
+        if log_lines:
+            say("idemproxy error log (last lines):\n" + "\n".join(log_lines[-20:]))
+        ok = True
+    finally:
+        procs.stop_all()
+        if ok and not KEEP_TMP:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            say(f"files kept in {tmp}")
+    return 0
+
+
+def _on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        say(f"FAILED: {e}")
+        sys.exit(1)

@@ -1,0 +1,8 @@
+-- POST replay: the same key and the same body on every request. bench.py
+-- sends one warm-up request with this key first, so every request of the
+-- run is answered from Redis (Idempotent-Replayed: true).
+local key = os.getenv("BENCH_REPLAY_KEY") or "bench-replay"
+wrk.method = "POST"
+wrk.body = '{"amount":100}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Idempotency-Key"] = key
