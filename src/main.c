@@ -254,19 +254,19 @@ static int run(struct daemon *d)
     signal(SIGPIPE, SIG_IGN);
     rt->base = event_base_new();
     rt->on_idle = maybe_exit;
-    rt->pool = upstream_pool_new(rt->base, rt->cfg, err, sizeof(err));
-    rt->server = server_new(rt);
-    if (rt->pool == NULL || server_listen(rt->server, rt->cfg, err, sizeof(err)) != IDEM_OK) {
-        log_error("cannot start: %s", err);
-        teardown(d);
-        return 2;
-    }
-    rt->store = store_new(rt->base, rt->cfg);
     metrics_init();
-    d->admin = admin_start(rt, rt->cfg, err, sizeof(err));
-    if (d->admin == NULL && err[0] != '\0') {
+    rt->server = server_new(rt);
+    rt->pool = upstream_pool_new(rt->base, rt->cfg, err, sizeof(err));
+    if (rt->pool != NULL) {
+        rt->store = store_new(rt->base, rt->cfg);
+        /* The admin listener first: once clients can connect, so can probes. */
+        d->admin = admin_start(rt, rt->cfg, err, sizeof(err));
+    }
+    if (rt->pool == NULL || (d->admin == NULL && err[0] != '\0') ||
+        server_listen(rt->server, rt->cfg, err, sizeof(err)) != IDEM_OK) {
         log_error("cannot start: %s", err);
         teardown(d);
+        metrics_reset();
         return 2;
     }
     install_signals(d);
