@@ -22,7 +22,8 @@ BENCH_DURATION [10] seconds per wrk run, BENCH_WORKERS [1] (idemproxy `workers`
 and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
-WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory).
+WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory),
+BENCH_SCENARIOS ["get post unique replay"] (a subset runs only those).
 
 Exit status: 0 when the measurement ran (whatever the numbers), 1 when
 something failed to start, a sanity check failed, or idemproxy died during
@@ -62,6 +63,7 @@ REDIS_BIN = env("REDIS_BIN", "redis-server")
 NGINX_BIN = env("NGINX_BIN", "nginx")
 WRK_BIN = env("WRK_BIN", "wrk")
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
+SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay").replace(",", " ").split()
 BODY = b'{"amount":100}'
 
 
@@ -282,6 +284,12 @@ def f_ratio(a, b):
     return f"{a / b:.2f}"
 
 
+def f_cpu(r):
+    if r is None or r.get("cpu_us") is None:
+        return "—"
+    return f"{r['cpu_us']:.1f}"
+
+
 def f_err(r):
     if r is None:
         return "—"
@@ -311,6 +319,35 @@ def machine_info():
         load = "?"
     return {"nproc": os.cpu_count(), "cpu": model,
             "kernel": f"{platform.system()} {platform.release()}", "load": load}
+
+
+def proc_tree(pid):
+    """pid and its children (nginx: the master and its workers)."""
+    pids = [pid]
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                pids.append(int(d))
+        except (OSError, IndexError, ValueError):
+            pass
+    return pids
+
+
+def cpu_seconds(pids):
+    """User + system CPU time consumed so far by these processes."""
+    ticks = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def version_of(argv):
@@ -387,7 +424,7 @@ def main():
         conf = render("nginx-proxy.conf.in", os.path.join(tmp, "nginx-proxy.conf"),
                       DIR=tmp, PORT=px_port, UPSTREAM_PORT=up_port, WORKERS=WORKERS,
                       USER_LINE=user_line)
-        procs.start("nginx (proxy)",
+        nginx_proxy = procs.start("nginx (proxy)",
                     [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-proxy.error.log"),
                      "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-proxy.pid;"],
                     os.path.join(tmp, "nginx-proxy.out"), px_port)
@@ -437,11 +474,13 @@ def main():
 
         # 2. Load.
         scenarios = [
-            ("GET passthrough", "/get", None, True),
-            ("POST passthrough (no key)", "/orders", "post_nokey.lua", True),
-            ("POST unique key (claim+forward+store)", "/orders", "post_unique.lua", False),
-            ("POST replay (same key)", "/orders", "post_replay.lua", False),
+            ("GET passthrough", "/get", None, True, "get"),
+            ("POST passthrough (no key)", "/orders", "post_nokey.lua", True, "post"),
+            ("POST unique key (claim+forward+store)", "/orders", "post_unique.lua", False,
+             "unique"),
+            ("POST replay (same key)", "/orders", "post_replay.lua", False, "replay"),
         ]
+        scenarios = [sc[:4] for sc in scenarios if sc[4] in SCENARIOS]
         results = {}  # (scenario, conns) -> {"idem": r, "nginx": r}
         unique_2xx = 0
         wrk_log = open(os.path.join(tmp, "wrk.log"), "w")
@@ -461,6 +500,8 @@ def main():
                     targets = [("idem", idem_port)] + ([("nginx", px_port)] if with_nginx else [])
                     row = {}
                     for tname, port in targets:
+                        pids = [idem.pid] if tname == "idem" else proc_tree(nginx_proxy.pid)
+                        cpu0 = cpu_seconds(pids)
                         say(f"{name}, {conns} connections, "
                             f"{'idemproxy' if tname == 'idem' else 'nginx'}: {DURATION}s")
                         keys_before = None
@@ -469,6 +510,8 @@ def main():
                         r = run_wrk(wrk, f"http://127.0.0.1:{port}{path}", conns, script,
                                     extra, wrk_log)
                         row[tname] = r
+                        if r["requests"]:
+                            r["cpu_us"] = (cpu_seconds(pids) - cpu0) * 1e6 / r["requests"]
                         say(f"  {f_rps(r['rps'])} req/s, p50 {f_ms(r['p50'])}, "
                             f"p99 {f_ms(r['p99'])}, non-2xx {f_err(r)}")
                         if keys_before is not None and r["requests"] is not None:
@@ -518,7 +561,8 @@ def main():
         lines.append("")
         lines.append(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
         lines.append(f"- machine: {info['nproc']} CPU(s), {info['cpu']}, {info['kernel']}, "
-                     f"load average at start {info['load']}")
+                     f"load average (1, 5, 15 min) at start {info['load']}, "
+                     f"at end {machine_info()['load']}")
         lines.append(f"- idemproxy: {version_of([IDEMPROXY_BIN, '-v'])}, `workers {WORKERS}`; "
                      f"nginx proxy: {version_of([nginx, '-v'])}, "
                      f"`worker_processes {WORKERS}`; upstream: nginx, 1 worker")
@@ -526,8 +570,9 @@ def main():
                      f"{DURATION} s per run; everything on 127.0.0.1 of this one machine")
         lines.append("")
         lines.append("| scenario | conns | idemproxy req/s | p50 | p99 | nginx req/s | p50 | p99 "
-                     "| idemproxy/nginx | non-2xx, errors (idemproxy) | non-2xx, errors (nginx) |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+                     "| idemproxy/nginx | CPU µs/req idemproxy | CPU µs/req nginx "
+                     "| non-2xx, errors (idemproxy) | non-2xx, errors (nginx) |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for name, _, _, _ in scenarios:
             for conns in CONNECTIONS:
                 row = results.get((name, conns), {})
@@ -537,7 +582,12 @@ def main():
                     f_rps(i and i["rps"]), f_ms(i and i["p50"]), f_ms(i and i["p99"]),
                     f_rps(n and n["rps"]), f_ms(n and n["p50"]), f_ms(n and n["p99"]),
                     f_ratio(i and i["rps"], n and n["rps"]),
+                    f_cpu(i), f_cpu(n),
                     f_err(i), f_err(n) if n else "— (not run)"]) + " |")
+        lines.append("")
+        lines.append("CPU µs/req: user + system CPU time of the proxy's processes (idemproxy; "
+                     "nginx master and workers) during the run divided by the requests wrk "
+                     "counted; Redis and the upstream are not included.")
         lines.append("")
         lines.append("Ratios, idemproxy only (req/s over POST passthrough req/s at the same "
                      "connection count):")

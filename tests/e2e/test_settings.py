@@ -1,0 +1,95 @@
+"""End-to-end tests of the global settings around the store and the headers:
+key_prefix, key_header, replay_header, redis_db, redis_user with
+redis_password_file, and per-route policy values (scope, lock_ttl,
+max_request_body, max_cached_body, on_inflight)."""
+
+import os
+import time
+import uuid
+
+from harness import Env, assert_problem, background, wait_until
+
+
+def new_key():
+    return "k-" + uuid.uuid4().hex
+
+
+def test_key_prefix_key_header_and_replay_header():
+    conf = "key_prefix shop:idem:\nkey_header X-Request-Id\nreplay_header X-Replayed"
+    with Env(extra_config=conf) as env:
+        k = new_key()
+        h = {"X-Request-Id": k}
+        assert env.request("POST", "/o", h, b"{}").status == 201
+        again = env.request("POST", "/o", h, b"{}")
+        assert again.header("X-Replayed") == "true" and again.header("Idempotent-Replayed") is None
+        assert env.upstream.count() == 1
+        assert [key.startswith("shop:idem:") for key in env.redis.keys("*")] == [True]
+        # the default header is no longer a key
+        assert env.request("POST", "/o", {"Idempotency-Key": k}, b"{}").status == 201
+        assert env.upstream.count() == 2
+
+
+def test_redis_db():
+    with Env(extra_config="redis_db 3") as env:
+        assert env.post("/o", key=new_key()).status == 201
+        info = env.redis.cmd("INFO", "keyspace").decode()
+        assert "db3:keys=1" in info and "db0:" not in info, info
+
+
+def test_redis_acl_user_and_password_file():
+    with Env(proxy=False) as env:
+        env.redis.cmd("ACL", "SETUSER", "idem", "on", ">s3cret-pw", "~*", "&*", "+@all")
+        pw = os.path.join(env.tmp, "redis-password")
+        with open(pw, "w") as f:
+            f.write("s3cret-pw\n")
+        env.start_proxy(f"redis_user idem\nredis_password_file {pw}")
+        assert env.post("/o", key=new_key()).status == 201
+        log = env.proxy.error_log() + env.proxy.stderr()
+        assert "s3cret-pw" not in log
+        clients = env.redis.cmd("CLIENT", "LIST").decode()
+        assert "user=idem" in clients, clients
+
+
+def test_wrong_redis_password_answers_503_and_says_why():
+    with Env(proxy=False, expect_errors=True) as env:
+        env.redis.cmd("ACL", "SETUSER", "idem", "on", ">right", "~*", "&*", "+@all")
+        pw = os.path.join(env.tmp, "redis-password")
+        with open(pw, "w") as f:
+            f.write("wrong\n")
+        env.start_proxy(f"redis_user idem\nredis_password_file {pw}")
+        r = env.post("/o", key=new_key())
+        assert_problem(r, 503, "store-unavailable")
+        assert env.upstream.count() == 0
+        wait_until(lambda: "AUTH failed" in env.proxy.error_log(), 3, what="AUTH failure logged")
+        assert "wrong" not in env.proxy.error_log().replace("wrongpass", "")
+
+
+def test_per_route_scope_limits_and_lease():
+    conf = ("upstream_timeout 4s\n"
+            "route /shared { scope none; max_request_body 16; max_cached_body 10; "
+            "lock_ttl 5s; on_inflight wait 3s }")
+    with Env(extra_config=conf) as env:
+        k = new_key()
+        a = env.request("POST", "/shared", {"Idempotency-Key": k, "Authorization": "A"}, b"{}")
+        b = env.request("POST", "/shared", {"Idempotency-Key": k, "Authorization": "B"}, b"{}")
+        assert a.status == 201 and b.header("Idempotent-Replayed") == "true"
+        assert_problem(env.post("/shared", key=new_key(), body=b"x" * 17), 413, "payload-too-large")
+        # global max_request_body (1m) still applies elsewhere
+        assert env.post("/other", key=new_key(), body=b"x" * 17).status == 201
+        big = new_key()
+        first = env.request("POST", "/shared", {"Idempotency-Key": big, "X-Test-Body-Size": "50"})
+        again = env.request("POST", "/shared", {"Idempotency-Key": big})
+        assert len(first.body) == 50 and again.body == b""
+        assert again.header("Idempotency-Replay") == "omitted"
+        # lock_ttl 5s on the route: the lease is ~5s, not the global 60s
+        slow = new_key()
+        job = background(env.request, "POST", "/shared",
+                         {"Idempotency-Key": slow, "X-Test-Delay": "800"}, b"{}")
+        wait_until(lambda: env.upstream.count(slow) == 1, 3, what="slow request upstream")
+        rkey = [x for x in env.redis.keys("idem:*") if x.endswith(slow)][0]
+        assert 3000 < env.redis.cmd("PTTL", rkey) <= 5000
+        t0 = time.monotonic()
+        dup = env.request("POST", "/shared", {"Idempotency-Key": slow}, b"{}")
+        assert dup.status == 201 and dup.header("Idempotent-Replayed") == "true"
+        assert time.monotonic() - t0 < 2.5
+        assert job.result(10).status == 201
