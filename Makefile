@@ -52,7 +52,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 UPSTREAM_BIN := $(BUILD)/test-upstream
 
-.PHONY: all deps test unit e2e run bench install clean format format-check
+.PHONY: all deps test unit e2e run bench fuzz install clean format format-check
 
 all: $(BUILD)/idemproxy
 
@@ -128,6 +128,31 @@ bench: deps
 	fi
 	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
 	@IDEMPROXY_BIN=$(BUILD)/idemproxy BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-results.md} python3 tests/bench/bench.py
+
+# libFuzzer targets (clang, libclang-rt-14-dev): each runs FUZZ_SECONDS on a
+# copy of its seed corpus in build/fuzz/, so the repo's corpus stays small.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
+	-I$(LLHTTP_INC_DIR) $(PKG_CFLAGS)
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(filter-out src/main.c,$(SRCS))
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ    $<"
+	$(Q)clang $(FUZZ_FLAGS) -o $@ $< $(filter-out src/main.c,$(SRCS)) \
+		$(LLHTTP_SRC_DIR)/api.c $(LLHTTP_SRC_DIR)/http.c $(LLHTTP_SRC_DIR)/llhttp.c $(PKG_LIBS)
+
+fuzz: deps $(FUZZ_TARGETS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		name=$$(basename $$t); corpus=build/fuzz/corpus-$${name#fuzz_}; \
+		rm -rf $$corpus; cp -r tests/fuzz/$${name#fuzz_} $$corpus; \
+		echo "== $$name for $(FUZZ_SECONDS)s"; \
+		if ! $$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 $$corpus \
+			> build/fuzz/$$name.log 2>&1; then \
+			tail -n 60 build/fuzz/$$name.log; echo "$$name: FAILED"; exit 1; \
+		fi; \
+		grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' build/fuzz/$$name.log; \
+	done
 
 install: $(BUILD)/idemproxy
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/idemproxy $(DESTDIR)$(PREFIX)/lib/systemd/system
