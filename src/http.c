@@ -121,6 +121,14 @@ static int on_headers_complete(llhttp_t *l)
     m->has_content_length = (l->flags & F_CONTENT_LENGTH) != 0;
     m->content_length = m->has_content_length ? l->content_length : 0;
     m->upgrade = l->upgrade;
+    if (l->type == HTTP_REQUEST) {
+        /* Tunnels are not proxied: CONNECT is refused, and an Upgrade offer is
+         * declined by treating the request as an ordinary one (its Upgrade and
+         * Connection fields are hop-by-hop and are not forwarded). */
+        if (l->method == HTTP_CONNECT)
+            return fail(p, HTTP_ERROR_BAD_REQUEST);
+        l->upgrade = 0;
+    }
     p->msg = NULL;
     return verdict_to_llhttp(p, p->cb->on_head(p->owner, m));
 }

@@ -80,7 +80,7 @@ struct exchange {
     bool key_pending; /* the key comes from the body: decided when it is complete */
     bool by_token;    /* the key is a one-time token (SPEC §4.3) */
     bool token_endpoint;
-    char *token_key;  /* Redis key of the token this request consumes */
+    char *token_key; /* Redis key of the token this request consumes */
     bool degraded;   /* store unreachable, forwarded unprotected (on_store_error pass) */
     bool owns_key;   /* our claim succeeded and nothing released it yet */
     char *key;
@@ -110,6 +110,7 @@ struct exchange {
     bool claim_outstanding;
     bool claim_again; /* a wake came while a claim was outstanding */
     int64_t last_pttl_ms;
+    uint64_t last_pttl_at;
     int store_ops;
 
     bool head_sent; /* the request head is in the upstream's output */
@@ -220,6 +221,8 @@ static void ex_finish(struct exchange *ex)
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
     evtimer_del(ex->wait_timer);
+    if (ex->status == 0) /* no answer of ours: what the upstream began, or nothing */
+        ex->status = ex->resp ? ex->resp->status : 499;
     ex_set_state(ex, EX_DONE);
     log_exchange(ex);
 }
@@ -352,7 +355,8 @@ static void release_then(struct exchange *ex, bool send_response, enum problem_c
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     ex->store_ops++;
-    store_release(ex->rt->store, ex->rkey, ex->owner, on_released_then_answer, ex);
+    store_release(ex->rt->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
+                  on_released_then_answer, ex);
 }
 
 static void on_unknown_then_answer(void *arg, bool applied, const char *error)
@@ -511,6 +515,13 @@ static void send_claim(struct exchange *ex)
     store_claim(ex->rt->store, &req, on_claimed, ex);
 }
 
+/* The lease left now, from the last time Redis told us. */
+static int64_t wait_pttl_left(const struct exchange *ex)
+{
+    int64_t elapsed = (int64_t)(now_monotonic_ms() - ex->last_pttl_at);
+    return ex->last_pttl_ms > elapsed ? ex->last_pttl_ms - elapsed : 1;
+}
+
 static void on_wake(void *arg)
 {
     struct exchange *ex = arg;
@@ -593,6 +604,7 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
         answer_problem(ex, PROBLEM_FINGERPRINT_MISMATCH, NULL);
     } else if (res->state == KEY_STATE_INFLIGHT) {
         ex->last_pttl_ms = res->pttl_ms;
+        ex->last_pttl_at = now_monotonic_ms();
         if (ex->policy->on_inflight == ON_INFLIGHT_WAIT) {
             park(ex);
             return;
@@ -617,8 +629,16 @@ static void on_claimed(void *arg, const struct claim_result *res, const char *er
          * the key must give it back, or it would stay locked for lock_ttl. */
         if (res && res->state == KEY_STATE_CLAIMED) {
             ex->store_ops++;
-            store_release(ex->rt->store, ex->rkey, ex->owner, on_late_claim_released, ex);
+            store_release(ex->rt->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
+                          on_late_claim_released, ex);
         }
+    } else if (error && ex->watch) {
+        /* This key was seen in flight: forwarding it now, unprotected, could
+         * run it twice. The promise wins over on_store_error pass. */
+        log_warn("request %s key=%s: store unavailable while waiting (%s); answering 409", ex->peer,
+                 ex->key, error);
+        ex->idem = "inflight";
+        answer_retry_later(ex, PROBLEM_CONFLICT, wait_pttl_left(ex));
     } else if (error) {
         on_store_unavailable(ex, error);
     } else {
@@ -746,6 +766,7 @@ static void request_sent(struct exchange *ex)
     struct evbuffer *out = upstream_conn_output(ex->up);
     if (!ex->idempotent && ex->req->chunked)
         evbuffer_add(out, "0\r\n\r\n", 5);
+    upstream_conn_request_done(ex->up);
     ex_set_state(ex, EX_WAITING);
     arm_upstream_timer(ex);
 }
@@ -792,6 +813,7 @@ static void forward(struct exchange *ex)
 static enum http_verdict on_up_head(void *arg, struct http_message *resp)
 {
     struct exchange *ex = arg;
+    arm_upstream_timer(ex); /* upstream_timeout is for silence, not for a long body */
     ex->resp = resp;
     ex->resp_body = evbuffer_new();
     if (ex->idempotent) {
@@ -816,8 +838,20 @@ static void stream_to_client(struct exchange *ex, const char *data, size_t len)
         return;
     client_respond_body(ex->client, data, len);
     if (!ex->paused && client_congested(ex->client) && ex->up) {
+        /* A slow reader slows the upstream; its silence is then ours, so
+         * upstream_timeout waits until reading starts again. */
         ex->paused = true;
         upstream_conn_set_reading(ex->up, false);
+        evtimer_del(ex->timer);
+    }
+}
+
+static void resume_upstream(struct exchange *ex)
+{
+    if (ex->paused && ex->up) {
+        ex->paused = false;
+        upstream_conn_set_reading(ex->up, true);
+        arm_upstream_timer(ex);
     }
 }
 
@@ -839,6 +873,8 @@ static enum http_verdict on_up_body(void *arg, const char *data, size_t len)
 {
     struct exchange *ex = arg;
     ex->resp_body_len += len;
+    if (!ex->paused)
+        arm_upstream_timer(ex);
     if (!ex->idempotent) {
         stream_to_client(ex, data, len);
         return PARSE_CONTINUE;
@@ -873,7 +909,8 @@ static void on_up_complete(void *arg)
         ex_maybe_free(ex);
         return;
     }
-    if (status < CONFIG_MAX_STATUS && ex->policy->release_on[status]) {
+    /* A response already streamed to the client is never released (SPEC §4.1). */
+    if (!ex->streaming && status < CONFIG_MAX_STATUS && ex->policy->release_on[status]) {
         log_info("request %s key=%s: upstream answered %d (release_on); key released", ex->peer,
                  ex->key, status);
         release_then(ex, true, PROBLEM_UPSTREAM_UNAVAILABLE);
@@ -885,12 +922,16 @@ static void on_up_complete(void *arg)
 static void on_up_error(void *arg, enum upstream_failure failure, const char *why)
 {
     struct exchange *ex = arg;
-    (void)failure;
     ex->up = NULL;
+    evtimer_del(ex->timer);
     ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
-    log_warn("request %s key=%s: upstream %s failed after the request was sent: %s", ex->peer,
-             ex->key ? ex->key : "-", ex->upstream_name, why);
-    if (ex->owns_key)
+    bool sent = ex->head_sent && failure == UPSTREAM_BROKEN;
+    log_warn("request %s key=%s: upstream %s failed %s: %s", ex->peer, ex->key ? ex->key : "-",
+             ex->upstream_name, sent ? "after the request was sent" : "before the request was sent",
+             why);
+    if (ex->owns_key && !sent)
+        release_then(ex, false, PROBLEM_UPSTREAM_UNAVAILABLE);
+    else if (ex->owns_key)
         mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
     else if (ex->streaming)
         ex_finish(ex); /* the client connection closes with the exchange */
@@ -1200,12 +1241,10 @@ void proxy_client_gone(struct exchange *ex)
     }
     log_info("request %s key=%s: client went away; finishing so the response is stored", ex->peer,
              ex->key);
+    resume_upstream(ex); /* nobody to wait for any more */
 }
 
 void proxy_client_drained(struct exchange *ex)
 {
-    if (ex->paused && ex->up) {
-        ex->paused = false;
-        upstream_conn_set_reading(ex->up, true);
-    }
+    resume_upstream(ex);
 }

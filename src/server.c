@@ -65,8 +65,10 @@ struct client {
     bool close_after; /* close once the current response is out */
     bool in_parser;
     bool want_close;
-    bool peer_closed; /* EOF seen: answer what is in flight, then close */
-    bool responding;  /* a response head went out for the current request */
+    bool peer_closed;     /* EOF seen: answer what is in flight, then close */
+    bool responding;      /* a response head went out for the current request */
+    bool head_request;    /* the current request is HEAD: answers carry no body */
+    bool resume_on_drain; /* parse the next request once the output has drained */
     enum framing framing;
     uint64_t response_bytes;
     struct client *prev, *next;
@@ -80,7 +82,7 @@ struct server {
 };
 
 static void client_free(struct client *c);
-static void client_process(struct client *c);
+static bool client_process(struct client *c);
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -97,7 +99,11 @@ static void client_set_state(struct client *c, enum client_state next)
     c->state = next;
     evtimer_del(c->timer);
     switch (next) {
-    case CLIENT_IDLE: arm_timer(c, cfg->idle_timeout_ms); break;
+    case CLIENT_IDLE:
+        /* Reading may have been paused for a slow upstream during the last body. */
+        bufferevent_enable(c->bev, EV_READ);
+        arm_timer(c, cfg->idle_timeout_ms);
+        break;
     case CLIENT_HEAD: arm_timer(c, cfg->client_header_timeout_ms); break;
     case CLIENT_BODY: arm_timer(c, cfg->client_body_timeout_ms); break;
     case CLIENT_WAIT: break;
@@ -205,13 +211,21 @@ uint64_t client_respond_end(struct client *c)
     c->response_bytes = 0;
     c->responding = false;
     c->ex = NULL;
-    if (c->close_after) {
+    if (c->close_after || c->srv->rt->draining) {
         client_close_after_flush(c);
         return bytes;
     }
     client_set_state(c, CLIENT_IDLE);
-    http_parser_resume(&c->parser);
-    event_active(c->resume, EV_TIMEOUT, 0);
+    /*
+     * The next pipelined request is parsed from the resume event, never from
+     * here: this may run inside the parser's own callback (an answer given
+     * at once), where llhttp has not yet returned its pause. A client that
+     * does not read its answers gets no more of them until it does.
+     */
+    if (client_congested(c))
+        c->resume_on_drain = true;
+    else
+        event_active(c->resume, EV_TIMEOUT, 0);
     return bytes;
 }
 
@@ -229,7 +243,12 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
                         extra->items[i].value_len);
     size_t len;
     char *body = problem_render(p, c->srv->rt->cfg->error_doc_url, &h, &len);
-    client_respond_head(c, problem_status(p->code), &h, (int64_t)len, false);
+    if (c->head_request) {
+        char cl[32];
+        snprintf(cl, sizeof(cl), "%zu", len);
+        headers_add_cstr(&h, "Content-Length", cl);
+    }
+    client_respond_head(c, problem_status(p->code), &h, (int64_t)len, c->head_request);
     client_respond_body(c, body, len);
     free(body);
     headers_clear(&h);
@@ -307,6 +326,7 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     struct client *c = arg;
     c->minor = req->minor;
     c->keep_alive = req->keep_alive;
+    c->head_request = req->method == HTTP_HEAD;
     client_set_state(c, CLIENT_BODY);
     bool expects_body = req->chunked || req->content_length > 0;
     const struct header *expect = headers_find(&req->headers, "Expect");
@@ -323,6 +343,8 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
 static enum http_verdict on_req_body(void *arg, const char *data, size_t len)
 {
     struct client *c = arg;
+    if (c->ex == NULL)
+        return PARSE_ABORT; /* answered before the body ended: the connection closes */
     arm_timer(c, c->srv->rt->cfg->client_body_timeout_ms);
     if (!proxy_request_body(c->ex, data, len))
         return PARSE_ABORT;
@@ -332,6 +354,8 @@ static enum http_verdict on_req_body(void *arg, const char *data, size_t len)
 static enum http_verdict on_req_complete(void *arg)
 {
     struct client *c = arg;
+    if (c->ex == NULL)
+        return PARSE_ABORT; /* answered before the body ended: the connection closes */
     client_set_state(c, CLIENT_WAIT);
     proxy_request_complete(c->ex);
     return PARSE_PAUSE;
@@ -352,38 +376,45 @@ static enum problem_code problem_for(enum http_error e)
     }
 }
 
-/* Parses what is buffered, as far as the state allows. */
-static void client_process(struct client *c)
+/*
+ * Parses what is buffered, as far as the state allows. Returns false when
+ * the client was freed. Everything that may close the client runs with
+ * in_parser set, so the free happens here, last.
+ */
+static bool client_process(struct client *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     if (c->state == CLIENT_WAIT || c->state == CLIENT_CLOSING)
-        return;
+        return true;
     if (c->state == CLIENT_IDLE) {
         if (evbuffer_get_length(in) == 0)
-            return;
+            return true;
         if (c->srv->rt->draining) {
-            client_close(c);
-            return;
+            client_free(c);
+            return false;
         }
         client_set_state(c, CLIENT_HEAD);
     }
     c->in_parser = true;
     enum http_feed_result r = http_parser_feed(&c->parser, in);
-    c->in_parser = false;
     if (r == HTTP_FEED_ERROR) {
         char why[160];
         snprintf(why, sizeof(why), "malformed request: %s",
                  c->parser.error_reason ? c->parser.error_reason : "parse error");
         client_fail(c, problem_for(c->parser.error), why);
     }
-    if (c->want_close)
+    c->in_parser = false;
+    if (c->want_close) {
         client_free(c);
+        return false;
+    }
+    return true;
 }
 
 static void on_client_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    client_process(arg);
+    (void)client_process(arg);
 }
 
 static void on_client_resume(evutil_socket_t fd, short what, void *arg)
@@ -391,7 +422,11 @@ static void on_client_resume(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct client *c = arg;
-    client_process(c);
+    if (c->state != CLIENT_IDLE)
+        return;
+    http_parser_resume(&c->parser);
+    if (!client_process(c))
+        return;
     /* A peer that half-closed and has nothing more to send is done. */
     if (c->state == CLIENT_IDLE && c->peer_closed &&
         evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
@@ -405,6 +440,10 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
             client_free(c);
         return;
+    }
+    if (c->resume_on_drain) {
+        c->resume_on_drain = false;
+        event_active(c->resume, EV_TIMEOUT, 0);
     }
     if (c->ex)
         proxy_client_drained(c->ex);

@@ -80,9 +80,11 @@ static const char *const script_source[] = {
                         "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
                         "if w then redis.call('PUBLISH', KEYS[1], 'done') end\n"
                         "return 1\n",
+    /* A released one-time token (KEYS[2]) is given back for another try. */
     [SCRIPT_RELEASE] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
                        "local w = redis.call('HGET', KEYS[1], 'w')\n"
                        "redis.call('DEL', KEYS[1])\n"
+                       "if KEYS[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end\n"
                        "if w then redis.call('PUBLISH', KEYS[1], 'released') end\n"
                        "return 1\n",
     [SCRIPT_RENEW] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
@@ -98,8 +100,8 @@ static const char *const script_source[] = {
     [SCRIPT_TOKEN] = "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1\n",
 };
 
-static const char *const script_name[] = {"claim",   "complete", "release",
-                                          "renew",   "unknown",  "token"};
+static const char *const script_name[] = {"claim", "complete", "release",
+                                          "renew", "unknown",  "token"};
 
 #define SCRIPT_COUNT ((int)ARRAY_LEN(script_source))
 #define OP_MAX_ARGS 10 /* verb, script, numkeys, 2 keys, 5 arguments */
@@ -586,10 +588,17 @@ void store_complete(struct store *st, const char *rkey, const char *owner, const
     op_start(st, op);
 }
 
-void store_release(struct store *st, const char *rkey, const char *owner, store_update_cb cb,
-                   void *arg)
+void store_release(struct store *st, const char *rkey, const char *owner, const char *token_key,
+                   uint64_t token_ttl_ms, store_update_cb cb, void *arg)
 {
-    op_start(st, owner_op(st, SCRIPT_RELEASE, rkey, owner, cb, arg));
+    struct store_op *op = op_new(st, SCRIPT_RELEASE, rkey);
+    op->on_update = cb;
+    op->arg = arg;
+    if (token_key)
+        op_second_key(op, token_key);
+    op_arg(op, owner, strlen(owner));
+    op_arg_u64(op, token_ttl_ms);
+    op_start(st, op);
 }
 
 static void owner_op_with_lease(struct store *st, enum script_id script, const char *rkey,
@@ -680,12 +689,21 @@ void store_reconfigure(struct store *st, const struct config *cfg)
     if (!changed)
         return;
     log_info("redis: settings changed, reconnecting");
-    struct link *links[] = {&st->cmd, &st->sub};
-    for (size_t i = 0; i < ARRAY_LEN(links); i++) {
-        link_close(links[i]);
-        links[i]->backoff_ms = BACKOFF_MIN_MS;
-        link_connect(links[i]);
+    /* Commands already sent on the old connection still get their replies
+     * (hiredis disconnects once they are in); new ones use the new one. */
+    redisAsyncContext *old = st->cmd.ac;
+    if (old) {
+        old->data = NULL;
+        st->cmd.ac = NULL;
+        redisAsyncDisconnect(old);
     }
+    evtimer_del(st->cmd.reconnect_timer);
+    st->cmd.backoff_ms = BACKOFF_MIN_MS;
+    link_connect(&st->cmd);
+    /* The subscription holds no pending work: replace it outright. */
+    link_close(&st->sub);
+    st->sub.backoff_ms = BACKOFF_MIN_MS;
+    link_connect(&st->sub);
 }
 
 bool store_ready(const struct store *st)

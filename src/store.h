@@ -76,9 +76,10 @@ void store_new_token(struct store *st, const char *token_key, uint64_t ttl_ms, s
 /* in flight (owned) -> done with record, kept ttl_ms. */
 void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
                     size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg);
-/* in flight (owned) -> absent. */
-void store_release(struct store *st, const char *rkey, const char *owner, store_update_cb cb,
-                   void *arg);
+/* in flight (owned) -> absent; a consumed token_key (or NULL) is restored for
+ * token_ttl_ms, so the client may retry with the same token. */
+void store_release(struct store *st, const char *rkey, const char *owner, const char *token_key,
+                   uint64_t token_ttl_ms, store_update_cb cb, void *arg);
 /* in flight (owned) -> lease extended to lock_ttl_ms. */
 void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
                  store_update_cb cb, void *arg);

@@ -80,10 +80,11 @@ struct upstream_conn {
 
     struct http_parser parser;
     int request_method;
-    bool interim;   /* the head being parsed is a 1xx */
-    bool got_bytes; /* any response byte arrived */
-    bool complete;  /* the response ended (parser paused there) */
-    bool aborted;   /* the owner returned PARSE_ABORT */
+    bool interim;      /* the head being parsed is a 1xx */
+    bool got_bytes;    /* any response byte arrived */
+    bool complete;     /* the response ended (parser paused there) */
+    bool request_done; /* the owner wrote the whole request */
+    bool aborted;      /* the owner returned PARSE_ABORT */
 };
 
 static void conn_free(struct upstream_conn *c);
@@ -143,24 +144,36 @@ static void idle_remove(struct upstream_conn *c)
     }
 }
 
+/*
+ * A pooled connection went bad. If an owner already reserved it (its ready
+ * callback is pending), nothing was written yet: connect afresh for it.
+ */
+static void idle_conn_lost(struct upstream_conn *c, const char *why)
+{
+    log_debug("upstream %s: pooled connection %s", c->server->name, why);
+    if (c->owner == NULL) {
+        idle_remove(c);
+        conn_free(c);
+        return;
+    }
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    evtimer_del(c->timer);
+    c->tries = 0;
+    try_connect(c);
+}
+
 static void on_idle_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
-    struct upstream_conn *c = arg;
-    log_debug("upstream %s: pooled connection closed (%s)", c->server->name,
-              (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "by the server");
-    idle_remove(c);
-    conn_free(c);
+    idle_conn_lost(arg, (what & BEV_EVENT_TIMEOUT) ? "idle timeout" : "closed by the server");
 }
 
 static void on_idle_read(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    struct upstream_conn *c = arg;
     /* An idle connection has nothing to say: bytes here mean it is unusable. */
-    log_debug("upstream %s: unexpected bytes on an idle connection", c->server->name);
-    idle_remove(c);
-    conn_free(c);
+    idle_conn_lost(arg, "sent unexpected bytes");
 }
 
 /* The response is complete: keep the connection when both sides allow it. */
@@ -170,7 +183,10 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
     struct upstream_pool *pool = c->pool;
     c->events = NULL;
     c->owner = NULL;
-    if (!keep_alive || evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
+    /* A request not written to its end (the upstream answered early) would
+     * make the next request the tail of its body: never reuse that. */
+    if (!keep_alive || !c->request_done || evbuffer_get_length(bufferevent_get_output(bev)) > 0 ||
+        evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
         c->server->nidle >= pool->keepalive) {
         conn_free(c);
         return;
@@ -179,6 +195,7 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
     c->state = CONN_IDLE;
     c->complete = false;
     c->got_bytes = false;
+    c->request_done = false;
     c->idle_next = c->server->idle;
     c->server->idle = c;
     c->server->nidle++;
@@ -358,6 +375,7 @@ static void on_pooled_ready(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct upstream_conn *c = arg;
+    activate(c);
     c->ready(c->owner, c, NULL);
 }
 
@@ -383,7 +401,8 @@ struct upstream_conn *upstream_acquire(struct upstream_pool *pool,
     c->owner = owner;
     c->ready = ready;
     if (c->bev != NULL) {
-        activate(c);
+        /* Still on the idle callbacks until ready: a close in between makes
+         * idle_conn_lost connect afresh, as nothing has been written. */
         evtimer_assign(c->timer, pool->base, on_pooled_ready, c);
         struct timeval zero = {0, 0};
         evtimer_add(c->timer, &zero);
@@ -404,6 +423,11 @@ void upstream_conn_expect_response(struct upstream_conn *c, int request_method)
 {
     c->request_method = request_method;
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+void upstream_conn_request_done(struct upstream_conn *c)
+{
+    c->request_done = true;
 }
 
 void upstream_conn_set_reading(struct upstream_conn *c, bool reading)

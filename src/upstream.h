@@ -67,6 +67,9 @@ struct upstream_conn *upstream_acquire(struct upstream_pool *pool,
 struct evbuffer *upstream_conn_output(struct upstream_conn *conn);
 /* Starts reading the response to a request of this method (HEAD has no body). */
 void upstream_conn_expect_response(struct upstream_conn *conn, int request_method);
+/* The whole request has been written: the connection may be reused after
+ * the response. Without it, the connection is closed after the response. */
+void upstream_conn_request_done(struct upstream_conn *conn);
 /* Stops or restarts reading the response (back-pressure from a slow client). */
 void upstream_conn_set_reading(struct upstream_conn *conn, bool reading);
 /* Closes the connection now; no callback follows. */
