@@ -1,18 +1,19 @@
 /*
  * admin.c - the admin listener (SPEC §3 admin_listen, §4.5).
  *
- * A separate address, served by libevent's evhttp on the runtime's event loop
- * rather than by server.c: these endpoints are read by probes and scrapers,
- * not clients, and need none of the proxy's request machinery. evhttp owns
- * the admin connections; nothing here is counted in rt->clients or written to
- * the access log.
+ * A separate address, served by libevent's evhttp on the main thread's event
+ * loop rather than by server.c: these endpoints are read by probes and
+ * scrapers, not clients, and need none of the proxy's request machinery.
+ * evhttp owns the admin connections; nothing here is counted as a client
+ * connection or written to the access log. The gauges come from every worker
+ * through struct admin_source.
  *
  *   GET|HEAD /healthz  200 "ok"                while the process runs
- *            /readyz   200 "ready"             while store_ready()
+ *            /readyz   200 "ready"             while every worker reaches Redis
  *                      503 "redis unreachable" otherwise
  *                      503 "draining"          after SIGTERM
  *            /metrics  200 Prometheus text 0.0.4 (metrics_render, gauges
- *                      read from the runtime at the moment of the scrape)
+ *                      read from the workers at the moment of the scrape)
  *            anything else 404
  *   other methods      405 with Allow: GET, HEAD
  */
@@ -27,7 +28,6 @@
 #include <string.h>
 
 #include "metrics.h"
-#include "store.h"
 #include "util.h"
 
 #define ADMIN_TIMEOUT_SECS 10
@@ -40,14 +40,9 @@
      EVHTTP_REQ_OPTIONS | EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT | EVHTTP_REQ_PATCH)
 
 struct admin {
-    struct runtime *rt;
+    struct admin_source src;
     struct evhttp *http; /* owns the bound socket and every admin connection */
 };
-
-static bool runtime_ready(const struct runtime *rt)
-{
-    return rt->store != NULL && store_ready(rt->store);
-}
 
 /* Sends a short text/plain answer; HEAD gets the headers only (evhttp drops the body). */
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *text)
@@ -62,9 +57,11 @@ static void reply_text(struct evhttp_request *req, int code, const char *reason,
 /* Draining first: a load balancer should stop sending before the listeners close. */
 static void serve_readyz(struct admin *a, struct evhttp_request *req)
 {
-    if (a->rt->draining)
+    struct metrics_gauges g;
+    a->src.gauges(a->src.arg, &g);
+    if (a->src.draining(a->src.arg))
         reply_text(req, HTTP_SERVUNAVAIL, "Service Unavailable", "draining\n");
-    else if (!runtime_ready(a->rt))
+    else if (!g.redis_up)
         reply_text(req, HTTP_SERVUNAVAIL, "Service Unavailable", "redis unreachable\n");
     else
         reply_text(req, HTTP_OK, "OK", "ready\n");
@@ -72,13 +69,8 @@ static void serve_readyz(struct admin *a, struct evhttp_request *req)
 
 static void serve_metrics(struct admin *a, struct evhttp_request *req)
 {
-    const struct runtime *rt = a->rt;
-    struct metrics_gauges g = {
-        .inflight = rt->exchanges,
-        .parked = rt->parked,
-        .connections = rt->clients,
-        .redis_up = runtime_ready(rt),
-    };
+    struct metrics_gauges g;
+    a->src.gauges(a->src.arg, &g);
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-store");
@@ -120,7 +112,8 @@ static int parse_port(const char *s, ev_uint16_t *out)
     return IDEM_OK;
 }
 
-struct admin *admin_start(struct runtime *rt, const struct config *cfg, char *err, size_t errlen)
+struct admin *admin_start(struct event_base *base, const struct config *cfg,
+                          const struct admin_source *src, char *err, size_t errlen)
 {
     const struct listen_addr *la = &cfg->admin_listen;
     struct admin *a = NULL;
@@ -136,8 +129,8 @@ struct admin *admin_start(struct runtime *rt, const struct config *cfg, char *er
     }
 
     a = xcalloc(1, sizeof(*a));
-    a->rt = rt;
-    a->http = evhttp_new(rt->base);
+    a->src = *src;
+    a->http = evhttp_new(base);
     if (a->http == NULL) {
         snprintf(err, errlen, "admin_listen %s:%s: cannot create the HTTP server", la->host,
                  la->port);

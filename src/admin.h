@@ -8,19 +8,31 @@
 
 #include <stddef.h>
 
-#include "config.h"
-#include "runtime.h"
+#include <stdbool.h>
 
+#include "config.h"
+#include "metrics.h"
+
+struct event_base;
 struct admin;
 
+/* What the admin listener asks of the process; called on its own loop. */
+struct admin_source {
+    void (*gauges)(void *arg, struct metrics_gauges *out);
+    bool (*draining)(void *arg);
+    void *arg;
+};
+
 /*
- * Binds cfg->admin_listen and starts serving on rt->base. Returns NULL with
- * err set to "" when admin_listen is off, and NULL with a phrase in err when
- * the address cannot be bound (a start-up failure for the caller to report).
- * rt must outlive the admin listener; rt->store may still be NULL (not
- * ready). The address is read once: a reload does not move the listener.
+ * Binds cfg->admin_listen and starts serving on base. Returns NULL with err
+ * set to "" when admin_listen is off, and NULL with a phrase in err when the
+ * address cannot be bound (a start-up failure for the caller to report).
+ * src must outlive the admin listener. /readyz is 200 while src reports
+ * redis_up and not draining. The address is read once: a reload does not
+ * move the listener.
  */
-struct admin *admin_start(struct runtime *rt, const struct config *cfg, char *err, size_t errlen);
+struct admin *admin_start(struct event_base *base, const struct config *cfg,
+                          const struct admin_source *src, char *err, size_t errlen);
 
 /*
  * Closes the listener and every admin connection. Accepts NULL. Call before

@@ -1,19 +1,23 @@
 /*
  * main.c - the process: command line, start-up, signals, reload, shutdown.
  *
- *   argv -> config_load -> log_configure -> store, upstream pool, listeners
- *        -> READY=1 -> event loop
- *   SIGHUP  -> parse a new config; swap it in only if it (and its pool and
- *              logs) are valid; requests in flight keep the old one
+ *   argv -> config_load -> log_configure -> admin listener
+ *        -> `workers` worker threads (worker.c), each a complete proxy
+ *        -> READY=1 -> the main loop: signals, admin, watchdog
+ *   SIGHUP  -> validate the file here; if good, reconfigure logs and ask every
+ *              worker to reload (each keeps its old config if its load fails);
+ *              requests in flight keep the config they started with
  *   SIGUSR1 -> reopen log files
- *   SIGTERM -> stop accepting, close idle connections, let in-flight
- *              requests finish (bounded by shutdown_timeout), exit 0
+ *   SIGTERM -> every worker stops accepting, closes idle connections and lets
+ *              in-flight requests finish (bounded by shutdown_timeout); the
+ *              process exits 0 when the last worker's loop has ended
  *
  * Exit codes (SPEC §2): 0 clean stop, 1 configuration error, 2 start-up
  * failure.
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <event2/thread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,20 +29,23 @@
 #include "config.h"
 #include "log.h"
 #include "metrics.h"
-#include "runtime.h"
 #include "sdnotify.h"
-#include "server.h"
-#include "store.h"
-#include "upstream.h"
+#include "worker.h"
 
 #define IDEMPROXY_VERSION "0.1.0"
 
+#define MAX_WORKERS 64
+
 struct daemon {
-    struct runtime rt;
     const char *config_path;
+    struct config *cfg; /* the main thread's copy: logs, admin, workers, timeouts */
+    struct event_base *base;
+    struct worker *workers[MAX_WORKERS];
+    int nworkers;
+    int running; /* workers whose loop has not ended */
+    bool draining;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *watchdog;
-    struct event *shutdown_timer;
     struct admin *admin;
 };
 
@@ -63,47 +70,35 @@ static void log_config_error(void *arg, const char *message)
     log_error("%s", message);
 }
 
-/* Directives the parser knows whose behaviour comes with later work. */
-static void warn_unimplemented(const struct config *cfg)
+static int worker_count(const struct config *cfg)
 {
-    if (cfg->workers > 1)
-        log_warn("workers %d: this build runs one event loop; using 1", cfg->workers);
+    long n = cfg->workers > 0 ? cfg->workers : sysconf(_SC_NPROCESSORS_ONLN);
+    return n < 1 ? 1 : n > MAX_WORKERS ? MAX_WORKERS : (int)n;
 }
 
 /* ---- shutdown ----------------------------------------------------------- */
 
-static void maybe_exit(struct runtime *rt)
+static void on_worker_exit(void *arg)
 {
-    if (rt->draining && rt->exchanges == 0 && rt->clients == 0)
-        event_base_loopexit(rt->base, NULL);
-}
-
-static void on_shutdown_timeout(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
     struct daemon *d = arg;
-    log_warn("shutdown_timeout passed with %d request(s) in flight; exiting anyway",
-             d->rt.exchanges);
-    event_base_loopexit(d->rt.base, NULL);
+    if (--d->running == 0)
+        event_base_loopexit(d->base, NULL);
 }
 
 static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 {
     (void)what;
     struct daemon *d = arg;
-    if (d->rt.draining)
+    if (d->draining)
         return;
-    log_info("%s: draining %d request(s) in flight, then exiting", strsignal((int)sig),
-             d->rt.exchanges);
+    struct metrics_gauges g = {.redis_up = true};
+    for (int i = 0; i < d->nworkers; i++)
+        worker_add_gauges(d->workers[i], &g);
+    log_info("%s: draining %d request(s) in flight, then exiting", strsignal((int)sig), g.inflight);
     sdnotify_send("STOPPING=1");
-    d->rt.draining = true;
-    server_drain(d->rt.server);
-    uint64_t ms = d->rt.cfg->shutdown_timeout_ms;
-    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
-    d->shutdown_timer = evtimer_new(d->rt.base, on_shutdown_timeout, d);
-    evtimer_add(d->shutdown_timer, &tv);
-    maybe_exit(&d->rt);
+    d->draining = true;
+    for (int i = 0; i < d->nworkers; i++)
+        worker_drain(d->workers[i]);
 }
 
 /* ---- reload ------------------------------------------------------------- */
@@ -129,9 +124,12 @@ static void send_reloading(void)
     sdnotify_send(msg);
 }
 
+/*
+ * Validates the file here first, so that a bad file changes nothing
+ * anywhere; then every worker re-reads it in its own thread.
+ */
 static void reload(struct daemon *d)
 {
-    struct runtime *rt = &d->rt;
     log_info("SIGHUP: reloading %s", d->config_path);
     struct config *cfg = config_load(d->config_path, log_config_error, NULL);
     if (cfg == NULL) {
@@ -139,26 +137,19 @@ static void reload(struct daemon *d)
         return;
     }
     char err[256];
-    struct upstream_pool *pool = upstream_pool_new(rt->base, cfg, err, sizeof(err));
-    if (pool == NULL) {
-        log_error("reload failed: %s; keeping the running configuration", err);
-        config_unref(cfg);
-        return;
-    }
     if (log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
         log_error("reload failed: %s; keeping the running configuration", err);
-        upstream_pool_free(pool);
         config_unref(cfg);
         return;
     }
-    if (!listens_equal(rt->cfg, cfg))
+    if (!listens_equal(d->cfg, cfg))
         log_warn("reload: listen addresses changed; they take effect at the next restart");
-    store_reconfigure(rt->store, cfg);
-    upstream_pool_free(rt->pool);
-    rt->pool = pool;
-    config_unref(rt->cfg);
-    rt->cfg = cfg;
-    warn_unimplemented(cfg);
+    if (worker_count(cfg) != d->nworkers)
+        log_warn("reload: workers changed; the new count takes effect at the next restart");
+    config_unref(d->cfg);
+    d->cfg = cfg;
+    for (int i = 0; i < d->nworkers; i++)
+        worker_reload(d->workers[i]);
     log_info("reload complete");
 }
 
@@ -167,7 +158,7 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     (void)sig;
     (void)what;
     struct daemon *d = arg;
-    if (d->rt.draining)
+    if (d->draining)
         return;
     send_reloading();
     reload(d);
@@ -205,7 +196,7 @@ static int check_config(const char *path)
 
 static void install_signals(struct daemon *d)
 {
-    struct event_base *base = d->rt.base;
+    struct event_base *base = d->base;
     d->sig_term = evsignal_new(base, SIGTERM, on_stop_signal, d);
     d->sig_int = evsignal_new(base, SIGINT, on_stop_signal, d);
     d->sig_hup = evsignal_new(base, SIGHUP, on_hup, d);
@@ -223,61 +214,83 @@ static void install_signals(struct daemon *d)
     }
 }
 
-static void teardown(struct daemon *d)
+static void admin_gauges(void *arg, struct metrics_gauges *out)
 {
+    struct daemon *d = arg;
+    memset(out, 0, sizeof(*out));
+    out->redis_up = true;
+    for (int i = 0; i < d->nworkers; i++)
+        worker_add_gauges(d->workers[i], out);
+}
+
+static bool admin_draining(void *arg)
+{
+    return ((struct daemon *)arg)->draining;
+}
+
+/* Joins the workers (asking them to stop first, when start-up failed half
+ * way and their loops still run), then frees everything. */
+static void teardown(struct daemon *d, bool stop_workers)
+{
+    for (int i = 0; stop_workers && i < d->nworkers; i++)
+        worker_drain(d->workers[i]);
+    for (int i = 0; i < d->nworkers; i++)
+        worker_join(d->workers[i]);
     admin_free(d->admin);
-    server_free(d->rt.server);
-    store_free(d->rt.store);
-    upstream_pool_free(d->rt.pool);
-    struct event *events[] = {d->sig_term, d->sig_int,  d->sig_hup,
-                              d->sig_usr1, d->watchdog, d->shutdown_timer};
+    struct event *events[] = {d->sig_term, d->sig_int, d->sig_hup, d->sig_usr1, d->watchdog};
     for (size_t i = 0; i < ARRAY_LEN(events); i++)
         if (events[i])
             event_free(events[i]);
-    event_base_free(d->rt.base);
-    config_unref(d->rt.cfg);
+    if (d->base)
+        event_base_free(d->base);
+    config_unref(d->cfg);
+    metrics_reset();
     log_close();
+}
+
+static int start_workers(struct daemon *d, char *err, size_t errlen)
+{
+    int n = worker_count(d->cfg);
+    for (int i = 0; i < n; i++) {
+        struct worker *w = worker_start(i, d->config_path, d->base, on_worker_exit, d, err, errlen);
+        if (w == NULL)
+            return IDEM_ERR;
+        d->workers[d->nworkers++] = w;
+        d->running++;
+    }
+    return IDEM_OK;
 }
 
 static int run(struct daemon *d)
 {
-    struct runtime *rt = &d->rt;
-    char err[256];
-    rt->cfg = config_load(d->config_path, print_error, NULL);
-    if (rt->cfg == NULL)
+    char err[256] = "";
+    d->cfg = config_load(d->config_path, print_error, NULL);
+    if (d->cfg == NULL)
         return 1;
-    if (log_configure(rt->cfg, err, sizeof(err)) != IDEM_OK) {
+    if (log_configure(d->cfg, err, sizeof(err)) != IDEM_OK) {
         fprintf(stderr, "idemproxy: %s\n", err);
-        config_unref(rt->cfg);
+        config_unref(d->cfg);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    rt->base = event_base_new();
-    rt->on_idle = maybe_exit;
+    evthread_use_pthreads(); /* before any base: workers are woken across threads */
+    d->base = event_base_new();
     metrics_init();
-    rt->server = server_new(rt);
-    rt->pool = upstream_pool_new(rt->base, rt->cfg, err, sizeof(err));
-    if (rt->pool != NULL) {
-        rt->store = store_new(rt->base, rt->cfg);
-        /* The admin listener first: once clients can connect, so can probes. */
-        d->admin = admin_start(rt, rt->cfg, err, sizeof(err));
-    }
-    if (rt->pool == NULL || (d->admin == NULL && err[0] != '\0') ||
-        server_listen(rt->server, rt->cfg, err, sizeof(err)) != IDEM_OK) {
+    struct admin_source src = {.gauges = admin_gauges, .draining = admin_draining, .arg = d};
+    /* The admin listener first: once clients can connect, so can probes. */
+    d->admin = admin_start(d->base, d->cfg, &src, err, sizeof(err));
+    if ((d->admin == NULL && err[0] != '\0') || start_workers(d, err, sizeof(err)) != IDEM_OK) {
         log_error("cannot start: %s", err);
-        teardown(d);
-        metrics_reset();
+        teardown(d, true);
         return 2;
     }
     install_signals(d);
-    warn_unimplemented(rt->cfg);
-    log_info("idemproxy " IDEMPROXY_VERSION " started (pid %d, config %s)", (int)getpid(),
-             d->config_path);
+    log_info("idemproxy " IDEMPROXY_VERSION " started (pid %d, %d worker%s, config %s)",
+             (int)getpid(), d->nworkers, d->nworkers == 1 ? "" : "s", d->config_path);
     sdnotify_send("READY=1\nSTATUS=serving");
-    event_base_dispatch(rt->base);
+    event_base_dispatch(d->base);
     log_info("stopped");
-    teardown(d);
-    metrics_reset();
+    teardown(d, false);
     return 0;
 }
 

@@ -1,8 +1,10 @@
 /*
- * runtime.h - what one event loop runs with: its base, the configuration in
- * force, the Redis store, the upstream pool and the listeners. main.c owns it;
- * server.c and proxy.c read it. Reload replaces cfg and pool; requests in
- * flight keep references to the ones they started with.
+ * runtime.h - what one event loop (one worker thread) runs with: its base,
+ * its own parsed configuration, its Redis store, its upstream pool and its
+ * listeners. worker.c owns it; server.c and proxy.c read it. Nothing in it is
+ * shared with another worker; only the counters are read by the main thread
+ * (for /metrics), so they are atomics. Reload replaces cfg and pool; requests
+ * in flight keep references to the ones they started with.
  */
 #ifndef IDEM_RUNTIME_H
 #define IDEM_RUNTIME_H
@@ -22,9 +24,9 @@ struct runtime {
     struct upstream_pool *pool;
     struct server *server;
     bool draining;                       /* SIGTERM: finish what is in flight, accept nothing new */
-    int exchanges;                       /* requests in flight */
-    int parked;                          /* of those, duplicates waiting for a key in flight */
-    int clients;                         /* open client connections */
+    _Atomic int exchanges;               /* requests in flight */
+    _Atomic int parked;                  /* of those, duplicates waiting for a key in flight */
+    _Atomic int clients;                 /* open client connections */
     void (*on_idle)(struct runtime *rt); /* called when draining and nothing is left */
 };
 

@@ -584,10 +584,11 @@ int server_listen(struct server *srv, const struct config *cfg, char *err, size_
             snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, evutil_gai_strerror(rc));
             return IDEM_ERR;
         }
-        struct evconnlistener *l = evconnlistener_new_bind(
-            srv->rt->base, on_accept, srv,
-            LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 1024, res->ai_addr,
-            (int)res->ai_addrlen);
+        struct evconnlistener *l =
+            evconnlistener_new_bind(srv->rt->base, on_accept, srv,
+                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
+                                        LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
+                                    1024, res->ai_addr, (int)res->ai_addrlen);
         evutil_freeaddrinfo(res);
         if (l == NULL) {
             snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, strerror(errno));

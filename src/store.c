@@ -151,6 +151,7 @@ struct store_op {
 
 struct store {
     struct event_base *base;
+    _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
     struct link cmd;
     struct link sub;
     struct store_watch *watches;
@@ -258,9 +259,16 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 /* ---- connection --------------------------------------------------------- */
 
+static void link_set_state(struct link *l, enum link_state state)
+{
+    l->state = state;
+    if (l == &l->st->cmd && l->st->ready_flag)
+        *l->st->ready_flag = state == LINK_READY;
+}
+
 static void link_schedule_reconnect(struct link *l)
 {
-    l->state = LINK_DOWN;
+    link_set_state(l, LINK_DOWN);
     l->ac = NULL;
     struct timeval tv = {(time_t)(l->backoff_ms / 1000),
                          (suseconds_t)(l->backoff_ms % 1000) * 1000};
@@ -286,7 +294,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     struct store *st = l->st;
-    l->state = LINK_READY;
+    link_set_state(l, LINK_READY);
     l->backoff_ms = BACKOFF_MIN_MS;
     if (l->down_logged)
         log_warn("%s: connected again to %s%s%s", l->role, st->unix_path ? st->unix_path : st->host,
@@ -331,7 +339,7 @@ static void link_connect(struct link *l)
     }
     ac->data = l;
     l->ac = ac;
-    l->state = LINK_CONNECTING;
+    link_set_state(l, LINK_CONNECTING);
     redisLibeventAttach(ac, st->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -360,7 +368,7 @@ static void link_close(struct link *l)
         return;
     ac->data = NULL;
     l->ac = NULL;
-    l->state = LINK_DOWN;
+    link_set_state(l, LINK_DOWN);
     redisAsyncFree(ac);
 }
 
@@ -704,6 +712,12 @@ void store_reconfigure(struct store *st, const struct config *cfg)
     link_close(&st->sub);
     st->sub.backoff_ms = BACKOFF_MIN_MS;
     link_connect(&st->sub);
+}
+
+void store_publish_readiness(struct store *st, _Atomic bool *flag)
+{
+    st->ready_flag = flag;
+    *flag = st->cmd.state == LINK_READY;
 }
 
 bool store_ready(const struct store *st)

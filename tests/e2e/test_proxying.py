@@ -7,7 +7,8 @@ import socket
 
 from harness import Env, Upstream, request
 
-RR = "upstream_fail_timeout 30s"
+# Round robin and pooling are per worker (each has its own pool): pin one.
+RR = "upstream_fail_timeout 30s\nworkers 1"
 
 
 def test_round_robin_over_two_upstreams_and_skip_a_refusing_one():
@@ -31,7 +32,7 @@ def test_round_robin_over_two_upstreams_and_skip_a_refusing_one():
 
 
 def test_upstream_connections_are_reused():
-    with Env() as env:
+    with Env(extra_config="workers 1") as env:
         for _ in range(5):
             assert env.request("GET", "/x").status == 200
         # ss is not needed: the test upstream counts connections it accepted
@@ -69,3 +70,17 @@ def test_forwarding_headers_are_added():
         assert r.header("X-Seen-Forwarded-Proto") == "http"
         assert r.header("X-Seen-Forwarded-Host") == "api.example"
         assert "idemproxy" in (r.header("X-Seen-Via") or "")
+
+
+def test_workers_share_one_guarantee():
+    with Env(extra_config="workers 2") as env:
+        assert "2 workers" in env.proxy.error_log()
+        from harness import parallel
+        key = "w-" + env.tmp[-8:]
+
+        def one(i):
+            return env.post("/orders", key=key, body=b"{}", headers={"X-Test-Delay": "200"})
+        answers = parallel(one, 40)
+        codes = sorted(r.status for r in answers)
+        assert env.upstream.count(key) == 1
+        assert set(codes) <= {201, 409}, codes

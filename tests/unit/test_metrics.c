@@ -1,8 +1,10 @@
 /*
  * test_metrics.c - counters, histograms, label bounds and the Prometheus
- * text rendering of metrics.c.
+ * text rendering of metrics.c, counted from one thread and from several
+ * (per-thread states summed and merged by render).
  */
 #include <event2/buffer.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,6 +337,272 @@ START_TEST(render_exact_text)
 }
 END_TEST
 
+/* ---- several threads ---------------------------------------------------- */
+
+/*
+ * A counting thread: takes a state, counts n requests for (route, outcome,
+ * 200) with one observation in each histogram and one Redis error each, then
+ * meets `counted` and `release` (when set) before it retires (when `retire`).
+ */
+struct job {
+    const char *route;
+    const char *outcome;
+    int n;
+    pthread_barrier_t *counted;
+    pthread_barrier_t *release;
+    bool retire;
+    pthread_t thread;
+};
+
+static void *job_run(void *arg)
+{
+    struct job *j = arg;
+    metrics_thread_init();
+    for (int i = 0; i < j->n; i++) {
+        metrics_request(j->route, j->outcome, 200, 12);
+        metrics_upstream_latency(7);
+        metrics_redis_latency(300);
+        metrics_redis_error();
+    }
+    if (j->counted != NULL)
+        pthread_barrier_wait(j->counted);
+    if (j->release != NULL)
+        pthread_barrier_wait(j->release);
+    if (j->retire)
+        metrics_thread_exit();
+    return NULL;
+}
+
+static void job_start(struct job *j)
+{
+    ck_assert_int_eq(pthread_create(&j->thread, NULL, job_run, j), 0);
+}
+
+static void job_join(struct job *j)
+{
+    ck_assert_int_eq(pthread_join(j->thread, NULL), 0);
+}
+
+/* Runs two jobs side by side: both hold a state until both have counted. */
+static void run_pair(struct job *a, struct job *b)
+{
+    pthread_barrier_t counted;
+    ck_assert_int_eq(pthread_barrier_init(&counted, NULL, 2), 0);
+    a->counted = b->counted = &counted;
+    job_start(a);
+    job_start(b);
+    job_join(a);
+    job_join(b);
+    pthread_barrier_destroy(&counted);
+}
+
+START_TEST(two_threads_are_summed)
+{
+    metrics_reset();
+    struct job a = {.route = "/a", .outcome = "miss", .n = 1000, .retire = true};
+    struct job b = {.route = "/b", .outcome = "miss", .n = 500, .retire = true};
+    run_pair(&a, &b);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/a\",outcome=\"miss\",code=\"2xx\"} 1000");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/b\",outcome=\"miss\",code=\"2xx\"} 500");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_count 1500");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_sum 18.000");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_bucket{le=\"0.01\"} 0");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_bucket{le=\"0.025\"} 1500");
+    ASSERT_LINE(t, "idemproxy_upstream_duration_seconds_count 1500");
+    ASSERT_LINE(t, "idemproxy_upstream_duration_seconds_sum 10.500");
+    ASSERT_LINE(t, "idemproxy_redis_duration_seconds_count 1500");
+    ASSERT_LINE(t, "idemproxy_redis_duration_seconds_sum 0.450000");
+    ASSERT_LINE(t, "idemproxy_redis_errors_total 1500");
+    free(t);
+}
+END_TEST
+
+START_TEST(exited_thread_still_counts)
+{
+    metrics_reset();
+    struct job a = {.route = "/gone", .outcome = "replay", .n = 3, .retire = true};
+    job_start(&a);
+    job_join(&a);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/gone\",outcome=\"replay\",code=\"2xx\"} 3");
+    ASSERT_LINE(t, "idemproxy_redis_errors_total 3");
+    free(t);
+
+    /* A later thread (which may take the retired state over) adds to it. */
+    struct job b = {.route = "/gone", .outcome = "replay", .n = 2, .retire = true};
+    job_start(&b);
+    job_join(&b);
+    /* So does a thread that never called metrics_thread_init(), like this one. */
+    metrics_request("/here", "miss", 201, 1);
+
+    t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/gone\",outcome=\"replay\",code=\"2xx\"} 5");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/here\",outcome=\"miss\",code=\"2xx\"} 1");
+    ck_assert_int_eq(count_prefixed(t, "idemproxy_requests_total{"), 2);
+    ASSERT_LINE(t, "idemproxy_redis_errors_total 5");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_count 6");
+    free(t);
+}
+END_TEST
+
+START_TEST(series_in_one_thread_only)
+{
+    metrics_reset();
+    struct job a = {.route = "/only-a", .outcome = "miss", .n = 4, .retire = true};
+    struct job b = {.route = "/both", .outcome = "miss", .n = 1, .retire = false};
+    run_pair(&a, &b);
+    metrics_request("/both", "miss", 200, 1);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/only-a\",outcome=\"miss\",code=\"2xx\"} 4");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/both\",outcome=\"miss\",code=\"2xx\"} 2");
+    ck_assert_int_eq(count_prefixed(t, "idemproxy_requests_total{"), 2);
+    free(t);
+}
+END_TEST
+
+START_TEST(same_series_merged_across_threads)
+{
+    metrics_reset();
+    metrics_request("/m", "miss", 200, 1);
+    struct job a = {.route = "/m", .outcome = "miss", .n = 10, .retire = true};
+    struct job b = {.route = "/m", .outcome = "miss", .n = 20, .retire = true};
+    run_pair(&a, &b);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/m\",outcome=\"miss\",code=\"2xx\"} 31");
+    ck_assert_int_eq(count_prefixed(t, "idemproxy_requests_total{"), 1);
+    free(t);
+}
+END_TEST
+
+/* Fills this thread's series table with /f0 ... and folds two more. */
+static void *fill_and_fold(void *arg)
+{
+    (void)arg;
+    char route[32];
+    for (int i = 0; i < METRICS_MAX_SERIES; i++) {
+        snprintf(route, sizeof(route), "/f%d", i);
+        metrics_request(route, "miss", 200, 1);
+    }
+    metrics_request("/late", "miss", 200, 1);
+    metrics_request("/late", "bogus", 500, 1);
+    metrics_thread_exit();
+    return NULL;
+}
+
+START_TEST(series_cap_is_per_thread)
+{
+    metrics_reset();
+    metrics_request("/late", "miss", 200, 1); /* this thread has room for it */
+    metrics_request("other", "other", 599, 1);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, fill_and_fold, NULL), 0);
+    ck_assert_int_eq(pthread_join(th, NULL), 0);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/late\",outcome=\"miss\",code=\"2xx\"} 1");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/f255\",outcome=\"miss\",code=\"2xx\"} 1");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"other\",outcome=\"miss\",code=\"2xx\"} 1");
+    /* A route named "other" and the folded series share one line. */
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"other\",outcome=\"other\",code=\"5xx\"} 2");
+    ck_assert_int_eq(count_prefixed(t, "idemproxy_requests_total{"), METRICS_MAX_SERIES + 3);
+    free(t);
+}
+END_TEST
+
+/* Counts while the test renders: the sums only grow and end exact. */
+START_TEST(render_while_counting)
+{
+    enum { NJOBS = 4, PER_JOB = 20000 };
+    metrics_reset();
+    struct job jobs[NJOBS];
+    for (int i = 0; i < NJOBS; i++) {
+        jobs[i] = (struct job){.route = i % 2 ? "/odd" : "/even", .outcome = "miss", .n = PER_JOB};
+        jobs[i].retire = true;
+        job_start(&jobs[i]);
+    }
+    for (int i = 0; i < 50; i++) {
+        char *t = render(&no_gauges);
+        const char *c = strstr(t, "\nidemproxy_request_duration_seconds_count ");
+        ck_assert_ptr_nonnull(c);
+        ck_assert_int_le(atol(c + strlen("\nidemproxy_request_duration_seconds_count ")),
+                         NJOBS * PER_JOB);
+        free(t);
+    }
+    for (int i = 0; i < NJOBS; i++)
+        job_join(&jobs[i]);
+
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/even\",outcome=\"miss\",code=\"2xx\"} 40000");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/odd\",outcome=\"miss\",code=\"2xx\"} 40000");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_count 80000");
+    ASSERT_LINE(t, "idemproxy_redis_errors_total 80000");
+    free(t);
+}
+END_TEST
+
+/* Threads that come and go reuse retired states: no slot runs out. */
+START_TEST(threads_come_and_go)
+{
+    metrics_reset();
+    for (int i = 0; i < 3 * METRICS_MAX_THREADS; i++) {
+        struct job j = {.route = "/churn", .outcome = "miss", .n = 1, .retire = true};
+        job_start(&j);
+        job_join(&j);
+    }
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/churn\",outcome=\"miss\",code=\"2xx\"} 192");
+    ck_assert_int_eq(count_prefixed(t, "idemproxy_requests_total{"), 1);
+    free(t);
+}
+END_TEST
+
+/* With every slot held by a running thread, another thread still counts. */
+START_TEST(registry_full_uses_overflow)
+{
+    metrics_reset();
+    pthread_barrier_t counted, release;
+    ck_assert_int_eq(pthread_barrier_init(&counted, NULL, METRICS_MAX_THREADS + 1), 0);
+    ck_assert_int_eq(pthread_barrier_init(&release, NULL, METRICS_MAX_THREADS + 1), 0);
+    struct job jobs[METRICS_MAX_THREADS];
+    for (int i = 0; i < METRICS_MAX_THREADS; i++) {
+        jobs[i] = (struct job){.route = "/w", .outcome = "miss", .n = 1, .retire = true};
+        jobs[i].counted = &counted;
+        jobs[i].release = &release;
+        job_start(&jobs[i]);
+    }
+    pthread_barrier_wait(&counted);
+
+    metrics_request("/main", "miss", 200, 1); /* overflow: counted, route folded */
+    metrics_redis_error();
+    char *t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/w\",outcome=\"miss\",code=\"2xx\"} 64");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"other\",outcome=\"miss\",code=\"2xx\"} 1");
+    ck_assert_ptr_null(strstr(t, "/main"));
+    ASSERT_LINE(t, "idemproxy_redis_errors_total 65");
+    free(t);
+
+    pthread_barrier_wait(&release);
+    for (int i = 0; i < METRICS_MAX_THREADS; i++)
+        job_join(&jobs[i]);
+    pthread_barrier_destroy(&counted);
+    pthread_barrier_destroy(&release);
+
+    /* Slots retired: this thread, starting over, gets one of its own. */
+    metrics_thread_exit();
+    metrics_request("/main", "miss", 200, 1);
+    t = render(&no_gauges);
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"/main\",outcome=\"miss\",code=\"2xx\"} 1");
+    ASSERT_LINE(t, "idemproxy_requests_total{route=\"other\",outcome=\"miss\",code=\"2xx\"} 1");
+    ASSERT_LINE(t, "idemproxy_request_duration_seconds_count 66");
+    free(t);
+}
+END_TEST
+
 static Suite *metrics_suite(void)
 {
     Suite *s = suite_create("metrics");
@@ -347,6 +615,14 @@ static Suite *metrics_suite(void)
     tcase_add_test(tc, label_values_escaped);
     tcase_add_test(tc, series_cap_folds_into_other);
     tcase_add_test(tc, render_exact_text);
+    tcase_add_test(tc, two_threads_are_summed);
+    tcase_add_test(tc, exited_thread_still_counts);
+    tcase_add_test(tc, series_in_one_thread_only);
+    tcase_add_test(tc, same_series_merged_across_threads);
+    tcase_add_test(tc, series_cap_is_per_thread);
+    tcase_add_test(tc, render_while_counting);
+    tcase_add_test(tc, threads_come_and_go);
+    tcase_add_test(tc, registry_full_uses_overflow);
     suite_add_tcase(s, tc);
     return s;
 }

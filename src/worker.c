@@ -1,0 +1,282 @@
+/*
+ * worker.c - a worker thread and its event loop.
+ *
+ * Each worker is a complete proxy: it parses the configuration file itself,
+ * binds every `listen` address with SO_REUSEPORT, keeps its own Redis
+ * connections and upstream pool, and serves its connections from start to
+ * end. Nothing on the request path is shared between workers, so nothing
+ * needs a lock; the kernel spreads new connections over the listeners.
+ *
+ *   main thread                         worker thread
+ *   worker_start() --pthread_create-->  setup: config, pool, store, listeners
+ *        waits on the handshake  <----  started (or failed, with a reason)
+ *   worker_reload() / worker_drain()
+ *        set a bit, event_active() -->  on_command: reload or drain
+ *                                       ... loop ends after the drain ...
+ *   on_exit on the main loop  <-------  event_active(exited)
+ *   worker_join()
+ *
+ * Commands cross threads with event_active(), which libevent makes safe once
+ * evthread_use_pthreads() has run (main.c does it first thing).
+ */
+#include "worker.h"
+
+#include <event2/event.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "log.h"
+#include "runtime.h"
+#include "server.h"
+#include "store.h"
+#include "upstream.h"
+
+enum { COMMAND_RELOAD = 1, COMMAND_DRAIN = 2 };
+
+struct worker {
+    int index;
+    char *config_path;
+    pthread_t thread;
+    struct runtime rt;
+    struct event *command;
+    _Atomic int pending;   /* COMMAND_* bits not yet handled */
+    _Atomic bool redis_up; /* published by the store for the main thread */
+    bool joinable;
+    struct event *shutdown_timer;
+    struct event *exited; /* on the main loop: runs on_exit */
+    void (*on_exit)(void *arg);
+    void *on_exit_arg;
+
+    /* start-up handshake, used once */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    int started; /* 0 waiting, 1 serving, -1 failed */
+    char err[256];
+};
+
+static void log_config_error(void *arg, const char *message)
+{
+    (void)arg;
+    log_error("%s", message);
+}
+
+/* ---- draining ----------------------------------------------------------- */
+
+static void maybe_exit(struct runtime *rt)
+{
+    if (rt->draining && rt->exchanges == 0 && rt->clients == 0)
+        event_base_loopexit(rt->base, NULL);
+}
+
+static void on_shutdown_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    log_warn("worker %d: shutdown_timeout passed with %d request(s) in flight; exiting anyway",
+             w->index, (int)w->rt.exchanges);
+    event_base_loopexit(w->rt.base, NULL);
+}
+
+static void drain(struct worker *w)
+{
+    struct runtime *rt = &w->rt;
+    if (rt->draining)
+        return;
+    rt->draining = true;
+    server_drain(rt->server);
+    uint64_t ms = rt->cfg->shutdown_timeout_ms;
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    w->shutdown_timer = evtimer_new(rt->base, on_shutdown_timeout, w);
+    evtimer_add(w->shutdown_timer, &tv);
+    maybe_exit(rt);
+}
+
+/* ---- reload ------------------------------------------------------------- */
+
+/* Builds what the new configuration needs, then swaps; on error keeps all. */
+static void reload(struct worker *w)
+{
+    struct runtime *rt = &w->rt;
+    struct config *cfg = config_load(w->config_path, log_config_error, NULL);
+    if (cfg == NULL) {
+        log_error("worker %d: reload failed: keeping the running configuration", w->index);
+        return;
+    }
+    char err[256];
+    struct upstream_pool *pool = upstream_pool_new(rt->base, cfg, err, sizeof(err));
+    if (pool == NULL) {
+        log_error("worker %d: reload failed: %s; keeping the running configuration", w->index, err);
+        config_unref(cfg);
+        return;
+    }
+    store_reconfigure(rt->store, cfg);
+    upstream_pool_free(rt->pool);
+    rt->pool = pool;
+    config_unref(rt->cfg);
+    rt->cfg = cfg;
+    log_debug("worker %d: configuration reloaded", w->index);
+}
+
+static void on_command(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    int pending = atomic_exchange(&w->pending, 0);
+    if (pending & COMMAND_DRAIN)
+        drain(w);
+    else if (pending & COMMAND_RELOAD)
+        reload(w);
+}
+
+static void post(struct worker *w, int command)
+{
+    atomic_fetch_or(&w->pending, command);
+    event_active(w->command, EV_TIMEOUT, 0);
+}
+
+void worker_reload(struct worker *w)
+{
+    post(w, COMMAND_RELOAD);
+}
+
+void worker_drain(struct worker *w)
+{
+    post(w, COMMAND_DRAIN);
+}
+
+/* ---- the thread --------------------------------------------------------- */
+
+static int setup(struct worker *w)
+{
+    struct runtime *rt = &w->rt;
+    rt->base = event_base_new();
+    rt->on_idle = maybe_exit;
+    w->command = event_new(rt->base, -1, 0, on_command, w);
+    rt->server = server_new(rt);
+    rt->cfg = config_load(w->config_path, log_config_error, NULL);
+    if (rt->cfg == NULL) {
+        snprintf(w->err, sizeof(w->err), "%s: configuration changed while starting",
+                 w->config_path);
+        return IDEM_ERR;
+    }
+    rt->pool = upstream_pool_new(rt->base, rt->cfg, w->err, sizeof(w->err));
+    if (rt->pool == NULL)
+        return IDEM_ERR;
+    rt->store = store_new(rt->base, rt->cfg);
+    store_publish_readiness(rt->store, &w->redis_up);
+    return server_listen(rt->server, rt->cfg, w->err, sizeof(w->err));
+}
+
+static void teardown(struct worker *w)
+{
+    struct runtime *rt = &w->rt;
+    server_free(rt->server);
+    store_free(rt->store);
+    upstream_pool_free(rt->pool);
+    if (w->shutdown_timer)
+        event_free(w->shutdown_timer);
+    event_free(w->command);
+    event_base_free(rt->base);
+    if (rt->cfg)
+        config_unref(rt->cfg);
+}
+
+static void report_start(struct worker *w, int started)
+{
+    pthread_mutex_lock(&w->lock);
+    w->started = started;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    metrics_thread_init();
+    bool ok = setup(w) == IDEM_OK;
+    if (ok) {
+        /* Reported before the loop runs: only the handshake touches w after. */
+        struct event *exited = w->exited;
+        report_start(w, 1);
+        event_base_dispatch(w->rt.base);
+        teardown(w);
+        metrics_thread_exit();
+        event_active(exited, EV_TIMEOUT, 0);
+        return NULL;
+    }
+    teardown(w);
+    metrics_thread_exit();
+    report_start(w, -1);
+    return NULL;
+}
+
+static void on_exited(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct worker *w = arg;
+    w->on_exit(w->on_exit_arg);
+}
+
+struct worker *worker_start(int index, const char *config_path, struct event_base *main_base,
+                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen)
+{
+    struct worker *w = xcalloc(1, sizeof(*w));
+    w->index = index;
+    w->config_path = xstrdup(config_path);
+    w->on_exit = on_exit;
+    w->on_exit_arg = arg;
+    w->exited = event_new(main_base, -1, 0, on_exited, w);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+
+    /* Signals belong to the main thread's loop: workers never take them. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int rc = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        snprintf(err, errlen, "cannot start worker %d: %s", index, strerror(rc));
+        worker_join(w);
+        return NULL;
+    }
+    w->joinable = true;
+    pthread_mutex_lock(&w->lock);
+    while (w->started == 0)
+        pthread_cond_wait(&w->cond, &w->lock);
+    pthread_mutex_unlock(&w->lock);
+    if (w->started < 0) {
+        snprintf(err, errlen, "%s", w->err);
+        worker_join(w);
+        return NULL;
+    }
+    return w;
+}
+
+void worker_join(struct worker *w)
+{
+    if (w->joinable)
+        pthread_join(w->thread, NULL);
+    event_free(w->exited);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    free(w->config_path);
+    free(w);
+}
+
+void worker_add_gauges(const struct worker *w, struct metrics_gauges *out)
+{
+    const struct runtime *rt = &w->rt;
+    out->inflight += rt->exchanges;
+    out->parked += rt->parked;
+    out->connections += rt->clients;
+    out->redis_up = out->redis_up && w->redis_up;
+}

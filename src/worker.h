@@ -1,0 +1,41 @@
+/*
+ * worker.h - one worker: a thread with its own event loop, configuration,
+ * Redis connections, upstream pool and listeners (SO_REUSEPORT, so the
+ * kernel spreads connections over the workers). Workers share nothing that
+ * needs a lock; the main thread talks to them through worker_* calls, which
+ * are safe from any thread.
+ */
+#ifndef IDEM_WORKER_H
+#define IDEM_WORKER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "metrics.h"
+#include "util.h"
+
+struct event_base;
+struct worker;
+
+/*
+ * Starts worker `index`: it loads config_path itself, binds, connects, and
+ * only then does this call return it. On failure returns NULL with a phrase
+ * in err (the thread has ended). on_exit runs on main_base's loop when the
+ * worker's loop has ended (after a drain).
+ */
+struct worker *worker_start(int index, const char *config_path, struct event_base *main_base,
+                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen);
+
+/* Asks the worker to re-read its configuration (it keeps the old one on error). */
+void worker_reload(struct worker *w);
+
+/* Asks the worker to stop accepting, finish what is in flight and end. */
+void worker_drain(struct worker *w);
+
+/* Waits for the thread and frees the worker. */
+void worker_join(struct worker *w);
+
+/* Adds this worker's gauges to out (redis_up is and-ed). */
+void worker_add_gauges(const struct worker *w, struct metrics_gauges *out);
+
+#endif
