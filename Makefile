@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 SANITIZE ?= 0
 
-PKGS := libevent libevent_openssl libevent_pthreads hiredis openssl
+PKGS := libevent libevent_openssl hiredis openssl
 LLHTTP_SRC_DIR := /usr/share/llhttp
 LLHTTP_INC_DIR := /usr/share/include/llhttp
 DEB_PACKAGES := libevent-dev libhiredis-dev node-llhttp libssl-dev check pkg-config redis-server python3

@@ -17,7 +17,6 @@
  */
 #include <errno.h>
 #include <event2/event.h>
-#include <event2/thread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -273,7 +272,6 @@ static int run(struct daemon *d)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads(); /* before any base: workers are woken across threads */
     d->base = event_base_new();
     metrics_init();
     struct admin_source src = {.gauges = admin_gauges, .draining = admin_draining, .arg = d};

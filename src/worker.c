@@ -11,23 +11,27 @@
  *   worker_start() --pthread_create-->  setup: config, pool, store, listeners
  *        waits on the handshake  <----  started (or failed, with a reason)
  *   worker_reload() / worker_drain()
- *        set a bit, event_active() -->  on_command: reload or drain
+ *        one byte down its pipe  ---->  on_command: reload or drain
  *                                       ... loop ends after the drain ...
- *   on_exit on the main loop  <-------  event_active(exited)
+ *   on_exit on the main loop  <-------  one byte up the exit pipe
  *   worker_join()
  *
- * Commands cross threads with event_active(), which libevent makes safe once
- * evthread_use_pthreads() has run (main.c does it first thing).
+ * Commands cross threads as bytes on pipes, never as calls into another
+ * thread's event base: libevent's bases then need no locks at all (no
+ * evthread_use_pthreads), so the request path takes none.
  */
 #include "worker.h"
 
+#include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "log.h"
@@ -36,19 +40,20 @@
 #include "store.h"
 #include "upstream.h"
 
-enum { COMMAND_RELOAD = 1, COMMAND_DRAIN = 2 };
+enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
 
 struct worker {
     int index;
     char *config_path;
     pthread_t thread;
     struct runtime rt;
-    struct event *command;
-    _Atomic int pending;   /* COMMAND_* bits not yet handled */
+    int command_pipe[2];   /* main writes COMMAND_* bytes, the worker reads */
+    int exit_pipe[2];      /* the worker writes one byte when its loop has ended */
+    struct event *command; /* on the worker's base, reading command_pipe */
     _Atomic bool redis_up; /* published by the store for the main thread */
     bool joinable;
     struct event *shutdown_timer;
-    struct event *exited; /* on the main loop: runs on_exit */
+    struct event *exited; /* on the main loop, reading exit_pipe: runs on_exit */
     void (*on_exit)(void *arg);
     void *on_exit_arg;
 
@@ -125,20 +130,23 @@ static void reload(struct worker *w)
 
 static void on_command(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
     struct worker *w = arg;
-    int pending = atomic_exchange(&w->pending, 0);
-    if (pending & COMMAND_DRAIN)
-        drain(w);
-    else if (pending & COMMAND_RELOAD)
-        reload(w);
+    char commands[16];
+    ssize_t n = read(fd, commands, sizeof(commands));
+    for (ssize_t i = 0; i < n; i++) {
+        if (commands[i] == COMMAND_DRAIN)
+            drain(w);
+        else if (commands[i] == COMMAND_RELOAD && !w->rt.draining)
+            reload(w);
+    }
 }
 
-static void post(struct worker *w, int command)
+static void post(struct worker *w, char command)
 {
-    atomic_fetch_or(&w->pending, command);
-    event_active(w->command, EV_TIMEOUT, 0);
+    /* One byte into a pipe nobody fills faster than the worker empties it. */
+    if (write(w->command_pipe[1], &command, 1) != 1)
+        log_error("worker %d: cannot send command '%c': %s", w->index, command, strerror(errno));
 }
 
 void worker_reload(struct worker *w)
@@ -156,9 +164,13 @@ void worker_drain(struct worker *w)
 static int setup(struct worker *w)
 {
     struct runtime *rt = &w->rt;
-    rt->base = event_base_new();
+    struct event_config *ec = event_config_new();
+    event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK); /* one thread only: no locks */
+    rt->base = event_base_new_with_config(ec);
+    event_config_free(ec);
     rt->on_idle = maybe_exit;
-    w->command = event_new(rt->base, -1, 0, on_command, w);
+    w->command = event_new(rt->base, w->command_pipe[0], EV_READ | EV_PERSIST, on_command, w);
+    event_add(w->command, NULL);
     rt->server = server_new(rt);
     rt->cfg = config_load(w->config_path, log_config_error, NULL);
     if (rt->cfg == NULL) {
@@ -202,13 +214,13 @@ static void *worker_main(void *arg)
     metrics_thread_init();
     bool ok = setup(w) == IDEM_OK;
     if (ok) {
-        /* Reported before the loop runs: only the handshake touches w after. */
-        struct event *exited = w->exited;
         report_start(w, 1);
         event_base_dispatch(w->rt.base);
         teardown(w);
         metrics_thread_exit();
-        event_active(exited, EV_TIMEOUT, 0);
+        char done = 'x';
+        if (write(w->exit_pipe[1], &done, 1) != 1)
+            log_error("worker %d: cannot report its exit: %s", w->index, strerror(errno));
         return NULL;
     }
     teardown(w);
@@ -219,10 +231,11 @@ static void *worker_main(void *arg)
 
 static void on_exited(evutil_socket_t fd, short what, void *arg)
 {
-    (void)fd;
     (void)what;
     struct worker *w = arg;
-    w->on_exit(w->on_exit_arg);
+    char done;
+    if (read(fd, &done, 1) == 1)
+        w->on_exit(w->on_exit_arg);
 }
 
 struct worker *worker_start(int index, const char *config_path, struct event_base *main_base,
@@ -233,7 +246,15 @@ struct worker *worker_start(int index, const char *config_path, struct event_bas
     w->config_path = xstrdup(config_path);
     w->on_exit = on_exit;
     w->on_exit_arg = arg;
-    w->exited = event_new(main_base, -1, 0, on_exited, w);
+    if (pipe2(w->command_pipe, O_CLOEXEC) != 0 ||
+        pipe2(w->exit_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
+        snprintf(err, errlen, "cannot start worker %d: pipe: %s", index, strerror(errno));
+        free(w->config_path);
+        free(w);
+        return NULL;
+    }
+    w->exited = event_new(main_base, w->exit_pipe[0], EV_READ | EV_PERSIST, on_exited, w);
+    event_add(w->exited, NULL);
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
 
@@ -266,6 +287,10 @@ void worker_join(struct worker *w)
     if (w->joinable)
         pthread_join(w->thread, NULL);
     event_free(w->exited);
+    for (int i = 0; i < 2; i++) {
+        close(w->command_pipe[i]);
+        close(w->exit_pipe[i]);
+    }
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
     free(w->config_path);

@@ -15,6 +15,7 @@ proxy has stopped (RegEnv).
 import os
 import signal
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -61,6 +62,13 @@ def small_rcvbuf_conn(port, rcvbuf=4096, timeout=10):
     s.settimeout(timeout)
     s.connect(("127.0.0.1", port))
     return s
+
+
+def close_with_reset(sock):
+    """Closes so that the peer sees a reset at once (SO_LINGER 0), not a
+    half-close it may read past."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
 
 
 def vm_rss_kb(pid):
@@ -120,11 +128,13 @@ class ScriptedUpstream:
       other    reads a Content-Length body, answers 201 "ok", keeps the
                connection for further requests
 
-    heads lists (connection number, request line) for every request head."""
+    heads lists (connection number, request line) for every request head.
+    accepting=False with a small backlog leaves connections in the accept
+    queue (and, once it is full, unanswered) until start_accepting()."""
 
     LIFETIME = 120  # seconds: every loop here is bounded
 
-    def __init__(self, port):
+    def __init__(self, port, backlog=16, accepting=True):
         self.port = port
         self.heads = []
         self.late_bytes = {}
@@ -135,8 +145,11 @@ class ScriptedUpstream:
         self.ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.ls.bind(("127.0.0.1", port))
-        self.ls.listen(16)
+        self.ls.listen(backlog)
         self.ls.settimeout(0.1)
+        self.accepting = threading.Event()
+        if accepting:
+            self.accepting.set()
         self.thread = threading.Thread(target=self._accept_loop, daemon=True)
         self.thread.start()
 
@@ -146,6 +159,9 @@ class ScriptedUpstream:
     def _accept_loop(self):
         n = 0
         while self._alive():
+            if not self.accepting.is_set():
+                time.sleep(0.02)
+                continue
             try:
                 c, _ = self.ls.accept()
             except socket.timeout:
@@ -219,6 +235,9 @@ class ScriptedUpstream:
             return
         finally:
             c.close()
+
+    def start_accepting(self):
+        self.accepting.set()
 
     def count(self, path):
         with self.lock:
@@ -313,9 +332,9 @@ def test_f2_bad_chunk_after_early_streamed_answer_does_not_crash():
 def test_f3_sigterm_during_streamed_response_with_pipelined_request():
     """SIGTERM while a keep-alive client's streamed response is in progress
     and its next (pipelined) request is buffered: no crash, exit 0."""
-    n = 16 * 1024 * 1024
-    with RegEnv(extra_config="shutdown_timeout 8s\nidle_timeout 60s") as env:
-        s = small_rcvbuf_conn(env.proxy.port)
+    n = 32 * 1024 * 1024  # more than the socket buffers hold: still going at SIGTERM
+    with RegEnv(extra_config="shutdown_timeout 8s\nidle_timeout 60s\nworkers 2") as env:
+        s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=10)
         try:
             s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\nX-Test-Body-Size: %d\r\n\r\n"
                       b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n" % n)
@@ -323,6 +342,7 @@ def test_f3_sigterm_during_streamed_response_with_pipelined_request():
             time.sleep(0.5)  # the response is now held back by the client
             env.proxy.signal(signal.SIGTERM)
             time.sleep(0.3)
+            assert env.proxy.running(), "exited with a response in progress"
             rd = _Reader(s)
             r1 = read_response(rd, "GET")
             assert r1.status == 200 and len(r1.body) == n, (r1.status, len(r1.body))
@@ -473,14 +493,16 @@ def test_f9_sigterm_after_streamed_response_exits_when_it_ends():
     """SIGTERM while a streamed (no key) response goes out: once it has been
     read, the keep-alive connection is closed and the process exits 0, long
     before shutdown_timeout."""
-    n = 8 * 1024 * 1024
+    n = 32 * 1024 * 1024  # more than the socket buffers hold: still going at SIGTERM
     with RegEnv(extra_config="shutdown_timeout 10s\nidle_timeout 60s") as env:
-        s = small_rcvbuf_conn(env.proxy.port)
+        s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=10)
         try:
             s.sendall(b"GET /big HTTP/1.1\r\nHost: t\r\nX-Test-Body-Size: %d\r\n\r\n" % n)
             wait_until(lambda: env.upstream.count() >= 1, 3, what="/big at the upstream")
-            time.sleep(0.3)
+            time.sleep(0.5)  # the response is now held back by the client
             env.proxy.signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert env.proxy.running(), "exited with a response in progress"
             rd = _Reader(s)
             r = read_response(rd, "GET")
             ended = time.monotonic()
@@ -586,23 +608,35 @@ def test_f13_token_given_back_when_first_use_is_released():
 
 
 def test_f14_reading_resumes_after_body_crossing_high_water_on_last_piece():
-    """A pass-through body whose last piece pushes the upstream output over
-    its high-water mark (here: the only upstream connection is busy, so the
-    body waits whole in memory): the next request on the keep-alive
-    connection must still be read."""
-    size = 256 * 1024 + 1000
-    with RegEnv(extra_config="methods POST\nupstream_max_conns 1\nupstream_keepalive 1\n"
-                             "idle_timeout 10s") as env:
-        busy = background(env.request, "GET", "/busy", {"X-Test-Delay": "600"})
-        wait_until(lambda: env.upstream.count() >= 1, 3, what="/busy at the upstream")
-        with Client(env.proxy.port, timeout=8) as c:
-            r1 = c.request("PUT", "/u", None, b"x" * size)
-            assert r1.status == 200 and r1.json()["body_len"] == size, r1
-            t0 = time.monotonic()
-            r2 = c.request("GET", "/second")
-            assert r2.status == 200, r2
-            assert time.monotonic() - t0 < 2, "next request read late"
-        assert busy.result(5).status == 200
+    """A pass-through body that waits whole in memory (the upstream's accept
+    queue is full, so the connect hangs until its SYN is retried) and whose
+    last piece pushes it over the high-water mark, which stops reading from
+    the client: reading must resume for the next request on the keep-alive
+    connection."""
+    size = 256 * 1024 + 1000  # the last 16 kB read crosses 256 kB
+    with RegEnv(proxy=False, upstream=False) as env:
+        up = ScriptedUpstream(env.upstream_port, backlog=0, accepting=False)
+        filler = None
+        try:
+            # fills the accept queue: the proxy's SYN is dropped, retried after ~1 s
+            filler = socket.create_connection(("127.0.0.1", env.upstream_port), timeout=2)
+            env.start_proxy("methods POST\nupstream_connect_timeout 5s\nidle_timeout 10s")
+            with Client(env.proxy.port, timeout=6) as c:
+                c.send(b"PUT /u HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n" % size +
+                       b"x" * size)
+                time.sleep(0.3)  # the whole body is read while the connect hangs
+                up.start_accepting()
+                r1 = c.read_response("PUT")
+                assert r1.status == 201 and r1.body == b"ok", r1
+                t0 = time.monotonic()
+                r2 = c.request("GET", "/second")
+                assert r2.status == 201 and r2.body == b"ok", r2
+                assert time.monotonic() - t0 < 2, "next request read late"
+            assert up.count("/u") == 1 and up.count("/second") == 1, up.heads
+        finally:
+            if filler is not None:
+                filler.close()
+            up.close()
 
 
 # ---------------------------------------------------------------- F17
@@ -619,14 +653,14 @@ def test_f17_access_log_never_logs_status_0():
         s.sendall(b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: " + k1.encode() +
                   b"\r\nX-Test-Delay: 2500\r\nContent-Length: 2\r\n\r\n{}")
         wait_until(lambda: env.upstream.count(k1) == 1, 3, what="covered request upstream")
-        s.close()
+        close_with_reset(s)
 
         k2 = new_key()
         s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5)
         s.sendall(b"GET /slow HTTP/1.1\r\nHost: t\r\nIdempotency-Key: " + k2.encode() +
                   b"\r\nX-Test-Delay: 500\r\n\r\n")
         wait_until(lambda: env.upstream.count(k2) == 1, 3, what="uncovered request upstream")
-        s.close()
+        close_with_reset(s)
 
         k3 = new_key()
         first = background(env.post, "/wait", key=k3, body=b"{}", headers={"X-Test-Delay": "800"})
@@ -635,7 +669,7 @@ def test_f17_access_log_never_logs_status_0():
         s.sendall(b"POST /wait HTTP/1.1\r\nHost: t\r\nIdempotency-Key: " + k3.encode() +
                   b"\r\nContent-Length: 2\r\n\r\n{}")
         time.sleep(0.2)
-        s.close()
+        close_with_reset(s)
         assert first.result(5).status == 201
 
         def mine():
