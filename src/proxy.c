@@ -689,55 +689,79 @@ static void claim(struct exchange *ex)
 
 /* ---- upstream ----------------------------------------------------------- */
 
-static void add_forwarded(const struct exchange *ex, struct header_list *h)
+#define ADD_LITERAL(out, s) evbuffer_add((out), (s), sizeof(s) - 1)
+
+static void put_field(struct evbuffer *out, const char *name, size_t name_len, const char *value,
+                      size_t value_len)
 {
-    const struct header *xff = headers_find(&ex->req->headers, "X-Forwarded-For");
-    char buf[1024];
-    if (xff)
-        snprintf(buf, sizeof(buf), "%s, %s", xff->value, ex->peer);
-    else
-        snprintf(buf, sizeof(buf), "%s", ex->peer);
-    headers_remove(h, "X-Forwarded-For");
-    headers_add_cstr(h, "X-Forwarded-For", buf);
-    headers_remove(h, "X-Forwarded-Proto");
-    headers_add_cstr(h, "X-Forwarded-Proto", "http");
-    const struct header *host = headers_find(&ex->req->headers, "Host");
-    if (host && !headers_find(h, "X-Forwarded-Host"))
-        headers_add(h, "X-Forwarded-Host", 16, host->value, host->value_len);
-    const struct header *via = headers_find(&ex->req->headers, "Via");
-    if (via)
-        snprintf(buf, sizeof(buf), "%s, 1.%d idemproxy", via->value, ex->req->minor);
-    else
-        snprintf(buf, sizeof(buf), "1.%d idemproxy", ex->req->minor);
-    headers_remove(h, "Via");
-    headers_add_cstr(h, "Via", buf);
+    evbuffer_add(out, name, name_len);
+    evbuffer_add(out, ": ", 2);
+    evbuffer_add(out, value, value_len);
+    evbuffer_add(out, "\r\n", 2);
 }
 
+/* Appends ", " and more to a list-valued field (or starts it). */
+static void put_list_field(struct evbuffer *out, const char *name, const struct header *prev,
+                           const char *more)
+{
+    evbuffer_add_printf(out, "%s: ", name);
+    if (prev) {
+        evbuffer_add(out, prev->value, prev->value_len);
+        evbuffer_add(out, ", ", 2);
+    }
+    evbuffer_add_printf(out, "%s\r\n", more);
+}
+
+/*
+ * The request head for the upstream, written straight from the client's
+ * fields in one pass: hop-by-hop fields dropped, framing and the forwarding
+ * fields (X-Forwarded-For/-Proto/-Host, Via) written by us.
+ */
 static void write_request_head(struct exchange *ex, struct evbuffer *out)
 {
-    struct header_list h;
-    headers_init(&h);
-    headers_copy_end_to_end(&h, &ex->req->headers);
-    headers_remove(&h, "Content-Length");
-    headers_remove(&h, "Expect"); /* 100-continue was answered by server.c */
-    add_forwarded(ex, &h);
+    const struct header_list *in = &ex->req->headers;
+    const struct header *host = NULL, *xff = NULL, *via = NULL;
+    bool has_xfh = false;
     evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n",
                         llhttp_method_name((llhttp_method_t)ex->req->method), ex->req->url);
-    if (!headers_find(&h, "Host")) {
-        const struct upstream_url *u = &ex->cfg->upstreams[0];
-        evbuffer_add_printf(out, "Host: %s\r\n", u->host_header);
+    for (int i = 0; i < in->count; i++) {
+        const struct header *f = &in->items[i];
+        if (headers_is_hop_by_hop(in, f))
+            continue;
+        if (strn_case_equal(f->name, f->name_len, "X-Forwarded-For")) {
+            xff = xff ? xff : f;
+            continue;
+        }
+        if (strn_case_equal(f->name, f->name_len, "Via")) {
+            via = via ? via : f;
+            continue;
+        }
+        /* Framing is ours; 100-continue was answered by server.c. */
+        if (strn_case_equal(f->name, f->name_len, "Content-Length") ||
+            strn_case_equal(f->name, f->name_len, "Expect") ||
+            strn_case_equal(f->name, f->name_len, "X-Forwarded-Proto"))
+            continue;
+        if (strn_case_equal(f->name, f->name_len, "Host"))
+            host = host ? host : f;
+        else if (strn_case_equal(f->name, f->name_len, "X-Forwarded-Host"))
+            has_xfh = true;
+        put_field(out, f->name, f->name_len, f->value, f->value_len);
     }
-    for (int i = 0; i < h.count; i++)
-        evbuffer_add_printf(out, "%s: %s\r\n", h.items[i].name, h.items[i].value);
+    if (host == NULL)
+        evbuffer_add_printf(out, "Host: %s\r\n", ex->cfg->upstreams[0].host_header);
+    put_list_field(out, "X-Forwarded-For", xff, ex->peer);
+    ADD_LITERAL(out, "X-Forwarded-Proto: http\r\n");
+    if (host && !has_xfh)
+        put_field(out, "X-Forwarded-Host", 16, host->value, host->value_len);
+    put_list_field(out, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
     if (ex->idempotent)
         evbuffer_add_printf(out, "Content-Length: %zu\r\n", evbuffer_get_length(ex->body));
     else if (ex->req->chunked)
-        evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
+        ADD_LITERAL(out, "Transfer-Encoding: chunked\r\n");
     else if (ex->req->has_content_length)
         evbuffer_add_printf(out, "Content-Length: %llu\r\n",
                             (unsigned long long)ex->req->content_length);
     evbuffer_add(out, "\r\n", 2);
-    headers_clear(&h);
 }
 
 /* Writes a piece of a streamed request body, re-framed for the upstream. */

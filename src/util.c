@@ -60,11 +60,6 @@ uint64_t now_monotonic_ms(void)
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-int strn_case_equal(const char *s, size_t len, const char *cstr)
-{
-    return strlen(cstr) == len && strncasecmp(s, cstr, len) == 0;
-}
-
 void hex_encode(const unsigned char *in, size_t n, char *out)
 {
     static const char digits[] = "0123456789abcdef";

@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <strings.h>
 
 #define IDEM_OK 0
 #define IDEM_ERR (-1)
@@ -29,8 +30,12 @@ char *xstrndup(const char *s, size_t n);
 /* Milliseconds on CLOCK_MONOTONIC: for durations, never for wall time. */
 uint64_t now_monotonic_ms(void);
 
-/* Case-insensitive comparison of a counted string with a C string. */
-int strn_case_equal(const char *s, size_t len, const char *cstr);
+/* Case-insensitive comparison of a counted string with a C string. Inline,
+ * so that strlen of a literal folds away on the header paths. */
+static inline int strn_case_equal(const char *s, size_t len, const char *cstr)
+{
+    return __builtin_strlen(cstr) == len && strncasecmp(s, cstr, len) == 0;
+}
 
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const unsigned char *in, size_t n, char *out);
