@@ -4,7 +4,9 @@
  * A header_list grows by doubling; each field owns NUL-terminated copies of
  * its name and value so callers may use them as C strings. Lookups are linear:
  * requests carry few fields (bounded by max_header_size), and a linear scan of
- * a short array beats any index for that size.
+ * a short array beats any index for that size. The list counts its
+ * Connection fields, so the hop-by-hop test scans for the names they list
+ * only when there are any: filtering a message stays linear.
  */
 #include "headers.h"
 
@@ -19,6 +21,7 @@ void headers_init(struct header_list *h)
     h->items = NULL;
     h->count = 0;
     h->cap = 0;
+    h->connection_fields = 0;
 }
 
 void headers_clear(struct header_list *h)
@@ -43,6 +46,8 @@ void headers_add(struct header_list *h, const char *name, size_t name_len, const
     f->name_len = name_len;
     f->value = xstrndup(value, value_len);
     f->value_len = value_len;
+    if (strn_case_equal(name, name_len, "Connection"))
+        h->connection_fields++;
 }
 
 void headers_add_cstr(struct header_list *h, const char *name, const char *value)
@@ -67,7 +72,9 @@ void headers_append_value(struct header_list *h, const char *more, size_t len)
 void headers_append_name(struct header_list *h, const char *more, size_t len)
 {
     struct header *f = &h->items[h->count - 1];
+    bool was_connection = strn_case_equal(f->name, f->name_len, "Connection");
     append_bytes(&f->name, &f->name_len, more, len);
+    h->connection_fields += strn_case_equal(f->name, f->name_len, "Connection") - was_connection;
 }
 
 const struct header *headers_find(const struct header_list *h, const char *name)
@@ -93,6 +100,8 @@ void headers_remove(struct header_list *h, const char *name)
     for (int i = 0; i < h->count; i++) {
         struct header *f = &h->items[i];
         if (strn_case_equal(f->name, f->name_len, name)) {
+            if (strn_case_equal(f->name, f->name_len, "Connection"))
+                h->connection_fields--;
             free(f->name);
             free(f->value);
         } else {
@@ -131,7 +140,8 @@ bool headers_is_hop_by_hop(const struct header_list *all, const struct header *f
             return true;
     if (field->name_len >= 6 && strncasecmp(field->name, "Proxy-", 6) == 0)
         return true;
-    for (int i = 0; i < all->count; i++) {
+    /* Linear per message in the common case: only Connection fields name more. */
+    for (int i = 0; all->connection_fields > 0 && i < all->count; i++) {
         const struct header *c = &all->items[i];
         if (strn_case_equal(c->name, c->name_len, "Connection") &&
             headers_list_has_token(c->value, c->value_len, field->name))

@@ -22,6 +22,7 @@ struct header_list {
     struct header *items;
     int count;
     int cap;
+    int connection_fields; /* how many are named Connection: 0 spares their scan */
 };
 
 void headers_init(struct header_list *h);

@@ -18,7 +18,7 @@ reverse proxy to the same upstream. Then:
   3. prints a table and writes it to BENCH_OUT (build/bench-results.md).
 
 Environment (defaults in brackets): IDEMPROXY_BIN [build/idemproxy],
-BENCH_DURATION [10] seconds per wrk run, BENCH_WORKERS [1] (idemproxy `workers`
+BENCH_DURATION [10] seconds per wrk run, BENCH_WORKERS [cores] (idemproxy `workers`
 and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
@@ -54,7 +54,7 @@ def env(name, default):
 
 IDEMPROXY_BIN = env("IDEMPROXY_BIN", os.path.join(ROOT, "build", "idemproxy"))
 DURATION = int(env("BENCH_DURATION", "10"))
-WORKERS = int(env("BENCH_WORKERS", "1"))
+WORKERS = int(env("BENCH_WORKERS", str(os.cpu_count() or 1)))
 CONNECTIONS = [int(c) for c in env("BENCH_CONNECTIONS", "50 500").split()]
 THREADS = int(env("BENCH_THREADS", "2"))
 IDLE_CONNS = int(env("BENCH_IDLE_CONNS", "10000"))
