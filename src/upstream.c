@@ -16,6 +16,11 @@
  * An idle connection keeps reading so that a close by the upstream is noticed
  * at once and the connection is dropped before anyone tries to reuse it.
  *
+ * upstream_max_conns: a server with that many sockets open puts further
+ * acquires in a FIFO (QUEUED), each waiting at most upstream_connect_timeout.
+ * A finished keep-alive connection goes straight to the longest waiter; a
+ * closed one lets the longest waiter connect.
+ *
  * The pool is reference-counted by its live connections, so a reload can
  * build a new pool while requests still finish on the old one.
  *
@@ -40,7 +45,7 @@
 
 #define OUTPUT_HIGH_WATER (256 * 1024)
 
-enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE };
+enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE, CONN_QUEUED };
 
 struct server {
     struct upstream_pool *pool;
@@ -50,6 +55,8 @@ struct server {
     uint64_t down_until_ms;
     struct upstream_conn *idle; /* stack through idle_next */
     int nidle;
+    int open;                      /* sockets to this server: connecting, active or idle */
+    struct upstream_conn *waiters; /* FIFO through idle_next: waiting for open < max_conns */
 };
 
 struct upstream_pool {
@@ -59,6 +66,7 @@ struct upstream_pool {
     int next; /* round robin */
     int refs; /* 1 for the owner + 1 per live connection */
     int keepalive;
+    int max_conns;
     uint64_t connect_timeout_ms;
     uint64_t idle_timeout_ms;
     uint64_t fail_timeout_ms;
@@ -89,6 +97,11 @@ struct upstream_conn {
 
 static void conn_free(struct upstream_conn *c);
 static void try_connect(struct upstream_conn *c);
+static void drop_socket(struct upstream_conn *c);
+static void on_idle_read(struct bufferevent *bev, void *arg);
+static void on_idle_event(struct bufferevent *bev, short what, void *arg);
+static void on_pooled_ready(evutil_socket_t fd, short what, void *arg);
+static void hand_over(struct upstream_conn *c);
 
 /* ---- response parsing --------------------------------------------------- */
 
@@ -156,8 +169,7 @@ static void idle_conn_lost(struct upstream_conn *c, const char *why)
         conn_free(c);
         return;
     }
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    drop_socket(c);
     evtimer_del(c->timer);
     c->tries = 0;
     try_connect(c);
@@ -187,11 +199,15 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
      * make the next request the tail of its body: never reuse that. */
     if (!keep_alive || !c->request_done || evbuffer_get_length(bufferevent_get_output(bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
-        c->server->nidle >= pool->keepalive) {
+        (c->server->nidle >= pool->keepalive && c->server->waiters == NULL)) {
         conn_free(c);
         return;
     }
     http_parser_reset(&c->parser);
+    if (c->server->waiters) {
+        hand_over(c);
+        return;
+    }
     c->state = CONN_IDLE;
     c->complete = false;
     c->got_bytes = false;
@@ -312,10 +328,7 @@ static void connect_failed(struct upstream_conn *c, const char *why)
     log_warn("upstream %s: %s; skipping it for %llums", c->server->name, why,
              (unsigned long long)pool->fail_timeout_ms);
     c->server->down_until_ms = now_monotonic_ms() + pool->fail_timeout_ms;
-    if (c->bev) {
-        bufferevent_free(c->bev);
-        c->bev = NULL;
-    }
+    drop_socket(c);
     evtimer_del(c->timer);
     if (c->tries < pool->nservers) {
         try_connect(c);
@@ -350,11 +363,110 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
     connect_failed(arg, "connect timed out (upstream_connect_timeout)");
 }
 
+static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct upstream_conn *c = arg;
+    upstream_ready_cb ready = c->ready;
+    void *owner = c->owner;
+    log_warn("upstream %s: upstream_max_conns (%d) busy for upstream_connect_timeout",
+             c->server->name, c->pool->max_conns);
+    conn_free(c);
+    ready(owner, NULL, "upstream_max_conns reached");
+}
+
+/* Waits for a connection slot of server s, at most upstream_connect_timeout. */
+static void enqueue(struct upstream_conn *c, struct server *s)
+{
+    struct upstream_pool *pool = c->pool;
+    c->server = s;
+    c->state = CONN_QUEUED;
+    c->idle_next = NULL;
+    struct upstream_conn **pp = &s->waiters;
+    while (*pp)
+        pp = &(*pp)->idle_next;
+    *pp = c;
+    struct timeval tv = {(time_t)(pool->connect_timeout_ms / 1000),
+                         (suseconds_t)(pool->connect_timeout_ms % 1000) * 1000};
+    evtimer_assign(c->timer, pool->base, on_queue_timeout, c);
+    evtimer_add(c->timer, &tv);
+}
+
+static void dequeue(struct upstream_conn *c)
+{
+    struct upstream_conn **pp = &c->server->waiters;
+    while (*pp && *pp != c)
+        pp = &(*pp)->idle_next;
+    if (*pp)
+        *pp = c->idle_next;
+    c->idle_next = NULL;
+}
+
+static void start_connect(struct upstream_conn *c, struct server *s);
+
+/* A slot of s freed up: the longest waiter connects. */
+static void admit_waiter(struct server *s)
+{
+    struct upstream_conn *w = s->waiters;
+    if (w == NULL || s->open >= s->pool->max_conns)
+        return;
+    dequeue(w);
+    evtimer_del(w->timer);
+    start_connect(w, s);
+}
+
+/*
+ * A finished connection goes straight to the longest waiter instead of the
+ * idle pool. Until its ready runs it keeps the idle callbacks, so a close in
+ * between is handled as for any reserved pooled connection.
+ */
+static void hand_over(struct upstream_conn *c)
+{
+    struct server *s = c->server;
+    struct upstream_conn *w = s->waiters;
+    dequeue(w);
+    evtimer_del(w->timer);
+    w->bev = c->bev;
+    w->server = s;
+    w->state = CONN_IDLE;
+    c->bev = NULL; /* the socket and its count move to w */
+    bufferevent_setcb(w->bev, on_idle_read, NULL, on_idle_event, w);
+    bufferevent_enable(w->bev, EV_READ);
+    conn_free(c);
+    evtimer_assign(w->timer, w->pool->base, on_pooled_ready, w);
+    struct timeval zero = {0, 0};
+    evtimer_add(w->timer, &zero);
+}
+
+/* Frees the socket, if any, and lets a waiter have its slot. */
+static void drop_socket(struct upstream_conn *c)
+{
+    if (c->bev == NULL)
+        return;
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    c->server->open--;
+    admit_waiter(c->server);
+}
+
 static void try_connect(struct upstream_conn *c)
 {
     struct upstream_pool *pool = c->pool;
     c->tries++;
-    c->server = pick_server(pool);
+    struct server *s = pick_server(pool);
+    if (s->open >= pool->max_conns) {
+        enqueue(c, s);
+        return;
+    }
+    start_connect(c, s);
+}
+
+static void start_connect(struct upstream_conn *c, struct server *s)
+{
+    struct upstream_pool *pool = c->pool;
+    c->server = s;
+    s->open++;
     c->state = CONN_CONNECTING;
     c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
     bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);
@@ -453,8 +565,10 @@ static void conn_free(struct upstream_conn *c)
     struct upstream_pool *pool = c->pool;
     if (c->state == CONN_ACTIVE)
         http_parser_reset(&c->parser);
-    if (c->bev)
-        bufferevent_free(c->bev);
+    if (c->state == CONN_QUEUED)
+        dequeue(c);
+    else
+        drop_socket(c);
     if (c->timer) {
         if (event_initialized(c->timer))
             evtimer_del(c->timer);
@@ -489,6 +603,7 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, const struct co
     pool->base = base;
     pool->refs = 1;
     pool->keepalive = cfg->upstream_keepalive;
+    pool->max_conns = cfg->upstream_max_conns > 0 ? cfg->upstream_max_conns : 1;
     pool->connect_timeout_ms = cfg->upstream_connect_timeout_ms;
     pool->idle_timeout_ms = cfg->idle_timeout_ms;
     pool->fail_timeout_ms = cfg->upstream_fail_timeout_ms;

@@ -84,3 +84,24 @@ def test_workers_share_one_guarantee():
         codes = sorted(r.status for r in answers)
         assert env.upstream.count(key) == 1
         assert set(codes) <= {201, 409}, codes
+
+
+def test_upstream_max_conns_queues_then_gives_up():
+    with Env(extra_config="workers 1\nupstream_max_conns 1\nupstream_connect_timeout 1500ms") as env:
+        from harness import background
+        slow = {"X-Test-Delay": "500"}
+        a = background(env.request, "GET", "/a", slow)
+        b = background(env.request, "GET", "/b", slow)
+        ra, rb = a.result(10), b.result(10)
+        assert ra.status == 200 and rb.status == 200, (ra, rb)
+        # both went over the one connection, one after the other
+        conns = request(env.upstream_port, "GET", "/__connections").body.strip()
+        assert conns == b"1", conns
+        # a wait longer than upstream_connect_timeout gives up with 502
+        long = background(env.request, "GET", "/c", {"X-Test-Delay": "2500"})
+        import time
+        time.sleep(0.2)
+        r = env.request("GET", "/d")
+        assert r.status == 502 and b"upstream-unavailable" in r.body, r
+        assert long.result(10).status == 200
+        assert "upstream_max_conns" in env.proxy.error_log()
