@@ -93,3 +93,55 @@ def test_per_route_scope_limits_and_lease():
         assert dup.status == 201 and dup.header("Idempotent-Replayed") == "true"
         assert time.monotonic() - t0 < 2.5
         assert job.result(10).status == 201
+
+
+def test_redis_over_a_unix_socket():
+    import subprocess
+    with Env(proxy=False) as env:
+        sock = os.path.join(env.tmp, "redis.sock")
+        proc = subprocess.Popen(["redis-server", "--port", "0", "--unixsocket", sock,
+                                 "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+                                 "--dir", env.tmp], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: os.path.exists(sock), 5, what="redis unix socket")
+            env.start_proxy(f"redis unix:{sock}")
+            k = new_key()
+            assert env.post("/o", key=k).status == 201
+            assert env.post("/o", key=k).header("Idempotent-Replayed") == "true"
+            assert env.upstream.count() == 1
+            env.proxy.stop()
+        finally:
+            proc.terminate()
+            proc.wait(5)
+
+
+def test_redis_timeout_answers_503_when_redis_stalls():
+    with Env(extra_config="redis_timeout 300ms", expect_errors=True) as env:
+        assert env.post("/o", key=new_key()).status == 201
+        env.redis.cmd("CLIENT", "PAUSE", "1500", "ALL")
+        t0 = time.monotonic()
+        r = env.post("/o", key=new_key())
+        took = time.monotonic() - t0
+        assert_problem(r, 503, "store-unavailable")
+        assert took < 1.2, f"503 after {took:.2f}s, not after redis_timeout 300ms"
+        assert "timed out" in env.proxy.error_log()
+        # Redis answers again: so does idemproxy, without a restart
+        wait_until(lambda: env.post("/o", key=new_key()).status == 201, 5,
+                   what="recovery after the pause")
+
+
+def test_custom_token_header_and_keepalive_off_and_quiet_logs():
+    conf = ("token_endpoint /t\ntoken_header X-Form-Token\nroute /f { key token }\n"
+            "upstream_keepalive 0\nworkers 1\naccess_log off\nlog_level warn")
+    with Env(extra_config=conf) as env:
+        t = env.request("POST", "/t")
+        assert t.status == 201 and t.header("X-Form-Token")
+        assert env.request("POST", "/f", {"X-Form-Token": t.header("X-Form-Token")}).status == 201
+        for _ in range(3):
+            assert env.request("GET", "/x").status == 200
+        from harness import request as raw_request
+        conns = raw_request(env.upstream_port, "GET", "/__connections").body.strip()
+        assert conns == b"4", f"upstream_keepalive 0 must not reuse connections: {conns!r}"
+        assert env.proxy.access_log() == []
+        assert " info " not in env.proxy.error_log() and " debug " not in env.proxy.error_log()
