@@ -123,6 +123,7 @@ struct link {
     struct event *reconnect_timer;
     uint64_t backoff_ms;
     bool down_logged;
+    bool setup_failed; /* this connection's AUTH or SELECT was refused */
     void (*on_ready)(struct link *l);
 };
 
@@ -142,6 +143,8 @@ struct store_op {
     void *arg;
     struct event *timer;
     uint64_t started_us;
+    char *claim_owner; /* claims: what an orphan release needs */
+    char *claim_token_key;
     bool answered;
     bool resent_as_eval;
     int argc;
@@ -149,14 +152,36 @@ struct store_op {
     size_t argvlen[OP_MAX_ARGS];
 };
 
+/*
+ * A claim whose reply never came (timeout, connection lost) may still run
+ * in Redis later, leaving a lease that nobody owns and that would block the
+ * key for lock_ttl. Its owner token is kept here and released (owner-checked,
+ * so harmless if it never ran) a few times once Redis answers again.
+ */
+struct orphan {
+    char *rkey;
+    char *owner;
+    char *token_key;
+    int attempts;
+    struct orphan *next;
+};
+
+#define ORPHAN_MAX 4096
+#define ORPHAN_ATTEMPTS 3
+
 struct store {
     struct event_base *base;
+    struct orphan *orphans;
+    int norphans;
+    struct event *orphan_timer;
+    uint64_t token_ttl_ms;
     _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
     struct link cmd;
     struct link sub;
     struct store_watch *watches;
 
     char *host, *port, *unix_path, *user, *password, *pattern;
+    char where[300]; /* "host:port", for messages */
     int db;
     uint64_t timeout_ms;
 
@@ -165,12 +190,16 @@ struct store {
 
 /* ---- answering ---------------------------------------------------------- */
 
+static void orphan_add(struct store *st, const struct store_op *op);
+
 static void op_answer_error(struct store_op *op, const char *error)
 {
     if (op->answered)
         return;
     op->answered = true;
     metrics_redis_error();
+    if (op->claim_owner)
+        orphan_add(op->st, op);
     if (op->on_claim)
         op->on_claim(op->arg, NULL, error);
     else
@@ -179,6 +208,8 @@ static void op_answer_error(struct store_op *op, const char *error)
 
 static void op_free(struct store_op *op)
 {
+    free(op->claim_owner);
+    free(op->claim_token_key);
     event_free(op->timer);
     for (int i = 0; i < op->argc; i++)
         free(op->argv[i]);
@@ -242,11 +273,13 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
                !op->resent_as_eval && !op->answered) {
         op->resent_as_eval = true;
-        log_info("redis: script %s not cached, sending it again", script_name[op->script]);
+        log_debug("redis: script %s not cached, sending it again", script_name[op->script]);
         op_send(op);
         return;
     } else if (r->type == REDIS_REPLY_ERROR) {
         log_error("redis: %s script failed: %s", script_name[op->script], r->str);
+        free(op->claim_owner); /* the script did not run: nothing to clean up */
+        op->claim_owner = NULL;
         op_answer_error(op, r->str);
     } else if (!op->answered && op->script == SCRIPT_CLAIM) {
         answer_claim(op, r);
@@ -276,12 +309,19 @@ static void link_schedule_reconnect(struct link *l)
     l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
+static const char *link_where(const struct link *l)
+{
+    return l->st->unix_path ? l->st->unix_path : l->st->where;
+}
+
+/* The first failure of a run is an error; repeats until recovery are debug. */
 static void link_report_down(struct link *l, const char *why)
 {
     if (!l->down_logged)
-        log_error("%s: %s: store unavailable, retrying with backoff", l->role, why);
+        log_error("%s %s: %s: store unavailable, retrying with backoff", l->role, link_where(l),
+                  why);
     else
-        log_debug("%s: %s", l->role, why);
+        log_debug("%s %s: %s", l->role, link_where(l), why);
     l->down_logged = true;
 }
 
@@ -291,19 +331,8 @@ static void on_connect(const redisAsyncContext *ac, int status)
     if (status != REDIS_OK) {
         link_report_down(l, ac->errstr[0] ? ac->errstr : "cannot connect");
         link_schedule_reconnect(l); /* hiredis frees ac after this returns */
-        return;
     }
-    struct store *st = l->st;
-    link_set_state(l, LINK_READY);
-    l->backoff_ms = BACKOFF_MIN_MS;
-    if (l->down_logged)
-        log_warn("%s: connected again to %s%s%s", l->role, st->unix_path ? st->unix_path : st->host,
-                 st->unix_path ? "" : ":", st->unix_path ? "" : st->port);
-    else
-        log_info("%s: connected", l->role);
-    l->down_logged = false;
-    if (l->on_ready)
-        l->on_ready(l);
+    /* Connected at the TCP level only: ready when the setup's PING answers. */
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
@@ -316,13 +345,47 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     link_schedule_reconnect(l);
 }
 
+/* AUTH or SELECT refused: the link is unusable until the operator fixes it. */
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
+    struct link *l = privdata;
     redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR) {
-        log_error("redis: %s failed: %s", (const char *)privdata, r->str);
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && ac->data == l) {
+        char why[256];
+        snprintf(why, sizeof(why),
+                 "setup refused (check redis_user, redis_password_file, "
+                 "redis_db): %s",
+                 r->str);
+        l->setup_failed = true;
+        link_report_down(l, why);
         redisAsyncDisconnect(ac);
     }
+}
+
+/*
+ * The setup's last command answered: authenticated and in the right db.
+ * Only now is the link ready and its backoff reset, so a refused AUTH backs
+ * off like a refused connection.
+ */
+static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct link *l = privdata;
+    redisReply *r = reply;
+    if (r == NULL || r->type == REDIS_REPLY_ERROR || ac->data != l || l->setup_failed)
+        return;
+    link_set_state(l, LINK_READY);
+    l->backoff_ms = BACKOFF_MIN_MS;
+    if (l->down_logged)
+        log_warn("%s %s: connected again", l->role, link_where(l));
+    else
+        log_info("%s %s: connected", l->role, link_where(l));
+    l->down_logged = false;
+    if (l == &l->st->cmd && l->st->orphans) {
+        struct timeval zero = {0, 0};
+        evtimer_add(l->st->orphan_timer, &zero);
+    }
+    if (l->on_ready)
+        l->on_ready(l);
 }
 
 static void link_connect(struct link *l)
@@ -339,17 +402,19 @@ static void link_connect(struct link *l)
     }
     ac->data = l;
     l->ac = ac;
+    l->setup_failed = false;
     link_set_state(l, LINK_CONNECTING);
     redisLibeventAttach(ac, st->base);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Queued before any operation, so every script runs authenticated in the right db. */
     if (st->password && st->user)
-        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s %s", st->user, st->password);
+        redisAsyncCommand(ac, on_setup_reply, l, "AUTH %s %s", st->user, st->password);
     else if (st->password)
-        redisAsyncCommand(ac, on_setup_reply, "AUTH", "AUTH %s", st->password);
+        redisAsyncCommand(ac, on_setup_reply, l, "AUTH %s", st->password);
     if (st->db != 0)
-        redisAsyncCommand(ac, on_setup_reply, "SELECT", "SELECT %d", st->db);
+        redisAsyncCommand(ac, on_setup_reply, l, "SELECT %d", st->db);
+    redisAsyncCommand(ac, on_link_ready, l, "PING");
 }
 
 static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
@@ -475,6 +540,8 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store_op *op = arg;
+    free(op->claim_owner); /* never sent: nothing to clean up */
+    op->claim_owner = NULL;
     op_answer_error(op, "Redis is unreachable");
     op_free(op);
 }
@@ -563,6 +630,8 @@ void store_claim(struct store *st, const struct claim_request *req, store_claim_
     op_arg(op, req->owner, strlen(req->owner));
     op_arg_u64(op, req->lock_ttl_ms);
     op_arg(op, req->will_wait ? "1" : "0", 1);
+    op->claim_owner = xstrdup(req->owner);
+    op->claim_token_key = req->token_key ? xstrdup(req->token_key) : NULL;
     op_start(st, op);
 }
 
@@ -630,6 +699,69 @@ void store_mark_unknown(struct store *st, const char *rkey, const char *owner, u
     owner_op_with_lease(st, SCRIPT_UNKNOWN, rkey, owner, lock_ttl_ms, cb, arg);
 }
 
+/* ---- claims left behind ------------------------------------------------- */
+
+static void orphan_add(struct store *st, const struct store_op *op)
+{
+    if (st->norphans >= ORPHAN_MAX) {
+        log_warn("redis: too many unanswered claims to clean up; %s stays locked until its "
+                 "lease expires",
+                 op->argv[3]);
+        return;
+    }
+    struct orphan *o = xcalloc(1, sizeof(*o));
+    o->rkey = xstrdup(op->argv[3]);
+    o->owner = xstrdup(op->claim_owner);
+    o->token_key = op->claim_token_key ? xstrdup(op->claim_token_key) : NULL;
+    o->next = st->orphans;
+    st->orphans = o;
+    st->norphans++;
+}
+
+static void orphan_free(struct orphan *o)
+{
+    free(o->rkey);
+    free(o->owner);
+    free(o->token_key);
+    free(o);
+}
+
+static void on_orphan_released(void *arg, bool applied, const char *error)
+{
+    (void)arg;
+    (void)error;
+    if (applied)
+        log_info("redis: released a claim whose reply was lost (the key is free again)");
+}
+
+/* Sends a release for every orphan; drops those tried ORPHAN_ATTEMPTS times. */
+static void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store *st = arg;
+    if (st->cmd.state != LINK_READY)
+        return; /* the next ready link re-arms us */
+    struct orphan **pp = &st->orphans;
+    while (*pp) {
+        struct orphan *o = *pp;
+        store_release(st, o->rkey, o->owner, o->token_key, st->token_ttl_ms, on_orphan_released,
+                      NULL);
+        if (++o->attempts >= ORPHAN_ATTEMPTS) {
+            *pp = o->next;
+            st->norphans--;
+            orphan_free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
+    /* Again later: the lost claim may still sit in Redis' input behind us. */
+    if (st->orphans) {
+        struct timeval tv = {1, 0};
+        evtimer_add(st->orphan_timer, &tv);
+    }
+}
+
 /* ---- lifecycle ---------------------------------------------------------- */
 
 static void sha1_hex(const char *text, char out[41])
@@ -664,6 +796,9 @@ static void take_settings(struct store *st, const struct config *cfg)
     memcpy(st->pattern + n, "*", 2);
     st->db = cfg->redis_db;
     st->timeout_ms = cfg->redis_timeout_ms;
+    st->token_ttl_ms = cfg->token_ttl_ms;
+    snprintf(st->where, sizeof(st->where), "%s:%s", st->host ? st->host : "",
+             st->port ? st->port : "");
 }
 
 static bool str_differs(const char *a, const char *b)
@@ -678,6 +813,7 @@ struct store *store_new(struct event_base *base, const struct config *cfg)
     for (int i = 0; i < SCRIPT_COUNT; i++)
         sha1_hex(script_source[i], st->sha[i]);
     take_settings(st, cfg);
+    st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
     link_init(st, &st->cmd, "redis", NULL);
     link_init(st, &st->sub, "redis pubsub", on_sub_ready);
     link_connect(&st->cmd);
@@ -736,6 +872,12 @@ void store_free(struct store *st)
     }
     while (st->watches)
         store_unwatch(st, st->watches);
+    event_free(st->orphan_timer);
+    while (st->orphans) {
+        struct orphan *o = st->orphans;
+        st->orphans = o->next;
+        orphan_free(o);
+    }
     free(st->host);
     free(st->port);
     free(st->unix_path);

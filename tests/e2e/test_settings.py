@@ -60,7 +60,15 @@ def test_wrong_redis_password_answers_503_and_says_why():
         r = env.post("/o", key=new_key())
         assert_problem(r, 503, "store-unavailable")
         assert env.upstream.count() == 0
-        wait_until(lambda: "AUTH failed" in env.proxy.error_log(), 3, what="AUTH failure logged")
+        wait_until(lambda: "setup refused" in env.proxy.error_log(), 3, what="AUTH failure logged")
+        time.sleep(1.5)
+        # backing off, not hammering: one error line per link and worker, then debug lines
+        # at a doubling interval (50 ms .. 1 s), not one every 50 ms
+        lines = env.proxy.error_log().splitlines()
+        errors = [ln for ln in lines if " error " in ln and "setup refused" in ln]
+        attempts = [ln for ln in lines if "setup refused" in ln]
+        assert len(errors) <= 4, errors
+        assert len(attempts) <= 4 * 6, f"{len(attempts)} AUTH attempts in about 1.5 s"
         assert "wrong" not in env.proxy.error_log().replace("wrongpass", "")
 
 
@@ -145,3 +153,18 @@ def test_custom_token_header_and_keepalive_off_and_quiet_logs():
         assert conns == b"4", f"upstream_keepalive 0 must not reuse connections: {conns!r}"
         assert env.proxy.access_log() == []
         assert " info " not in env.proxy.error_log() and " debug " not in env.proxy.error_log()
+
+
+def test_claim_lost_in_a_redis_stall_does_not_lock_the_key():
+    import signal
+    with Env(extra_config="redis_timeout 300ms", expect_errors=True) as env:
+        k = new_key()
+        os.kill(env.redis.proc.pid, signal.SIGSTOP)
+        try:
+            assert_problem(env.post("/o", key=k), 503, "store-unavailable")
+        finally:
+            os.kill(env.redis.proc.pid, signal.SIGCONT)
+        # the claim that timed out ran once Redis resumed; idemproxy releases it
+        wait_until(lambda: env.post("/o", key=k).status == 201, 6,
+                   what="the key free again after the stall")
+        assert env.upstream.count(k) == 1
