@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "sdnotify.h"
+#include "server.h"
+#include "upstream.h"
 #include "worker.h"
 
 #define IDEMPROXY_VERSION "0.1.0"
@@ -39,6 +42,8 @@ struct daemon {
     const char *config_path;
     struct config *cfg; /* the main thread's copy: logs, admin, workers, timeouts */
     struct event_base *base;
+    int listen_fds[CONFIG_MAX_LISTEN]; /* bound once; every worker accepts on a dup */
+    int nlisten;
     struct worker *workers[MAX_WORKERS];
     int nworkers;
     int running; /* workers whose loop has not ended */
@@ -47,6 +52,9 @@ struct daemon {
     struct event *watchdog;
     struct admin *admin;
 };
+
+static int check_environment(struct event_base *base, const struct config *cfg, char *err,
+                             size_t errlen);
 
 static void usage(FILE *out)
 {
@@ -98,6 +106,9 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
     d->draining = true;
     for (int i = 0; i < d->nworkers; i++)
         worker_drain(d->workers[i]);
+    /* The workers close their duplicates; with ours the sockets close. */
+    server_unbind(d->listen_fds, d->nlisten);
+    d->nlisten = 0;
 }
 
 /* ---- reload ------------------------------------------------------------- */
@@ -136,7 +147,8 @@ static void reload(struct daemon *d)
         return;
     }
     char err[256];
-    if (log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
+    if (check_environment(d->base, cfg, err, sizeof(err)) != IDEM_OK ||
+        log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
         log_error("reload failed: %s; keeping the running configuration", err);
         config_unref(cfg);
         return;
@@ -183,13 +195,53 @@ static void on_watchdog(evutil_socket_t fd, short what, void *arg)
 
 /* ---- start -------------------------------------------------------------- */
 
+/* A log path the daemon will open for appending, tried now. */
+static int check_log_path(const char *name, const char *path, char *err, size_t errlen)
+{
+    if (path == NULL || strcmp(path, "stderr") == 0 || strcmp(path, "off") == 0)
+        return IDEM_OK;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open %s: %s", name, path, strerror(errno));
+        return IDEM_ERR;
+    }
+    close(fd);
+    return IDEM_OK;
+}
+
+/*
+ * What a start or a reload needs beyond a valid file: upstream names that
+ * resolve and log files that open. Checked by -t and before a reload is
+ * applied anywhere, so that a reload is all or nothing.
+ */
+static int check_environment(struct event_base *base, const struct config *cfg, char *err,
+                             size_t errlen)
+{
+    struct upstream_pool *pool = upstream_pool_new(base, cfg, err, errlen);
+    if (pool == NULL)
+        return IDEM_ERR;
+    upstream_pool_free(pool);
+    if (check_log_path("error_log", cfg->error_log, err, errlen) != IDEM_OK ||
+        check_log_path("access_log", cfg->access_log, err, errlen) != IDEM_OK)
+        return IDEM_ERR;
+    return IDEM_OK;
+}
+
 static int check_config(const char *path)
 {
     struct config *cfg = config_load(path, print_error, NULL);
     if (cfg == NULL)
         return 1;
-    printf("%s: configuration OK\n", path);
+    char err[256];
+    struct event_base *base = event_base_new();
+    int rc = check_environment(base, cfg, err, sizeof(err));
+    event_base_free(base);
     config_unref(cfg);
+    if (rc != IDEM_OK) {
+        fprintf(stderr, "%s: %s\n", path, err);
+        return 1;
+    }
+    printf("%s: configuration OK\n", path);
     return 0;
 }
 
@@ -236,6 +288,7 @@ static void teardown(struct daemon *d, bool stop_workers)
     for (int i = 0; i < d->nworkers; i++)
         worker_join(d->workers[i]);
     admin_free(d->admin);
+    server_unbind(d->listen_fds, d->nlisten);
     struct event *events[] = {d->sig_term, d->sig_int, d->sig_hup, d->sig_usr1, d->watchdog};
     for (size_t i = 0; i < ARRAY_LEN(events); i++)
         if (events[i])
@@ -251,7 +304,8 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 {
     int n = worker_count(d->cfg);
     for (int i = 0; i < n; i++) {
-        struct worker *w = worker_start(i, d->config_path, d->base, on_worker_exit, d, err, errlen);
+        struct worker *w = worker_start(i, d->config_path, d->listen_fds, d->nlisten, d->base,
+                                        on_worker_exit, d, err, errlen);
         if (w == NULL)
             return IDEM_ERR;
         d->workers[d->nworkers++] = w;
@@ -267,22 +321,24 @@ static int run(struct daemon *d)
     if (d->cfg == NULL)
         return 1;
     if (log_configure(d->cfg, err, sizeof(err)) != IDEM_OK) {
-        fprintf(stderr, "idemproxy: %s\n", err);
+        fprintf(stderr, "idemproxy: cannot start: %s\n", err);
         config_unref(d->cfg);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     metrics_init();
+    install_signals(d); /* before the first socket is bound: a SIGTERM is never lost */
     struct admin_source src = {.gauges = admin_gauges, .draining = admin_draining, .arg = d};
     /* The admin listener first: once clients can connect, so can probes. */
     d->admin = admin_start(d->base, d->cfg, &src, err, sizeof(err));
-    if ((d->admin == NULL && err[0] != '\0') || start_workers(d, err, sizeof(err)) != IDEM_OK) {
+    if ((d->admin == NULL && err[0] != '\0') ||
+        server_bind(d->cfg, d->listen_fds, &d->nlisten, err, sizeof(err)) != IDEM_OK ||
+        start_workers(d, err, sizeof(err)) != IDEM_OK) {
         log_error("cannot start: %s", err);
         teardown(d, true);
         return 2;
     }
-    install_signals(d);
     log_info("idemproxy " IDEMPROXY_VERSION " started (pid %d, %d worker%s, config %s)",
              (int)getpid(), d->nworkers, d->nworkers == 1 ? "" : "s", d->config_path);
     sdnotify_send("READY=1\nSTATUS=serving");

@@ -31,12 +31,15 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <fcntl.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include "http.h"
 #include "log.h"
@@ -571,32 +574,71 @@ struct server *server_new(struct runtime *rt)
     return srv;
 }
 
-int server_listen(struct server *srv, const struct config *cfg, char *err, size_t errlen)
+static int bind_one(const struct listen_addr *la, int *fd_out, char *err, size_t errlen)
 {
+    struct addrinfo hints = {.ai_family = AF_UNSPEC,
+                             .ai_socktype = SOCK_STREAM,
+                             .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(la->host, la->port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, gai_strerror(rc));
+        return IDEM_ERR;
+    }
+    int one = 1;
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (res->ai_family == AF_INET6)
+            setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    }
+    if (fd < 0 || bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return IDEM_ERR;
+    }
+    freeaddrinfo(res);
+    *fd_out = fd;
+    return IDEM_OK;
+}
+
+int server_bind(const struct config *cfg, int fds[], int *nfds, char *err, size_t errlen)
+{
+    *nfds = 0;
     for (int i = 0; i < cfg->nlistens; i++) {
-        const struct listen_addr *la = &cfg->listens[i];
-        struct addrinfo hints = {.ai_family = AF_UNSPEC,
-                                 .ai_socktype = SOCK_STREAM,
-                                 .ai_flags = AI_PASSIVE | AI_NUMERICHOST};
-        struct evutil_addrinfo *res = NULL;
-        int rc = evutil_getaddrinfo(la->host, la->port, &hints, &res);
-        if (rc != 0) {
-            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, evutil_gai_strerror(rc));
+        if (bind_one(&cfg->listens[i], &fds[i], err, errlen) != IDEM_OK) {
+            server_unbind(fds, i);
             return IDEM_ERR;
         }
-        struct evconnlistener *l =
-            evconnlistener_new_bind(srv->rt->base, on_accept, srv,
-                                    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE |
-                                        LEV_OPT_REUSEABLE_PORT | LEV_OPT_CLOSE_ON_EXEC,
-                                    1024, res->ai_addr, (int)res->ai_addrlen);
-        evutil_freeaddrinfo(res);
+        log_info("listening on %s:%s", cfg->listens[i].host, cfg->listens[i].port);
+    }
+    *nfds = cfg->nlistens;
+    return IDEM_OK;
+}
+
+void server_unbind(const int fds[], int nfds)
+{
+    for (int i = 0; i < nfds; i++)
+        close(fds[i]);
+}
+
+int server_listen(struct server *srv, const int fds[], int nfds, char *err, size_t errlen)
+{
+    for (int i = 0; i < nfds; i++) {
+        int fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+        struct evconnlistener *l = fd < 0 ? NULL
+                                          : evconnlistener_new(srv->rt->base, on_accept, srv,
+                                                               LEV_OPT_CLOSE_ON_FREE, -1, fd);
         if (l == NULL) {
-            snprintf(err, errlen, "listen %s:%s: %s", la->host, la->port, strerror(errno));
+            snprintf(err, errlen, "cannot listen on socket %d: %s", fds[i], strerror(errno));
+            if (fd >= 0)
+                close(fd);
             return IDEM_ERR;
         }
         evconnlistener_set_error_cb(l, on_accept_error);
         srv->listeners[srv->nlisteners++] = l;
-        log_info("listening on %s:%s", la->host, la->port);
     }
     return IDEM_OK;
 }

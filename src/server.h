@@ -22,8 +22,18 @@ struct server;
 struct client;
 
 struct server *server_new(struct runtime *rt);
-/* Binds every `listen` address. Fails (with a phrase in err) if any cannot be bound. */
-int server_listen(struct server *srv, const struct config *cfg, char *err,
+/*
+ * Binds and listens on every `listen` address, once for the process (an
+ * address another process holds is an error, never silently shared). Fills
+ * fds[CONFIG_MAX_LISTEN]; on failure closes what it opened.
+ */
+int server_bind(const struct config *cfg, int fds[], int *nfds, char *err,
+                size_t errlen) MUST_CHECK;
+void server_unbind(const int fds[], int nfds);
+
+/* Accepts on duplicates of the bound sockets: every worker takes from the
+ * same accept queues. */
+int server_listen(struct server *srv, const int fds[], int nfds, char *err,
                   size_t errlen) MUST_CHECK;
 /* Stops accepting and closes idle keep-alive connections (SIGTERM). */
 void server_drain(struct server *srv);

@@ -2,10 +2,11 @@
  * worker.c - a worker thread and its event loop.
  *
  * Each worker is a complete proxy: it parses the configuration file itself,
- * binds every `listen` address with SO_REUSEPORT, keeps its own Redis
- * connections and upstream pool, and serves its connections from start to
- * end. Nothing on the request path is shared between workers, so nothing
- * needs a lock; the kernel spreads new connections over the listeners.
+ * accepts on its own duplicates of the listening sockets that main.c bound
+ * once, keeps its own Redis connections and upstream pool, and serves its
+ * connections from start to end. Nothing on the request path is shared
+ * between workers, so nothing needs a lock; whichever worker's loop is free
+ * takes the next connection from the shared accept queue.
  *
  *   main thread                         worker thread
  *   worker_start() --pthread_create-->  setup: config, pool, store, listeners
@@ -45,6 +46,8 @@ enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
 struct worker {
     int index;
     char *config_path;
+    int listen_fds[CONFIG_MAX_LISTEN]; /* the caller's, not ours to close */
+    int nlisten;
     pthread_t thread;
     struct runtime rt;
     int command_pipe[2];   /* main writes COMMAND_* bytes, the worker reads */
@@ -183,7 +186,7 @@ static int setup(struct worker *w)
         return IDEM_ERR;
     rt->store = store_new(rt->base, rt->cfg);
     store_publish_readiness(rt->store, &w->redis_up);
-    return server_listen(rt->server, rt->cfg, w->err, sizeof(w->err));
+    return server_listen(rt->server, w->listen_fds, w->nlisten, w->err, sizeof(w->err));
 }
 
 static void teardown(struct worker *w)
@@ -238,11 +241,14 @@ static void on_exited(evutil_socket_t fd, short what, void *arg)
         w->on_exit(w->on_exit_arg);
 }
 
-struct worker *worker_start(int index, const char *config_path, struct event_base *main_base,
-                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen)
+struct worker *worker_start(int index, const char *config_path, const int listen_fds[], int nlisten,
+                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
+                            char *err, size_t errlen)
 {
     struct worker *w = xcalloc(1, sizeof(*w));
     w->index = index;
+    memcpy(w->listen_fds, listen_fds, (size_t)nlisten * sizeof(int));
+    w->nlisten = nlisten;
     w->config_path = xstrdup(config_path);
     w->on_exit = on_exit;
     w->on_exit_arg = arg;

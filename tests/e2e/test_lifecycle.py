@@ -268,3 +268,29 @@ def test_make_install_honours_prefix_and_destdir():
         assert "ExecStart=/opt/idem/bin/idemproxy" in unit and "/usr/local" not in unit
     finally:
         subprocess.run(["rm", "-rf", dest])
+
+
+def test_second_instance_on_the_same_port_exits_2():
+    with Env(expect_errors=True) as env:  # the second one logs its failure to the same file
+        code, out, err = run_idemproxy(["-c", env.proxy.config_path], timeout=10)
+        assert code == 2, f"a second instance shared the port: exit {code}\nstderr: {err}"
+
+
+def test_check_and_reload_refuse_an_upstream_that_does_not_resolve():
+    with Env(expect_errors=True) as env:
+        bad = os.path.join(env.tmp, "bad-upstream.conf")
+        text = open(env.proxy.config_path).read()
+        text = text.replace(f"upstream http://127.0.0.1:{env.upstream_port}",
+                            "upstream http://no-such-host.invalid:80")
+        text = "\n".join("access_log off" if ln.startswith("access_log ") else ln
+                         for ln in text.splitlines()) + "\n"
+        write(bad, text)
+        code, out, err = run_idemproxy(["-t", "-c", bad], timeout=20)
+        assert code == 1 and "no-such-host.invalid" in err, (code, err)
+        # the same change by SIGHUP changes nothing, not even the logs
+        write(env.proxy.config_path, text)
+        env.proxy.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in env.proxy.error_log(), 10, what="reload refused")
+        n = len(env.proxy.access_log())
+        assert env.post("/orders", key="k-" + uuid.uuid4().hex).status == 201
+        env.proxy.wait_access_log(n + 1)

@@ -297,11 +297,12 @@ def test_f1_parked_duplicate_never_degrades_when_the_store_stalls():
         dup = background(env.post, "/orders", key=key, body=b"{}", headers=hdr, timeout=15)
         wait_until(lambda: has_waiter(env), 3, what="the duplicate to be parked")
         time.sleep(0.2)
-        # Drop the pub/sub link and stall Redis, in one write so that the
-        # proxy's re-claim meets the pause.
+        # Drop the pub/sub link and stall Redis' writes (scripts included), in
+        # one write: the pub/sub link comes back (PING passes a WRITE pause),
+        # wakes the duplicate, and its re-claim meets the pause.
         with socket.create_connection(("127.0.0.1", env.redis_port), timeout=3) as s:
             s.sendall(resp_encode("CLIENT", "KILL", "TYPE", "pubsub") +
-                      resp_encode("CLIENT", "PAUSE", "1500"))
+                      resp_encode("CLIENT", "PAUSE", "1500", "WRITE"))
             rd = _Reader(s)
             replies = [resp_read(rd), resp_read(rd)]
         assert replies[1] == "OK", replies
