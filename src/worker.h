@@ -1,9 +1,9 @@
 /*
  * worker.h - one worker: a thread with its own event loop, configuration,
- * Redis connections, upstream pool and listeners (SO_REUSEPORT, so the
- * kernel spreads connections over the workers). Workers share nothing that
- * needs a lock; the main thread talks to them through worker_* calls, which
- * are safe from any thread.
+ * Redis connections and upstream pool, accepting on duplicates of the
+ * listening sockets main.c bound once. Workers share nothing that needs a
+ * lock; the main thread talks to them through worker_* calls, which are safe
+ * from any thread.
  */
 #ifndef IDEM_WORKER_H
 #define IDEM_WORKER_H
