@@ -868,6 +868,19 @@ static void check_lock_ttl(struct parser *ps, int line, uint64_t lock_ttl_ms)
                config_format_duration(ps->cfg->upstream_timeout_ms, a));
 }
 
+/* A token can only come from the token endpoint: without one, every request
+ * to such a route would be refused. */
+static void check_token_source(struct parser *ps, const struct route *route, const struct policy *p)
+{
+    if (ps->cfg->token_endpoint != NULL)
+        return;
+    bool wants = p->require_token;
+    for (int k = 0; k < p->nkeys; k++)
+        wants = wants || p->keys[k].kind == KEY_SOURCE_TOKEN;
+    if (wants)
+        report(ps, route->line, "route %s: tokens need a token_endpoint", route->prefix);
+}
+
 static int compare_routes(const void *a, const void *b)
 {
     const struct route *ra = a;
@@ -925,6 +938,7 @@ static void finish(struct parser *ps)
         }
         if (ps->route_seen[r][lock] != 0)
             check_lock_ttl(ps, ps->route_seen[r][lock], dst->lock_ttl_ms);
+        check_token_source(ps, &cfg->routes[r], dst);
     }
     if (cfg->nroutes > 1)
         qsort(cfg->routes, (size_t)cfg->nroutes, sizeof(*cfg->routes), compare_routes);

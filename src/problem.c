@@ -40,7 +40,7 @@ static const struct problem_kind kinds[] = {
     [PROBLEM_FINGERPRINT_MISMATCH] = {"fingerprint-mismatch", 422,
                                       "Idempotency key reused with a different request",
                                       "This idempotency key was used with a different "
-                                      "request payload."},
+                                      "request (method, path, query, body or headers)."},
     [PROBLEM_PAYLOAD_TOO_LARGE] = {"payload-too-large", 413, "Request body too large",
                                    "The request body exceeds max_request_body."},
     [PROBLEM_STORE_UNAVAILABLE] = {"store-unavailable", 503, "Idempotency store unavailable",

@@ -325,9 +325,14 @@ static struct server *pick_server(struct upstream_pool *pool)
 static void connect_failed(struct upstream_conn *c, const char *why)
 {
     struct upstream_pool *pool = c->pool;
-    log_warn("upstream %s: %s; skipping it for %llums", c->server->name, why,
-             (unsigned long long)pool->fail_timeout_ms);
-    c->server->down_until_ms = now_monotonic_ms() + pool->fail_timeout_ms;
+    /* Once per outage, not once per request that finds the server down. */
+    uint64_t now = now_monotonic_ms();
+    if (c->server->down_until_ms <= now)
+        log_warn("upstream %s: %s; skipping it for %llums", c->server->name, why,
+                 (unsigned long long)pool->fail_timeout_ms);
+    else
+        log_debug("upstream %s: %s", c->server->name, why);
+    c->server->down_until_ms = now + pool->fail_timeout_ms;
     drop_socket(c);
     evtimer_del(c->timer);
     if (c->tries < pool->nservers) {

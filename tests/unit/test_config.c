@@ -328,7 +328,8 @@ START_TEST(test_route_directives)
                                   "    max_request_body 512\n"
                                   "    max_cached_body 1g\n"
                                   "    bypass on\n"
-                                  "}\n");
+                                  "}\n"
+                                  "token_endpoint /idem/token\n");
     const struct policy *p;
     ck_assert_int_eq(cfg->nroutes, 1);
     ck_assert_str_eq(cfg->routes[0].prefix, "/orders");
@@ -768,6 +769,8 @@ static const struct {
     {"key_prefix \"a\\nb\"\n", "t.conf:1: invalid escape in quoted string"},
     /* cross-checks */
     {"lock_ttl 30s\n", "t.conf:1: lock_ttl: must be greater than upstream_timeout (30s)"},
+    {"route /f { require_token on }\n", "t.conf:1: route /f: tokens need a token_endpoint"},
+    {"\nroute /g { key header:X token }\n", "t.conf:2: route /g: tokens need a token_endpoint"},
     {"\nupstream_timeout 90s\n", "t.conf:2: upstream_timeout: must be less than lock_ttl (1m)"},
     {"upstream_timeout 2m\nlock_ttl 90s\n",
      "t.conf:2: lock_ttl: must be greater than upstream_timeout (2m)"},
