@@ -846,8 +846,9 @@ static void apply_default(struct parser *ps, const struct directive *d)
     int argc = 0;
 
     snprintf(buf, sizeof(buf), "%s", d->def);
-    for (char *tok = strtok(buf, " "); tok != NULL && argc < DEFAULT_ARGS_MAX;
-         tok = strtok(NULL, " "))
+    char *save = NULL; /* strtok_r: workers parse the configuration at the same time */
+    for (char *tok = strtok_r(buf, " ", &save); tok != NULL && argc < DEFAULT_ARGS_MAX;
+         tok = strtok_r(NULL, " ", &save))
         argv[argc++] = tok;
     s.ps = ps;
     s.d = d;
@@ -986,39 +987,51 @@ static void report_io(const char *path, const char *what, int err, config_error_
         on_error(arg, msg);
 }
 
-struct config *config_load(const char *path, config_error_fn on_error, void *arg)
+int config_read_file(const char *path, char **text_out, size_t *len_out, config_error_fn on_error,
+                     void *arg)
 {
-    struct config *cfg = NULL;
     char *text = NULL;
     size_t len = 0;
     size_t cap = 0;
     FILE *f = fopen(path, "rb");
-
     if (f == NULL) {
         report_io(path, "cannot open", errno, on_error, arg);
-        goto out;
+        return IDEM_ERR;
     }
     for (;;) {
-        size_t n;
         if (cap - len < 4096) {
             cap = cap != 0 ? cap * 2 : 16384;
             text = xrealloc(text, cap);
         }
-        n = fread(text + len, 1, cap - len, f);
+        size_t n = fread(text + len, 1, cap - len, f);
         len += n;
         if (n == 0)
             break;
     }
+    int rc = IDEM_OK;
     if (ferror(f)) {
         report_io(path, "cannot read", errno, on_error, arg);
-        goto out;
+        rc = IDEM_ERR;
     }
-    cfg = config_parse(path, text, len, on_error, arg);
+    fclose(f);
+    if (rc != IDEM_OK) {
+        free(text);
+        return rc;
+    }
+    text[len] = '\0'; /* cap - len >= 4096 here */
+    *text_out = text;
+    *len_out = len;
+    return IDEM_OK;
+}
 
-out:
+struct config *config_load(const char *path, config_error_fn on_error, void *arg)
+{
+    char *text;
+    size_t len;
+    if (config_read_file(path, &text, &len, on_error, arg) != IDEM_OK)
+        return NULL;
+    struct config *cfg = config_parse(path, text, len, on_error, arg);
     free(text);
-    if (f != NULL)
-        fclose(f);
     return cfg;
 }
 

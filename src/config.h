@@ -160,6 +160,11 @@ typedef void (*config_error_fn)(void *arg, const char *message);
  */
 struct config *config_load(const char *path, config_error_fn on_error, void *arg) MUST_CHECK;
 
+/* Reads a whole file into *text (malloc'd, NUL-terminated, *len bytes);
+ * errors go through on_error as "FILE: cannot open: ...". */
+int config_read_file(const char *path, char **text, size_t *len, config_error_fn on_error,
+                     void *arg) MUST_CHECK;
+
 /* Parses configuration text; `name` is used in messages. Same contract. */
 struct config *config_parse(const char *name, const char *text, size_t len,
                             config_error_fn on_error, void *arg) MUST_CHECK;

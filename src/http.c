@@ -70,9 +70,16 @@ static int on_url(llhttp_t *l, const char *at, size_t len)
     return count_head(p, len, HTTP_ERROR_URI_TOO_LONG);
 }
 
+/*
+ * Fields after a chunked body are trailers: the head already went to the
+ * owner (p->msg is NULL), and trailers are dropped (SPEC §5), but their
+ * bytes still count against max_header_size.
+ */
 static int on_header_field(llhttp_t *l, const char *at, size_t len)
 {
     struct http_parser *p = parser_of(l);
+    if (p->msg == NULL)
+        return count_head(p, len + 4, HTTP_ERROR_HEADER_TOO_LARGE);
     if (p->field_open) {
         headers_append_name(&p->msg->headers, at, len);
     } else {
@@ -92,6 +99,8 @@ static int on_header_field_complete(llhttp_t *l)
 static int on_header_value(llhttp_t *l, const char *at, size_t len)
 {
     struct http_parser *p = parser_of(l);
+    if (p->msg == NULL)
+        return count_head(p, len, HTTP_ERROR_HEADER_TOO_LARGE);
     headers_append_value(&p->msg->headers, at, len);
     return count_head(p, len, HTTP_ERROR_HEADER_TOO_LARGE);
 }

@@ -41,6 +41,7 @@
 struct daemon {
     const char *config_path;
     struct config *cfg; /* the main thread's copy: logs, admin, workers, timeouts */
+    char *config_text;  /* the bytes cfg was parsed from: every worker parses the same */
     struct event_base *base;
     int listen_fds[CONFIG_MAX_LISTEN]; /* bound once; every worker accepts on a dup */
     int nlisten;
@@ -141,7 +142,14 @@ static void send_reloading(void)
 static void reload(struct daemon *d)
 {
     log_info("SIGHUP: reloading %s", d->config_path);
-    struct config *cfg = config_load(d->config_path, log_config_error, NULL);
+    char *text;
+    size_t len;
+    struct config *cfg = NULL;
+    if (config_read_file(d->config_path, &text, &len, log_config_error, NULL) == IDEM_OK) {
+        cfg = config_parse(d->config_path, text, len, log_config_error, NULL);
+        if (cfg == NULL)
+            free(text);
+    }
     if (cfg == NULL) {
         log_error("reload failed: keeping the running configuration");
         return;
@@ -151,6 +159,7 @@ static void reload(struct daemon *d)
         log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
         log_error("reload failed: %s; keeping the running configuration", err);
         config_unref(cfg);
+        free(text);
         return;
     }
     if (!listens_equal(d->cfg, cfg))
@@ -159,8 +168,10 @@ static void reload(struct daemon *d)
         log_warn("reload: workers changed; the new count takes effect at the next restart");
     config_unref(d->cfg);
     d->cfg = cfg;
+    free(d->config_text);
+    d->config_text = text;
     for (int i = 0; i < d->nworkers; i++)
-        worker_reload(d->workers[i]);
+        worker_reload(d->workers[i], text);
     log_info("reload complete");
 }
 
@@ -296,6 +307,7 @@ static void teardown(struct daemon *d, bool stop_workers)
     if (d->base)
         event_base_free(d->base);
     config_unref(d->cfg);
+    free(d->config_text);
     metrics_reset();
     log_close();
 }
@@ -304,8 +316,8 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 {
     int n = worker_count(d->cfg);
     for (int i = 0; i < n; i++) {
-        struct worker *w = worker_start(i, d->config_path, d->listen_fds, d->nlisten, d->base,
-                                        on_worker_exit, d, err, errlen);
+        struct worker *w = worker_start(i, d->config_path, d->config_text, d->listen_fds,
+                                        d->nlisten, d->base, on_worker_exit, d, err, errlen);
         if (w == NULL)
             return IDEM_ERR;
         d->workers[d->nworkers++] = w;
@@ -317,12 +329,18 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 static int run(struct daemon *d)
 {
     char err[256] = "";
-    d->cfg = config_load(d->config_path, print_error, NULL);
-    if (d->cfg == NULL)
+    size_t len;
+    if (config_read_file(d->config_path, &d->config_text, &len, print_error, NULL) != IDEM_OK)
         return 1;
+    d->cfg = config_parse(d->config_path, d->config_text, len, print_error, NULL);
+    if (d->cfg == NULL) {
+        free(d->config_text);
+        return 1;
+    }
     if (log_configure(d->cfg, err, sizeof(err)) != IDEM_OK) {
         fprintf(stderr, "idemproxy: cannot start: %s\n", err);
         config_unref(d->cfg);
+        free(d->config_text);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);

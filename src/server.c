@@ -35,6 +35,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +87,9 @@ struct server {
 
 static void client_free(struct client *c);
 static bool client_process(struct client *c);
+
+/* Client connections of the whole process, every worker: max_connections. */
+static _Atomic int process_clients;
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -213,6 +217,7 @@ uint64_t client_respond_end(struct client *c)
     uint64_t bytes = c->response_bytes;
     c->response_bytes = 0;
     c->responding = false;
+    c->head_request = false;
     c->ex = NULL;
     if (c->close_after || c->srv->rt->draining) {
         client_close_after_flush(c);
@@ -390,12 +395,16 @@ static bool client_process(struct client *c)
     if (c->state == CLIENT_WAIT || c->state == CLIENT_CLOSING)
         return true;
     if (c->state == CLIENT_IDLE) {
-        if (evbuffer_get_length(in) == 0)
+        /* Answers not yet read by the client: the next request waits. */
+        if (evbuffer_get_length(in) == 0 || c->resume_on_drain)
             return true;
         if (c->srv->rt->draining) {
             client_free(c);
             return false;
         }
+        /* The parser stayed paused after the last message; outside its
+         * callbacks (here) it is safe to let it go on. */
+        http_parser_resume(&c->parser);
         client_set_state(c, CLIENT_HEAD);
     }
     c->in_parser = true;
@@ -427,7 +436,6 @@ static void on_client_resume(evutil_socket_t fd, short what, void *arg)
     struct client *c = arg;
     if (c->state != CLIENT_IDLE)
         return;
-    http_parser_resume(&c->parser);
     if (!client_process(c))
         return;
     /* A peer that half-closed and has nothing more to send is done. */
@@ -511,6 +519,7 @@ static void client_free(struct client *c)
     bufferevent_free(c->bev);
     free(c);
     srv->rt->clients--;
+    process_clients--;
     if (srv->rt->draining && srv->rt->on_idle)
         srv->rt->on_idle(srv->rt);
 }
@@ -532,7 +541,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     (void)socklen;
     struct server *srv = arg;
     struct runtime *rt = srv->rt;
-    if (rt->clients >= rt->cfg->max_connections || rt->draining) {
+    if (atomic_fetch_add(&process_clients, 1) >= rt->cfg->max_connections || rt->draining) {
+        process_clients--;
         evutil_closesocket(fd);
         return;
     }

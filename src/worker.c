@@ -46,6 +46,7 @@ enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
 struct worker {
     int index;
     char *config_path;
+    char *config_text; /* what to parse next: set by main under `lock`, taken by the worker */
     int listen_fds[CONFIG_MAX_LISTEN]; /* the caller's, not ours to close */
     int nlisten;
     pthread_t thread;
@@ -107,11 +108,31 @@ static void drain(struct worker *w)
 
 /* ---- reload ------------------------------------------------------------- */
 
+/* The text main handed over last, now ours to free. */
+static char *take_text(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    char *text = w->config_text;
+    w->config_text = NULL;
+    pthread_mutex_unlock(&w->lock);
+    return text;
+}
+
+static struct config *parse_text(struct worker *w)
+{
+    char *text = take_text(w);
+    if (text == NULL)
+        return NULL;
+    struct config *cfg = config_parse(w->config_path, text, strlen(text), log_config_error, NULL);
+    free(text);
+    return cfg;
+}
+
 /* Builds what the new configuration needs, then swaps; on error keeps all. */
 static void reload(struct worker *w)
 {
     struct runtime *rt = &w->rt;
-    struct config *cfg = config_load(w->config_path, log_config_error, NULL);
+    struct config *cfg = parse_text(w);
     if (cfg == NULL) {
         log_error("worker %d: reload failed: keeping the running configuration", w->index);
         return;
@@ -152,8 +173,12 @@ static void post(struct worker *w, char command)
         log_error("worker %d: cannot send command '%c': %s", w->index, command, strerror(errno));
 }
 
-void worker_reload(struct worker *w)
+void worker_reload(struct worker *w, const char *config_text)
 {
+    pthread_mutex_lock(&w->lock);
+    free(w->config_text);
+    w->config_text = xstrdup(config_text);
+    pthread_mutex_unlock(&w->lock);
     post(w, COMMAND_RELOAD);
 }
 
@@ -175,10 +200,10 @@ static int setup(struct worker *w)
     w->command = event_new(rt->base, w->command_pipe[0], EV_READ | EV_PERSIST, on_command, w);
     event_add(w->command, NULL);
     rt->server = server_new(rt);
-    rt->cfg = config_load(w->config_path, log_config_error, NULL);
+    rt->cfg = parse_text(w);
     if (rt->cfg == NULL) {
-        snprintf(w->err, sizeof(w->err), "%s: configuration changed while starting",
-                 w->config_path);
+        snprintf(w->err, sizeof(w->err), "%s: configuration does not load in worker %d",
+                 w->config_path, w->index);
         return IDEM_ERR;
     }
     rt->pool = upstream_pool_new(rt->base, rt->cfg, w->err, sizeof(w->err));
@@ -241,12 +266,13 @@ static void on_exited(evutil_socket_t fd, short what, void *arg)
         w->on_exit(w->on_exit_arg);
 }
 
-struct worker *worker_start(int index, const char *config_path, const int listen_fds[], int nlisten,
-                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
-                            char *err, size_t errlen)
+struct worker *worker_start(int index, const char *config_path, const char *config_text,
+                            const int listen_fds[], int nlisten, struct event_base *main_base,
+                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen)
 {
     struct worker *w = xcalloc(1, sizeof(*w));
     w->index = index;
+    w->config_text = xstrdup(config_text);
     memcpy(w->listen_fds, listen_fds, (size_t)nlisten * sizeof(int));
     w->nlisten = nlisten;
     w->config_path = xstrdup(config_path);
@@ -256,6 +282,7 @@ struct worker *worker_start(int index, const char *config_path, const int listen
         pipe2(w->exit_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         snprintf(err, errlen, "cannot start worker %d: pipe: %s", index, strerror(errno));
         free(w->config_path);
+        free(w->config_text);
         free(w);
         return NULL;
     }
@@ -300,6 +327,7 @@ void worker_join(struct worker *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
     free(w->config_path);
+    free(w->config_text);
     free(w);
 }
 

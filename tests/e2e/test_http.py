@@ -26,7 +26,7 @@ import threading
 import time
 
 from harness import (SANITIZE, SLOW, Client, Env, _Reader, assert_problem, fnv1a64, free_port,
-                     raw, read_response, wait_until)
+                     read_response, wait_until)
 
 PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyz\n"  # the test upstream's body pattern
 
@@ -152,7 +152,9 @@ def assert_rejected_and_closed(port, data, status=400, code="bad-request", timeo
 
 # Each shape is sent twice on fresh connections: as a covered POST with a key
 # (buffered for fingerprinting) and as an uncovered PUT without one (streamed
-# to the upstream as it arrives). Neither may reach the upstream.
+# to the upstream as it arrives). Neither may be executed: the test upstream
+# counts a request once it has received all of it, so a head forwarded before
+# a bad body would still count 0, but a request forwarded whole would not.
 
 
 def _hostile(head_and_body, request_line_sep=b"\r\n"):
@@ -228,9 +230,9 @@ def test_bare_lf_inside_header_block_is_400():
 
 
 def test_more_strict_shapes_are_400():
-    # Each passes where a lenient parser would guess: same-value duplicate
-    # Content-Length, a sign in Content-Length, a repeated chunked coding, an
-    # unknown coding, whitespace in a field name, bare LF in the
+    # Shapes a lenient parser would guess at, each answered 400: a same-value
+    # duplicate Content-Length, a sign in Content-Length, chunked applied
+    # twice, an unknown coding, whitespace in a field name, bare LF in the
     # chunked framing, whitespace before a chunk extension.
     shapes = [
         b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
@@ -333,16 +335,16 @@ def test_idle_timeout_closes_silently():
 
 # ---------------------------------------------------------------- 4. framing
 
-# Extensions llhttp 8.1 parses. Trailers, a token-valued extension followed
-# by another, and quoted-pairs are in pending_http.py.
+# Extensions llhttp 8.1 parses (a token value followed by another extension,
+# and quoted-pairs, are in pending_http.py), then a trailer section.
 CHUNKED_BODY = (b"5;name=value\r\nhello\r\n"
                 b"3;q=\"a; b\";flag\r\n wo\r\n"
                 b"3;a;b=c\r\nrld\r\n"
-                b"0;last\r\n\r\n")
+                b"0;last\r\nX-Trailer-One: 1\r\nX-Trailer-Two: 2\r\n\r\n")
 CHUNKED_PAYLOAD = b"hello world"
 
 
-def test_chunked_request_with_extensions_reaches_upstream_intact():
+def test_chunked_request_with_extensions_and_trailers_reaches_upstream_intact():
     with Env() as env:
         with Client(env.proxy.port, timeout=10 * SLOW) as c:
             # covered (buffered), uncovered (streamed), then a plain request
@@ -591,6 +593,26 @@ def test_hop_by_hop_fields_are_removed_both_ways():
                 assert bad not in got, f"{bad} reached the client: {r.headers}"
             for v in r.header_all("Connection"):
                 assert "x-resp-private" not in v.lower(), r.headers
+        finally:
+            up.close()
+
+
+def test_chunked_response_with_trailers_reaches_client():
+    """An upstream answer with a trailer section: the client gets the body,
+    and the client and upstream connections stay usable."""
+    response = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                b"2;ext=1\r\nok\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n")
+    with Env(upstream=False, proxy=False) as env:
+        up = CapturingUpstream(env.upstream_port, response)
+        try:
+            env.start_proxy("workers 1")
+            with Client(env.proxy.port, timeout=5 * SLOW) as c:
+                for i in range(2):
+                    r = c.request("GET", f"/t{i}")
+                    assert r.status == 200 and r.body == b"ok", r
+            assert env.proxy.running()
+            with up.lock:
+                assert len(up.heads) == 2, up.heads
         finally:
             up.close()
 

@@ -12,6 +12,7 @@ Every test here also checks the access log for "status":0 (F17) once the
 proxy has stopped (RegEnv).
 """
 
+import re
 import signal
 import socket
 import struct
@@ -19,7 +20,7 @@ import threading
 import time
 import uuid
 
-from harness import (SLOW, Client, Env, TestFailure, _Reader, assert_problem, background, problem,
+from harness import (SLOW, Client, Env, TestFailure, _Reader, assert_problem, background, problem, raw,
                      read_response, resp_encode, resp_read, wait_until)
 
 REPLAY = "Idempotent-Replayed"
@@ -711,3 +712,77 @@ def test_f17_access_log_never_logs_status_0():
         for e in lines:
             st = e.get("status")
             assert isinstance(st, int) and 100 <= st <= 599, f"status {st!r} in {e}"
+
+
+# ---------------------------------------------------------------- second review
+
+
+def test_r1_request_trailers_are_dropped_not_fatal():
+    with RegEnv() as env:
+        body = (b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\nX-Trailer: 1\r\nX-Other: 2\r\n\r\n")
+        got = raw(env.proxy.port, body + b"GET /after HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        assert got.count(b"HTTP/1.1 2") == 2, got[:400]
+        assert b'"body_len":3' in got
+
+
+def test_r3_pipelined_request_after_a_large_unread_answer_is_served():
+    with RegEnv(extra_config="workers 1\nmax_cached_body 8m\nclient_header_timeout 4s") as env:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", env.proxy.port))
+        try:
+            s.sendall(b"POST /big HTTP/1.1\r\nHost: x\r\nIdempotency-Key: " + new_key().encode() +
+                      b"\r\nContent-Length: 0\r\nX-Test-Body-Size: 4000000\r\n\r\n")
+            time.sleep(1.0)
+            s.sendall(b"GET /small HTTP/1.1\r\nHost: x\r\n\r\n")
+            time.sleep(0.3)
+            s.settimeout(8)
+            data = b""
+            while data.count(b"HTTP/1.1 ") < 2 or not data.endswith(b"}"):
+                chunk = s.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+            heads = re.findall(rb"HTTP/1\.1 \d{3} [A-Za-z ]+\r\n", data)
+            assert heads == [b"HTTP/1.1 201 Created\r\n", b"HTTP/1.1 200 OK\r\n"], heads
+        finally:
+            s.close()
+
+
+def test_r6_error_after_head_request_carries_its_body():
+    with RegEnv() as env:
+        got = raw(env.proxy.port, b"HEAD /x HTTP/1.1\r\nHost: a\r\n\r\n"
+                                  b"GET /y HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n"
+                                  b"Transfer-Encoding: chunked\r\n\r\n")
+        first_end = got.index(b"\r\n\r\n") + 4
+        rest = got[first_end:]
+        assert rest.startswith(b"HTTP/1.1 400"), got[:300]
+        head, _, body = rest.partition(b"\r\n\r\n")
+        length = int([ln.split(b":")[1] for ln in head.split(b"\r\n")
+                      if ln.lower().startswith(b"content-length")][0])
+        assert len(body) == length and b"bad-request" in body, rest
+
+
+def test_r4_max_connections_counts_the_whole_process():
+    with RegEnv(extra_config="workers 2\nmax_connections 2") as env:
+        held = []
+        try:
+            for _ in range(2):
+                c = Client(env.proxy.port)
+                assert c.request("GET", "/a").status == 200
+                held.append(c)
+            extra = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=3)
+            extra.sendall(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+            extra.settimeout(3)
+            try:
+                got = extra.recv(100)
+            except (ConnectionResetError, socket.timeout):
+                got = b""
+            extra.close()
+            assert got == b"", f"a third connection was served: {got!r}"
+            for c in held:
+                assert c.request("GET", "/a").status == 200
+        finally:
+            for c in held:
+                c.close()

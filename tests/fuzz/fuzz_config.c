@@ -106,8 +106,8 @@ static void check_config(const struct config *cfg)
         if (i > 0)
             CHECK(strlen(cfg->routes[i - 1].prefix) >= strlen(r->prefix));
     }
-    static const char *const paths[] = {"/", "/orders", "/orders/1", "/webhooks/alipay",
-                                        "/coupons/claim?x=1", ""};
+    static const char *const paths[] = {
+        "/", "/orders", "/orders/1", "/webhooks/alipay", "/coupons/claim?x=1", ""};
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++)
         check_policy_for(cfg, paths[i]);
     for (int i = 0; i < cfg->nroutes; i++)

@@ -53,9 +53,9 @@ struct run {
     bool response;
     bool skip_body;
     bool pause;
-    bool in_body;        /* between on_head and on_complete */
-    bool has_length;     /* the current message declared Content-Length */
-    uint64_t length;     /* ...of this many bytes */
+    bool in_body;    /* between on_head and on_complete */
+    bool has_length; /* the current message declared Content-Length */
+    uint64_t length; /* ...of this many bytes */
     bool chunked;
     bool exact;          /* the body must be exactly `length` bytes */
     uint64_t body_bytes; /* delivered for the current message */
@@ -78,8 +78,7 @@ static void check_head_rules(const struct http_message *msg)
     int connection_fields = 0;
     for (int i = 0; i < all->count; i++) {
         check_field(&all->items[i]);
-        if (all->items[i].name_len == 10 &&
-            strncasecmp(all->items[i].name, "Connection", 10) == 0)
+        if (all->items[i].name_len == 10 && strncasecmp(all->items[i].name, "Connection", 10) == 0)
             connection_fields++;
     }
     CHECK(all->connection_fields == connection_fields);
@@ -141,8 +140,8 @@ static enum http_verdict on_head(void *owner, struct http_message *msg)
     r->body_bytes = 0;
     /* responses: 1xx, 204, 304 and answers to HEAD have no body whatever they declare */
     r->exact = r->has_length && !r->chunked &&
-               (!r->response || (!r->skip_body && msg->status >= 200 && msg->status != 204 &&
-                                 msg->status != 304));
+               (!r->response ||
+                (!r->skip_body && msg->status >= 200 && msg->status != 204 && msg->status != 304));
     http_message_free(msg);
     return r->response && r->skip_body ? PARSE_SKIP_BODY : PARSE_CONTINUE;
 }
