@@ -329,6 +329,37 @@ static void client_fail(struct client *c, enum problem_code code, const char *wh
 
 /* ---- parsing ------------------------------------------------------------ */
 
+/*
+ * Request heads llhttp lets through that a proxy must not forward (RFC 9112
+ * §3.2, §6.1): an HTTP/1.1 request without exactly one Host, and transfer
+ * codings other than chunked, which the upstream would never see decoded.
+ * Returns the reason, or NULL when the head is acceptable.
+ */
+static const char *unacceptable_head(const struct http_message *req)
+{
+    int hosts = headers_count(&req->headers, "Host");
+    if (hosts > 1 || (hosts == 0 && req->minor >= 1))
+        return hosts > 1 ? "more than one Host field" : "no Host field in an HTTP/1.1 request";
+    for (int i = 0; i < req->headers.count; i++) {
+        const struct header *f = &req->headers.items[i];
+        if (!strn_case_equal(f->name, f->name_len, "Transfer-Encoding"))
+            continue;
+        const char *v = f->value;
+        while (*v) {
+            while (*v == ' ' || *v == '\t' || *v == ',')
+                v++;
+            size_t n = strcspn(v, ",");
+            size_t t = n;
+            while (t > 0 && (v[t - 1] == ' ' || v[t - 1] == '\t'))
+                t--;
+            if (t > 0 && !strn_case_equal(v, t, "chunked"))
+                return "a transfer coding other than chunked";
+            v += n;
+        }
+    }
+    return NULL;
+}
+
 static enum http_verdict on_req_head(void *arg, struct http_message *req)
 {
     struct client *c = arg;
@@ -336,6 +367,12 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     c->keep_alive = req->keep_alive;
     c->head_request = req->method == HTTP_HEAD;
     client_set_state(c, CLIENT_BODY);
+    const char *why = unacceptable_head(req);
+    if (why != NULL) {
+        http_message_free(req);
+        client_fail(c, PROBLEM_BAD_REQUEST, why);
+        return PARSE_ABORT;
+    }
     bool expects_body = req->chunked || req->content_length > 0;
     const struct header *expect = headers_find(&req->headers, "Expect");
     bool wants_continue =
