@@ -85,11 +85,11 @@ $(BUILD)/obj:
 
 -include $(OBJS:.o=.d)
 
-# Installs whatever Debian package is missing (needs root, as on a fresh CI
-# machine); does nothing when everything is present.
-deps:
+# $(call install_missing,PACKAGES): apt-get installs those not yet installed
+# (needs root or sudo, as on a fresh CI machine); silent when all are there.
+define install_missing
 	@missing=""; \
-	for p in $(DEB_PACKAGES); do \
+	for p in $(1); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -98,6 +98,11 @@ deps:
 		$$SUDO apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
+endef
+
+# Installs whatever Debian package the build and tests need.
+deps:
+	$(call install_missing,$(DEB_PACKAGES))
 
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do $$t; done
@@ -116,16 +121,7 @@ run: deps
 # idemproxy against nginx with wrk, on this machine (tests/bench/bench.py,
 # docs/performance.md). BENCH_DURATION, BENCH_WORKERS, BENCH_CONNECTIONS...
 bench: deps
-	@missing=""; \
-	for p in wrk nginx; do \
-		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call install_missing,wrk nginx)
 	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
 	@IDEMPROXY_BIN=$(BUILD)/idemproxy BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-results.md} python3 tests/bench/bench.py
 
