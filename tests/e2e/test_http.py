@@ -253,6 +253,28 @@ def test_more_strict_shapes_are_400():
         assert env.request("GET", "/after").status == 200
 
 
+def test_http11_request_without_or_with_two_host_fields_is_400():
+    # RFC 9112 §3.2: an HTTP/1.1 request without Host, or with more than
+    # one Host line, gets 400 (otherwise proxy and upstream may disagree on
+    # the target host). HTTP/1.0 without Host is served (section 4).
+    with Env() as env:
+        for data in (b"GET /s HTTP/1.1\r\nConnection: close\r\n\r\n",
+                     b"GET /s HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+                     b"POST /orders HTTP/1.1\r\nIdempotency-Key: nohost\r\n"
+                     b"Content-Length: 3\r\n\r\nabc"):
+            assert_rejected_and_closed(env.proxy.port, data)
+        settle_count(env, 0)
+
+
+def test_request_transfer_coding_other_than_chunked_is_400():
+    # gzip before chunked, in one field or two: forwarding it would drop the
+    # gzip coding on the way to the upstream, which would take the coded
+    # bytes for the body.
+    _check_hostile(b"Transfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
+    _check_hostile(b"Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"3\r\nabc\r\n0\r\n\r\n")
+
+
 # ---------------------------------------------------------------- 2. size limits
 
 
