@@ -74,7 +74,8 @@ def test_forwarding_headers_are_added():
 
 def test_workers_share_one_guarantee():
     with Env(extra_config="workers 2") as env:
-        assert "2 workers" in env.proxy.error_log()
+        from harness import wait_until
+        wait_until(lambda: "2 workers" in env.proxy.error_log(), 5, what="the start-up line")
         from harness import parallel
         key = "w-" + env.tmp[-8:]
 
