@@ -83,6 +83,9 @@ static int on_header_field(llhttp_t *l, const char *at, size_t len)
     if (p->field_open) {
         headers_append_name(&p->msg->headers, at, len);
     } else {
+        /* Many tiny fields cost far more than their bytes: cap their number. */
+        if (p->msg->headers.count >= HTTP_MAX_FIELDS)
+            return fail(p, HTTP_ERROR_HEADER_TOO_LARGE);
         headers_add(&p->msg->headers, at, len, "", 0);
         p->field_open = true;
     }

@@ -23,6 +23,9 @@
 
 struct evbuffer;
 
+/* Header fields a message may have (431 beyond), whatever max_header_size. */
+#define HTTP_MAX_FIELDS 100
+
 /* One request or response head. Owned by whoever took it from the parser. */
 struct http_message {
     int method; /* llhttp_method_t; requests */

@@ -73,8 +73,9 @@ static const char *const script_source[] = {
         "  return {s, f, ttl, redis.call('HGET', KEYS[1], 'r') or ''}\n"
         "end\n"
         "return {s, f, ttl}\n",
-    [SCRIPT_COMPLETE] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-                        "local w = redis.call('HGET', KEYS[1], 'w')\n"
+    [SCRIPT_COMPLETE] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
+                        "if ow[1] ~= ARGV[1] then return 0 end\n"
+                        "local w = ow[2]\n"
                         "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
                         "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
                         "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"

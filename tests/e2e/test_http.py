@@ -306,6 +306,20 @@ def test_header_block_over_max_header_size_is_431():
         assert env.upstream.count() == 1
 
 
+def test_more_than_100_header_fields_is_431():
+    with Env() as env:  # max_header_size 16k: the count, not the bytes, trips
+        fields = b"".join(b"X-F%03d: 1\r\n" % i for i in range(101))
+        for method, extra in ((b"GET", b""), (b"POST", b"Idempotency-Key: many-1\r\n")):
+            data = (method + b" /h HTTP/1.1\r\nHost: t\r\n" + extra + fields +
+                    b"Content-Length: 0\r\n\r\n")
+            assert_rejected_and_closed(env.proxy.port, data, status=431)
+        settle_count(env, 0)
+        ok = b"".join(b"X-F%03d: 1\r\n" % i for i in range(90))
+        got, closed = exchange(env.proxy.port, b"GET /h HTTP/1.1\r\nHost: t\r\n" + ok +
+                               b"Connection: close\r\n\r\n", 5 * SLOW)
+        assert got.startswith(b"HTTP/1.1 200 "), got[:300]
+
+
 # ---------------------------------------------------------------- 3. timeouts
 
 
