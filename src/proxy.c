@@ -943,13 +943,13 @@ static void on_up_complete(void *arg)
     store_response(ex);
 }
 
-static void on_up_error(void *arg, enum upstream_failure failure, const char *why)
+static void on_up_error(void *arg, const char *why)
 {
     struct exchange *ex = arg;
     ex->up = NULL;
     evtimer_del(ex->timer);
     ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
-    bool sent = ex->head_sent && failure == UPSTREAM_BROKEN;
+    bool sent = ex->head_sent; /* a failure before that is a failed reuse or connect */
     log_warn("request %s key=%s: upstream %s failed %s: %s", ex->peer, ex->key ? ex->key : "-",
              ex->upstream_name, sent ? "after the request was sent" : "before the request was sent",
              why);

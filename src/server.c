@@ -288,11 +288,6 @@ const char *client_peer(const struct client *c)
     return c->peer;
 }
 
-int client_http_minor(const struct client *c)
-{
-    return c->minor;
-}
-
 /* ---- errors found by the server itself ---------------------------------- */
 
 static void log_protocol_error(struct client *c, int status, const char *why)

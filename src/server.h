@@ -69,6 +69,5 @@ bool client_congested(const struct client *c);
 void client_set_reading(struct client *c, bool reading);
 
 const char *client_peer(const struct client *c);
-int client_http_minor(const struct client *c);
 
 #endif

@@ -857,11 +857,6 @@ void store_publish_readiness(struct store *st, _Atomic bool *flag)
     *flag = st->cmd.state == LINK_READY;
 }
 
-bool store_ready(const struct store *st)
-{
-    return st->cmd.state == LINK_READY;
-}
-
 void store_free(struct store *st)
 {
     if (st == NULL)

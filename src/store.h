@@ -51,11 +51,8 @@ void store_free(struct store *st);
 /* Takes the new Redis settings; reconnects only when they changed. */
 void store_reconfigure(struct store *st, const struct config *cfg);
 
-/* Connected and authenticated. */
-bool store_ready(const struct store *st);
-
-/* Keeps *flag equal to store_ready() from now on, for other threads to read;
- * the flag must outlive the store. */
+/* Keeps *flag true while the store is connected and authenticated, for other
+ * threads to read; the flag must outlive the store. */
 void store_publish_readiness(struct store *st, _Atomic bool *flag);
 
 struct claim_request {

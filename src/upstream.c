@@ -92,7 +92,6 @@ struct upstream_conn {
     bool got_bytes;    /* any response byte arrived */
     bool complete;     /* the response ended (parser paused there) */
     bool request_done; /* the owner wrote the whole request */
-    bool aborted;      /* the owner returned PARSE_ABORT */
 };
 
 static void conn_free(struct upstream_conn *c);
@@ -229,7 +228,7 @@ static void fail_active(struct upstream_conn *c, const char *why)
     const struct upstream_events *ev = c->events;
     void *owner = c->owner;
     conn_free(c);
-    ev->on_error(owner, UPSTREAM_BROKEN, why);
+    ev->on_error(owner, why);
 }
 
 static void finish_response(struct upstream_conn *c)

@@ -24,11 +24,6 @@ struct evbuffer;
 struct upstream_pool;
 struct upstream_conn;
 
-enum upstream_failure {
-    UPSTREAM_UNREACHABLE, /* no connection could be made: the request was never sent */
-    UPSTREAM_BROKEN,      /* the connection failed after the request was (partly) sent */
-};
-
 struct upstream_events {
     /* The response head; resp belongs to the owner. Interim 1xx heads are not reported. */
     enum http_verdict (*on_head)(void *owner, struct http_message *resp);
@@ -36,7 +31,7 @@ struct upstream_events {
     /* The response is complete; the connection is gone from the owner. */
     void (*on_complete)(void *owner);
     /* The connection failed; it is gone from the owner. */
-    void (*on_error)(void *owner, enum upstream_failure failure, const char *why);
+    void (*on_error)(void *owner, const char *why);
     /* The request bytes written so far have been sent (for back-pressure). */
     void (*on_drained)(void *owner);
 };
