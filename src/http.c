@@ -55,6 +55,7 @@ static int on_message_begin(llhttp_t *l)
     headers_init(&p->msg->headers);
     p->head_bytes = 0;
     p->field_open = false;
+    p->in_message = true;
     return 0;
 }
 
@@ -153,6 +154,7 @@ static int on_body(llhttp_t *l, const char *at, size_t len)
 static int on_message_complete(llhttp_t *l)
 {
     struct http_parser *p = parser_of(l);
+    p->in_message = false;
     return verdict_to_llhttp(p, p->cb->on_complete(p->owner));
 }
 
@@ -183,6 +185,7 @@ void http_parser_reset(struct http_parser *p)
     http_message_free(p->msg);
     p->msg = NULL;
     llhttp_reset(&p->llhttp);
+    p->in_message = false;
     p->error = HTTP_ERROR_NONE;
     p->aborted = false;
 }
@@ -236,6 +239,11 @@ enum http_feed_result http_parser_finish(struct http_parser *p)
     if (err == HPE_OK || err == HPE_PAUSED)
         return HTTP_FEED_OK;
     return classify_error(p, err);
+}
+
+bool http_parser_in_message(const struct http_parser *p)
+{
+    return p->in_message;
 }
 
 const char *http_reason(int status)

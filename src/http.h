@@ -74,6 +74,7 @@ struct http_parser {
     size_t max_head_bytes;
     bool field_open; /* a header name is being collected */
     bool aborted;
+    bool in_message;
     enum http_error error;
     const char *error_reason; /* llhttp's reason, for logs */
 };
@@ -98,6 +99,9 @@ void http_parser_resume(struct http_parser *p);
 /* Tells the parser the peer closed: completes a close-delimited body.
  * Returns HTTP_FEED_OK, or HTTP_FEED_ERROR when a message was cut short. */
 enum http_feed_result http_parser_finish(struct http_parser *p);
+
+/* Whether a message is currently being parsed (bytes seen since the last end). */
+bool http_parser_in_message(const struct http_parser *p);
 
 /* The standard reason phrase for a status, "Unknown" for others. */
 const char *http_reason(int status);
