@@ -115,6 +115,8 @@ static const char *set_access_log(struct setting *s);
 static const char *set_error_log(struct setting *s);
 static const char *set_admin_listen(struct setting *s);
 static const char *set_token_endpoint(struct setting *s);
+static const char *set_tls_protocols(struct setting *s);
+static const char *set_server_name(struct setting *s);
 static const char *set_methods(struct setting *s);
 static const char *set_keys(struct setting *s);
 static const char *set_scope(struct setting *s);
@@ -141,7 +143,7 @@ static const char *const log_level_words[] = {"error", "warn", "info", "debug", 
  */
 static const struct directive directives[] = {
     /* name, setter, offset+size, flags, min, max, default, words, inherit */
-    {"listen", set_listen, CFG(listens), GM, 1, 2, "127.0.0.1:8080", NULL, NULL},
+    {"listen", set_listen, CFG(listens), GM, 1, 3, "127.0.0.1:8080", NULL, NULL},
     {"upstream", set_upstream, CFG(upstreams), GM | D_REQUIRED, 1, -1, NULL, NULL, NULL},
     {"upstream_fail_timeout", set_duration, CFG(upstream_fail_timeout_ms), G, 1, 1, "10s", NULL,
      NULL},
@@ -196,6 +198,25 @@ static const struct directive directives[] = {
     {"token_endpoint", set_token_endpoint, CFG(token_endpoint), G, 1, 1, "off", NULL, NULL},
     {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL, NULL},
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
+    {"upstream_host", set_bool, CFG(upstream_host), G, 1, 1, "off", NULL, NULL},
+    {"tls_certificate", set_string, CFG(tls_certificate), G, 1, 1, NULL, NULL, NULL},
+    {"tls_certificate_key", set_string, CFG(tls_certificate_key), G, 1, 1, NULL, NULL, NULL},
+    {"tls_protocols", set_tls_protocols, CFG(tls_protocols), G, 1, 2, "TLSv1.2 TLSv1.3", NULL,
+     NULL},
+    {"tls_ciphers", set_string, CFG(tls_ciphers), G, 1, 1,
+     "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305",
+     NULL, NULL},
+    {"tls_ciphersuites", set_string, CFG(tls_ciphersuites), G, 1, 1,
+     "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256", NULL, NULL},
+    {"upstream_tls_ca", set_string, CFG(upstream_tls_ca), G, 1, 1, "system", NULL, NULL},
+    {"upstream_tls_server_name", set_server_name, CFG(upstream_tls_server_name), G, 1, 1, NULL,
+     NULL, NULL},
+    {"upstream_tls_certificate", set_string, CFG(upstream_tls_certificate), G, 1, 1, NULL, NULL,
+     NULL},
+    {"upstream_tls_certificate_key", set_string, CFG(upstream_tls_certificate_key), G, 1, 1, NULL,
+     NULL, NULL},
+    {"upstream_tls_verify", set_bool, CFG(upstream_tls_verify), G, 1, 1, "on", NULL, NULL},
     {"route", NULL, 0, 0, G | D_BLOCK | D_MULTI, 1, 1, NULL, NULL, NULL},
 };
 
@@ -356,6 +377,7 @@ static const char *parse_listen_addr(struct setting *s, const char *arg, struct 
     out->host = host;
     out->port = port;
     out->tls = false;
+    out->reuseport = false;
     return NULL;
 }
 
@@ -492,21 +514,55 @@ static const char *set_token_endpoint(struct setting *s)
     return set_string(s);
 }
 
+/* tls_protocols: TLSv1.2 and/or TLSv1.3. */
+static const char *set_tls_protocols(struct setting *s)
+{
+    unsigned bits = 0;
+    for (int i = 0; i < s->argc; i++) {
+        if (strcmp(s->argv[i], "TLSv1.2") == 0)
+            bits |= TLS_PROTO_12;
+        else if (strcmp(s->argv[i], "TLSv1.3") == 0)
+            bits |= TLS_PROTO_13;
+        else
+            return phrase(s->ps, "expected TLSv1.2 and/or TLSv1.3, got \"%s\"", s->argv[i]);
+    }
+    *(unsigned *)s->field = bits;
+    return NULL;
+}
+
+static const char *set_server_name(struct setting *s)
+{
+    if (!valid_host(s->argv[0], false))
+        return phrase(s->ps, "expected a host name, got \"%s\"", s->argv[0]);
+    return set_string(s);
+}
+
 static const char *set_listen(struct setting *s)
 {
     struct config *cfg = s->base;
     struct listen_addr la;
     const char *err;
 
-    if (s->argc == 2 && strcmp(s->argv[1], "tls") == 0)
-        return "tls is not supported yet";
-    if (s->argc == 2)
-        return phrase(s->ps, "unknown parameter \"%s\"", s->argv[1]);
+    bool tls = false;
+    bool reuseport = false;
+
+    for (int i = 1; i < s->argc; i++) {
+        bool *flag = strcmp(s->argv[i], "tls") == 0         ? &tls
+                     : strcmp(s->argv[i], "reuseport") == 0 ? &reuseport
+                                                            : NULL;
+        if (flag == NULL || *flag)
+            return phrase(s->ps,
+                          "unexpected parameter \"%s\" (expected tls or reuseport, once each)",
+                          s->argv[i]);
+        *flag = true;
+    }
     if (cfg->nlistens == CONFIG_MAX_LISTEN)
         return phrase(s->ps, "too many listen addresses (at most %d)", CONFIG_MAX_LISTEN);
     err = parse_listen_addr(s, s->argv[0], &la);
     if (err != NULL)
         return err;
+    la.tls = tls;
+    la.reuseport = reuseport;
     for (int i = 0; i < cfg->nlistens; i++) {
         if (strcmp(cfg->listens[i].host, la.host) == 0 &&
             strcmp(cfg->listens[i].port, la.port) == 0) {
@@ -527,26 +583,26 @@ static const char *set_admin_listen(struct setting *s)
     return parse_listen_addr(s, s->argv[0], &cfg->admin_listen);
 }
 
-/* http://HOST[:PORT][/]; HOST a name, an IPv4 address or [IPv6]. */
+/* http[s]://HOST[:PORT][/]; HOST a name, an IPv4 address or [IPv6]. */
 static const char *parse_upstream_url(struct setting *s, const char *url, struct upstream_url *out)
 {
-    const char *authority = url + 7;
+    bool tls = strncasecmp(url, "https://", 8) == 0;
+    const char *authority = url + (tls ? 8 : 7);
     const char *slash;
     size_t alen;
     char *auth;
     const char *err;
     bool bracketed = false;
 
-    if (strncasecmp(url, "https://", 8) == 0)
-        return "https upstreams are not supported yet";
-    if (strncasecmp(url, "http://", 7) != 0)
-        return phrase(s->ps, "expected a URL like http://host:port, got \"%s\"", url);
+    if (!tls && strncasecmp(url, "http://", 7) != 0)
+        return phrase(s->ps, "expected a URL like http://host:port or https://host, got \"%s\"",
+                      url);
     slash = strchr(authority, '/');
     if (slash != NULL && strcmp(slash, "/") != 0)
         return phrase(s->ps, "an upstream URL cannot have a path, got \"%s\"", url);
     alen = slash != NULL ? (size_t)(slash - authority) : strlen(authority);
     auth = xstrndup(authority, alen);
-    err = split_host_port(s, auth, "80", &out->host, &out->port, &bracketed);
+    err = split_host_port(s, auth, tls ? "443" : "80", &out->host, &out->port, &bracketed);
     if (err == NULL && !valid_host(out->host, bracketed)) {
         err = phrase(s->ps, "invalid host in \"%s\"", url);
         free(out->host);
@@ -558,7 +614,7 @@ static const char *parse_upstream_url(struct setting *s, const char *url, struct
     }
     out->url = xstrdup(url);
     out->host_header = auth;
-    out->tls = false;
+    out->tls = tls;
     return NULL;
 }
 
@@ -882,6 +938,22 @@ static void check_token_source(struct parser *ps, const struct route *route, con
         report(ps, route->line, "route %s: tokens need a token_endpoint", route->prefix);
 }
 
+/* What tls.c needs to build its contexts; the files themselves are its. */
+static void check_tls(struct parser *ps)
+{
+    struct config *cfg = ps->cfg;
+    int listen = ps->global_seen[directive_index("listen")];
+    int cert = ps->global_seen[directive_index("upstream_tls_certificate")];
+    int key = ps->global_seen[directive_index("upstream_tls_certificate_key")];
+
+    if (config_tls_listener(cfg) &&
+        (cfg->tls_certificate == NULL || cfg->tls_certificate_key == NULL))
+        report(ps, listen, "listen: a tls listener needs tls_certificate and tls_certificate_key");
+    if ((cert != 0) != (key != 0))
+        report(ps, cert != 0 ? cert : key,
+               "upstream_tls_certificate and upstream_tls_certificate_key go together");
+}
+
 static int compare_routes(const void *a, const void *b)
 {
     const struct route *ra = a;
@@ -943,6 +1015,9 @@ static void finish(struct parser *ps)
     }
     if (cfg->nroutes > 1)
         qsort(cfg->routes, (size_t)cfg->nroutes, sizeof(*cfg->routes), compare_routes);
+    check_tls(ps);
+    cfg->lines = xcalloc(NDIRECTIVES, sizeof(*cfg->lines));
+    memcpy(cfg->lines, ps->global_seen, sizeof(ps->global_seen));
 }
 
 /* ---- public ---------------------------------------------------------- */
@@ -1080,8 +1155,39 @@ void config_unref(struct config *cfg)
     free(cfg->error_log);
     free(cfg->token_endpoint);
     free(cfg->token_header);
+    free(cfg->tls_certificate);
+    free(cfg->tls_certificate_key);
+    free(cfg->tls_ciphers);
+    free(cfg->tls_ciphersuites);
+    free(cfg->upstream_tls_ca);
+    free(cfg->upstream_tls_server_name);
+    free(cfg->upstream_tls_certificate);
+    free(cfg->upstream_tls_certificate_key);
+    free(cfg->lines);
     free(cfg->file);
     free(cfg);
+}
+
+int config_directive_line(const struct config *cfg, const char *name)
+{
+    const struct directive *d = find_directive(name);
+    return d != NULL && cfg->lines != NULL ? cfg->lines[d - directives] : 0;
+}
+
+bool config_tls_listener(const struct config *cfg)
+{
+    for (int i = 0; i < cfg->nlistens; i++)
+        if (cfg->listens[i].tls)
+            return true;
+    return false;
+}
+
+bool config_tls_upstream(const struct config *cfg)
+{
+    for (int i = 0; i < cfg->nupstreams; i++)
+        if (cfg->upstreams[i].tls)
+            return true;
+    return false;
 }
 
 const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len)

@@ -84,16 +84,20 @@ struct route {
 struct listen_addr {
     char *host; /* numeric address, without brackets for IPv6 */
     char *port;
-    bool tls;
+    bool tls;       /* `tls`: TLS is terminated here */
+    bool reuseport; /* `reuseport`: bound with SO_REUSEPORT */
 };
 
 struct upstream_url {
     char *url;  /* as written */
     char *host; /* without brackets */
     char *port;
-    char *host_header; /* "host:port" as sent in Host when upstream_host is set */
-    bool tls;
+    char *host_header; /* "host[:port]" as sent in Host when upstream_host is on */
+    bool tls;          /* https:// */
 };
+
+/* Bits of tls_protocols. */
+enum tls_protocol { TLS_PROTO_12 = 1u << 0, TLS_PROTO_13 = 1u << 1 };
 
 struct config {
     char *file;
@@ -146,6 +150,22 @@ struct config {
     char *token_endpoint;            /* NULL when off */
     char *token_header;
     uint64_t token_ttl_ms;
+
+    bool upstream_host; /* Host: the upstream's host[:port] instead of the client's */
+
+    /* TLS (SPEC §7): paths and settings only; tls.c loads and checks the files. */
+    char *tls_certificate; /* NULL when not given */
+    char *tls_certificate_key;
+    unsigned tls_protocols; /* enum tls_protocol bits */
+    char *tls_ciphers;
+    char *tls_ciphersuites;
+    char *upstream_tls_ca;          /* "system" or a path */
+    char *upstream_tls_server_name; /* NULL: each upstream's host */
+    char *upstream_tls_certificate;
+    char *upstream_tls_certificate_key;
+    bool upstream_tls_verify;
+
+    int *lines; /* line of each directive of the table, 0 when not given */
 };
 
 /*
@@ -181,5 +201,13 @@ const struct policy *config_policy_for(const struct config *cfg, const char *pat
  * every directive.
  */
 const char *config_directive_name(int i);
+
+/* The line where a global directive was given first, 0 when it was not:
+ * lets code that checks what the file names (tls.c) report FILE:LINE. */
+int config_directive_line(const struct config *cfg, const char *name);
+
+/* Does any listener, or any upstream, use TLS? */
+bool config_tls_listener(const struct config *cfg);
+bool config_tls_upstream(const struct config *cfg);
 
 #endif

@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "sdnotify.h"
 #include "server.h"
+#include "tls.h"
 #include "upstream.h"
 #include "worker.h"
 
@@ -42,6 +43,7 @@ struct daemon {
     const char *config_path;
     struct config *cfg; /* the main thread's copy: logs, admin, workers, timeouts */
     char *config_text;  /* the bytes cfg was parsed from: every worker parses the same */
+    struct tls *tls;    /* built from cfg here, shared by every worker */
     struct event_base *base;
     int listen_fds[CONFIG_MAX_LISTEN]; /* bound once; every worker accepts on a dup */
     int nlisten;
@@ -76,6 +78,14 @@ static void log_config_error(void *arg, const char *message)
 {
     (void)arg;
     log_error("%s", message);
+}
+
+/* Said at every start and reload: the operator chose to trust the path. */
+static void warn_if_unverified(const struct config *cfg)
+{
+    if (config_tls_upstream(cfg) && !cfg->upstream_tls_verify)
+        log_warn("upstream_tls_verify off: the certificates of https upstreams are NOT "
+                 "verified; anyone on the path can impersonate them");
 }
 
 static int worker_count(const struct config *cfg)
@@ -114,15 +124,16 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 
 /* ---- reload ------------------------------------------------------------- */
 
-static bool listens_equal(const struct config *a, const struct config *b)
+/* Closes the sockets of addresses the new listen lines dropped. */
+static void unbind_dropped(const int old_fds[], int nold, const int fds[], int n)
 {
-    if (a->nlistens != b->nlistens)
-        return false;
-    for (int i = 0; i < a->nlistens; i++)
-        if (strcmp(a->listens[i].host, b->listens[i].host) != 0 ||
-            strcmp(a->listens[i].port, b->listens[i].port) != 0)
-            return false;
-    return true;
+    for (int i = 0; i < nold; i++) {
+        bool kept = false;
+        for (int j = 0; j < n && !kept; j++)
+            kept = fds[j] == old_fds[i];
+        if (!kept)
+            close(old_fds[i]);
+    }
 }
 
 static void send_reloading(void)
@@ -136,43 +147,63 @@ static void send_reloading(void)
 }
 
 /*
- * Validates the file here first, so that a bad file changes nothing
- * anywhere; then every worker re-reads it in its own thread.
+ * Validates the file here first (configuration, TLS files, upstream names,
+ * log paths, new listen addresses bound), so that a bad file changes nothing
+ * anywhere; then every worker re-reads it in its own thread. Addresses that
+ * stay keep their sockets, so no connection waiting in an accept queue is
+ * lost.
  */
 static void reload(struct daemon *d)
 {
     log_info("SIGHUP: reloading %s", d->config_path);
-    char *text;
+    char *text = NULL;
     size_t len;
     struct config *cfg = NULL;
-    if (config_read_file(d->config_path, &text, &len, log_config_error, NULL) == IDEM_OK) {
-        cfg = config_parse(d->config_path, text, len, log_config_error, NULL);
-        if (cfg == NULL)
-            free(text);
-    }
-    if (cfg == NULL) {
-        log_error("reload failed: keeping the running configuration");
-        return;
-    }
-    char err[256];
+    struct tls *tls = NULL;
+    char err[256] = "";
+    int fds[CONFIG_MAX_LISTEN];
+    bool bound = false;
+
+    if (config_read_file(d->config_path, &text, &len, log_config_error, NULL) != IDEM_OK)
+        goto fail;
+    cfg = config_parse(d->config_path, text, len, log_config_error, NULL);
+    if (cfg == NULL || (tls = tls_new(cfg, log_config_error, NULL)) == NULL)
+        goto fail;
     if (check_environment(d->base, cfg, err, sizeof(err)) != IDEM_OK ||
-        log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
-        log_error("reload failed: %s; keeping the running configuration", err);
-        config_unref(cfg);
-        free(text);
-        return;
-    }
-    if (!listens_equal(d->cfg, cfg))
-        log_warn("reload: listen addresses changed; they take effect at the next restart");
+        server_rebind(d->cfg, d->listen_fds, cfg, fds, err, sizeof(err)) != IDEM_OK)
+        goto fail;
+    bound = true;
+    if (log_configure(cfg, err, sizeof(err)) != IDEM_OK)
+        goto fail;
+
+    unbind_dropped(d->listen_fds, d->nlisten, fds, cfg->nlistens);
+    memcpy(d->listen_fds, fds, sizeof(fds));
+    d->nlisten = cfg->nlistens;
     if (worker_count(cfg) != d->nworkers)
         log_warn("reload: workers changed; the new count takes effect at the next restart");
+    warn_if_unverified(cfg);
     config_unref(d->cfg);
     d->cfg = cfg;
+    tls_unref(d->tls);
+    d->tls = tls;
     free(d->config_text);
     d->config_text = text;
     for (int i = 0; i < d->nworkers; i++)
-        worker_reload(d->workers[i], text);
+        worker_reload(d->workers[i], text, tls, d->listen_fds, d->nlisten);
     log_info("reload complete");
+    return;
+
+fail:
+    if (err[0] != '\0')
+        log_error("reload failed: %s; keeping the running configuration", err);
+    else
+        log_error("reload failed: keeping the running configuration");
+    if (bound) /* closes the sockets bound for new addresses only */
+        unbind_dropped(fds, cfg->nlistens, d->listen_fds, d->nlisten);
+    tls_unref(tls);
+    if (cfg != NULL)
+        config_unref(cfg);
+    free(text);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -228,7 +259,7 @@ static int check_log_path(const char *name, const char *path, char *err, size_t 
 static int check_environment(struct event_base *base, const struct config *cfg, char *err,
                              size_t errlen)
 {
-    struct upstream_pool *pool = upstream_pool_new(base, cfg, err, errlen);
+    struct upstream_pool *pool = upstream_pool_new(base, cfg, NULL, err, errlen);
     if (pool == NULL)
         return IDEM_ERR;
     upstream_pool_free(pool);
@@ -243,6 +274,12 @@ static int check_config(const char *path)
     struct config *cfg = config_load(path, print_error, NULL);
     if (cfg == NULL)
         return 1;
+    struct tls *tls = tls_new(cfg, print_error, NULL);
+    if (tls == NULL) {
+        config_unref(cfg);
+        return 1;
+    }
+    tls_unref(tls);
     char err[256];
     struct event_base *base = event_base_new();
     int rc = check_environment(base, cfg, err, sizeof(err));
@@ -307,6 +344,7 @@ static void teardown(struct daemon *d, bool stop_workers)
     if (d->base)
         event_base_free(d->base);
     config_unref(d->cfg);
+    tls_unref(d->tls);
     free(d->config_text);
     metrics_reset();
     log_close();
@@ -316,7 +354,7 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 {
     int n = worker_count(d->cfg);
     for (int i = 0; i < n; i++) {
-        struct worker *w = worker_start(i, d->config_path, d->config_text, d->listen_fds,
+        struct worker *w = worker_start(i, d->config_path, d->config_text, d->tls, d->listen_fds,
                                         d->nlisten, d->base, on_worker_exit, d, err, errlen);
         if (w == NULL)
             return IDEM_ERR;
@@ -333,16 +371,20 @@ static int run(struct daemon *d)
     if (config_read_file(d->config_path, &d->config_text, &len, print_error, NULL) != IDEM_OK)
         return 1;
     d->cfg = config_parse(d->config_path, d->config_text, len, print_error, NULL);
-    if (d->cfg == NULL) {
+    d->tls = d->cfg != NULL ? tls_new(d->cfg, print_error, NULL) : NULL;
+    if (d->tls == NULL) {
+        config_unref(d->cfg);
         free(d->config_text);
         return 1;
     }
     if (log_configure(d->cfg, err, sizeof(err)) != IDEM_OK) {
         fprintf(stderr, "idemproxy: cannot start: %s\n", err);
         config_unref(d->cfg);
+        tls_unref(d->tls);
         free(d->config_text);
         return 2;
     }
+    warn_if_unverified(d->cfg);
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     metrics_init();

@@ -74,6 +74,7 @@ struct exchange {
     struct client *client;
     struct http_message *req;
     char peer[64];
+    bool client_tls; /* X-Forwarded-Proto: https */
     enum ex_state state;
 
     bool idempotent;  /* the key is claimed or being claimed */
@@ -741,16 +742,23 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
             strn_case_equal(f->name, f->name_len, "Expect") ||
             strn_case_equal(f->name, f->name_len, "X-Forwarded-Proto"))
             continue;
-        if (strn_case_equal(f->name, f->name_len, "Host"))
+        if (strn_case_equal(f->name, f->name_len, "Host")) {
             host = host ? host : f;
-        else if (strn_case_equal(f->name, f->name_len, "X-Forwarded-Host"))
+            continue;
+        }
+        if (strn_case_equal(f->name, f->name_len, "X-Forwarded-Host"))
             has_xfh = true;
         put_field(out, f->name, f->name_len, f->value, f->value_len);
     }
-    if (host == NULL)
-        evbuffer_add_printf(out, "Host: %s\r\n", ex->cfg->upstreams[0].host_header);
+    if (host == NULL || ex->cfg->upstream_host)
+        evbuffer_add_printf(out, "Host: %s\r\n", ex->upstream_name);
+    else
+        put_field(out, host->name, host->name_len, host->value, host->value_len);
     put_list_field(out, "X-Forwarded-For", xff, ex->peer);
-    ADD_LITERAL(out, "X-Forwarded-Proto: http\r\n");
+    if (ex->client_tls)
+        ADD_LITERAL(out, "X-Forwarded-Proto: https\r\n");
+    else
+        ADD_LITERAL(out, "X-Forwarded-Proto: http\r\n");
     if (host && !has_xfh)
         put_field(out, "X-Forwarded-Host", 16, host->value, host->value_len);
     put_list_field(out, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
@@ -1084,6 +1092,7 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
     ex->client = c;
     ex->req = req;
     snprintf(ex->peer, sizeof(ex->peer), "%s", client_peer(c));
+    ex->client_tls = client_tls(c);
     ex->t_start = now_monotonic_ms();
     ex->upstream_ms = -1;
     ex->timer = evtimer_new(rt->base, on_upstream_timeout, ex);

@@ -3,7 +3,7 @@
  * its own parsed configuration, its Redis store, its upstream pool and its
  * listeners. worker.c owns it; server.c and proxy.c read it. Nothing in it is
  * shared with another worker; only the counters are read by the main thread
- * (for /metrics), so they are atomics. Reload replaces cfg and pool; requests
+ * (for /metrics), so they are atomics. Reload replaces cfg, tls, pool and listeners; requests
  * in flight keep references to the ones they started with.
  */
 #ifndef IDEM_RUNTIME_H
@@ -16,10 +16,12 @@ struct config;
 struct store;
 struct upstream_pool;
 struct server;
+struct tls;
 
 struct runtime {
     struct event_base *base;
     struct config *cfg;
+    struct tls *tls; /* the contexts main built from the same file as cfg */
     struct store *store;
     struct upstream_pool *pool;
     struct server *server;

@@ -45,6 +45,7 @@
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
+#include "tls.h"
 
 #define CLIENT_READ_HIGH_WATER (256 * 1024)
 #define CLIENT_WRITE_HIGH_WATER (256 * 1024)
@@ -64,6 +65,7 @@ struct client {
     struct http_parser parser;
     struct exchange *ex;
     char peer[64];
+    bool tls;         /* came in on a tls listener */
     int minor;        /* HTTP/1.minor of the current request */
     bool keep_alive;  /* the current request allows another after it */
     bool close_after; /* close once the current response is out */
@@ -78,9 +80,16 @@ struct client {
     struct client *prev, *next;
 };
 
+/* One listening socket of this worker; the accept callback's argument. */
+struct listener {
+    struct server *srv;
+    struct evconnlistener *l;
+    bool tls;
+};
+
 struct server {
     struct runtime *rt;
-    struct evconnlistener *listeners[CONFIG_MAX_LISTEN];
+    struct listener listeners[CONFIG_MAX_LISTEN];
     int nlisteners;
     struct client *clients;
 };
@@ -286,6 +295,11 @@ void client_set_reading(struct client *c, bool reading)
 const char *client_peer(const struct client *c)
 {
     return c->peer;
+}
+
+bool client_tls(const struct client *c)
+{
+    return c->tls;
 }
 
 /* ---- errors found by the server itself ---------------------------------- */
@@ -496,6 +510,8 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct client *c = arg;
+    if (what == BEV_EVENT_CONNECTED) /* a TLS handshake finished */
+        return;
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
         c->peer_closed = true;
         if (c->state == CLIENT_WAIT) {
@@ -506,7 +522,12 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
         if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY)
             log_info("client %s: closed the connection mid-request", c->peer);
     } else if (what & BEV_EVENT_ERROR) {
-        log_debug("client %s: %s", c->peer, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        char why[200];
+        bool tls_failed = tls_error_reason(c->bev, why, sizeof(why));
+        if (!tls_handshake_done(c->bev))
+            log_info("client %s: TLS handshake failed: %s", c->peer, why);
+        else
+            log_debug("client %s: %s%s", c->peer, tls_failed ? "TLS: " : "", why);
     }
     client_free(c);
 }
@@ -524,6 +545,12 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
         client_fail(c, PROBLEM_REQUEST_TIMEOUT, "request body not received in time");
         break;
     case CLIENT_IDLE:
+        if (!tls_handshake_done(c->bev))
+            log_info("client %s: TLS handshake failed: not finished in time "
+                     "(client_header_timeout)",
+                     c->peer);
+        client_free(c);
+        break;
     case CLIENT_CLOSING:
     case CLIENT_WAIT: client_free(c); break;
     }
@@ -571,7 +598,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
 {
     (void)l;
     (void)socklen;
-    struct server *srv = arg;
+    struct listener *listener = arg;
+    struct server *srv = listener->srv;
     struct runtime *rt = srv->rt;
     if (atomic_fetch_add(&process_clients, 1) >= rt->cfg->max_connections || rt->draining) {
         process_clients--;
@@ -580,10 +608,18 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct bufferevent *bev = tls_accept_bufferevent(
+        rt->tls, rt->base, fd, listener->tls, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    if (bev == NULL) {
+        process_clients--;
+        evutil_closesocket(fd);
+        return;
+    }
     struct client *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
+    c->tls = listener->tls;
     format_peer(sa, c->peer, sizeof(c->peer));
-    c->bev = bufferevent_socket_new(rt->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+    c->bev = bev;
     c->timer = evtimer_new(rt->base, on_client_timer, c);
     c->resume = event_new(rt->base, -1, 0, on_client_resume, c);
     c->minor = 1;
@@ -599,6 +635,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     rt->clients++;
     c->state = CLIENT_IDLE;
     client_set_state(c, CLIENT_IDLE);
+    if (c->tls) /* the handshake gets what a request head gets */
+        arm_timer(c, rt->cfg->client_header_timeout_ms);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -631,6 +669,9 @@ static int bind_one(const struct listen_addr *la, int *fd_out, char *err, size_t
     int fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd >= 0) {
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        /* Only when asked: another process may then take this port's traffic. */
+        if (la->reuseport)
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
         if (res->ai_family == AF_INET6)
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     }
@@ -660,37 +701,84 @@ int server_bind(const struct config *cfg, int fds[], int *nfds, char *err, size_
     return IDEM_OK;
 }
 
+static bool same_address(const struct listen_addr *a, const struct listen_addr *b)
+{
+    return strcmp(a->host, b->host) == 0 && strcmp(a->port, b->port) == 0;
+}
+
+int server_rebind(const struct config *old, const int old_fds[], const struct config *cfg,
+                  int fds[], char *err, size_t errlen)
+{
+    bool bound[CONFIG_MAX_LISTEN] = {false};
+    for (int i = 0; i < cfg->nlistens; i++) {
+        fds[i] = -1;
+        for (int j = 0; j < old->nlistens && fds[i] < 0; j++)
+            if (same_address(&cfg->listens[i], &old->listens[j]))
+                fds[i] = old_fds[j];
+        if (fds[i] >= 0)
+            continue;
+        if (bind_one(&cfg->listens[i], &fds[i], err, errlen) != IDEM_OK) {
+            for (int k = 0; k < i; k++)
+                if (bound[k])
+                    close(fds[k]);
+            return IDEM_ERR;
+        }
+        bound[i] = true;
+        log_info("listening on %s:%s", cfg->listens[i].host, cfg->listens[i].port);
+    }
+    return IDEM_OK;
+}
+
 void server_unbind(const int fds[], int nfds)
 {
     for (int i = 0; i < nfds; i++)
         close(fds[i]);
 }
 
-int server_listen(struct server *srv, const int fds[], int nfds, char *err, size_t errlen)
+static void close_listeners(struct listener *listeners, int n)
 {
-    for (int i = 0; i < nfds; i++) {
+    for (int i = 0; i < n; i++) {
+        evconnlistener_free(listeners[i].l);
+        listeners[i].l = NULL;
+    }
+}
+
+/*
+ * The new set is complete before the old one goes, so a failure changes
+ * nothing. The kernel's accept queues belong to the sockets main.c holds,
+ * not to these listeners: swapping them loses no connection.
+ */
+int server_listen(struct server *srv, const struct config *cfg, const int fds[], char *err,
+                  size_t errlen)
+{
+    struct listener next[CONFIG_MAX_LISTEN];
+    for (int i = 0; i < cfg->nlistens; i++) {
         int fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-        struct evconnlistener *l = fd < 0 ? NULL
-                                          : evconnlistener_new(srv->rt->base, on_accept, srv,
-                                                               LEV_OPT_CLOSE_ON_FREE, -1, fd);
-        if (l == NULL) {
+        next[i].srv = srv;
+        next[i].tls = cfg->listens[i].tls;
+        next[i].l = fd < 0 ? NULL
+                           : evconnlistener_new(srv->rt->base, on_accept, &srv->listeners[i],
+                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, -1, fd);
+        if (next[i].l == NULL) {
             snprintf(err, errlen, "cannot listen on socket %d: %s", fds[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
+            close_listeners(next, i);
             return IDEM_ERR;
         }
-        evconnlistener_set_error_cb(l, on_accept_error);
-        srv->listeners[srv->nlisteners++] = l;
+        evconnlistener_set_error_cb(next[i].l, on_accept_error);
     }
+    close_listeners(srv->listeners, srv->nlisteners);
+    memcpy(srv->listeners, next, (size_t)cfg->nlistens * sizeof(next[0]));
+    srv->nlisteners = cfg->nlistens;
+    for (int i = 0; i < srv->nlisteners; i++)
+        evconnlistener_enable(srv->listeners[i].l);
     return IDEM_OK;
 }
 
 void server_drain(struct server *srv)
 {
-    for (int i = 0; i < srv->nlisteners; i++) {
-        evconnlistener_free(srv->listeners[i]);
-        srv->listeners[i] = NULL;
-    }
+    close_listeners(srv->listeners, srv->nlisteners);
     srv->nlisteners = 0;
     struct client *c = srv->clients;
     while (c) {

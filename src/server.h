@@ -30,10 +30,19 @@ struct server *server_new(struct runtime *rt);
 int server_bind(const struct config *cfg, int fds[], int *nfds, char *err,
                 size_t errlen) MUST_CHECK;
 void server_unbind(const int fds[], int nfds);
+/*
+ * At a reload: fills fds for cfg's listen lines, keeping the socket of every
+ * address old already had (old_fds is parallel to old->listens) and binding
+ * the others. On failure closes only what it bound. The caller then closes
+ * the old sockets that fds no longer holds.
+ */
+int server_rebind(const struct config *old, const int old_fds[], const struct config *cfg,
+                  int fds[], char *err, size_t errlen) MUST_CHECK;
 
-/* Accepts on duplicates of the bound sockets: every worker takes from the
- * same accept queues. */
-int server_listen(struct server *srv, const int fds[], int nfds, char *err,
+/* Accepts on duplicates of the bound sockets fds (parallel to cfg->listens,
+ * whose `tls` flags say how to serve each): every worker takes from the same
+ * accept queues. Called again at a reload, it swaps the whole set. */
+int server_listen(struct server *srv, const struct config *cfg, const int fds[], char *err,
                   size_t errlen) MUST_CHECK;
 /* Stops accepting and closes idle keep-alive connections (SIGTERM). */
 void server_drain(struct server *srv);
@@ -69,5 +78,7 @@ bool client_congested(const struct client *c);
 void client_set_reading(struct client *c, bool reading);
 
 const char *client_peer(const struct client *c);
+/* Did the client come in over TLS? (X-Forwarded-Proto) */
+bool client_tls(const struct client *c);
 
 #endif

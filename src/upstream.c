@@ -42,6 +42,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "tls.h"
 
 #define OUTPUT_HIGH_WATER (256 * 1024)
 
@@ -50,6 +51,8 @@ enum conn_state { CONN_CONNECTING, CONN_ACTIVE, CONN_IDLE, CONN_QUEUED };
 struct server {
     struct upstream_pool *pool;
     char *name; /* host:port */
+    char *host; /* for TLS: SNI and the name the certificate must carry */
+    bool tls;   /* https:// */
     struct sockaddr_storage addr;
     socklen_t addrlen;
     uint64_t down_until_ms;
@@ -61,6 +64,7 @@ struct server {
 
 struct upstream_pool {
     struct event_base *base;
+    struct tls *tls;
     struct server *servers;
     int nservers;
     int next; /* round robin */
@@ -354,9 +358,11 @@ static void on_connect_event(struct bufferevent *bev, short what, void *arg)
         c->ready(c->owner, c, NULL);
         return;
     }
-    char why[160];
-    snprintf(why, sizeof(why), "connect failed: %s",
-             evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    char reason[200];
+    char why[240];
+    bool tls_failed =
+        tls_error_reason(bev, reason, sizeof(reason)) || (c->server->tls && (what & BEV_EVENT_EOF));
+    snprintf(why, sizeof(why), "%s failed: %s", tls_failed ? "TLS handshake" : "connect", reason);
     connect_failed(c, why);
 }
 
@@ -472,14 +478,15 @@ static void start_connect(struct upstream_conn *c, struct server *s)
     c->server = s;
     s->open++;
     c->state = CONN_CONNECTING;
-    c->bev = bufferevent_socket_new(pool->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);
+    c->bev = tls_upstream_bufferevent(pool->tls, pool->base, s->host, s->tls);
     struct timeval tv = {(time_t)(pool->connect_timeout_ms / 1000),
                          (suseconds_t)(pool->connect_timeout_ms % 1000) * 1000};
     evtimer_assign(c->timer, pool->base, on_connect_timeout, c);
     evtimer_add(c->timer, &tv);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->server->addr,
-                                   (int)c->server->addrlen) < 0) {
+    if (c->bev != NULL)
+        bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);
+    if (c->bev == NULL || bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->server->addr,
+                                                     (int)c->server->addrlen) < 0) {
         /* Refused synchronously (e.g. no route); report on the next turn. */
         struct timeval zero = {0, 0};
         evtimer_add(c->timer, &zero);
@@ -601,10 +608,11 @@ static int resolve(struct server *s, const struct upstream_url *u, char *err, si
 }
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, const struct config *cfg,
-                                        char *err, size_t errlen)
+                                        struct tls *tls, char *err, size_t errlen)
 {
     struct upstream_pool *pool = xcalloc(1, sizeof(*pool));
     pool->base = base;
+    pool->tls = tls != NULL ? tls_ref(tls) : NULL;
     pool->refs = 1;
     pool->keepalive = cfg->upstream_keepalive;
     pool->max_conns = cfg->upstream_max_conns > 0 ? cfg->upstream_max_conns : 1;
@@ -618,6 +626,8 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, const struct co
         struct server *s = &pool->servers[i];
         s->pool = pool;
         s->name = xstrdup(cfg->upstreams[i].host_header);
+        s->host = xstrdup(cfg->upstreams[i].host);
+        s->tls = cfg->upstreams[i].tls;
         if (resolve(s, &cfg->upstreams[i], err, errlen) != IDEM_OK) {
             upstream_pool_free(pool);
             return NULL;
@@ -635,9 +645,12 @@ void upstream_pool_unref(struct upstream_pool *pool)
 {
     if (--pool->refs > 0)
         return;
-    for (int i = 0; i < pool->nservers; i++)
+    for (int i = 0; i < pool->nservers; i++) {
         free(pool->servers[i].name);
+        free(pool->servers[i].host);
+    }
     free(pool->servers);
+    tls_unref(pool->tls);
     free(pool);
 }
 

@@ -22,6 +22,7 @@
 struct event_base;
 struct evbuffer;
 struct upstream_pool;
+struct tls;
 struct upstream_conn;
 
 struct upstream_events {
@@ -39,9 +40,11 @@ struct upstream_events {
 /* conn is NULL when no server could be reached; why says what happened. */
 typedef void (*upstream_ready_cb)(void *owner, struct upstream_conn *conn, const char *why);
 
-/* Resolves every upstream URL (blocking getaddrinfo: done at start and reload only). */
+/* Resolves every upstream URL (blocking getaddrinfo: done at start and reload only).
+ * tls (referenced) makes the connections to https upstreams; NULL only for a
+ * pool that never connects (the start-up check). */
 struct upstream_pool *upstream_pool_new(struct event_base *base, const struct config *cfg,
-                                        char *err, size_t errlen);
+                                        struct tls *tls, char *err, size_t errlen);
 /* The owner lets go: idle connections close; the pool lives on while
  * connections in use or other references remain. */
 void upstream_pool_free(struct upstream_pool *pool);

@@ -39,16 +39,22 @@
 #include "runtime.h"
 #include "server.h"
 #include "store.h"
+#include "tls.h"
 #include "upstream.h"
 
 enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
 
+/* What main hands a worker to start or reload with. */
+struct worker_input {
+    char *text;                        /* the configuration file's content */
+    struct tls *tls;                   /* built by main from the same content */
+    int listen_fds[CONFIG_MAX_LISTEN]; /* main's, parallel to the listen lines */
+};
+
 struct worker {
     int index;
     char *config_path;
-    char *config_text; /* what to parse next: set by main under `lock`, taken by the worker */
-    int listen_fds[CONFIG_MAX_LISTEN]; /* the caller's, not ours to close */
-    int nlisten;
+    struct worker_input next; /* set by main under `lock`, taken by the worker */
     pthread_t thread;
     struct runtime rt;
     int command_pipe[2];   /* main writes COMMAND_* bytes, the worker reads */
@@ -108,40 +114,54 @@ static void drain(struct worker *w)
 
 /* ---- reload ------------------------------------------------------------- */
 
-/* The text main handed over last, now ours to free. */
-static char *take_text(struct worker *w)
+static void set_input(struct worker_input *in, const char *text, struct tls *tls,
+                      const int listen_fds[], int nlisten)
 {
-    pthread_mutex_lock(&w->lock);
-    char *text = w->config_text;
-    w->config_text = NULL;
-    pthread_mutex_unlock(&w->lock);
-    return text;
+    free(in->text);
+    in->text = xstrdup(text);
+    tls_unref(in->tls);
+    in->tls = tls_ref(tls);
+    memcpy(in->listen_fds, listen_fds, (size_t)nlisten * sizeof(int));
 }
 
-static struct config *parse_text(struct worker *w)
+static void free_input(struct worker_input *in)
 {
-    char *text = take_text(w);
-    if (text == NULL)
+    free(in->text);
+    tls_unref(in->tls);
+    memset(in, 0, sizeof(*in));
+}
+
+/* What main handed over last, now ours; its text parsed. NULL when the
+ * text does not parse here (in.tls still to be let go by free_input). */
+static struct config *take_input(struct worker *w, struct worker_input *in)
+{
+    pthread_mutex_lock(&w->lock);
+    *in = w->next;
+    memset(&w->next, 0, sizeof(w->next));
+    pthread_mutex_unlock(&w->lock);
+    if (in->text == NULL)
         return NULL;
-    struct config *cfg = config_parse(w->config_path, text, strlen(text), log_config_error, NULL);
-    free(text);
-    return cfg;
+    return config_parse(w->config_path, in->text, strlen(in->text), log_config_error, NULL);
 }
 
 /* Builds what the new configuration needs, then swaps; on error keeps all. */
 static void reload(struct worker *w)
 {
     struct runtime *rt = &w->rt;
-    struct config *cfg = parse_text(w);
-    if (cfg == NULL) {
-        log_error("worker %d: reload failed: keeping the running configuration", w->index);
-        return;
-    }
-    char err[256];
-    struct upstream_pool *pool = upstream_pool_new(rt->base, cfg, err, sizeof(err));
-    if (pool == NULL) {
+    struct worker_input in;
+    struct config *cfg = take_input(w, &in);
+    struct upstream_pool *pool = NULL;
+    char err[256] = "the configuration does not load here";
+
+    if (cfg != NULL)
+        pool = upstream_pool_new(rt->base, cfg, in.tls, err, sizeof(err));
+    if (pool == NULL ||
+        server_listen(rt->server, cfg, in.listen_fds, err, sizeof(err)) != IDEM_OK) {
         log_error("worker %d: reload failed: %s; keeping the running configuration", w->index, err);
-        config_unref(cfg);
+        upstream_pool_free(pool);
+        if (cfg != NULL)
+            config_unref(cfg);
+        free_input(&in);
         return;
     }
     store_reconfigure(rt->store, cfg);
@@ -149,6 +169,10 @@ static void reload(struct worker *w)
     rt->pool = pool;
     config_unref(rt->cfg);
     rt->cfg = cfg;
+    tls_unref(rt->tls);
+    rt->tls = in.tls;
+    in.tls = NULL;
+    free_input(&in);
     log_debug("worker %d: configuration reloaded", w->index);
 }
 
@@ -173,11 +197,11 @@ static void post(struct worker *w, char command)
         log_error("worker %d: cannot send command '%c': %s", w->index, command, strerror(errno));
 }
 
-void worker_reload(struct worker *w, const char *config_text)
+void worker_reload(struct worker *w, const char *config_text, struct tls *tls,
+                   const int listen_fds[], int nlisten)
 {
     pthread_mutex_lock(&w->lock);
-    free(w->config_text);
-    w->config_text = xstrdup(config_text);
+    set_input(&w->next, config_text, tls, listen_fds, nlisten);
     pthread_mutex_unlock(&w->lock);
     post(w, COMMAND_RELOAD);
 }
@@ -200,18 +224,26 @@ static int setup(struct worker *w)
     w->command = event_new(rt->base, w->command_pipe[0], EV_READ | EV_PERSIST, on_command, w);
     event_add(w->command, NULL);
     rt->server = server_new(rt);
-    rt->cfg = parse_text(w);
+    struct worker_input in;
+    rt->cfg = take_input(w, &in);
+    rt->tls = in.tls;
+    in.tls = NULL;
     if (rt->cfg == NULL) {
         snprintf(w->err, sizeof(w->err), "%s: configuration does not load in worker %d",
                  w->config_path, w->index);
+        free_input(&in);
         return IDEM_ERR;
     }
-    rt->pool = upstream_pool_new(rt->base, rt->cfg, w->err, sizeof(w->err));
-    if (rt->pool == NULL)
+    rt->pool = upstream_pool_new(rt->base, rt->cfg, rt->tls, w->err, sizeof(w->err));
+    int rc = rt->pool != NULL
+                 ? server_listen(rt->server, rt->cfg, in.listen_fds, w->err, sizeof(w->err))
+                 : IDEM_ERR;
+    free_input(&in);
+    if (rc != IDEM_OK)
         return IDEM_ERR;
     rt->store = store_new(rt->base, rt->cfg);
     store_publish_readiness(rt->store, &w->redis_up);
-    return server_listen(rt->server, w->listen_fds, w->nlisten, w->err, sizeof(w->err));
+    return IDEM_OK;
 }
 
 static void teardown(struct worker *w)
@@ -226,6 +258,7 @@ static void teardown(struct worker *w)
     event_base_free(rt->base);
     if (rt->cfg)
         config_unref(rt->cfg);
+    tls_unref(rt->tls);
 }
 
 static void report_start(struct worker *w, int started)
@@ -267,14 +300,13 @@ static void on_exited(evutil_socket_t fd, short what, void *arg)
 }
 
 struct worker *worker_start(int index, const char *config_path, const char *config_text,
-                            const int listen_fds[], int nlisten, struct event_base *main_base,
-                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen)
+                            struct tls *tls, const int listen_fds[], int nlisten,
+                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
+                            char *err, size_t errlen)
 {
     struct worker *w = xcalloc(1, sizeof(*w));
     w->index = index;
-    w->config_text = xstrdup(config_text);
-    memcpy(w->listen_fds, listen_fds, (size_t)nlisten * sizeof(int));
-    w->nlisten = nlisten;
+    set_input(&w->next, config_text, tls, listen_fds, nlisten);
     w->config_path = xstrdup(config_path);
     w->on_exit = on_exit;
     w->on_exit_arg = arg;
@@ -282,7 +314,7 @@ struct worker *worker_start(int index, const char *config_path, const char *conf
         pipe2(w->exit_pipe, O_CLOEXEC | O_NONBLOCK) != 0) {
         snprintf(err, errlen, "cannot start worker %d: pipe: %s", index, strerror(errno));
         free(w->config_path);
-        free(w->config_text);
+        free_input(&w->next);
         free(w);
         return NULL;
     }
@@ -327,7 +359,7 @@ void worker_join(struct worker *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->cond);
     free(w->config_path);
-    free(w->config_text);
+    free_input(&w->next);
     free(w);
 }
 

@@ -15,24 +15,29 @@
 #include "util.h"
 
 struct event_base;
+struct tls;
 struct worker;
 
 /*
  * Starts worker `index`: it parses config_text (the content of config_path,
- * validated by the caller) itself, accepts on duplicates
- * of listen_fds (bound once by the caller), connects, and only then does this
- * call return it. On failure returns NULL with a phrase
- * in err (the thread has ended). on_exit runs on main_base's loop when the
- * worker's loop has ended (after a drain).
+ * validated by the caller) itself, serves TLS with tls (referenced; built by
+ * the caller from the same text), accepts on duplicates of listen_fds (bound
+ * once by the caller, parallel to the listen lines), connects, and only then
+ * does this call return it. On failure returns NULL with a phrase in err (the
+ * thread has ended). on_exit runs on main_base's loop when the worker's loop
+ * has ended (after a drain).
  */
 struct worker *worker_start(int index, const char *config_path, const char *config_text,
-                            const int listen_fds[], int nlisten, struct event_base *main_base,
-                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen);
+                            struct tls *tls, const int listen_fds[], int nlisten,
+                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
+                            char *err, size_t errlen);
 
-/* Asks the worker to reload from config_text, the file's content that the
- * caller has validated (every worker parses the same bytes; it keeps its old
- * configuration if building the new one fails). */
-void worker_reload(struct worker *w, const char *config_text);
+/* Asks the worker to reload: the same inputs as worker_start, which the
+ * caller has validated (every worker parses the same bytes; one keeps its
+ * old configuration if building the new one fails). Connections and requests
+ * in flight carry on with what they started with. */
+void worker_reload(struct worker *w, const char *config_text, struct tls *tls,
+                   const int listen_fds[], int nlisten);
 
 /* Asks the worker to stop accepting, finish what is in flight and end. */
 void worker_drain(struct worker *w);

@@ -392,6 +392,66 @@ START_TEST(test_upstreams)
 }
 END_TEST
 
+START_TEST(test_tls_directives)
+{
+    struct config *cfg = parse_ok("upstream https://api.example HTTPS://[::1]:8443\n");
+    ck_assert(cfg->upstreams[0].tls);
+    ck_assert_str_eq(cfg->upstreams[0].host, "api.example");
+    ck_assert_str_eq(cfg->upstreams[0].port, "443");
+    ck_assert_str_eq(cfg->upstreams[0].host_header, "api.example");
+    ck_assert(cfg->upstreams[1].tls);
+    ck_assert_str_eq(cfg->upstreams[1].host, "::1");
+    ck_assert_str_eq(cfg->upstreams[1].port, "8443");
+    ck_assert(!cfg->upstreams[2].tls);
+    ck_assert(config_tls_upstream(cfg));
+    ck_assert(!config_tls_listener(cfg));
+    /* the defaults */
+    ck_assert_uint_eq(cfg->tls_protocols, TLS_PROTO_12 | TLS_PROTO_13);
+    ck_assert_str_eq(cfg->upstream_tls_ca, "system");
+    ck_assert(cfg->upstream_tls_verify);
+    ck_assert(!cfg->upstream_host);
+    ck_assert_ptr_null(cfg->tls_certificate);
+    ck_assert_ptr_null(cfg->upstream_tls_server_name);
+    ck_assert_ptr_nonnull(strstr(cfg->tls_ciphers, "ECDHE-RSA-AES128-GCM-SHA256"));
+    config_unref(cfg);
+
+    cfg = parse_ok("listen 127.0.0.1:8443 tls\n"
+                   "listen 127.0.0.1:8080 reuseport\n"
+                   "listen [::1]:8443 reuseport tls\n"
+                   "tls_certificate /etc/idemproxy/cert.pem\n"
+                   "tls_certificate_key /etc/idemproxy/key.pem\n"
+                   "tls_protocols TLSv1.3\n"
+                   "tls_ciphers ECDHE-RSA-AES256-GCM-SHA384\n"
+                   "tls_ciphersuites TLS_AES_256_GCM_SHA384\n"
+                   "upstream_tls_ca /etc/ssl/private-ca.pem\n"
+                   "upstream_tls_server_name api.internal\n"
+                   "upstream_tls_certificate /etc/idemproxy/client.pem\n"
+                   "upstream_tls_certificate_key /etc/idemproxy/client.key\n"
+                   "upstream_tls_verify off\n"
+                   "upstream_host on\n");
+    ck_assert(cfg->listens[0].tls && !cfg->listens[0].reuseport);
+    ck_assert(!cfg->listens[1].tls && cfg->listens[1].reuseport);
+    ck_assert(cfg->listens[2].tls && cfg->listens[2].reuseport);
+    ck_assert(config_tls_listener(cfg));
+    ck_assert_str_eq(cfg->tls_certificate, "/etc/idemproxy/cert.pem");
+    ck_assert_str_eq(cfg->tls_certificate_key, "/etc/idemproxy/key.pem");
+    ck_assert_uint_eq(cfg->tls_protocols, TLS_PROTO_13);
+    ck_assert_str_eq(cfg->tls_ciphers, "ECDHE-RSA-AES256-GCM-SHA384");
+    ck_assert_str_eq(cfg->tls_ciphersuites, "TLS_AES_256_GCM_SHA384");
+    ck_assert_str_eq(cfg->upstream_tls_ca, "/etc/ssl/private-ca.pem");
+    ck_assert_str_eq(cfg->upstream_tls_server_name, "api.internal");
+    ck_assert_str_eq(cfg->upstream_tls_certificate, "/etc/idemproxy/client.pem");
+    ck_assert_str_eq(cfg->upstream_tls_certificate_key, "/etc/idemproxy/client.key");
+    ck_assert(!cfg->upstream_tls_verify);
+    ck_assert(cfg->upstream_host);
+    ck_assert_int_eq(config_directive_line(cfg, "listen"), 1);
+    ck_assert_int_eq(config_directive_line(cfg, "tls_certificate_key"), 5);
+    ck_assert_int_eq(config_directive_line(cfg, "upstream_host"), 14);
+    ck_assert_int_eq(config_directive_line(cfg, "ttl"), 0);
+    config_unref(cfg);
+}
+END_TEST
+
 START_TEST(test_redis_unix)
 {
     struct config *cfg = parse_ok("redis unix:/run/redis/redis.sock\n");
@@ -735,12 +795,26 @@ static const struct {
     {"listen ::1:8080\n", "t.conf:1: listen: IPv6 addresses go in brackets"},
     {"listen [::1:8080\n", "t.conf:1: listen: expected [IPV6]:PORT"},
     {"listen [127.0.0.1]:8080\n", "t.conf:1: listen: expected a numeric address"},
-    {"listen 127.0.0.1:8443 tls\n", "t.conf:1: listen: tls is not supported yet"},
-    {"listen 127.0.0.1:8443 ssl\n", "t.conf:1: listen: unknown parameter \"ssl\""},
+    {"listen 127.0.0.1:8443 tls\n",
+     "t.conf:1: listen: a tls listener needs tls_certificate and tls_certificate_key"},
+    {"listen 127.0.0.1:8443 tls\ntls_certificate /c.pem\n",
+     "t.conf:1: listen: a tls listener needs tls_certificate and tls_certificate_key"},
+    {"listen 127.0.0.1:8443 ssl\n", "t.conf:1: listen: unexpected parameter \"ssl\""},
+    {"listen 127.0.0.1:8443 tls tls\n", "t.conf:1: listen: unexpected parameter \"tls\""},
+    {"tls_protocols TLSv1.1\n", "t.conf:1: tls_protocols: expected TLSv1.2 and/or TLSv1.3"},
+    {"tls_protocols TLSv1.2 TLSv1.3 TLSv1.3\n",
+     "t.conf:1: tls_protocols: expected 1 to 2 arguments, got 3"},
+    {"upstream_tls_certificate /c.pem\n",
+     "t.conf:1: upstream_tls_certificate and upstream_tls_certificate_key go together"},
+    {"\nupstream_tls_certificate_key /k.pem\n",
+     "t.conf:2: upstream_tls_certificate and upstream_tls_certificate_key go together"},
+    {"upstream_tls_server_name \"a b\"\n",
+     "t.conf:1: upstream_tls_server_name: expected a host name"},
+    {"upstream_tls_verify maybe\n", "t.conf:1: upstream_tls_verify: expected on or off"},
+    {"upstream_host yes\n", "t.conf:1: upstream_host: expected on or off"},
     {"listen 127.0.0.1:1\nlisten 127.0.0.1:1\n",
      "t.conf:2: listen: duplicate address \"127.0.0.1:1\""},
     {"admin_listen :9090\n", "t.conf:1: admin_listen: missing host in \":9090\""},
-    {"upstream https://api:443\n", "t.conf:1: upstream: https upstreams are not supported yet"},
     {"upstream ftp://api\n", "t.conf:1: upstream: expected a URL like http://host:port"},
     {"upstream http://api:80/v1\n", "t.conf:1: upstream: an upstream URL cannot have a path"},
     {"upstream http://user@api:80\n", "t.conf:1: upstream: invalid host"},
@@ -1050,6 +1124,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_global_policy_directives);
     tcase_add_test(tc, test_route_directives);
     tcase_add_test(tc, test_upstreams);
+    tcase_add_test(tc, test_tls_directives);
     tcase_add_test(tc, test_redis_unix);
     tcase_add_test(tc, test_password_file);
     tcase_add_test(tc, test_quotes_and_escapes);

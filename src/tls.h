@@ -1,0 +1,58 @@
+/*
+ * tls.h - TLS on both sides (SPEC §7): the OpenSSL contexts a configuration
+ * asks for, built once by the main thread and shared by every worker.
+ *
+ * tls_new() reads and checks every file the configuration names (listener
+ * certificate and key, upstream CA, client certificate and key), so `-t`,
+ * start and reload fail with FILE:LINE before anything is served; a reload
+ * whose files are bad keeps the running contexts. A struct tls is immutable
+ * and reference counted: connections hold their own reference to the
+ * OpenSSL context through their SSL object, so a reload never cuts one.
+ */
+#ifndef IDEM_TLS_H
+#define IDEM_TLS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "config.h"
+#include "util.h"
+
+struct tls;
+struct bufferevent;
+struct event_base;
+
+/*
+ * Builds the contexts cfg needs (none is fine: the result then serves plain
+ * TCP only). Returns NULL after reporting every problem through on_error as
+ * "FILE:LINE: directive: message".
+ */
+struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *arg) MUST_CHECK;
+
+struct tls *tls_ref(struct tls *tls);
+void tls_unref(struct tls *tls); /* NULL is fine */
+
+/*
+ * A bufferevent for an accepted client socket: TLS when the listener is,
+ * plain otherwise. Owns fd (closed on free).
+ */
+struct bufferevent *tls_accept_bufferevent(struct tls *tls, struct event_base *base, int fd,
+                                           bool listener_tls, int options);
+
+/* A not yet connected bufferevent for an upstream (connect it with
+ * bufferevent_socket_connect()); for https, TLS with SNI and a check that the
+ * certificate names host (or upstream_tls_server_name). NULL on failure. */
+struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base *base,
+                                             const char *host, bool https);
+
+/* Has the TLS handshake of bev finished? Always true for plain TCP. */
+bool tls_handshake_done(struct bufferevent *bev);
+
+/*
+ * Why the last operation on bev failed, into buf for a log line: the OpenSSL
+ * reason (with the certificate verification result), or the socket error.
+ * Returns true when OpenSSL reported it. Empties this thread's error queue.
+ */
+bool tls_error_reason(struct bufferevent *bev, char *buf, size_t len);
+
+#endif
