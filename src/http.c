@@ -134,9 +134,10 @@ static int on_headers_complete(llhttp_t *l)
     m->content_length = m->has_content_length ? l->content_length : 0;
     m->upgrade = l->upgrade;
     if (l->type == HTTP_REQUEST) {
-        /* Tunnels are not proxied: CONNECT is refused, and an Upgrade offer is
-         * declined by treating the request as an ordinary one (its Upgrade and
-         * Connection fields are hop-by-hop and are not forwarded). */
+        /* CONNECT is refused. An Upgrade offer is parsed as an ordinary
+         * request (m->upgrade says it was made): proxy.c passes a WebSocket
+         * offer on, or declines it by not forwarding its hop-by-hop fields.
+         * Bytes after it stay unparsed in the input, for a tunnel. */
         if (l->method == HTTP_CONNECT)
             return fail(p, HTTP_ERROR_BAD_REQUEST);
         l->upgrade = 0;

@@ -35,6 +35,7 @@
 #include "proxy.h"
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -75,6 +76,7 @@ struct exchange {
     struct http_message *req;
     char peer[64];
     bool client_tls; /* X-Forwarded-Proto: https */
+    bool tunnel;     /* a WebSocket offer passed on: a 101 turns the connection into a tunnel */
     enum ex_state state;
 
     bool idempotent;  /* the key is claimed or being claimed */
@@ -759,6 +761,8 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
         ADD_LITERAL(out, "X-Forwarded-Proto: https\r\n");
     else
         ADD_LITERAL(out, "X-Forwarded-Proto: http\r\n");
+    if (ex->tunnel)
+        ADD_LITERAL(out, "Connection: upgrade\r\nUpgrade: websocket\r\n");
     if (host && !has_xfh)
         put_field(out, "X-Forwarded-Host", 16, host->value, host->value_len);
     put_list_field(out, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
@@ -836,8 +840,21 @@ static void on_upstream_ready(void *arg, struct upstream_conn *conn, const char 
         request_sent(ex);
 }
 
+/*
+ * A WebSocket offer is passed on only when nothing is claimed for it: a
+ * tunnel's outcome cannot be stored or replayed. Other offers (h2c, ...) and
+ * offers on covered requests are declined: served as plain HTTP.
+ */
+static bool passes_upgrade(const struct exchange *ex)
+{
+    const struct header *u = ex->req->upgrade ? headers_find(&ex->req->headers, "Upgrade") : NULL;
+    return u != NULL && !ex->idempotent && ex->req->minor >= 1 &&
+           headers_list_has_token(u->value, u->value_len, "websocket");
+}
+
 static void forward(struct exchange *ex)
 {
+    ex->tunnel = passes_upgrade(ex);
     ex_set_state(ex, EX_CONNECTING);
     ex->up = upstream_acquire(ex->pool, &upstream_events, ex, on_upstream_ready);
 }
@@ -979,12 +996,44 @@ static void on_up_drained(void *arg)
         client_set_reading(ex->client, true);
 }
 
+/* 101: the upstream accepted the WebSocket offer; the client gets a tunnel. */
+static void on_up_upgrade(void *arg, struct http_message *resp, struct bufferevent *bev)
+{
+    struct exchange *ex = arg;
+    if (!ex->tunnel) {
+        http_message_free(resp);
+        bufferevent_free(bev);
+        on_up_error(ex, "switched protocols (101) without being asked to");
+        return;
+    }
+    ex->up = NULL;
+    ex->resp = resp;
+    ex->status = 101;
+    ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
+    evtimer_del(ex->timer);
+    if (ex->client) {
+        struct header_list h;
+        headers_init(&h);
+        headers_copy_end_to_end(&h, &resp->headers);
+        headers_add_cstr(&h, "Connection", "upgrade");
+        headers_add_cstr(&h, "Upgrade", "websocket");
+        ex->bytes = client_switch_protocols(ex->client, &h, bev);
+        ex->client = NULL;
+        headers_clear(&h);
+    } else {
+        bufferevent_free(bev);
+    }
+    ex_finish(ex);
+    ex_maybe_free(ex);
+}
+
 static const struct upstream_events upstream_events = {
     .on_head = on_up_head,
     .on_body = on_up_body,
     .on_complete = on_up_complete,
     .on_error = on_up_error,
     .on_drained = on_up_drained,
+    .on_upgrade = on_up_upgrade,
 };
 
 static void on_upstream_timeout(evutil_socket_t fd, short what, void *arg)

@@ -46,6 +46,7 @@
 #include "log.h"
 #include "proxy.h"
 #include "tls.h"
+#include "tunnel.h"
 
 #define CLIENT_READ_HIGH_WATER (256 * 1024)
 #define CLIENT_WRITE_HIGH_WATER (256 * 1024)
@@ -92,6 +93,7 @@ struct server {
     struct listener listeners[CONFIG_MAX_LISTEN];
     int nlisteners;
     struct client *clients;
+    struct tunnel *tunnels; /* upgraded connections, counted as clients */
 };
 
 static void client_free(struct client *c);
@@ -270,6 +272,43 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
     free(body);
     headers_clear(&h);
     return client_respond_end(c);
+}
+
+static void on_tunnel_end(void *arg)
+{
+    struct server *srv = arg;
+    srv->rt->clients--;
+    process_clients--;
+    if (srv->rt->draining && srv->rt->on_idle)
+        srv->rt->on_idle(srv->rt);
+}
+
+uint64_t client_switch_protocols(struct client *c, const struct header_list *headers,
+                                 struct bufferevent *upstream)
+{
+    struct server *srv = c->srv;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    evbuffer_add_printf(out, "HTTP/1.1 101 %s\r\n", http_reason(101));
+    for (int i = 0; i < headers->count; i++) {
+        const struct header *h = &headers->items[i];
+        evbuffer_add(out, h->name, h->name_len);
+        evbuffer_add(out, ": ", 2);
+        evbuffer_add(out, h->value, h->value_len);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    evbuffer_add(out, "\r\n", 2);
+    uint64_t bytes = evbuffer_get_length(out) - before;
+
+    /* The connection stays counted (max_connections, drain) as a tunnel. */
+    srv->rt->clients++;
+    process_clients++;
+    tunnel_new(c->bev, upstream, srv->rt->cfg->idle_timeout_ms, c->peer, &srv->tunnels,
+               on_tunnel_end, srv);
+    c->bev = NULL;
+    c->ex = NULL;
+    client_close(c);
+    return bytes;
 }
 
 void client_abort(struct client *c)
@@ -575,7 +614,8 @@ static void client_free(struct client *c)
     http_parser_reset(&c->parser);
     event_free(c->timer);
     event_free(c->resume);
-    bufferevent_free(c->bev);
+    if (c->bev) /* NULL once a tunnel took it */
+        bufferevent_free(c->bev);
     free(c);
     srv->rt->clients--;
     process_clients--;
@@ -780,6 +820,9 @@ void server_drain(struct server *srv)
 {
     close_listeners(srv->listeners, srv->nlisteners);
     srv->nlisteners = 0;
+    /* A tunnel has no end of its own to wait for: close them now. */
+    while (srv->tunnels)
+        tunnel_close(srv->tunnels);
     struct client *c = srv->clients;
     while (c) {
         struct client *next = c->next;

@@ -20,6 +20,7 @@
 
 struct server;
 struct client;
+struct bufferevent;
 
 struct server *server_new(struct runtime *rt);
 /*
@@ -67,6 +68,15 @@ uint64_t client_respond_end(struct client *c);
 /* A complete problem response; extra may add fields (Retry-After ...). */
 uint64_t client_respond_problem(struct client *c, const struct problem *p,
                                 const struct header_list *extra);
+
+/*
+ * Answers 101 with headers (the upstream's end-to-end fields plus Upgrade and
+ * Connection) and turns the connection into a tunnel to upstream, whose
+ * bufferevent it takes. The client is then gone (freed, or as soon as its
+ * parser returns). Returns the bytes of the head.
+ */
+uint64_t client_switch_protocols(struct client *c, const struct header_list *headers,
+                                 struct bufferevent *upstream);
 
 /* Gives up on the current response (the upstream broke mid-body): the
  * connection closes, as only a close tells the client the body is cut. */

@@ -92,10 +92,11 @@ struct upstream_conn {
 
     struct http_parser parser;
     int request_method;
-    bool interim;      /* the head being parsed is a 1xx */
-    bool got_bytes;    /* any response byte arrived */
-    bool complete;     /* the response ended (parser paused there) */
-    bool request_done; /* the owner wrote the whole request */
+    bool interim;                  /* the head being parsed is a 1xx */
+    struct http_message *switched; /* a 101 head: the connection leaves the pool */
+    bool got_bytes;                /* any response byte arrived */
+    bool complete;                 /* the response ended (parser paused there) */
+    bool request_done;             /* the owner wrote the whole request */
 };
 
 static void conn_free(struct upstream_conn *c);
@@ -105,13 +106,18 @@ static void on_idle_read(struct bufferevent *bev, void *arg);
 static void on_idle_event(struct bufferevent *bev, short what, void *arg);
 static void on_pooled_ready(evutil_socket_t fd, short what, void *arg);
 static void hand_over(struct upstream_conn *c);
+static void admit_waiter(struct server *s);
 
 /* ---- response parsing --------------------------------------------------- */
 
 static enum http_verdict on_resp_head(void *arg, struct http_message *resp)
 {
     struct upstream_conn *c = arg;
-    if (resp->status >= 100 && resp->status < 200 && resp->status != 101) {
+    if (resp->status == 101) {
+        c->switched = resp; /* handed over once llhttp has returned (feed) */
+        return PARSE_PAUSE;
+    }
+    if (resp->status >= 100 && resp->status < 200) {
         c->interim = true;
         http_message_free(resp);
         return PARSE_CONTINUE;
@@ -244,6 +250,22 @@ static void finish_response(struct upstream_conn *c)
     ev->on_complete(owner);
 }
 
+/* The connection speaks another protocol now: its socket is the owner's. */
+static void hand_over_switched(struct upstream_conn *c)
+{
+    const struct upstream_events *ev = c->events;
+    void *owner = c->owner;
+    struct http_message *resp = c->switched;
+    struct bufferevent *bev = c->bev;
+    c->switched = NULL;
+    c->bev = NULL;
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    c->server->open--;
+    admit_waiter(c->server);
+    conn_free(c);
+    ev->on_upgrade(owner, resp, bev);
+}
+
 /* Parses what arrived. Returns false when the connection is gone. */
 static bool feed(struct upstream_conn *c)
 {
@@ -251,6 +273,10 @@ static bool feed(struct upstream_conn *c)
     if (evbuffer_get_length(in) > 0)
         c->got_bytes = true;
     enum http_feed_result r = http_parser_feed(&c->parser, in);
+    if (r == HTTP_FEED_PAUSED && c->switched != NULL) {
+        hand_over_switched(c);
+        return false;
+    }
     switch (r) {
     case HTTP_FEED_OK: return true;
     case HTTP_FEED_PAUSED: finish_response(c); return false;
@@ -576,6 +602,7 @@ static void conn_free(struct upstream_conn *c)
     struct upstream_pool *pool = c->pool;
     if (c->state == CONN_ACTIVE)
         http_parser_reset(&c->parser);
+    http_message_free(c->switched);
     if (c->state == CONN_QUEUED)
         dequeue(c);
     else

@@ -21,6 +21,7 @@
 
 struct event_base;
 struct evbuffer;
+struct bufferevent;
 struct upstream_pool;
 struct tls;
 struct upstream_conn;
@@ -35,6 +36,10 @@ struct upstream_events {
     void (*on_error)(void *owner, const char *why);
     /* The request bytes written so far have been sent (for back-pressure). */
     void (*on_drained)(void *owner);
+    /* The upstream switched protocols (101): resp and the connection's
+     * bufferevent (bytes after the head still in its input) are the owner's;
+     * the pool has forgotten the connection. */
+    void (*on_upgrade)(void *owner, struct http_message *resp, struct bufferevent *bev);
 };
 
 /* conn is NULL when no server could be reached; why says what happened. */

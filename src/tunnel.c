@@ -1,0 +1,172 @@
+/*
+ * tunnel.c - the relay behind an upgraded (101) connection.
+ *
+ *   client bev  --read--> evbuffer_add_buffer --> upstream bev output
+ *   upstream bev --read--> evbuffer_add_buffer --> client bev output
+ *
+ * Moving whole evbuffers copies no bytes. When one side's output holds more
+ * than TUNNEL_HIGH_WATER, the other side stops reading until it drained to
+ * half of that: a slow reader slows the writer, and memory per tunnel stays
+ * bounded. When a side ends (EOF or error), what it sent is flushed to the
+ * other side and then both close; a WebSocket's own closing handshake has
+ * already happened by then.
+ */
+#include "tunnel.h"
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "log.h"
+#include "util.h"
+
+#define TUNNEL_HIGH_WATER (256 * 1024)
+
+enum { CLIENT, UPSTREAM };
+
+struct tunnel {
+    struct bufferevent *side[2];
+    struct event *idle;
+    uint64_t idle_ms;
+    bool ending; /* one side ended: flushing what it sent to the other */
+    char peer[64];
+    struct tunnel **list;
+    struct tunnel *prev, *next;
+    void (*on_end)(void *arg);
+    void *arg;
+};
+
+static void tunnel_free(struct tunnel *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        *t->list = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    bufferevent_free(t->side[CLIENT]);
+    bufferevent_free(t->side[UPSTREAM]);
+    event_free(t->idle);
+    void (*on_end)(void *arg) = t->on_end;
+    void *arg = t->arg;
+    free(t);
+    on_end(arg);
+}
+
+void tunnel_close(struct tunnel *t)
+{
+    tunnel_free(t);
+}
+
+static int index_of(const struct tunnel *t, const struct bufferevent *bev)
+{
+    return bev == t->side[CLIENT] ? CLIENT : UPSTREAM;
+}
+
+static void touch(struct tunnel *t)
+{
+    struct timeval tv = {(time_t)(t->idle_ms / 1000), (suseconds_t)(t->idle_ms % 1000) * 1000};
+    evtimer_add(t->idle, &tv);
+}
+
+/* Moves what side i received to the other side's output. */
+static void relay(struct tunnel *t, int i)
+{
+    struct evbuffer *in = bufferevent_get_input(t->side[i]);
+    struct evbuffer *out = bufferevent_get_output(t->side[!i]);
+    if (evbuffer_get_length(in) == 0)
+        return;
+    evbuffer_add_buffer(out, in);
+    touch(t);
+    if (evbuffer_get_length(out) > TUNNEL_HIGH_WATER)
+        bufferevent_disable(t->side[i], EV_READ);
+}
+
+static void on_read(struct bufferevent *bev, void *arg)
+{
+    struct tunnel *t = arg;
+    relay(t, index_of(t, bev));
+}
+
+/* Output of side i drained to the low-water mark (or to empty). */
+static void on_write(struct bufferevent *bev, void *arg)
+{
+    struct tunnel *t = arg;
+    int i = index_of(t, bev);
+    if (t->ending) {
+        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+            tunnel_free(t);
+        return;
+    }
+    bufferevent_enable(t->side[!i], EV_READ);
+}
+
+/* Side i ended: the other gets what i sent, then both close. */
+static void end(struct tunnel *t, int i)
+{
+    relay(t, i);
+    struct bufferevent *other = t->side[!i];
+    if (t->ending || evbuffer_get_length(bufferevent_get_output(other)) == 0) {
+        tunnel_free(t);
+        return;
+    }
+    t->ending = true;
+    bufferevent_disable(t->side[i], EV_READ | EV_WRITE);
+    bufferevent_disable(other, EV_READ);
+    bufferevent_setwatermark(other, EV_WRITE, 0, 0);
+}
+
+static void on_event(struct bufferevent *bev, short what, void *arg)
+{
+    struct tunnel *t = arg;
+    int i = index_of(t, bev);
+    if (what & BEV_EVENT_CONNECTED)
+        return;
+    log_debug("tunnel %s: %s %s", t->peer, i == CLIENT ? "client" : "upstream",
+              (what & BEV_EVENT_EOF) ? "closed" : "failed");
+    end(t, i);
+}
+
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct tunnel *t = arg;
+    log_info("tunnel %s: nothing sent either way for idle_timeout; closing", t->peer);
+    tunnel_free(t);
+}
+
+struct tunnel *tunnel_new(struct bufferevent *client, struct bufferevent *upstream,
+                          uint64_t idle_ms, const char *peer, struct tunnel **list,
+                          void (*on_end)(void *arg), void *arg)
+{
+    struct tunnel *t = xcalloc(1, sizeof(*t));
+    t->side[CLIENT] = client;
+    t->side[UPSTREAM] = upstream;
+    t->idle_ms = idle_ms;
+    snprintf(t->peer, sizeof(t->peer), "%s", peer);
+    t->on_end = on_end;
+    t->arg = arg;
+    t->list = list;
+    t->next = *list;
+    if (*list)
+        (*list)->prev = t;
+    *list = t;
+    t->idle = evtimer_new(bufferevent_get_base(client), on_idle, t);
+    for (int i = CLIENT; i <= UPSTREAM; i++) {
+        bufferevent_setcb(t->side[i], on_read, on_write, on_event, t);
+        bufferevent_set_timeouts(t->side[i], NULL, NULL);
+        bufferevent_setwatermark(t->side[i], EV_READ, 0, 0);
+        bufferevent_setwatermark(t->side[i], EV_WRITE, TUNNEL_HIGH_WATER / 2, 0);
+        bufferevent_enable(t->side[i], EV_READ | EV_WRITE);
+    }
+    touch(t);
+    /* Bytes that came with the head (a client's first frame, or the
+     * upstream's right after its 101) are already buffered. */
+    relay(t, CLIENT);
+    relay(t, UPSTREAM);
+    return t;
+}
