@@ -739,10 +739,11 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
             via = via ? via : f;
             continue;
         }
-        /* Framing is ours; 100-continue was answered by server.c. */
+        /* Framing is ours; a buffered body's 100-continue was answered by
+         * server.c, a streamed body's is the upstream's to answer. */
         if (strn_case_equal(f->name, f->name_len, "Content-Length") ||
-            strn_case_equal(f->name, f->name_len, "Expect") ||
-            strn_case_equal(f->name, f->name_len, "X-Forwarded-Proto"))
+            strn_case_equal(f->name, f->name_len, "X-Forwarded-Proto") ||
+            (strn_case_equal(f->name, f->name_len, "Expect") && !proxy_streams_request(ex)))
             continue;
         if (strn_case_equal(f->name, f->name_len, "Host")) {
             host = host ? host : f;
@@ -968,16 +969,17 @@ static void on_up_complete(void *arg)
     store_response(ex);
 }
 
-static void on_up_error(void *arg, const char *why)
+static void on_up_error(void *arg, const char *why, bool delivered)
 {
     struct exchange *ex = arg;
     ex->up = NULL;
     evtimer_del(ex->timer);
     ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
-    bool sent = ex->head_sent; /* a failure before that is a failed reuse or connect */
+    /* Before the head went out it is a failed reuse or connect. */
+    bool sent = ex->head_sent && delivered;
     log_warn("request %s key=%s: upstream %s failed %s: %s", ex->peer, ex->key ? ex->key : "-",
-             ex->upstream_name, sent ? "after the request was sent" : "before the request was sent",
-             why);
+             ex->upstream_name,
+             sent ? "after the request was sent" : "before the request reached it", why);
     if (ex->owns_key && !sent)
         release_then(ex, false, PROBLEM_UPSTREAM_UNAVAILABLE);
     else if (ex->owns_key)
@@ -987,6 +989,14 @@ static void on_up_error(void *arg, const char *why)
     else
         answer_problem(ex, PROBLEM_UPSTREAM_UNAVAILABLE, NULL);
     ex_maybe_free(ex);
+}
+
+/* The upstream's 100 Continue to a streamed request: the client may send. */
+static void on_up_continue(void *arg)
+{
+    struct exchange *ex = arg;
+    if (ex->client && !ex->request_complete)
+        client_continue(ex->client);
 }
 
 static void on_up_drained(void *arg)
@@ -1003,7 +1013,7 @@ static void on_up_upgrade(void *arg, struct http_message *resp, struct buffereve
     if (!ex->tunnel) {
         http_message_free(resp);
         bufferevent_free(bev);
-        on_up_error(ex, "switched protocols (101) without being asked to");
+        on_up_error(ex, "switched protocols (101) without being asked to", true);
         return;
     }
     ex->up = NULL;
@@ -1034,6 +1044,7 @@ static const struct upstream_events upstream_events = {
     .on_error = on_up_error,
     .on_drained = on_up_drained,
     .on_upgrade = on_up_upgrade,
+    .on_continue = on_up_continue,
 };
 
 static void on_upstream_timeout(evutil_socket_t fd, short what, void *arg)
@@ -1251,6 +1262,11 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
         return NULL;
     }
     return ex;
+}
+
+bool proxy_streams_request(const struct exchange *ex)
+{
+    return !ex->idempotent && !ex->key_pending && !ex->token_endpoint;
 }
 
 bool proxy_request_body(struct exchange *ex, const char *data, size_t len)

@@ -25,6 +25,10 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
 /* A piece of the request body. false: the exchange answered (413); stop reading. */
 bool proxy_request_body(struct exchange *ex, const char *data, size_t len);
 
+/* Is the request body streamed to the upstream as it arrives (not buffered
+ * first)? Then Expect: 100-continue is the upstream's to answer. */
+bool proxy_streams_request(const struct exchange *ex);
+
 /* The request is complete. */
 void proxy_request_complete(struct exchange *ex);
 

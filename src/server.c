@@ -66,7 +66,9 @@ struct client {
     struct http_parser parser;
     struct exchange *ex;
     char peer[64];
-    bool tls;         /* came in on a tls listener */
+    bool tls;        /* came in on a tls listener */
+    bool handshaken; /* TLS: the handshake finished (plain: from the start) */
+    unsigned peer_port;
     int minor;        /* HTTP/1.minor of the current request */
     bool keep_alive;  /* the current request allows another after it */
     bool close_after; /* close once the current response is out */
@@ -74,6 +76,8 @@ struct client {
     bool want_close;
     bool peer_closed;     /* EOF seen: answer what is in flight, then close */
     bool responding;      /* a response head went out for the current request */
+    bool wants_continue;  /* the current request has Expect: 100-continue and a body */
+    bool continued;       /* 100 Continue went out for it */
     bool head_request;    /* the current request is HEAD: answers carry no body */
     bool resume_on_drain; /* parse the next request once the output has drained */
     enum framing framing;
@@ -94,6 +98,8 @@ struct server {
     int nlisteners;
     struct client *clients;
     struct tunnel *tunnels; /* upgraded connections, counted as clients */
+    bool paused;            /* max_connections reached: listeners disabled */
+    struct event *unpause;  /* while paused: looks again every ACCEPT_RETRY_MS */
 };
 
 static void client_free(struct client *c);
@@ -101,6 +107,9 @@ static bool client_process(struct client *c);
 
 /* Client connections of the whole process, every worker: max_connections. */
 static _Atomic int process_clients;
+
+/* A paused worker looks this often whether another worker freed a slot. */
+#define ACCEPT_RETRY_MS 100
 
 /* ---- state -------------------------------------------------------------- */
 
@@ -274,11 +283,14 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
     return client_respond_end(c);
 }
 
+static void maybe_unpause(struct server *srv);
+
 static void on_tunnel_end(void *arg)
 {
     struct server *srv = arg;
     srv->rt->clients--;
     process_clients--;
+    maybe_unpause(srv);
     if (srv->rt->draining && srv->rt->on_idle)
         srv->rt->on_idle(srv->rt);
 }
@@ -309,6 +321,14 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     c->ex = NULL;
     client_close(c);
     return bytes;
+}
+
+void client_continue(struct client *c)
+{
+    if (!c->wants_continue || c->continued || c->responding || c->state != CLIENT_BODY)
+        return;
+    c->continued = true;
+    evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
 }
 
 void client_abort(struct client *c)
@@ -425,11 +445,14 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     const struct header *expect = headers_find(&req->headers, "Expect");
     bool wants_continue =
         expect && strn_case_equal(expect->value, expect->value_len, "100-continue");
+    c->wants_continue = wants_continue && expects_body && c->minor >= 1;
+    c->continued = false;
     c->ex = proxy_begin(c->srv->rt, c, req);
     if (c->ex == NULL)
         return PARSE_ABORT; /* answered already; the connection closes */
-    if (wants_continue && expects_body && c->minor >= 1)
-        evbuffer_add_printf(bufferevent_get_output(c->bev), "HTTP/1.1 100 Continue\r\n\r\n");
+    /* A body we buffer, we ask for; a streamed one, the upstream asks for. */
+    if (!proxy_streams_request(c->ex))
+        client_continue(c);
     return PARSE_CONTINUE;
 }
 
@@ -545,12 +568,22 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         proxy_client_drained(c->ex);
 }
 
+/* With the port: a handshake has no request to tell one attempt from another. */
+static void log_handshake_failure(const struct client *c, const char *why)
+{
+    bool v6 = strchr(c->peer, ':') != NULL;
+    log_info("client %s%s%s:%u: TLS handshake failed: %s", v6 ? "[" : "", c->peer, v6 ? "]" : "",
+             c->peer_port, why);
+}
+
 static void on_client_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
     struct client *c = arg;
-    if (what == BEV_EVENT_CONNECTED) /* a TLS handshake finished */
+    if (what == BEV_EVENT_CONNECTED) { /* a TLS handshake finished */
+        c->handshaken = true;
         return;
+    }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
         c->peer_closed = true;
         if (c->state == CLIENT_WAIT) {
@@ -560,11 +593,13 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
         }
         if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY)
             log_info("client %s: closed the connection mid-request", c->peer);
+        if (!c->handshaken)
+            log_handshake_failure(c, "closed by the client");
     } else if (what & BEV_EVENT_ERROR) {
         char why[200];
-        bool tls_failed = tls_error_reason(c->bev, why, sizeof(why));
-        if (!tls_handshake_done(c->bev))
-            log_info("client %s: TLS handshake failed: %s", c->peer, why);
+        bool tls_failed = tls_error_reason(c->bev, why, sizeof(why)) != TLS_FAILURE_SOCKET;
+        if (!c->handshaken)
+            log_handshake_failure(c, why);
         else
             log_debug("client %s: %s%s", c->peer, tls_failed ? "TLS: " : "", why);
     }
@@ -584,10 +619,8 @@ static void on_client_timer(evutil_socket_t fd, short what, void *arg)
         client_fail(c, PROBLEM_REQUEST_TIMEOUT, "request body not received in time");
         break;
     case CLIENT_IDLE:
-        if (!tls_handshake_done(c->bev))
-            log_info("client %s: TLS handshake failed: not finished in time "
-                     "(client_header_timeout)",
-                     c->peer);
+        if (!c->handshaken)
+            log_handshake_failure(c, "not finished within client_header_timeout");
         client_free(c);
         break;
     case CLIENT_CLOSING:
@@ -619,18 +652,80 @@ static void client_free(struct client *c)
     free(c);
     srv->rt->clients--;
     process_clients--;
+    maybe_unpause(srv);
     if (srv->rt->draining && srv->rt->on_idle)
         srv->rt->on_idle(srv->rt);
 }
 
-static void format_peer(const struct sockaddr *sa, char *out, size_t cap)
+/* The address (X-Forwarded-For, logs) and the port of a peer. */
+static void format_peer(const struct sockaddr *sa, char *out, size_t cap, unsigned *port)
 {
     char host[INET6_ADDRSTRLEN] = "?";
-    if (sa->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, host, sizeof(host));
-    else if (sa->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, host, sizeof(host));
+    *port = 0;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+        *port = ntohs(in->sin_port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+        *port = ntohs(in6->sin6_port);
+    }
     snprintf(out, cap, "%s", host);
+}
+
+/*
+ * max_connections: rather than accept and drop, stop accepting. Connections
+ * beyond the limit wait in the kernel's accept queue (the listen backlog)
+ * until one closes; those already open are untouched.
+ */
+static void set_accepting(struct server *srv, bool on)
+{
+    for (int i = 0; i < srv->nlisteners; i++) {
+        if (on)
+            evconnlistener_enable(srv->listeners[i].l);
+        else
+            evconnlistener_disable(srv->listeners[i].l);
+    }
+}
+
+static void arm_unpause(struct server *srv)
+{
+    struct timeval tv = {0, ACCEPT_RETRY_MS * 1000};
+    evtimer_add(srv->unpause, &tv);
+}
+
+static void pause_accepting(struct server *srv)
+{
+    if (srv->paused || srv->rt->draining)
+        return;
+    srv->paused = true;
+    set_accepting(srv, false);
+    arm_unpause(srv);
+    log_warn("max_connections (%d) reached: not accepting until a connection closes",
+             srv->rt->cfg->max_connections);
+}
+
+/* A slot may be free (a connection of this worker closed, or the timer). */
+static void maybe_unpause(struct server *srv)
+{
+    if (!srv->paused || srv->rt->draining)
+        return;
+    if (process_clients >= srv->rt->cfg->max_connections) {
+        arm_unpause(srv);
+        return;
+    }
+    srv->paused = false;
+    evtimer_del(srv->unpause);
+    set_accepting(srv, true);
+    log_info("accepting connections again");
+}
+
+static void on_unpause(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    maybe_unpause(arg);
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
@@ -641,11 +736,16 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     struct listener *listener = arg;
     struct server *srv = listener->srv;
     struct runtime *rt = srv->rt;
-    if (atomic_fetch_add(&process_clients, 1) >= rt->cfg->max_connections || rt->draining) {
+    int open = atomic_fetch_add(&process_clients, 1) + 1;
+    if (open > rt->cfg->max_connections || rt->draining) {
+        /* Another worker took the last slot first: this one is refused. */
         process_clients--;
         evutil_closesocket(fd);
+        pause_accepting(srv);
         return;
     }
+    if (open == rt->cfg->max_connections)
+        pause_accepting(srv);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct bufferevent *bev = tls_accept_bufferevent(
@@ -658,7 +758,8 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     struct client *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
     c->tls = listener->tls;
-    format_peer(sa, c->peer, sizeof(c->peer));
+    c->handshaken = !c->tls;
+    format_peer(sa, c->peer, sizeof(c->peer), &c->peer_port);
     c->bev = bev;
     c->timer = evtimer_new(rt->base, on_client_timer, c);
     c->resume = event_new(rt->base, -1, 0, on_client_resume, c);
@@ -691,6 +792,7 @@ struct server *server_new(struct runtime *rt)
 {
     struct server *srv = xcalloc(1, sizeof(*srv));
     srv->rt = rt;
+    srv->unpause = evtimer_new(rt->base, on_unpause, srv);
     return srv;
 }
 
@@ -811,8 +913,8 @@ int server_listen(struct server *srv, const struct config *cfg, const int fds[],
     close_listeners(srv->listeners, srv->nlisteners);
     memcpy(srv->listeners, next, (size_t)cfg->nlistens * sizeof(next[0]));
     srv->nlisteners = cfg->nlistens;
-    for (int i = 0; i < srv->nlisteners; i++)
-        evconnlistener_enable(srv->listeners[i].l);
+    if (!srv->paused)
+        set_accepting(srv, true);
     return IDEM_OK;
 }
 
@@ -820,6 +922,7 @@ void server_drain(struct server *srv)
 {
     close_listeners(srv->listeners, srv->nlisteners);
     srv->nlisteners = 0;
+    evtimer_del(srv->unpause);
     /* A tunnel has no end of its own to wait for: close them now. */
     while (srv->tunnels)
         tunnel_close(srv->tunnels);
@@ -839,5 +942,6 @@ void server_free(struct server *srv)
     server_drain(srv);
     while (srv->clients)
         client_free(srv->clients);
+    event_free(srv->unpause);
     free(srv);
 }

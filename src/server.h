@@ -78,6 +78,9 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
 uint64_t client_switch_protocols(struct client *c, const struct header_list *headers,
                                  struct bufferevent *upstream);
 
+/* Tells the client to send its body (Expect: 100-continue), once. */
+void client_continue(struct client *c);
+
 /* Gives up on the current response (the upstream broke mid-body): the
  * connection closes, as only a close tells the client the body is cut. */
 void client_abort(struct client *c);

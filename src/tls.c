@@ -43,6 +43,14 @@
 
 static const unsigned char alpn_http11[] = "\x08http/1.1";
 
+/*
+ * A peer that closes without close_notify is reported by OpenSSL 3 as an
+ * error, which libevent passes on as one: taken as a plain EOF instead, HTTP
+ * framing (not the TLS layer) decides whether a message was complete, as it
+ * does over TCP.
+ */
+#define TLS_OPTIONS (SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF)
+
 struct tls {
     int refcount;
     SSL_CTX *server;   /* NULL without a tls listener */
@@ -268,7 +276,7 @@ static SSL_CTX *server_ctx_new(const struct config *cfg, struct reporter *r)
     unsigned p = cfg->tls_protocols;
     SSL_CTX_set_min_proto_version(ctx, (p & TLS_PROTO_12) ? TLS1_2_VERSION : TLS1_3_VERSION);
     SSL_CTX_set_max_proto_version(ctx, (p & TLS_PROTO_13) ? TLS1_3_VERSION : TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_options(ctx, TLS_OPTIONS);
     /* Idle keep-alive connections give their record buffers back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
@@ -298,7 +306,7 @@ static SSL_CTX *client_ctx_new(const struct config *cfg, struct reporter *r)
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    SSL_CTX_set_options(ctx, TLS_OPTIONS);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
     SSL_CTX_set_alpn_protos(ctx, alpn_http11, sizeof(alpn_http11) - 1);
@@ -365,8 +373,7 @@ static struct bufferevent *ssl_bufferevent(struct event_base *base, int fd, SSL 
         SSL_free(ssl);
         return NULL;
     }
-    /* Peers that close without close_notify are common; framing, not the
-     * TLS layer, decides whether a message was complete. */
+    /* See TLS_OPTIONS: the same for libevent's own check. */
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     return bev;
 }
@@ -408,13 +415,30 @@ struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base 
     return ssl_bufferevent(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
 }
 
-bool tls_handshake_done(struct bufferevent *bev)
+/* Alerts that end a handshake: the peer's application never saw a byte. */
+static bool handshake_alert(unsigned long err)
 {
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    return ssl == NULL || SSL_is_init_finished(ssl);
+    int reason = ERR_GET_REASON(err);
+    if (reason < SSL_AD_REASON_OFFSET)
+        return false;
+    switch (reason - SSL_AD_REASON_OFFSET) {
+    case SSL_AD_HANDSHAKE_FAILURE:
+    case SSL_AD_BAD_CERTIFICATE:
+    case SSL_AD_UNSUPPORTED_CERTIFICATE:
+    case SSL_AD_CERTIFICATE_REVOKED:
+    case SSL_AD_CERTIFICATE_EXPIRED:
+    case SSL_AD_CERTIFICATE_UNKNOWN:
+    case SSL_AD_UNKNOWN_CA:
+    case SSL_AD_ACCESS_DENIED:
+    case SSL_AD_PROTOCOL_VERSION:
+    case SSL_AD_INSUFFICIENT_SECURITY:
+    case SSL_AD_CERTIFICATE_REQUIRED:
+    case SSL_AD_NO_APPLICATION_PROTOCOL: return true;
+    default: return false;
+    }
 }
 
-bool tls_error_reason(struct bufferevent *bev, char *buf, size_t len)
+enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
     unsigned long first = 0;
@@ -433,12 +457,12 @@ bool tls_error_reason(struct bufferevent *bev, char *buf, size_t len)
             snprintf(buf, len, "%s", reason);
         else
             ERR_error_string_n(first, buf, len);
-        return true;
+        return handshake_alert(first) ? TLS_FAILURE_REFUSED : TLS_FAILURE_TLS;
     }
     int err = EVUTIL_SOCKET_ERROR();
     if (err != 0)
         snprintf(buf, len, "%s", evutil_socket_error_to_string(err));
     else
         snprintf(buf, len, "connection closed");
-    return false;
+    return TLS_FAILURE_SOCKET;
 }

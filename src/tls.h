@@ -45,14 +45,19 @@ struct bufferevent *tls_accept_bufferevent(struct tls *tls, struct event_base *b
 struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base *base,
                                              const char *host, bool https);
 
-/* Has the TLS handshake of bev finished? Always true for plain TCP. */
-bool tls_handshake_done(struct bufferevent *bev);
+/* What kind of failure tls_error_reason() found. */
+enum tls_failure {
+    TLS_FAILURE_SOCKET,  /* not TLS: a socket error or a plain close */
+    TLS_FAILURE_TLS,     /* OpenSSL reported it */
+    TLS_FAILURE_REFUSED, /* the peer refused the handshake with an alert (our
+                          * certificate, its policy): it never took our data */
+};
 
 /*
  * Why the last operation on bev failed, into buf for a log line: the OpenSSL
  * reason (with the certificate verification result), or the socket error.
- * Returns true when OpenSSL reported it. Empties this thread's error queue.
+ * Empties this thread's error queue.
  */
-bool tls_error_reason(struct bufferevent *bev, char *buf, size_t len);
+enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len);
 
 #endif

@@ -119,6 +119,8 @@ static enum http_verdict on_resp_head(void *arg, struct http_message *resp)
     }
     if (resp->status >= 100 && resp->status < 200) {
         c->interim = true;
+        if (resp->status == 100)
+            c->events->on_continue(c->owner);
         http_message_free(resp);
         return PARSE_CONTINUE;
     }
@@ -233,12 +235,12 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
 
 /* ---- active connection -------------------------------------------------- */
 
-static void fail_active(struct upstream_conn *c, const char *why)
+static void fail_active(struct upstream_conn *c, const char *why, bool delivered)
 {
     const struct upstream_events *ev = c->events;
     void *owner = c->owner;
     conn_free(c);
-    ev->on_error(owner, why);
+    ev->on_error(owner, why, delivered);
 }
 
 static void finish_response(struct upstream_conn *c)
@@ -285,7 +287,7 @@ static bool feed(struct upstream_conn *c)
     }
     log_warn("upstream %s: malformed response: %s", c->server->name,
              c->parser.error_reason ? c->parser.error_reason : "parse error");
-    fail_active(c, "malformed response");
+    fail_active(c, "malformed response", true);
     return false;
 }
 
@@ -305,7 +307,6 @@ static void on_active_write(struct bufferevent *bev, void *arg)
 
 static void on_active_event(struct bufferevent *bev, short what, void *arg)
 {
-    (void)bev;
     struct upstream_conn *c = arg;
     if (what & BEV_EVENT_EOF) {
         /* A close-delimited body ends here; anything else was cut short. */
@@ -315,13 +316,22 @@ static void on_active_event(struct bufferevent *bev, short what, void *arg)
             finish_response(c);
             return;
         }
-        fail_active(c, c->got_bytes ? "connection closed mid-response"
-                                    : "connection closed before any response");
+        fail_active(c,
+                    c->got_bytes ? "connection closed mid-response"
+                                 : "connection closed before any response",
+                    true);
         return;
     }
-    char why[128];
-    snprintf(why, sizeof(why), "%s", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-    fail_active(c, why);
+    char reason[200];
+    char why[240];
+    enum tls_failure f = tls_error_reason(bev, reason, sizeof(reason));
+    /* Refused in the handshake (TLS 1.3 finishes it on the server's side
+     * after our request went out): the request never reached the API. */
+    bool refused = f == TLS_FAILURE_REFUSED && !c->got_bytes;
+    snprintf(why, sizeof(why), "%s%s", f == TLS_FAILURE_SOCKET ? "" : "TLS: ", reason);
+    if (refused)
+        log_warn("upstream %s: refused our TLS handshake: %s", c->server->name, reason);
+    fail_active(c, why, !refused);
 }
 
 static void activate(struct upstream_conn *c)

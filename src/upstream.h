@@ -27,19 +27,23 @@ struct tls;
 struct upstream_conn;
 
 struct upstream_events {
-    /* The response head; resp belongs to the owner. Interim 1xx heads are not reported. */
+    /* The final response head; resp belongs to the owner. */
     enum http_verdict (*on_head)(void *owner, struct http_message *resp);
     enum http_verdict (*on_body)(void *owner, const char *data, size_t len);
     /* The response is complete; the connection is gone from the owner. */
     void (*on_complete)(void *owner);
-    /* The connection failed; it is gone from the owner. */
-    void (*on_error)(void *owner, const char *why);
+    /* The connection failed; it is gone from the owner. delivered is false
+     * when the request is known not to have reached the upstream's
+     * application (its TLS handshake refused us), true when it may have. */
+    void (*on_error)(void *owner, const char *why, bool delivered);
     /* The request bytes written so far have been sent (for back-pressure). */
     void (*on_drained)(void *owner);
     /* The upstream switched protocols (101): resp and the connection's
      * bufferevent (bytes after the head still in its input) are the owner's;
      * the pool has forgotten the connection. */
     void (*on_upgrade)(void *owner, struct http_message *resp, struct bufferevent *bev);
+    /* An interim 100 Continue arrived (other 1xx heads are dropped). */
+    void (*on_continue)(void *owner);
 };
 
 /* conn is NULL when no server could be reached; why says what happened. */

@@ -599,9 +599,10 @@ def test_hop_by_hop_fields_are_removed_both_ways():
         up = CapturingUpstream(env.upstream_port, response)
         try:
             env.start_proxy("")
+            # (an h2c offer is declined; WebSocket offers are test_websocket's)
             r = env.request("GET", "/hop", [("Connection", "X-Private, Upgrade"),
                                              ("X-Private", "1"),
-                                             ("Upgrade", "websocket"),
+                                             ("Upgrade", "h2c"),
                                              ("Keep-Alive", "timeout=5"),
                                              ("TE", "trailers"),
                                              ("Trailer", "X-T"),
@@ -680,36 +681,67 @@ def test_expect_100_continue_on_covered_post():
         assert env.upstream.count() == 2
 
 
+def test_expect_100_continue_on_a_streamed_request_is_the_upstreams():
+    """An uncovered body is streamed, so the upstream decides: here it
+    refuses with 417 before any body byte is sent, and the client hears it."""
+    response = b"HTTP/1.1 417 Expectation Failed\r\nContent-Length: 4\r\n\r\nnope"
+    with Env(upstream=False, proxy=False) as env:
+        up = CapturingUpstream(env.upstream_port, response)
+        try:
+            env.start_proxy("")
+            s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5 * SLOW)
+            with s:
+                s.sendall(b"PUT /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n"
+                          b"Expect: 100-continue\r\n\r\n")
+                r = read_response(_Reader(s), "PUT")
+            assert r.status == 417 and r.body == b"nope", r
+            with up.lock:
+                assert len(up.heads) == 1, up.heads
+                assert b"\r\nexpect: 100-continue" in up.heads[0].lower(), up.heads[0]
+        finally:
+            up.close()
+
+
 # ---------------------------------------------------------------- 7. max_connections
 
 
-def test_max_connections_refuses_the_fourth():
+def test_max_connections_stops_accepting_until_one_closes():
+    """The fourth connection waits in the accept queue, unserved and not
+    dropped, while three are open; it is served as soon as one closes."""
     with Env(extra_config="workers 1\nmax_connections 3") as env:
         # the harness's readiness probe is a connection too: let it go
         time.sleep(0.5 * SLOW)
         clients = [Client(env.proxy.port, timeout=5 * SLOW) for _ in range(3)]
+        fourth = None
         try:
             for i, c in enumerate(clients):
                 assert c.request("GET", f"/c{i}").status == 200
-            # the fourth: accepted by the kernel, then closed unserved
-            got, closed = exchange(env.proxy.port, b"GET /c4 HTTP/1.1\r\nHost: t\r\n\r\n",
-                                   5 * SLOW)
-            assert closed, "a fourth connection was kept open"
-            assert got == b"", f"the fourth connection was answered: {got!r}"
+            fourth = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5 * SLOW)
+            fourth.sendall(b"GET /c4 HTTP/1.1\r\nHost: t\r\n\r\n")
+            fourth.settimeout(1.0)
+            try:
+                got = fourth.recv(100)
+                raise AssertionError(f"the fourth connection was answered or closed: {got!r}")
+            except socket.timeout:
+                pass
+            assert "max_connections (3) reached" in env.proxy.error_log()
             # the first three still work
             for i, c in enumerate(clients):
                 r = c.request("GET", f"/again{i}")
                 assert r.status == 200 and r.json()["path"] == f"/again{i}", r
             assert env.upstream.count() == 6
-            # one leaves: a new connection is served
+            # one leaves: the waiting connection is accepted and served
             clients.pop().close()
-            time.sleep(0.2)
-            r = env.request("GET", "/new")
-            assert r.status == 200, r
+            fourth.settimeout(5 * SLOW)
+            resp = read_response(_Reader(fourth), "GET")
+            assert resp.status == 200 and resp.json()["path"] == "/c4", resp
             assert env.upstream.count() == 7
+            assert "accepting connections again" in env.proxy.error_log()
         finally:
             for c in clients:
                 c.close()
+            if fourth is not None:
+                fourth.close()
 
 
 # ---------------------------------------------------------------- 8. listen lines
