@@ -15,7 +15,19 @@ reverse proxy to the same upstream. Then:
      scenario and connection count: GET passthrough and POST passthrough
      (idemproxy and nginx), POST with a unique Idempotency-Key per request and
      POST replay (idemproxy only);
-  3. prints a table and writes it to BENCH_OUT (build/bench-results.md).
+  3. with TLS (scenario "tls"): makes a self-signed P-256 certificate in the
+     temporary directory, starts a second idemproxy with a `listen ... tls`
+     listener and an nginx `listen ... ssl` proxy with the same certificate
+     and worker count, in front of the same upstream, and runs, for
+     BENCH_TLS_DURATION (8) seconds each: "TLS full handshakes"
+     (BENCH_TLS_FULL_CLIENTS (4) parallel `openssl s_time -new`: a new
+     connection, a full TLS 1.3 handshake and one GET each), "TLS handshakes,
+     wrk" (wrk with `Connection: close`: a new connection per request, on
+     which wrk offers its previous session, so mostly resumed handshakes) and
+     "TLS keep-alive GET" (wrk), at BENCH_TLS_CONNECTIONS (50); if idemproxy
+     does not start with TLS or does not speak it, its TLS rows are marked as
+     not run and the rest goes on;
+  4. prints a table and writes it to BENCH_OUT (build/bench-results.md).
 
 Environment (defaults in brackets): IDEMPROXY_BIN [build/idemproxy],
 BENCH_DURATION [10] seconds per wrk run, BENCH_WORKERS [cores] (idemproxy `workers`
@@ -23,7 +35,11 @@ and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
 WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory),
-BENCH_SCENARIOS ["get post unique replay"] (a subset runs only those).
+BENCH_SCENARIOS ["get post unique replay tls"] (a subset runs only those),
+BENCH_TLS_CONNECTIONS ["50"], BENCH_TLS_DURATION [8, at most BENCH_DURATION],
+BENCH_TLS_FULL_CLIENTS [4], BENCH_ONLY [] ("tls": only the TLS rows, no
+idle-connection step, no plain proxies; the same as BENCH_SCENARIOS=tls
+BENCH_IDLE_CONNS=0), OPENSSL_BIN [openssl].
 
 Exit status: 0 when the measurement ran (whatever the numbers), 1 when
 something failed to start, a sanity check failed, or idemproxy died during
@@ -63,7 +79,18 @@ REDIS_BIN = env("REDIS_BIN", "redis-server")
 NGINX_BIN = env("NGINX_BIN", "nginx")
 WRK_BIN = env("WRK_BIN", "wrk")
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
-SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay").replace(",", " ").split()
+SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay tls").replace(",", " ").split()
+TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
+TLS_DURATION = int(env("BENCH_TLS_DURATION", str(min(DURATION, 8))))
+TLS_FULL_CLIENTS = int(env("BENCH_TLS_FULL_CLIENTS", "4"))
+OPENSSL_BIN = env("OPENSSL_BIN", "openssl")
+ONLY = env("BENCH_ONLY", "")
+if ONLY == "tls":
+    SCENARIOS = ["tls"]
+    IDLE_CONNS = 0
+elif ONLY:
+    raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: only \"tls\" is known")
+PLAIN_SCENARIOS = ("get", "post", "unique", "replay")
 BODY = b'{"amount":100}'
 
 
@@ -205,6 +232,74 @@ def redis_cmd(port, *args):
         return s.recv(4096).decode().split("\r\n")[0]
 
 
+# ---- TLS ----------------------------------------------------------------------
+
+def make_cert(openssl, tmp):
+    """A self-signed P-256 certificate for localhost and 127.0.0.1; key mode 0600."""
+    cert = os.path.join(tmp, "tls-cert.pem")
+    key = os.path.join(tmp, "tls-key.pem")
+    argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
+    old = os.umask(0o077)
+    try:
+        cp = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            timeout=30)
+    finally:
+        os.umask(old)
+    if cp.returncode != 0:
+        raise BenchError(f"openssl req failed: {cp.stdout.strip()}")
+    os.chmod(key, 0o600)
+    return cert, key
+
+
+def tls_probe(port, cafile, tls12=False, path="/get", timeout=5.0):
+    """Two GETs over TLS, each on its own connection, verifying the certificate
+    (name localhost) and offering ALPN http/1.1; the second offers the session
+    of the first. Returns status, body, version, cipher, ALPN and whether the
+    second handshake was a resumption. tls12: TLS 1.2 only."""
+    import ssl
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    out = {}
+    session = None
+    for attempt in (1, 2):
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+                # Read before the peer's close: afterwards version() is None.
+                negotiated = (s.version(), s.cipher()[0], s.selected_alpn_protocol(),
+                              s.session_reused)
+                s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\n"
+                          f"Connection: close\r\n\r\n".encode())
+                data = b""
+                while True:
+                    try:
+                        chunk = s.recv(65536)
+                    except ssl.SSLZeroReturnError:
+                        break
+                    if not chunk:
+                        break
+                    data += chunk
+                if attempt == 1:
+                    session = s.session  # the ticket arrived with the response (TLS 1.3)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    out["status"] = int(head.split(b" ", 2)[1]) if head else None
+                    out["body"] = body
+                    out["version"], out["cipher"], out["alpn"], _ = negotiated
+                else:
+                    out["resumed"] = negotiated[3]
+    return out
+
+
+def f_tls(probes):
+    if not probes:
+        return "—"
+    return "; ".join(f"{p['version']} {p['cipher']}, ALPN {p['alpn'] or 'none'}, "
+                     f"resumption {'yes' if p.get('resumed') else 'no'}" for p in probes)
+
+
 # ---- wrk --------------------------------------------------------------------
 
 UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0, "h": 3600000.0}
@@ -242,9 +337,12 @@ def parse_wrk(out):
     return r
 
 
-def run_wrk(wrk, url, conns, script, extra_env, log):
-    argv = [wrk, f"-t{min(THREADS, conns)}", f"-c{conns}", f"-d{DURATION}s", "--latency",
+def run_wrk(wrk, url, conns, script, extra_env, log, headers=(), duration=None):
+    duration = duration or DURATION
+    argv = [wrk, f"-t{min(THREADS, conns)}", f"-c{conns}", f"-d{duration}s", "--latency",
             "--timeout", "5s"]
+    for h in headers:
+        argv += ["-H", h]
     if script:
         argv += ["-s", os.path.join(HERE, script)]
     argv.append(url)
@@ -252,7 +350,7 @@ def run_wrk(wrk, url, conns, script, extra_env, log):
     e.update(extra_env)
     try:
         cp = subprocess.run(argv, env=e, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            timeout=DURATION + 60, text=True)
+                            timeout=duration + 60, text=True)
         out = cp.stdout
     except subprocess.TimeoutExpired as ex:
         out = (ex.stdout or b"").decode(errors="replace") if isinstance(ex.stdout, bytes) \
@@ -263,6 +361,45 @@ def run_wrk(wrk, url, conns, script, extra_env, log):
     r = parse_wrk(out)
     if r["rps"] is None:
         r["failed"] = out.strip().splitlines()[-1] if out.strip() else "no output"
+    return r
+
+
+def run_s_time(openssl, port, clients, duration, log):
+    """`clients` parallel `openssl s_time -new -tls1_3`: each opens connection
+    after connection, with a full handshake (no session offered) and one
+    `GET /get` (HTTP/1.0) on each, for `duration` seconds. Returns a wrk-like
+    result: connections per second over the wall-clock time of the run."""
+    argv = [openssl, "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-tls1_3",
+            "-time", str(duration), "-www", "/get"]
+    t0 = time.monotonic()
+    ps = [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True) for _ in range(clients)]
+    outs = []
+    for p in ps:
+        try:
+            out, _ = p.communicate(timeout=duration + 60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            out, _ = p.communicate()
+            out += "\n(s_time timed out)\n"
+        outs.append((p.returncode, out))
+    wall = time.monotonic() - t0
+    total = 0
+    failed = None
+    for rc, out in outs:
+        log.write(f"$ {' '.join(argv)}\n{out}\n")
+        m = re.search(r"^(\d+) connections in [\d.]+s;", out, re.M)
+        if m and rc == 0:
+            total += int(m.group(1))
+        else:
+            last = out.strip().splitlines()
+            failed = f"s_time exited {rc}: {last[-1] if last else 'no output'}"
+    log.write(f"# {clients} s_time clients: {total} connections in {wall:.2f} s\n\n")
+    log.flush()
+    r = {"rps": total / wall if total and not failed else None, "p50": None, "p99": None,
+         "requests": total, "non2xx": 0, "socket_errors": {}}
+    if failed:
+        r["failed"] = failed
     return r
 
 
@@ -293,6 +430,8 @@ def f_cpu(r):
 def f_err(r):
     if r is None:
         return "—"
+    if r.get("skipped"):
+        return "— (not run: " + r["skipped"] + ")"
     parts = [str(r["non2xx"])]
     se = r.get("socket_errors") or {}
     if se:
@@ -412,41 +551,107 @@ def main():
                      "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-upstream.pid;"],
                     os.path.join(tmp, "nginx-upstream.out"), up_port)
 
-        idem_port = free_port()
+        plain = IDLE_CONNS > 0 or any(sc in SCENARIOS for sc in PLAIN_SCENARIOS)
+        with_tls = "tls" in SCENARIOS
+        idem = nginx_proxy = idem_tls = nginx_tls = openssl = None
+        idem_port = px_port = idem_tls_port = ngx_tls_port = None
         idem_log = os.path.join(tmp, "idemproxy.log")
-        conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy.conf"),
-                      DIR=tmp, PORT=idem_port, UPSTREAM_PORT=up_port, REDIS_PORT=redis_port,
-                      WORKERS=WORKERS)
-        idem = procs.start("idemproxy", [IDEMPROXY_BIN, "-c", conf],
-                           os.path.join(tmp, "idemproxy.out"), idem_port)
+        idem_tls_log = os.path.join(tmp, "idemproxy-tls.log")
+        idem_tls_skip = None  # why idemproxy's TLS rows were not run
+        tls_info = {}  # "idem" / "nginx" -> tls_probe() result
 
-        px_port = free_port()
-        conf = render("nginx-proxy.conf.in", os.path.join(tmp, "nginx-proxy.conf"),
-                      DIR=tmp, PORT=px_port, UPSTREAM_PORT=up_port, WORKERS=WORKERS,
-                      USER_LINE=user_line)
-        nginx_proxy = procs.start("nginx (proxy)",
-                    [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-proxy.error.log"),
-                     "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-proxy.pid;"],
-                    os.path.join(tmp, "nginx-proxy.out"), px_port)
-        say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
-            f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
+        if plain:
+            idem_port = free_port()
+            conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy.conf"),
+                          DIR=tmp, PORT=idem_port, UPSTREAM_PORT=up_port, REDIS_PORT=redis_port,
+                          WORKERS=WORKERS)
+            idem = procs.start("idemproxy", [IDEMPROXY_BIN, "-c", conf],
+                               os.path.join(tmp, "idemproxy.out"), idem_port)
+
+            px_port = free_port()
+            conf = render("nginx-proxy.conf.in", os.path.join(tmp, "nginx-proxy.conf"),
+                          DIR=tmp, PORT=px_port, UPSTREAM_PORT=up_port, WORKERS=WORKERS,
+                          USER_LINE=user_line)
+            nginx_proxy = procs.start("nginx (proxy)",
+                        [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-proxy.error.log"),
+                         "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-proxy.pid;"],
+                        os.path.join(tmp, "nginx-proxy.out"), px_port)
+            say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
+                f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
+
+        if with_tls:
+            openssl = find_bin(OPENSSL_BIN)
+            if not openssl:
+                raise BenchError("openssl not found (apt-get install openssl)")
+            cert, _ = make_cert(openssl, tmp)
+            ngx_tls_port = free_port()
+            conf = render("nginx-tls.conf.in", os.path.join(tmp, "nginx-tls.conf"),
+                          DIR=tmp, PORT=ngx_tls_port, UPSTREAM_PORT=up_port, WORKERS=WORKERS,
+                          USER_LINE=user_line)
+            nginx_tls = procs.start("nginx (TLS proxy)",
+                        [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-tls.error.log"),
+                         "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-tls.pid;"],
+                        os.path.join(tmp, "nginx-tls.out"), ngx_tls_port)
+            idem_tls_port = free_port()
+            conf = render("idemproxy-tls.conf.in", os.path.join(tmp, "idemproxy-tls.conf"),
+                          DIR=tmp, PORT=idem_tls_port, UPSTREAM_PORT=up_port,
+                          REDIS_PORT=redis_port, WORKERS=WORKERS)
+            try:
+                idem_tls = procs.start("idemproxy (TLS)", [IDEMPROXY_BIN, "-c", conf],
+                                       os.path.join(tmp, "idemproxy-tls.out"), idem_tls_port)
+            except BenchError as e:
+                lines_ = [ln for ln in str(e).splitlines()[1:] if ln.strip()]
+                idem_tls_skip = "idemproxy did not start with TLS" + \
+                    (f": {lines_[-1].strip()}" if lines_ else "")
+                say(f"{idem_tls_skip}; its TLS rows are marked as not run")
+                problems.append(idem_tls_skip)
+            say(f"TLS: nginx :{ngx_tls_port}, idemproxy :{idem_tls_port} "
+                f"({'pid ' + str(idem_tls.pid) if idem_tls else 'not running'}); "
+                f"certificate {cert}")
 
         # Sanity: both proxies answer, idemproxy stores and replays.
-        for name, port in (("idemproxy", idem_port), ("nginx proxy", px_port)):
-            st, _, body = http(port, "GET", "/get")
-            if st != 200 or body != b"ok":
-                raise BenchError(f"{name}: GET /get answered {st} {body[:80]!r}")
-            st, _, body = http(port, "POST", "/orders", {"Content-Type": "application/json"},
-                               BODY)
-            if st != 201 or body != b"created":
-                raise BenchError(f"{name}: POST /orders answered {st} {body[:80]!r}")
-        key_hdr = {"Content-Type": "application/json", "Idempotency-Key": f"sanity-{run_id}"}
-        st1, h1, _ = http(idem_port, "POST", "/orders", key_hdr, BODY)
-        st2, h2, b2 = http(idem_port, "POST", "/orders", key_hdr, BODY)
-        if st1 != 201 or st2 != 201 or h2.get("idempotent-replayed") != "true" \
-                or "idempotent-replayed" in h1:
-            raise BenchError(f"idemproxy does not replay: first {st1}, second {st2} "
-                             f"{h2} {b2[:200]!r}\n{tail(idem_log)}")
+        if plain:
+            for name, port in (("idemproxy", idem_port), ("nginx proxy", px_port)):
+                st, _, body = http(port, "GET", "/get")
+                if st != 200 or body != b"ok":
+                    raise BenchError(f"{name}: GET /get answered {st} {body[:80]!r}")
+                st, _, body = http(port, "POST", "/orders", {"Content-Type": "application/json"},
+                                   BODY)
+                if st != 201 or body != b"created":
+                    raise BenchError(f"{name}: POST /orders answered {st} {body[:80]!r}")
+            key_hdr = {"Content-Type": "application/json", "Idempotency-Key": f"sanity-{run_id}"}
+            st1, h1, _ = http(idem_port, "POST", "/orders", key_hdr, BODY)
+            st2, h2, b2 = http(idem_port, "POST", "/orders", key_hdr, BODY)
+            if st1 != 201 or st2 != 201 or h2.get("idempotent-replayed") != "true" \
+                    or "idempotent-replayed" in h1:
+                raise BenchError(f"idemproxy does not replay: first {st1}, second {st2} "
+                                 f"{h2} {b2[:200]!r}\n{tail(idem_log)}")
+        if with_tls:
+            # Over TLS: the certificate verifies for localhost, GET /get
+            # answers "ok"; the negotiated parameters go into the report.
+            tls_targets = [("nginx", ngx_tls_port)] + ([("idem", idem_tls_port)] if idem_tls
+                                                        else [])
+            for tname, port in tls_targets:
+                who = "idemproxy" if tname == "idem" else "nginx"
+                try:
+                    probes = [tls_probe(port, cert), tls_probe(port, cert, tls12=True)]
+                    for p in probes:
+                        if p["status"] != 200 or p["body"] != b"ok":
+                            raise BenchError(f"{who} over {p['version']}: GET /get answered "
+                                             f"{p['status']} {p['body'][:80]!r}")
+                except (OSError, BenchError) as e:  # ssl.SSLError is an OSError
+                    if tname != "idem":
+                        raise BenchError(f"{who} over TLS: {e}")
+                    # An idemproxy without working TLS: its rows are not run.
+                    idem_tls_skip = f"idemproxy's TLS listener failed the check: {e}"
+                    say(f"{idem_tls_skip}; its TLS rows are marked as not run\n"
+                        f"{tail(idem_tls_log)}")
+                    problems.append(idem_tls_skip)
+                    procs.stop(idem_tls)
+                    idem_tls = None
+                    continue
+                tls_info[tname] = probes
+                say(f"TLS {who}: {f_tls(probes)}")
 
         # 1. Memory per idle keep-alive connection (on a fresh process, before
         # the load runs have grown and fragmented its heap).
@@ -472,21 +677,29 @@ def main():
                                  f"(status {idem.returncode}):\n{tail(idem_log)}")
             time.sleep(1.0)  # let the closes settle
 
-        # 2. Load.
+        # 2. Load. (name, path, wrk script, wrk headers, with nginx, selector,
+        # TLS, connection counts)
         scenarios = [
-            ("GET passthrough", "/get", None, True, "get"),
-            ("POST passthrough (no key)", "/orders", "post_nokey.lua", True, "post"),
-            ("POST unique key (claim+forward+store)", "/orders", "post_unique.lua", False,
-             "unique"),
-            ("POST replay (same key)", "/orders", "post_replay.lua", False, "replay"),
+            ("GET passthrough", "/get", None, (), True, "get", False, CONNECTIONS),
+            ("POST passthrough (no key)", "/orders", "post_nokey.lua", (), True, "post", False,
+             CONNECTIONS),
+            ("POST unique key (claim+forward+store)", "/orders", "post_unique.lua", (), False,
+             "unique", False, CONNECTIONS),
+            ("POST replay (same key)", "/orders", "post_replay.lua", (), False, "replay", False,
+             CONNECTIONS),
+            (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
+             (), True, "tls", True, [TLS_FULL_CLIENTS]),
+            ("TLS handshakes, wrk (Connection: close)", "/get", None, ("Connection: close",),
+             True, "tls", True, TLS_CONNECTIONS),
+            ("TLS keep-alive GET", "/get", None, (), True, "tls", True, TLS_CONNECTIONS),
         ]
-        scenarios = [sc[:4] for sc in scenarios if sc[4] in SCENARIOS]
+        scenarios = [sc for sc in scenarios if sc[5] in SCENARIOS]
         results = {}  # (scenario, conns) -> {"idem": r, "nginx": r}
         unique_2xx = 0
         wrk_log = open(os.path.join(tmp, "wrk.log"), "w")
         try:
-            for name, path, script, with_nginx in scenarios:
-                for conns in CONNECTIONS:
+            for name, path, script, headers, with_nginx, _, tls, conn_list in scenarios:
+                for conns in conn_list:
                     extra = {}
                     if script == "post_unique.lua":
                         extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}"
@@ -497,18 +710,33 @@ def main():
                         st, h, _ = http(idem_port, "POST", "/orders", hdr, BODY)
                         if st != 201 or "idempotent-replayed" in h:
                             problems.append(f"replay warm-up answered {st} {h}")
-                    targets = [("idem", idem_port)] + ([("nginx", px_port)] if with_nginx else [])
                     row = {}
-                    for tname, port in targets:
-                        pids = [idem.pid] if tname == "idem" else proc_tree(nginx_proxy.pid)
+                    # (tname, scheme, port, the proxy's process, its log)
+                    if tls:
+                        targets = [("idem", "https", idem_tls_port, idem_tls, idem_tls_log),
+                                   ("nginx", "https", ngx_tls_port, nginx_tls, None)]
+                    else:
+                        targets = [("idem", "http", idem_port, idem, idem_log)]
+                        if with_nginx:
+                            targets.append(("nginx", "http", px_port, nginx_proxy, None))
+                    for tname, scheme, port, proc, plog in targets:
+                        if tname == "idem" and proc is None:
+                            row[tname] = {"skipped": idem_tls_skip or "not started"}
+                            continue
+                        pids = [proc.pid] if tname == "idem" else proc_tree(proc.pid)
                         cpu0 = cpu_seconds(pids)
                         say(f"{name}, {conns} connections, "
-                            f"{'idemproxy' if tname == 'idem' else 'nginx'}: {DURATION}s")
+                            f"{'idemproxy' if tname == 'idem' else 'nginx'}: "
+                            f"{TLS_DURATION if tls else DURATION}s")
                         keys_before = None
                         if script == "post_unique.lua" and tname == "idem":
                             keys_before = int(redis_cmd(redis_port, "DBSIZE")[1:])
-                        r = run_wrk(wrk, f"http://127.0.0.1:{port}{path}", conns, script,
-                                    extra, wrk_log)
+                        if script == "s_time":
+                            r = run_s_time(openssl, port, conns, TLS_DURATION, wrk_log)
+                        else:
+                            r = run_wrk(wrk, f"{scheme}://127.0.0.1:{port}{path}", conns,
+                                        script, extra, wrk_log, headers,
+                                        TLS_DURATION if tls else DURATION)
                         row[tname] = r
                         if r["requests"]:
                             r["cpu_us"] = (cpu_seconds(pids) - cpu0) * 1e6 / r["requests"]
@@ -520,10 +748,10 @@ def main():
                             unique_2xx += ok_2xx
                             r["keys_stored"] = stored
                             say(f"  redis: {stored} new keys for {ok_2xx} 2xx responses")
-                        if tname == "idem" and idem.poll() is not None:
+                        if tname == "idem" and proc.poll() is not None:
                             raise BenchError(
                                 f"idemproxy died during '{name}' at {conns} connections "
-                                f"(status {idem.returncode}):\n{tail(idem_log, 40)}")
+                                f"(status {proc.returncode}):\n{tail(plog, 40)}")
                         time.sleep(1.0)
                     results[(name, conns)] = row
         finally:
@@ -532,6 +760,8 @@ def main():
         # Problems worth a line.
         for (name, conns), row in results.items():
             for tname, r in row.items():
+                if r.get("skipped"):
+                    continue
                 who = "idemproxy" if tname == "idem" else "nginx"
                 if r.get("failed"):
                     problems.append(f"{name} c{conns} {who}: wrk failed: {r['failed']}")
@@ -546,14 +776,18 @@ def main():
                                         f"{r['keys_stored']} keys in Redis")
 
         log_lines = []
-        try:
-            with open(idem_log, errors="replace") as f:
-                log_lines = [ln.rstrip("\n") for ln in f if ln.strip()]
-        except OSError:
-            pass
-        if log_lines:
-            problems.append(f"idemproxy logged {len(log_lines)} line(s) at warn or above; "
-                            f"first: {log_lines[0]}")
+        for path, started in ((idem_log, idem), (idem_tls_log, idem_tls)):
+            if started is None:
+                continue
+            try:
+                with open(path, errors="replace") as f:
+                    lines_ = [ln.rstrip("\n") for ln in f if ln.strip()]
+            except OSError:
+                lines_ = []
+            if lines_:
+                problems.append(f"idemproxy ({os.path.basename(path)}) logged {len(lines_)} "
+                                f"line(s) at warn or above; first: {lines_[0]}")
+            log_lines += lines_
 
         # 3. The report.
         lines = []
@@ -573,15 +807,17 @@ def main():
                      "| idemproxy/nginx | CPU µs/req idemproxy | CPU µs/req nginx "
                      "| non-2xx, errors (idemproxy) | non-2xx, errors (nginx) |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-        for name, _, _, _ in scenarios:
-            for conns in CONNECTIONS:
+        for name, _, _, _, _, _, _, conn_list in scenarios:
+            for conns in conn_list:
                 row = results.get((name, conns), {})
                 i, n = row.get("idem"), row.get("nginx")
                 lines.append("| " + " | ".join([
                     name, str(conns),
-                    f_rps(i and i["rps"]), f_ms(i and i["p50"]), f_ms(i and i["p99"]),
-                    f_rps(n and n["rps"]), f_ms(n and n["p50"]), f_ms(n and n["p99"]),
-                    f_ratio(i and i["rps"], n and n["rps"]),
+                    f_rps(i and i.get("rps")), f_ms(i and i.get("p50")),
+                    f_ms(i and i.get("p99")),
+                    f_rps(n and n.get("rps")), f_ms(n and n.get("p50")),
+                    f_ms(n and n.get("p99")),
+                    f_ratio(i and i.get("rps"), n and n.get("rps")),
                     f_cpu(i), f_cpu(n),
                     f_err(i), f_err(n) if n else "— (not run)"]) + " |")
         lines.append("")
@@ -589,19 +825,41 @@ def main():
                      "nginx master and workers) during the run divided by the requests wrk "
                      "counted; Redis and the upstream are not included.")
         lines.append("")
-        lines.append("Ratios, idemproxy only (req/s over POST passthrough req/s at the same "
-                     "connection count):")
-        lines.append("")
-        lines.append("| connections | unique-key POST / POST passthrough "
-                     "| replay / POST passthrough |")
-        lines.append("|---:|---:|---:|")
-        for conns in CONNECTIONS:
-            base = results.get(("POST passthrough (no key)", conns), {}).get("idem")
-            uniq = results.get(("POST unique key (claim+forward+store)", conns), {}).get("idem")
-            rep = results.get(("POST replay (same key)", conns), {}).get("idem")
-            lines.append(f"| {conns} | {f_ratio(uniq and uniq['rps'], base and base['rps'])} "
-                         f"| {f_ratio(rep and rep['rps'], base and base['rps'])} |")
-        lines.append("")
+        if with_tls:
+            lines.append(
+                "TLS: one self-signed ECDSA P-256 certificate for both proxies; idemproxy with "
+                "its default tls_protocols, tls_ciphers and tls_ciphersuites, nginx with the same "
+                "lists and session tickets. \"TLS full handshakes\": parallel `openssl s_time "
+                "-new -tls1_3` clients (the conns column is their number), each opening "
+                "connection after connection with a full handshake and one GET; req/s is "
+                "connections per second, CPU µs/req is the proxy's CPU per connection. \"TLS "
+                "handshakes, wrk\": wrk with `Connection: close`, a new TCP connection and "
+                "handshake per request, on which wrk offers the session of its previous "
+                "connection, so these are resumed handshakes where the proxy resumes (wrk's "
+                "latency starts when the request is written, after the handshake). "
+                f"{TLS_DURATION} s per TLS run. Negotiated (Python's ssl client, ALPN http/1.1 "
+                "offered, a second connection offering the first one's session; TLS 1.3, then "
+                "TLS 1.2 only):")
+            lines.append("")
+            lines.append(f"- idemproxy: {f_tls(tls_info.get('idem'))}"
+                         + (f" ({idem_tls_skip})" if idem_tls_skip else ""))
+            lines.append(f"- nginx: {f_tls(tls_info.get('nginx'))}")
+            lines.append("")
+        if any(sc in SCENARIOS for sc in ("unique", "replay")):
+            lines.append("Ratios, idemproxy only (req/s over POST passthrough req/s at the "
+                         "same connection count):")
+            lines.append("")
+            lines.append("| connections | unique-key POST / POST passthrough "
+                         "| replay / POST passthrough |")
+            lines.append("|---:|---:|---:|")
+            for conns in CONNECTIONS:
+                base = results.get(("POST passthrough (no key)", conns), {}).get("idem")
+                uniq = results.get(("POST unique key (claim+forward+store)", conns),
+                                   {}).get("idem")
+                rep = results.get(("POST replay (same key)", conns), {}).get("idem")
+                lines.append(f"| {conns} | {f_ratio(uniq and uniq['rps'], base and base['rps'])} "
+                             f"| {f_ratio(rep and rep['rps'], base and base['rps'])} |")
+            lines.append("")
         if idle:
             lines.append(f"Idle keep-alive connections: {idle['count']} open to idemproxy "
                          f"({idle['open_after']} still open when measured); VmRSS "

@@ -1081,6 +1081,20 @@ START_TEST(test_sample_examples_parse)
                              (int)(line + len - word), word);
                     cfg = parse_raw(stmt, &e);
                 }
+                /* Directives that only make sense with a partner get it. */
+                const char *partner =
+                    errors_have(&e, "a tls listener needs")
+                        ? "tls_certificate /c.pem\ntls_certificate_key /k.pem\n"
+                    : errors_have(&e, "go together") && strstr(name, "_key") != NULL
+                        ? "upstream_tls_certificate /c.pem\n"
+                    : errors_have(&e, "go together") ? "upstream_tls_certificate_key /k.pem\n"
+                                                     : NULL;
+                if (cfg == NULL && partner != NULL) {
+                    errors_free(&e);
+                    snprintf(stmt, sizeof(stmt), "%.*s" UPSTREAM_LINE "%s",
+                             (int)(line + len - word), word, partner);
+                    cfg = parse_raw(stmt, &e);
+                }
                 if (cfg == NULL)
                     errors_print(&e);
                 ck_assert_msg(cfg != NULL, "sample line does not parse: %.*s", (int)len, line);
