@@ -6,7 +6,11 @@
  * llhttp is strict by default, and we keep it so: it rejects Content-Length
  * together with Transfer-Encoding, differing Content-Length fields, bad chunk
  * sizes, a request Transfer-Encoding that does not end in chunked, and bytes
- * not allowed in header names or values. No lenient flag is ever set.
+ * not allowed in header names or values. No lenient flag is ever set. Where
+ * llhttp 8 is lenient anyway (a bare LF ending the request line, obs-fold
+ * continuation lines), scan_head() rejects the request before llhttp sees
+ * it: a proxy that reads a head differently from the server behind it is a
+ * smuggling vector, so only one reading is allowed.
  *
  * Ownership: the parser allocates an http_message at message begin and gives
  * it to the owner in on_head. Callbacks must not free the parser; an owner
@@ -45,6 +49,45 @@ static int count_head(struct http_parser *p, size_t len, enum http_error error)
 {
     p->head_bytes += len;
     return p->head_bytes > p->max_head_bytes ? fail(p, error) : 0;
+}
+
+static void scan_reset(struct http_parser *p)
+{
+    memset(&p->scan, 0, sizeof(p->scan));
+    p->scan.line_start = true;
+}
+
+/*
+ * Follows a request head's lines through data (which may stop anywhere in
+ * it, or run past its end into the body). Returns NULL, or why the head is
+ * refused: every line ends in CRLF, and no line after the request line
+ * starts with a blank (obs-fold, RFC 9112 §5.2). Empty lines before the
+ * request line are skipped, as llhttp does.
+ */
+static const char *scan_head(struct http_parser *p, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && !p->scan.done; i++) {
+        char c = data[i];
+        if (c == '\n') {
+            if (!p->scan.after_cr)
+                return "bare LF in the request head";
+            if (p->scan.line_len == 0 && p->scan.seen_line)
+                p->scan.done = true; /* the empty line: the head ends */
+            p->scan.seen_line = p->scan.seen_line || p->scan.line_len > 0;
+            p->scan.line_len = 0;
+            p->scan.line_start = true;
+            p->scan.after_cr = false;
+            continue;
+        }
+        p->scan.after_cr = c == '\r';
+        if (c == '\r')
+            continue;
+        if (p->scan.line_start && p->scan.seen_line && (c == ' ' || c == '\t'))
+            return "obs-fold (a header line starting with a blank) in the request head";
+        p->scan.line_start = false;
+        p->scan.line_len++;
+    }
+    return NULL;
 }
 
 static int on_message_begin(llhttp_t *l)
@@ -179,6 +222,7 @@ void http_parser_init(struct http_parser *p, enum llhttp_type type, size_t max_h
     p->cb = cb;
     p->owner = owner;
     p->max_head_bytes = max_head_bytes;
+    scan_reset(p);
 }
 
 void http_parser_reset(struct http_parser *p)
@@ -189,6 +233,7 @@ void http_parser_reset(struct http_parser *p)
     p->in_message = false;
     p->error = HTTP_ERROR_NONE;
     p->aborted = false;
+    scan_reset(p);
 }
 
 static enum http_feed_result classify_error(struct http_parser *p, llhttp_errno_t err)
@@ -210,6 +255,14 @@ enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *i
         if (evbuffer_peek(input, -1, NULL, &v, 1) < 1)
             break;
         const char *base = v.iov_base;
+        if (p->llhttp.type == HTTP_REQUEST && !p->scan.done) {
+            const char *why = scan_head(p, base, v.iov_len);
+            if (why != NULL) {
+                p->error = HTTP_ERROR_BAD_REQUEST;
+                p->error_reason = why;
+                return HTTP_FEED_ERROR;
+            }
+        }
         llhttp_errno_t err = llhttp_execute(&p->llhttp, base, v.iov_len);
         if (err == HPE_OK) {
             evbuffer_drain(input, v.iov_len);
@@ -228,6 +281,7 @@ enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *i
 
 void http_parser_resume(struct http_parser *p)
 {
+    scan_reset(p); /* requests pause after each message: the next head starts here */
     if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED_UPGRADE)
         llhttp_resume_after_upgrade(&p->llhttp);
     else

@@ -73,6 +73,16 @@ struct http_parser {
     size_t head_bytes;
     size_t max_head_bytes;
     bool field_open; /* a header name is being collected */
+    /* Requests: the head's line structure, checked on the raw bytes before
+     * llhttp sees them (it tolerates a bare LF after the request line and
+     * obs-fold). Reset for each request; done once the head has ended. */
+    struct {
+        bool done;
+        bool seen_line;  /* the request line has ended */
+        bool line_start; /* the next byte starts a line */
+        bool after_cr;
+        size_t line_len;
+    } scan;
     bool aborted;
     bool in_message;
     enum http_error error;

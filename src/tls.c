@@ -466,3 +466,19 @@ enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len
         snprintf(buf, len, "connection closed");
     return TLS_FAILURE_SOCKET;
 }
+
+bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    char byte;
+    if (ssl == NULL)
+        return false;
+    ERR_clear_error();
+    int n = SSL_read(ssl, &byte, 1);
+    unsigned long e = n <= 0 && SSL_get_error(ssl, n) == SSL_ERROR_SSL ? ERR_peek_error() : 0;
+    bool refused = e != 0 && handshake_alert(e);
+    if (refused)
+        snprintf(buf, len, "%s", ERR_reason_error_string(e));
+    ERR_clear_error();
+    return refused;
+}

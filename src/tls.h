@@ -60,4 +60,11 @@ enum tls_failure {
  */
 enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len);
 
+/*
+ * For a connection that failed (its bufferevent is about to be freed): reads
+ * what the peer sent before it closed and returns true, with the reason in
+ * buf, when that was an alert refusing the handshake. Nothing else is read.
+ */
+bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len);
+
 #endif

@@ -305,9 +305,35 @@ static void on_active_write(struct bufferevent *bev, void *arg)
         c->events->on_drained(c->owner);
 }
 
+/*
+ * Did the upstream refuse our TLS session before reading the request? TLS
+ * 1.3 finishes the handshake on the server's side after the client's first
+ * flight, so the refusal (an alert: "certificate required", "unknown ca")
+ * comes after our request went out: as the error of this event, or, when
+ * our write met the server's close first, still unread. Either way its
+ * application never saw the request.
+ */
+static bool refused_session(struct upstream_conn *c, enum tls_failure f, char *reason, size_t len)
+{
+    if (!c->server->tls || c->got_bytes || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        return false;
+    if (f != TLS_FAILURE_REFUSED && !tls_read_refusal(c->bev, reason, len))
+        return false;
+    log_warn("upstream %s: refused our TLS session: %s", c->server->name, reason);
+    return true;
+}
+
 static void on_active_event(struct bufferevent *bev, short what, void *arg)
 {
     struct upstream_conn *c = arg;
+    char reason[200];
+    char why[240];
+    enum tls_failure f = tls_error_reason(bev, reason, sizeof(reason));
+    if (refused_session(c, f, reason, sizeof(reason))) {
+        snprintf(why, sizeof(why), "TLS session refused: %s", reason);
+        fail_active(c, why, false);
+        return;
+    }
     if (what & BEV_EVENT_EOF) {
         /* A close-delimited body ends here; anything else was cut short. */
         if (!feed(c))
@@ -322,16 +348,8 @@ static void on_active_event(struct bufferevent *bev, short what, void *arg)
                     true);
         return;
     }
-    char reason[200];
-    char why[240];
-    enum tls_failure f = tls_error_reason(bev, reason, sizeof(reason));
-    /* Refused in the handshake (TLS 1.3 finishes it on the server's side
-     * after our request went out): the request never reached the API. */
-    bool refused = f == TLS_FAILURE_REFUSED && !c->got_bytes;
     snprintf(why, sizeof(why), "%s%s", f == TLS_FAILURE_SOCKET ? "" : "TLS: ", reason);
-    if (refused)
-        log_warn("upstream %s: refused our TLS handshake: %s", c->server->name, reason);
-    fail_active(c, why, !refused);
+    fail_active(c, why, true);
 }
 
 static void activate(struct upstream_conn *c)

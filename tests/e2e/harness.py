@@ -12,6 +12,12 @@ on free 127.0.0.1 ports, stopped by PID when the test ends:
 Stopping the proxy fails the test when its stderr or error log holds a
 sanitizer report, or when it does not exit 0 after SIGTERM.
 
+TLS (test_tls.py, certificates from certs.py): Env(upstream_tls=...) runs the
+test upstream with -c/-k[/-C] and points idemproxy at https://;
+Env(proxy_tls=...) gives idemproxy a `listen ... tls` listener, and then
+env.request / env.post speak TLS to it; tls_client_context() makes client
+contexts for request(..., ssl_context=...) and Client(..., ssl_context=...).
+
 Environment: IDEMPROXY_BIN (default build/idemproxy), UPSTREAM_BIN (default
 build/test-upstream), REDIS_BIN (default redis-server), SANITIZE=1 (sanitizer
 options and longer waits), KEEP_TMP=1 (keep the temporary directories).
@@ -23,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import threading
@@ -416,11 +423,21 @@ def read_response(reader, method="GET"):
 
 
 class Client:
-    """One keep-alive HTTP/1.1 connection; requests are sent one at a time."""
+    """One keep-alive HTTP/1.1 connection; requests are sent one at a time.
+    With ssl_context, the connection speaks TLS (server_hostname: the SNI
+    name and the name checked, default host)."""
 
-    def __init__(self, port, host="127.0.0.1", timeout=10):
+    def __init__(self, port, host="127.0.0.1", timeout=10, ssl_context=None,
+                 server_hostname=None):
         self.host = f"{host}:{port}"
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout)
+        if ssl_context is not None:
+            try:
+                sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
+            except BaseException:
+                sock.close()
+                raise
+        self.sock = sock
         self.reader = _Reader(self.sock)
 
     def request(self, method, path, headers=None, body=b""):
@@ -443,11 +460,37 @@ class Client:
         self.close()
 
 
-def request(port, method, path, headers=None, body=b"", timeout=10, host="127.0.0.1"):
+def request(port, method, path, headers=None, body=b"", timeout=10, host="127.0.0.1",
+            ssl_context=None, server_hostname=None):
     """One request on a new connection. headers: dict or list of (name, value)
-    (a list may repeat a name). Content-Length is added unless given."""
-    with Client(port, host, timeout) as c:
+    (a list may repeat a name). Content-Length is added unless given.
+    ssl_context: speak TLS (see tls_client_context)."""
+    with Client(port, host, timeout, ssl_context, server_hostname) as c:
         return c.request(method, path, headers, body)
+
+
+def tls_client_context(cafile=None, verify=True, cert=None, key=None, alpn=("http/1.1",),
+                       min_version=None, max_version=None):
+    """An ssl.SSLContext for a client: trusts cafile (host name checked) or,
+    with verify=False, anything; cert/key: a client certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        if cafile is not None:
+            ctx.load_verify_locations(cafile)
+        else:
+            ctx.load_default_certs()
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
+    if min_version is not None:
+        ctx.minimum_version = min_version
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx
 
 
 def raw(port, data, timeout=5, host="127.0.0.1", shut_write=False):
@@ -550,13 +593,23 @@ def assert_problem(resp, status, code):
 
 
 class Upstream:
-    """The test upstream (tests/upstream/upstream.c) on a free port."""
+    """The test upstream (tests/upstream/upstream.c) on a free port.
 
-    def __init__(self, port=None, tmpdir=None):
+    tls=dict(cert=PEM, key=PEM[, client_ca=PEM][, client_cert=PEM,
+    client_key=PEM]) serves HTTPS (-c/-k; -C client_ca requires a client
+    certificate). client_cert/client_key are what the harness's own control
+    requests (count, reset, connections) present to an mTLS upstream."""
+
+    def __init__(self, port=None, tmpdir=None, tls=None):
         self.port = port or free_port()
         self._own_tmp = tmpdir is None
         self.dir = tmpdir or tempfile.mkdtemp(prefix="idem-upstream-")
         self.proc = None
+        self.tls = dict(tls) if tls else None
+        self.ssl_context = None
+        if self.tls:
+            self.ssl_context = tls_client_context(verify=False, cert=self.tls.get("client_cert"),
+                                                  key=self.tls.get("client_key"))
         self.out_path = os.path.join(self.dir, f"upstream-{self.port}.out")
         self.err_path = os.path.join(self.dir, f"upstream-{self.port}.err")
         self.start()
@@ -567,9 +620,13 @@ class Upstream:
         binary = upstream_bin()
         if not os.path.exists(binary):
             raise TestFailure(f"test upstream binary not found: {binary} (make build/test-upstream)")
+        argv = [binary, "-p", str(self.port)]
+        if self.tls:
+            argv += ["-c", self.tls["cert"], "-k", self.tls["key"]]
+            if self.tls.get("client_ca"):
+                argv += ["-C", self.tls["client_ca"]]
         with open(self.out_path, "wb") as out, open(self.err_path, "ab") as err:
-            self.proc = _spawn([binary, "-p", str(self.port)], stdin=subprocess.DEVNULL,
-                                         stdout=out, stderr=err)
+            self.proc = _spawn(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
         def ready():
             if self.proc.poll() is not None:
@@ -588,13 +645,28 @@ class Upstream:
         if key is not None:
             from urllib.parse import quote
             path += "?key=" + quote(key, safe="")
-        r = request(self.port, "GET", path, timeout=5)
+        r = self.request("GET", path)
         assert r.status == 200, f"upstream /__count answered {r!r}"
         return int(r.body)
 
+    def connections(self):
+        """Connections that carried counted requests (GET /__connections)."""
+        r = self.request("GET", "/__connections")
+        assert r.status == 200, f"upstream /__connections answered {r!r}"
+        return int(r.body)
+
     def reset(self):
-        r = request(self.port, "POST", "/__reset", timeout=5)
+        r = self.request("POST", "/__reset")
         assert r.status == 200, f"upstream /__reset answered {r!r}"
+
+    def request(self, method, path, headers=None, body=b"", timeout=5):
+        """A request straight to the upstream (over TLS when it serves TLS)."""
+        return request(self.port, method, path, headers, body, timeout,
+                       ssl_context=self.ssl_context)
+
+    @property
+    def scheme(self):
+        return "https" if self.tls else "http"
 
     def stop(self, check=True):
         if self.proc is None:
@@ -670,8 +742,20 @@ class Proxy:
     (so extra_config="listen 127.0.0.1:9999" moves the listener)."""
 
     def __init__(self, upstream_port, redis_port, extra_config="", tmpdir=None, port=None,
-                 start=True, env=None, config_text=None, expect_errors=False):
+                 start=True, env=None, config_text=None, expect_errors=False,
+                 upstream_scheme="http", tls=None):
         self.port = port or free_port()
+        # "https" makes the base upstream line https://127.0.0.1:PORT.
+        self.upstream_scheme = upstream_scheme
+        # tls=dict(cert=PEM, key=PEM, ca=PEM): the base listener is
+        # "listen ... tls" with tls_certificate/_key lines; requests made
+        # through proxy.request / env.request / env.post speak TLS and
+        # trust ca (self.ssl_context).
+        self.tls = dict(tls) if tls else None
+        self.ssl_context = None
+        if self.tls:
+            self.ssl_context = tls_client_context(cafile=self.tls.get("ca"),
+                                                  verify=self.tls.get("ca") is not None)
         # False: an error-level line in the error log fails the test.
         self.expect_errors = expect_errors
         self.upstream_port = upstream_port
@@ -691,15 +775,19 @@ class Proxy:
             self.start()
 
     def base_config(self):
-        return [
-            f"listen 127.0.0.1:{self.port}",
-            f"upstream http://127.0.0.1:{self.upstream_port}",
+        lines = [
+            f"listen 127.0.0.1:{self.port}" + (" tls" if self.tls else ""),
+            f"upstream {self.upstream_scheme}://127.0.0.1:{self.upstream_port}",
             f"redis 127.0.0.1:{self.redis_port}",
             f"access_log {self.access_log_path}",
             f"error_log {self.error_log_path}",
             "log_level debug",
             "shutdown_timeout 5s",
         ]
+        if self.tls:
+            lines += [f"tls_certificate {self.tls['cert']}",
+                      f"tls_certificate_key {self.tls['key']}"]
+        return lines
 
     def config_for(self, extra_config=""):
         extra_lines = extra_config.splitlines() if extra_config else []
@@ -844,7 +932,8 @@ class Proxy:
         return _read_file(self.stderr_path)
 
     def request(self, method, path, headers=None, body=b"", timeout=10):
-        return request(self.port, method, path, headers, body, timeout)
+        return request(self.port, method, path, headers, body, timeout,
+                       ssl_context=self.ssl_context)
 
     def close(self):
         """Stops (checking logs) and records the logs for failure reports."""
@@ -868,10 +957,15 @@ class Env:
 
     proxy=False leaves the proxy unstarted (env.start_proxy(extra) later);
     redis=False / upstream=False skip those (ports are still reserved);
-    expect_errors=True for tests that provoke error-level log lines."""
+    expect_errors=True for tests that provoke error-level log lines.
+    upstream_tls=dict(...) starts the upstream with TLS (see Upstream) and
+    points the proxy at https://; proxy_tls=dict(cert, key, ca) gives the
+    proxy a TLS listener (see Proxy)."""
 
     def __init__(self, extra_config="", proxy=True, redis=True, upstream=True, proxy_env=None,
-                 expect_errors=False):
+                 expect_errors=False, upstream_tls=None, proxy_tls=None):
+        self.upstream_tls = upstream_tls
+        self.proxy_tls = proxy_tls
         self.extra_config = extra_config
         self.expect_errors = expect_errors
         self.want_proxy = proxy
@@ -894,7 +988,7 @@ class Env:
             else:
                 self.redis_port = free_port()
             if self.want_upstream:
-                self.upstream = Upstream(tmpdir=self.tmp)
+                self.upstream = Upstream(tmpdir=self.tmp, tls=self.upstream_tls)
                 self.upstream_port = self.upstream.port
             else:
                 self.upstream_port = free_port()
@@ -911,6 +1005,8 @@ class Env:
         if self.proxy is not None:
             self.proxy.close()
         kwargs.setdefault("expect_errors", self.expect_errors)
+        kwargs.setdefault("upstream_scheme", "https" if self.upstream_tls else "http")
+        kwargs.setdefault("tls", self.proxy_tls)
         self.proxy = Proxy(self.upstream_port, self.redis_port, extra_config, tmpdir=self.tmp,
                            env=self.proxy_env, **kwargs)
         return self.proxy
@@ -939,14 +1035,16 @@ class Env:
     # Short-hands for requests through the proxy.
 
     def request(self, method, path, headers=None, body=b"", timeout=10):
-        return request(self.proxy.port, method, path, headers, body, timeout)
+        return request(self.proxy.port, method, path, headers, body, timeout,
+                       ssl_context=self.proxy.ssl_context)
 
     def post(self, path="/orders", key=None, body=b"{}", headers=None, method="POST", timeout=10):
         """A covered request; key (if given) goes into Idempotency-Key as is."""
         h = list(headers.items()) if isinstance(headers, dict) else list(headers or [])
         if key is not None:
             h.insert(0, ("Idempotency-Key", key))
-        return request(self.proxy.port, method, path, h, body, timeout)
+        return request(self.proxy.port, method, path, h, body, timeout,
+                       ssl_context=self.proxy.ssl_context)
 
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer",

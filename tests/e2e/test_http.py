@@ -654,6 +654,36 @@ def test_chunked_response_with_trailers_reaches_client():
             up.close()
 
 
+# ---------------------------------------------------------------- lenient heads refused
+
+
+def test_bare_lf_after_request_line_is_400():
+    """Bare LF ending the request line, and "\\r\\n\\n" ending the head.
+
+    SPEC §5 "bare LF where strictness matters": 400, connection closed, zero
+    executions. llhttp 8.1 tolerates LF there (inside the header block and
+    the chunked framing it does not); http.c checks the head's lines itself."""
+    with Env() as env:
+        for data in _hostile(b"Content-Length: 3\r\n\r\nabc", request_line_sep=b"\n"):
+            assert_rejected_and_closed(env.proxy.port, data)
+        for data in (b"PUT /s HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\nabc",):
+            assert_rejected_and_closed(env.proxy.port, data)
+        settle_count(env, 0)
+
+
+def test_obs_fold_is_400():
+    """A header continuation line (obs-fold):
+        X-Echo-A: a\\r\\n b\\r\\n
+
+    400, connection closed, zero executions: RFC 9112 §5.2 lets a proxy reject
+    or unfold, and a fold read one way here and another way upstream is a
+    smuggling vector (llhttp 8.1 would join it into the value)."""
+    with Env() as env:
+        for data in _hostile(b"X-Echo-A: a\r\n b\r\nContent-Length: 3\r\n\r\nabc"):
+            assert_rejected_and_closed(env.proxy.port, data)
+        settle_count(env, 0)
+
+
 # ---------------------------------------------------------------- 6. Expect
 
 

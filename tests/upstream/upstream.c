@@ -27,6 +27,19 @@
  *
  * Control paths (not counted): GET /__count, GET /__count?key=K, POST /__reset,
  * GET /__connections (connections that carried counted requests).
+ *
+ * TLS (for idemproxy's `upstream https://`): with -c CERT.pem -k KEY.pem the
+ * same port speaks HTTPS instead of HTTP (evhttp over bufferevent_openssl);
+ * everything above works the same. ALPN "http/1.1" is selected when offered.
+ * With -C CA.pem as well, a client certificate is required and verified
+ * against that CA (mTLS); a client without one fails the handshake. Over TLS
+ * every answer (control paths too) also carries:
+ *   X-Seen-Client-Cn      the client certificate's subject CN, or "none"
+ *   X-Seen-Sni            the server name the client sent (SNI), or "none"
+ *   X-Seen-Tls-Protocol   the negotiated protocol version, e.g. "TLSv1.3"
+ *   X-Seen-Alpn           the negotiated ALPN protocol, or "none"
+ *
+ *   test-upstream -p PORT [-a ADDR] [-c CERT.pem -k KEY.pem [-C CA.pem]]
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -41,10 +54,16 @@
 #include <unistd.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <event2/util.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
 
 #define KEY_BUCKETS 1024
 #define MAX_DELAY_MS (600 * 1000)
@@ -81,6 +100,8 @@ static struct evhttp_connection *g_live[MAX_LIVE_CONNS];
 static struct key_count *g_keys[KEY_BUCKETS];
 static struct pending *g_pending;
 static struct event_base *g_base;
+/* Non-NULL when serving HTTPS (-c/-k). */
+static SSL_CTX *g_ssl_ctx;
 
 static uint64_t fnv1a64(const unsigned char *p, size_t n)
 {
@@ -208,6 +229,46 @@ static void json_string(struct evbuffer *out, const char *s)
     evbuffer_add(out, "\"", 1);
 }
 
+/* The SSL object of the connection that carried req; NULL over plain HTTP. */
+static SSL *request_ssl(struct evhttp_request *req)
+{
+    if (g_ssl_ctx == NULL)
+        return NULL;
+    struct evhttp_connection *evcon = evhttp_request_get_connection(req);
+    if (evcon == NULL)
+        return NULL;
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(evcon);
+    return bev != NULL ? bufferevent_openssl_get_ssl(bev) : NULL;
+}
+
+/* Adds the X-Seen-Client-Cn / -Sni / -Tls-Protocol / -Alpn answer headers. */
+static void add_tls_headers(struct evhttp_request *req, struct evkeyvalq *out)
+{
+    SSL *ssl = request_ssl(req);
+    if (ssl == NULL)
+        return;
+    char cn[256] = "none";
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    if (peer != NULL) {
+        X509_NAME *subject = X509_get_subject_name(peer);
+        if (subject == NULL ||
+            X509_NAME_get_text_by_NID(subject, NID_commonName, cn, (int)sizeof(cn)) <= 0)
+            snprintf(cn, sizeof(cn), "%s", "none");
+        X509_free(peer);
+    }
+    evhttp_add_header(out, "X-Seen-Client-Cn", cn);
+    const char *sni = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    evhttp_add_header(out, "X-Seen-Sni", sni != NULL ? sni : "none");
+    evhttp_add_header(out, "X-Seen-Tls-Protocol", SSL_get_version(ssl));
+    const unsigned char *alpn = NULL;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    char alpn_text[256] = "none";
+    if (alpn != NULL && alpn_len > 0)
+        snprintf(alpn_text, sizeof(alpn_text), "%.*s", (int)alpn_len, (const char *)alpn);
+    evhttp_add_header(out, "X-Seen-Alpn", alpn_text);
+}
+
 static void reply_text(struct evhttp_request *req, int status, const char *text)
 {
     struct evbuffer *buf = evbuffer_new();
@@ -217,6 +278,7 @@ static void reply_text(struct evhttp_request *req, int status, const char *text)
     }
     evbuffer_add(buf, text, strlen(text));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "text/plain");
+    add_tls_headers(req, evhttp_request_get_output_headers(req));
     evhttp_send_reply(req, status, reason_phrase(status), buf);
     evbuffer_free(buf);
 }
@@ -412,6 +474,7 @@ static void handle_request(struct evhttp_request *req, void *arg)
     snprintf(num, sizeof(num), "%" PRIu64, g_count);
     evhttp_add_header(&p->headers, "X-Upstream-Count", num);
     evhttp_add_header(&p->headers, "X-Custom", "yes");
+    add_tls_headers(req, &p->headers);
     for (struct evkeyval *kv = TAILQ_FIRST(in); kv != NULL; kv = TAILQ_NEXT(kv, next)) {
         if (strncasecmp(kv->key, "X-Echo-", 7) == 0)
             evhttp_add_header(&p->headers, kv->key, kv->value);
@@ -472,33 +535,132 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     event_base_loopbreak(arg);
 }
 
+/* ALPN: picks "http/1.1" when the client offers it, else no ALPN at all. */
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                       const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)ssl;
+    (void)arg;
+    static const unsigned char http11[] = "http/1.1";
+    unsigned int i = 0;
+    while (i < inlen) {
+        unsigned int n = in[i];
+        if (i + 1 + n > inlen)
+            break;
+        if (n == sizeof(http11) - 1 && memcmp(in + i + 1, http11, n) == 0) {
+            *out = in + i + 1;
+            *outlen = (unsigned char)n;
+            return SSL_TLSEXT_ERR_OK;
+        }
+        i += 1 + n;
+    }
+    return SSL_TLSEXT_ERR_NOACK;
+}
+
+/* evhttp's bufferevent factory: every accepted connection speaks TLS. */
+static struct bufferevent *make_tls_bev(struct event_base *base, void *arg)
+{
+    SSL_CTX *ctx = arg;
+    SSL *ssl = SSL_new(ctx);
+    if (ssl == NULL)
+        return NULL;
+    struct bufferevent *bev = bufferevent_openssl_socket_new(
+        base, -1, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        return NULL;
+    }
+    /* Clients (idemproxy's pool) may close without close_notify. */
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    return bev;
+}
+
+static void print_ssl_errors(const char *what)
+{
+    fprintf(stderr, "test-upstream: %s\n", what);
+    unsigned long e;
+    char buf[256];
+    while ((e = ERR_get_error()) != 0) {
+        ERR_error_string_n(e, buf, sizeof(buf));
+        fprintf(stderr, "  %s\n", buf);
+    }
+}
+
+/* The server context for -c/-k (and -C for client certificates). */
+static SSL_CTX *make_ssl_ctx(const char *cert, const char *key, const char *client_ca)
+{
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        print_ssl_errors("SSL_CTX_new failed");
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1) {
+        print_ssl_errors("cannot load the certificate (-c)");
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1 ||
+        SSL_CTX_check_private_key(ctx) != 1) {
+        print_ssl_errors("cannot load the key (-k) or it does not match the certificate");
+        goto fail;
+    }
+    if (client_ca != NULL) {
+        STACK_OF(X509_NAME) *names = SSL_load_client_CA_file(client_ca);
+        if (names == NULL || SSL_CTX_load_verify_locations(ctx, client_ca, NULL) != 1) {
+            if (names != NULL)
+                sk_X509_NAME_pop_free(names, X509_NAME_free);
+            print_ssl_errors("cannot load the client CA (-C)");
+            goto fail;
+        }
+        SSL_CTX_set_client_CA_list(ctx, names);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+        /* Resumed sessions keep the verified peer; one context, one id. */
+        static const unsigned char sid_ctx[] = "test-upstream";
+        SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    }
+    SSL_CTX_set_alpn_select_cb(ctx, alpn_select, NULL);
+    return ctx;
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: test-upstream -p PORT [-a ADDR]\n");
+    fprintf(out, "usage: test-upstream -p PORT [-a ADDR] [-c CERT.pem -k KEY.pem [-C CA.pem]]\n");
 }
 
 int main(int argc, char **argv)
 {
     const char *addr = "127.0.0.1";
+    const char *cert = NULL, *key = NULL, *client_ca = NULL;
     long port = -1;
     int opt;
     int rc = 1;
     struct evhttp *http = NULL;
     struct event *sigterm = NULL, *sigint = NULL;
 
-    while ((opt = getopt(argc, argv, "p:a:h")) != -1) {
+    while ((opt = getopt(argc, argv, "p:a:c:k:C:h")) != -1) {
         switch (opt) {
         case 'p': port = parse_num(optarg, 65535); break;
         case 'a': addr = optarg; break;
+        case 'c': cert = optarg; break;
+        case 'k': key = optarg; break;
+        case 'C': client_ca = optarg; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if (port < 0) {
+    if (port < 0 || (cert == NULL) != (key == NULL) || (client_ca != NULL && cert == NULL)) {
         usage(stderr);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    if (cert != NULL) {
+        g_ssl_ctx = make_ssl_ctx(cert, key, client_ca);
+        if (g_ssl_ctx == NULL)
+            return 2;
+    }
 
     g_base = event_base_new();
     if (g_base == NULL) {
@@ -514,6 +676,8 @@ int main(int argc, char **argv)
                                          EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                          EVHTTP_REQ_TRACE | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(http, handle_request, NULL);
+    if (g_ssl_ctx != NULL)
+        evhttp_set_bevcb(http, make_tls_bev, g_ssl_ctx);
     evhttp_set_timeout(http, 120);
     struct evhttp_bound_socket *bound = evhttp_bind_socket_with_handle(http, addr, (uint16_t)port);
     if (bound == NULL) {
@@ -553,6 +717,8 @@ out:
         evhttp_free(http);
     if (g_base != NULL)
         event_base_free(g_base);
+    if (g_ssl_ctx != NULL)
+        SSL_CTX_free(g_ssl_ctx);
     keys_clear();
     return rc;
 }
