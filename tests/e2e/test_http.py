@@ -21,12 +21,14 @@ by run.py) until the behaviour is fixed.
 """
 
 import hashlib
+import signal
 import socket
 import threading
 import time
 
-from harness import (SANITIZE, SLOW, Client, Env, _Reader, assert_problem, fnv1a64, free_port,
-                     read_response, wait_until)
+from harness import (SANITIZE, SLOW, Client, Env, Proxy, _Reader, assert_problem,
+                     connect_refused, fnv1a64, free_port, port_open, read_response, run_idemproxy,
+                     wait_until)
 
 PATTERN = b"0123456789abcdefghijklmnopqrstuvwxyz\n"  # the test upstream's body pattern
 
@@ -634,6 +636,31 @@ def test_hop_by_hop_fields_are_removed_both_ways():
             up.close()
 
 
+def test_upstream_host_sets_host_from_the_upstream_url():
+    """Host is the client's by default; with `upstream_host on` it is the
+    upstream URL's host:port, and X-Forwarded-Host carries the client's."""
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with Env(upstream=False, proxy=False) as env:
+        up = CapturingUpstream(env.upstream_port, response)
+        try:
+            for setting, want_host in (("", "api.example"),
+                                       ("upstream_host on", f"127.0.0.1:{env.upstream_port}")):
+                env.start_proxy(setting)
+                with up.lock:
+                    up.heads.clear()
+                r = env.request("GET", "/h", [("Host", "api.example")])
+                assert r.status == 200, r
+                with up.lock:
+                    lines = up.heads[0].decode("latin-1").split("\r\n")
+                hosts = [ln.split(":", 1)[1].strip() for ln in lines
+                         if ln.lower().startswith("host:")]
+                assert hosts == [want_host], (setting, lines)
+                xfh = [ln for ln in lines if ln.lower().startswith("x-forwarded-host:")]
+                assert xfh == ["X-Forwarded-Host: api.example"], (setting, lines)
+        finally:
+            up.close()
+
+
 def test_chunked_response_with_trailers_reaches_client():
     """An upstream answer with a trailer section: the client gets the body,
     and the client and upstream connections stay usable."""
@@ -820,6 +847,103 @@ def test_several_listen_lines_all_answer():
             assert r.header("X-Seen-Forwarded-For") == "::1", r.headers
             n += 1
         assert env.upstream.count() == n
+
+
+def test_reload_applies_changed_listen_lines_and_keeps_connections():
+    """SIGHUP with a listen line added and one removed: the new address
+    answers, the removed one stops accepting, and a connection opened on the
+    removed address before the reload, with a request in flight during it,
+    is served to the end and stays usable."""
+    p1, p2, p3 = free_port(), free_port(), free_port()
+    while len({p1, p2, p3}) < 3:
+        p2, p3 = free_port(), free_port()
+    with Env(proxy=False) as env:
+        env.start_proxy(f"listen 127.0.0.1:{p1}\nlisten 127.0.0.1:{p2}", port=p1)
+        kept = Client(p2, timeout=5 * SLOW)
+        try:
+            assert kept.request("GET", "/before").status == 200
+            # a slow request in flight across the reload
+            kept.send(b"GET /slow HTTP/1.1\r\nHost: t\r\nX-Test-Delay: 700\r\n\r\n")
+            time.sleep(0.2)
+            env.proxy.write_config(f"listen 127.0.0.1:{p1}\nlisten 127.0.0.1:{p3}")
+            env.proxy.signal(signal.SIGHUP)
+            wait_until(lambda: "reload complete" in env.proxy.error_log(), 3 * SLOW,
+                       what="the reload")
+            wait_until(lambda: port_open(p3), 3 * SLOW, what=f"the new listener {p3}")
+            r = kept.read_response("GET")
+            assert r.status == 200 and r.json()["path"] == "/slow", r
+            # the kept connection goes on, though its address is gone
+            assert kept.request("GET", "/after").status == 200
+            assert connect_refused(p2), "the removed address still accepts"
+            for port in (p1, p3):
+                got, _ = exchange(port, b"GET /n HTTP/1.1\r\nHost: t\r\n"
+                                  b"Connection: close\r\n\r\n", 5 * SLOW)
+                (r,), _ = parse_responses(got, ["GET"])
+                assert r.status == 200, (port, r)
+            assert f"listening on 127.0.0.1:{p3}" in env.proxy.error_log()
+        finally:
+            kept.close()
+
+
+def test_reload_that_cannot_bind_changes_nothing():
+    p1 = free_port()
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    taken = blocker.getsockname()[1]
+    try:
+        with Env(proxy=False, expect_errors=True) as env:
+            env.start_proxy(f"listen 127.0.0.1:{p1}\non_duplicate replay", port=p1)
+            env.proxy.write_config(f"listen 127.0.0.1:{p1}\nlisten 127.0.0.1:{taken}\n"
+                                   "on_duplicate reject")
+            env.proxy.signal(signal.SIGHUP)
+            wait_until(lambda: "reload failed" in env.proxy.error_log(), 3 * SLOW,
+                       what="the failed reload")
+            assert f"127.0.0.1:{taken}" in env.proxy.error_log()
+            # the old configuration serves on, on the old address
+            key = "bind-1"
+            assert env.post("/orders", key=key).status == 201
+            r = env.post("/orders", key=key)
+            assert r.status == 201 and r.header("Idempotent-Replayed") == "true", r
+    finally:
+        blocker.close()
+
+
+def test_reuseport_lets_a_second_process_share_the_port():
+    """Without `reuseport` a second idemproxy on the same address fails to
+    start; with it on both, both start and both serve (a binary upgrade:
+    start the new one, then SIGTERM the old one)."""
+    port = free_port()
+    with Env(proxy=False, expect_errors=True) as env:
+        env.start_proxy(f"listen 127.0.0.1:{port}", port=port)
+        second = Proxy(env.upstream_port, env.redis_port, f"listen 127.0.0.1:{port}",
+                       port=port, start=False, expect_errors=True)
+        try:
+            code, out, err = run_idemproxy(["-c", second.config_path], timeout=5)
+            log = second.error_log()
+            assert code == 2, f"second instance on a taken port: exit {code}: {out}{err}{log}"
+            assert "Address already in use" in log, log
+        finally:
+            second.close()
+
+    port = free_port()
+    with Env(proxy=False) as env:
+        env.start_proxy(f"listen 127.0.0.1:{port} reuseport", port=port)
+        second = Proxy(env.upstream_port, env.redis_port, f"listen 127.0.0.1:{port} reuseport",
+                       port=port)
+        try:
+            first_pid, second_pid = env.proxy.pid, second.pid
+            assert second.running()
+            # the old one drains away; the new one serves alone
+            env.proxy.stop()
+            for i in range(5):
+                got, _ = exchange(port, b"GET /r%d HTTP/1.1\r\nHost: t\r\n"
+                                  b"Connection: close\r\n\r\n" % i, 5 * SLOW)
+                (r,), _ = parse_responses(got, ["GET"])
+                assert r.status == 200, r
+            assert first_pid != second_pid
+        finally:
+            second.close()
 
 
 def _port6_open(port):

@@ -127,8 +127,8 @@ def read_101(sock):
 
 
 class WsEnv:
-    def __init__(self, mode="accept", extra_config=""):
-        self.env = Env(proxy=False, upstream=False)
+    def __init__(self, mode="accept", extra_config="", proxy_tls=None):
+        self.env = Env(proxy=False, upstream=False, proxy_tls=proxy_tls)
         self.mode = mode
         self.extra_config = extra_config
 
@@ -143,7 +143,9 @@ class WsEnv:
         return self.env.__exit__(*exc)
 
     def connect(self):
-        return socket.create_connection(("127.0.0.1", self.env.proxy.port), timeout=5)
+        s = socket.create_connection(("127.0.0.1", self.env.proxy.port), timeout=5)
+        ctx = self.env.proxy.ssl_context
+        return ctx.wrap_socket(s, server_hostname="127.0.0.1") if ctx else s
 
 
 def test_websocket_is_tunnelled_both_ways():
@@ -169,6 +171,28 @@ def test_websocket_is_tunnelled_both_ways():
         assert w.up.closed.wait(5), "the upstream side did not close with the client"
         entry = w.env.proxy.wait_access_log(1)[-1]
         assert entry["status"] == 101, entry
+
+
+def test_websocket_over_a_tls_listener():
+    from certs import certs
+    c = certs()
+    with WsEnv(mode="raw", proxy_tls={"cert": c.server, "key": c.server_key, "ca": c.ca}) as w:
+        s = w.connect()
+        s.sendall(handshake(extra=b"first"))
+        head, rest = read_101(s)
+        assert " 101 " in head, head
+        assert b"x-forwarded-proto: https" in w.up.heads[0].lower()
+        payload = bytes(range(256)) * 4096  # 1 MiB each way
+        got = bytearray(rest)
+        s.sendall(payload)
+        s.settimeout(10)
+        while len(got) < len(b"first") + len(payload):
+            chunk = s.recv(1 << 16)
+            assert chunk, f"closed after {len(got)} bytes"
+            got.extend(chunk)
+        assert bytes(got) == b"first" + payload
+        s.close()
+        assert w.up.closed.wait(5)
 
 
 def test_bytes_right_behind_the_handshake_cross_both_ways():
