@@ -8,7 +8,7 @@
  * sizes, a request Transfer-Encoding that does not end in chunked, and bytes
  * not allowed in header names or values. No lenient flag is ever set. Where
  * llhttp 8 is lenient anyway (a bare LF ending the request line, obs-fold
- * continuation lines), scan_head() rejects the request before llhttp sees
+ * continuation lines, "Name : value"), scan_head() rejects the request before llhttp sees
  * it: a proxy that reads a head differently from the server behind it is a
  * smuggling vector, so only one reading is allowed.
  *
@@ -60,9 +60,10 @@ static void scan_reset(struct http_parser *p)
 /*
  * Follows a request head's lines through data (which may stop anywhere in
  * it, or run past its end into the body). Returns NULL, or why the head is
- * refused: every line ends in CRLF, and no line after the request line
- * starts with a blank (obs-fold, RFC 9112 §5.2). Empty lines before the
- * request line are skipped, as llhttp does.
+ * refused: every line ends in CRLF, no line after the request line starts
+ * with a blank (obs-fold, RFC 9112 §5.2), and no field name is followed by
+ * a blank before its colon (§5.1). Empty lines before the request line are
+ * skipped, as llhttp does.
  */
 static const char *scan_head(struct http_parser *p, const char *data, size_t len)
 {
@@ -82,8 +83,16 @@ static const char *scan_head(struct http_parser *p, const char *data, size_t len
         p->scan.after_cr = c == '\r';
         if (c == '\r')
             continue;
-        if (p->scan.line_start && p->scan.seen_line && (c == ' ' || c == '\t'))
+        bool blank = c == ' ' || c == '\t';
+        if (p->scan.line_start && p->scan.seen_line && blank)
             return "obs-fold (a header line starting with a blank) in the request head";
+        /* "Name : value": one server would see "Name", another "Name ". */
+        if (p->scan.in_name && blank)
+            return "whitespace between a header field name and its colon";
+        if (p->scan.line_start)
+            p->scan.in_name = p->scan.seen_line && c != ':';
+        else if (c == ':')
+            p->scan.in_name = false;
         p->scan.line_start = false;
         p->scan.line_len++;
     }

@@ -81,6 +81,7 @@ struct http_parser {
         bool seen_line;  /* the request line has ended */
         bool line_start; /* the next byte starts a line */
         bool after_cr;
+        bool in_name; /* within a header line's field name */
         size_t line_len;
     } scan;
     bool aborted;

@@ -37,6 +37,8 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -803,7 +805,10 @@ static void request_sent(struct exchange *ex)
     struct evbuffer *out = upstream_conn_output(ex->up);
     if (!ex->idempotent && ex->req->chunked)
         evbuffer_add(out, "0\r\n\r\n", 5);
-    upstream_conn_request_done(ex->up);
+    /* After a WebSocket offer that was declined, the upstream's side of the
+     * connection may no longer speak HTTP: it is not reused. */
+    if (!ex->tunnel)
+        upstream_conn_request_done(ex->up);
     ex_set_state(ex, EX_WAITING);
     arm_upstream_timer(ex);
 }
@@ -850,7 +855,33 @@ static bool passes_upgrade(const struct exchange *ex)
 {
     const struct header *u = ex->req->upgrade ? headers_find(&ex->req->headers, "Upgrade") : NULL;
     return u != NULL && !ex->idempotent && ex->req->minor >= 1 &&
-           headers_list_has_token(u->value, u->value_len, "websocket");
+           headers_list_has_token(u->value, u->value_len, "websocket") &&
+           headers_find(&ex->req->headers, "Sec-WebSocket-Key") != NULL;
+}
+
+/*
+ * Did the upstream really accept the WebSocket handshake (RFC 6455 §4.2.2)?
+ * A bare 101, from a backend that can be made to echo a status, would
+ * otherwise hand the client a raw pipe to the upstream, past idemproxy.
+ */
+static bool websocket_accepted(const struct exchange *ex, const struct http_message *resp)
+{
+    static const char guid[] = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    const struct header *key = headers_find(&ex->req->headers, "Sec-WebSocket-Key");
+    const struct header *accept = headers_find(&resp->headers, "Sec-WebSocket-Accept");
+    unsigned char digest[SHA_DIGEST_LENGTH];
+    unsigned char expected[4 * ((SHA_DIGEST_LENGTH + 2) / 3) + 1];
+    char input[128 + sizeof(guid)];
+
+    /* The key is 16 random bytes in base64 (24 characters); allow slack. */
+    if (key == NULL || accept == NULL || key->value_len > 128)
+        return false;
+    memcpy(input, key->value, key->value_len);
+    memcpy(input + key->value_len, guid, sizeof(guid) - 1);
+    if (EVP_Digest(input, key->value_len + sizeof(guid) - 1, digest, NULL, EVP_sha1(), NULL) != 1)
+        return false;
+    int n = EVP_EncodeBlock(expected, digest, sizeof(digest));
+    return (size_t)n == accept->value_len && memcmp(expected, accept->value, (size_t)n) == 0;
 }
 
 static void forward(struct exchange *ex)
@@ -1010,10 +1041,15 @@ static void on_up_drained(void *arg)
 static void on_up_upgrade(void *arg, struct http_message *resp, struct bufferevent *bev)
 {
     struct exchange *ex = arg;
-    if (!ex->tunnel) {
+    const char *refused = !ex->tunnel                     ? "switched protocols (101) unasked"
+                          : !websocket_accepted(ex, resp) ? "answered 101 without a valid "
+                                                            "Sec-WebSocket-Accept"
+                          : ex->rt->draining              ? "switched protocols while draining"
+                                                          : NULL;
+    if (refused != NULL) {
         http_message_free(resp);
         bufferevent_free(bev);
-        on_up_error(ex, "switched protocols (101) without being asked to", true);
+        on_up_error(ex, refused, true);
         return;
     }
     ex->up = NULL;

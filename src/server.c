@@ -85,6 +85,17 @@ struct client {
     struct client *prev, *next;
 };
 
+/*
+ * A connection accepted when another worker had just taken the last slot
+ * (each worker pauses only when it sees the limit): kept, unread, and served
+ * as soon as a slot frees, rather than dropped.
+ */
+struct held_conn {
+    int fd;
+    bool tls;
+    struct sockaddr_storage addr;
+};
+
 /* One listening socket of this worker; the accept callback's argument. */
 struct listener {
     struct server *srv;
@@ -97,9 +108,11 @@ struct server {
     struct listener listeners[CONFIG_MAX_LISTEN];
     int nlisteners;
     struct client *clients;
-    struct tunnel *tunnels; /* upgraded connections, counted as clients */
-    bool paused;            /* max_connections reached: listeners disabled */
-    struct event *unpause;  /* while paused: looks again every ACCEPT_RETRY_MS */
+    struct tunnel *tunnels;                   /* upgraded connections, counted as clients */
+    bool paused;                              /* max_connections reached: listeners disabled */
+    struct event *unpause;                    /* while paused: looks again every ACCEPT_RETRY_MS */
+    struct held_conn held[CONFIG_MAX_LISTEN]; /* accepted past the limit, not yet served */
+    int nheld;
 };
 
 static void client_free(struct client *c);
@@ -582,6 +595,8 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
     struct client *c = arg;
     if (what == BEV_EVENT_CONNECTED) { /* a TLS handshake finished */
         c->handshaken = true;
+        if (c->state == CLIENT_IDLE) /* from the handshake's limit to keep-alive's */
+            arm_timer(c, c->srv->rt->cfg->idle_timeout_ms);
         return;
     }
     if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_ERROR)) {
@@ -706,12 +721,20 @@ static void pause_accepting(struct server *srv)
              srv->rt->cfg->max_connections);
 }
 
-/* A slot may be free (a connection of this worker closed, or the timer). */
+static bool take_slot(struct server *srv);
+static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tls);
+
+/* A slot may be free (a connection of this worker closed, or the timer):
+ * held connections first, then the listeners again. */
 static void maybe_unpause(struct server *srv)
 {
     if (!srv->paused || srv->rt->draining)
         return;
-    if (process_clients >= srv->rt->cfg->max_connections) {
+    while (srv->nheld > 0 && take_slot(srv)) {
+        struct held_conn h = srv->held[--srv->nheld];
+        admit(srv, h.fd, (const struct sockaddr *)&h.addr, h.tls);
+    }
+    if (srv->nheld > 0 || process_clients >= srv->rt->cfg->max_connections) {
         arm_unpause(srv);
         return;
     }
@@ -728,28 +751,27 @@ static void on_unpause(evutil_socket_t fd, short what, void *arg)
     maybe_unpause(arg);
 }
 
-static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
-                      int socklen, void *arg)
+/* Takes a slot of max_connections; pauses accepting when it was the last. */
+static bool take_slot(struct server *srv)
 {
-    (void)l;
-    (void)socklen;
-    struct listener *listener = arg;
-    struct server *srv = listener->srv;
-    struct runtime *rt = srv->rt;
     int open = atomic_fetch_add(&process_clients, 1) + 1;
-    if (open > rt->cfg->max_connections || rt->draining) {
-        /* Another worker took the last slot first: this one is refused. */
+    if (open > srv->rt->cfg->max_connections) {
         process_clients--;
-        evutil_closesocket(fd);
-        pause_accepting(srv);
-        return;
+        return false;
     }
-    if (open == rt->cfg->max_connections)
+    if (open == srv->rt->cfg->max_connections)
         pause_accepting(srv);
+    return true;
+}
+
+/* Serves an accepted connection that holds a slot. */
+static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tls)
+{
+    struct runtime *rt = srv->rt;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct bufferevent *bev = tls_accept_bufferevent(
-        rt->tls, rt->base, fd, listener->tls, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        rt->tls, rt->base, fd, tls, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
     if (bev == NULL) {
         process_clients--;
         evutil_closesocket(fd);
@@ -757,7 +779,7 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     }
     struct client *c = xcalloc(1, sizeof(*c));
     c->srv = srv;
-    c->tls = listener->tls;
+    c->tls = tls;
     c->handshaken = !c->tls;
     format_peer(sa, c->peer, sizeof(c->peer), &c->peer_port);
     c->bev = bev;
@@ -778,6 +800,32 @@ static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct socka
     client_set_state(c, CLIENT_IDLE);
     if (c->tls) /* the handshake gets what a request head gets */
         arm_timer(c, rt->cfg->client_header_timeout_ms);
+}
+
+static void on_accept(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa,
+                      int socklen, void *arg)
+{
+    (void)l;
+    struct listener *listener = arg;
+    struct server *srv = listener->srv;
+    if (srv->rt->draining) {
+        evutil_closesocket(fd);
+        return;
+    }
+    if (take_slot(srv)) {
+        admit(srv, fd, sa, listener->tls);
+        return;
+    }
+    /* Past the limit: this worker pauses too; the connection waits its turn. */
+    pause_accepting(srv);
+    if (srv->nheld == CONFIG_MAX_LISTEN || (size_t)socklen > sizeof(struct sockaddr_storage)) {
+        evutil_closesocket(fd);
+        return;
+    }
+    struct held_conn *h = &srv->held[srv->nheld++];
+    h->fd = fd;
+    h->tls = listener->tls;
+    memcpy(&h->addr, sa, (size_t)socklen);
 }
 
 static void on_accept_error(struct evconnlistener *l, void *arg)
@@ -895,7 +943,7 @@ int server_listen(struct server *srv, const struct config *cfg, const int fds[],
 {
     struct listener next[CONFIG_MAX_LISTEN];
     for (int i = 0; i < cfg->nlistens; i++) {
-        int fd = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+        int fd = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
         next[i].srv = srv;
         next[i].tls = cfg->listens[i].tls;
         next[i].l = fd < 0 ? NULL
@@ -923,6 +971,8 @@ void server_drain(struct server *srv)
     close_listeners(srv->listeners, srv->nlisteners);
     srv->nlisteners = 0;
     evtimer_del(srv->unpause);
+    while (srv->nheld > 0)
+        evutil_closesocket(srv->held[--srv->nheld].fd);
     /* A tunnel has no end of its own to wait for: close them now. */
     while (srv->tunnels)
         tunnel_close(srv->tunnels);

@@ -41,15 +41,21 @@
  * long again: a ticket is never accepted after twice this. */
 #define TICKET_KEY_SECONDS 3600
 
+/* What a listener accepts (HTTP/1.0 clients are served too), and what an
+ * upstream connection offers. */
+static const unsigned char alpn_server[] = "\x08http/1.1\x08http/1.0";
 static const unsigned char alpn_http11[] = "\x08http/1.1";
 
+#define TLS_OPTIONS (SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION)
+
 /*
- * A peer that closes without close_notify is reported by OpenSSL 3 as an
- * error, which libevent passes on as one: taken as a plain EOF instead, HTTP
- * framing (not the TLS layer) decides whether a message was complete, as it
- * does over TCP.
+ * A client that closes without close_notify is, for the listener, a plain
+ * EOF: request framing decides whether a message was whole, as over TCP.
+ * An upstream is held to close_notify (OpenSSL 3's default): a response
+ * body that ends with the connection is whole only with it (RFC 9112 §9.8),
+ * so a cut one is an error, never a short body stored and replayed.
  */
-#define TLS_OPTIONS (SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION | SSL_OP_IGNORE_UNEXPECTED_EOF)
+#define TLS_SERVER_OPTIONS (TLS_OPTIONS | SSL_OP_IGNORE_UNEXPECTED_EOF)
 
 struct tls {
     int refcount;
@@ -251,14 +257,14 @@ static int ticket_key_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_C
 
 /* ---- contexts ---------------------------------------------------------- */
 
-/* ALPN: HTTP/1.1 or, like nginx, no handshake at all. */
+/* ALPN: HTTP/1.1 (or 1.0) or, like nginx, no handshake at all. */
 static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                        const unsigned char *in, unsigned int inlen, void *arg)
 {
     (void)ssl;
     (void)arg;
     unsigned char *chosen = NULL;
-    if (SSL_select_next_proto(&chosen, outlen, alpn_http11, sizeof(alpn_http11) - 1, in, inlen) !=
+    if (SSL_select_next_proto(&chosen, outlen, alpn_server, sizeof(alpn_server) - 1, in, inlen) !=
         OPENSSL_NPN_NEGOTIATED)
         return SSL_TLSEXT_ERR_ALERT_FATAL;
     *out = chosen;
@@ -276,7 +282,7 @@ static SSL_CTX *server_ctx_new(const struct config *cfg, struct reporter *r)
     unsigned p = cfg->tls_protocols;
     SSL_CTX_set_min_proto_version(ctx, (p & TLS_PROTO_12) ? TLS1_2_VERSION : TLS1_3_VERSION);
     SSL_CTX_set_max_proto_version(ctx, (p & TLS_PROTO_13) ? TLS1_3_VERSION : TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, TLS_OPTIONS);
+    SSL_CTX_set_options(ctx, TLS_SERVER_OPTIONS);
     /* Idle keep-alive connections give their record buffers back. */
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
@@ -373,8 +379,9 @@ static struct bufferevent *ssl_bufferevent(struct event_base *base, int fd, SSL 
         SSL_free(ssl);
         return NULL;
     }
-    /* See TLS_OPTIONS: the same for libevent's own check. */
-    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    /* See TLS_SERVER_OPTIONS: the same for libevent's own check. */
+    if (state == BUFFEREVENT_SSL_ACCEPTING)
+        bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
     return bev;
 }
 
@@ -444,8 +451,12 @@ enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len
     unsigned long first = 0;
     unsigned long e;
 
+    /* libevent hands them back newest first, so the last real one is the
+     * cause; it also records SSL_get_error()'s small code (no library),
+     * which names nothing. */
     while ((e = bufferevent_get_openssl_error(bev)) != 0)
-        first = first != 0 ? first : e;
+        if (ERR_GET_LIB(e) != 0)
+            first = e;
     ERR_clear_error();
     if (first != 0) {
         const char *reason = ERR_reason_error_string(first);
@@ -481,4 +492,10 @@ bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len)
         snprintf(buf, len, "%s", ERR_reason_error_string(e));
     ERR_clear_error();
     return refused;
+}
+
+bool tls_closed_cleanly(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    return ssl == NULL || (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
 }

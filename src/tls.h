@@ -67,4 +67,7 @@ enum tls_failure tls_error_reason(struct bufferevent *bev, char *buf, size_t len
  */
 bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len);
 
+/* Did the peer end the TLS session with close_notify (plain TCP: true)? */
+bool tls_closed_cleanly(struct bufferevent *bev);
+
 #endif

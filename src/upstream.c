@@ -83,8 +83,9 @@ struct upstream_conn {
     struct bufferevent *bev;
     enum conn_state state;
     struct upstream_conn *idle_next;
-    struct event *timer; /* connect timeout, or the deferred ready of a pooled conn */
-    int tries;           /* servers attempted for this acquire */
+    struct event *timer;    /* connect timeout, or the deferred ready of a pooled conn */
+    int tries;              /* servers attempted for this acquire */
+    char early_failure[96]; /* a connect that failed at once, reported by the timer */
 
     const struct upstream_events *events;
     void *owner;
@@ -339,6 +340,12 @@ static void on_active_event(struct bufferevent *bev, short what, void *arg)
         if (!feed(c))
             return;
         if (http_parser_finish(&c->parser) == HTTP_FEED_OK && c->complete) {
+            /* The body ended with the connection: over TLS only a
+             * close_notify tells a whole body from a cut one (RFC 9112 §9.8). */
+            if (c->server->tls && !tls_closed_cleanly(bev)) {
+                fail_active(c, "connection closed mid-response (no TLS close_notify)", true);
+                return;
+            }
             finish_response(c);
             return;
         }
@@ -424,7 +431,9 @@ static void on_connect_timeout(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    connect_failed(arg, "connect timed out (upstream_connect_timeout)");
+    struct upstream_conn *c = arg;
+    connect_failed(c, c->early_failure[0] != '\0' ? c->early_failure
+                                                  : "connect timed out (upstream_connect_timeout)");
 }
 
 static void on_queue_timeout(evutil_socket_t fd, short what, void *arg)
@@ -532,19 +541,27 @@ static void start_connect(struct upstream_conn *c, struct server *s)
     c->server = s;
     s->open++;
     c->state = CONN_CONNECTING;
+    c->early_failure[0] = '\0';
     c->bev = tls_upstream_bufferevent(pool->tls, pool->base, s->host, s->tls);
     struct timeval tv = {(time_t)(pool->connect_timeout_ms / 1000),
                          (suseconds_t)(pool->connect_timeout_ms % 1000) * 1000};
     evtimer_assign(c->timer, pool->base, on_connect_timeout, c);
-    evtimer_add(c->timer, &tv);
-    if (c->bev != NULL)
+    if (c->bev == NULL) {
+        s->open--; /* no socket to count */
+        snprintf(c->early_failure, sizeof(c->early_failure), "cannot set up a connection");
+    } else {
         bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);
-    if (c->bev == NULL || bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->server->addr,
-                                                     (int)c->server->addrlen) < 0) {
-        /* Refused synchronously (e.g. no route); report on the next turn. */
-        struct timeval zero = {0, 0};
-        evtimer_add(c->timer, &zero);
+        if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&c->server->addr,
+                                       (int)c->server->addrlen) < 0)
+            snprintf(c->early_failure, sizeof(c->early_failure), "connect failed: %s",
+                     evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
     }
+    if (c->early_failure[0] != '\0') {
+        /* Reported on the next turn: callbacks never run from the caller's call. */
+        struct timeval zero = {0, 0};
+        tv = zero;
+    }
+    evtimer_add(c->timer, &tv);
 }
 
 static void on_pooled_ready(evutil_socket_t fd, short what, void *arg)

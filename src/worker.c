@@ -48,7 +48,8 @@ enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
 struct worker_input {
     char *text;                        /* the configuration file's content */
     struct tls *tls;                   /* built by main from the same content */
-    int listen_fds[CONFIG_MAX_LISTEN]; /* main's, parallel to the listen lines */
+    int listen_fds[CONFIG_MAX_LISTEN]; /* our duplicates of main's, parallel to the listen lines */
+    int nlisten;
 };
 
 struct worker {
@@ -114,21 +115,30 @@ static void drain(struct worker *w)
 
 /* ---- reload ------------------------------------------------------------- */
 
-static void set_input(struct worker_input *in, const char *text, struct tls *tls,
-                      const int listen_fds[], int nlisten)
-{
-    free(in->text);
-    in->text = xstrdup(text);
-    tls_unref(in->tls);
-    in->tls = tls_ref(tls);
-    memcpy(in->listen_fds, listen_fds, (size_t)nlisten * sizeof(int));
-}
-
 static void free_input(struct worker_input *in)
 {
     free(in->text);
     tls_unref(in->tls);
+    for (int i = 0; i < in->nlisten; i++)
+        if (in->listen_fds[i] >= 0)
+            close(in->listen_fds[i]);
     memset(in, 0, sizeof(*in));
+}
+
+/*
+ * Runs in main's thread. The sockets are duplicated here, at once: main may
+ * close its own (an address dropped by a later reload) before the worker
+ * gets to them. A failed duplicate (-1) makes the worker's listen fail.
+ */
+static void set_input(struct worker_input *in, const char *text, struct tls *tls,
+                      const int listen_fds[], int nlisten)
+{
+    free_input(in);
+    in->text = xstrdup(text);
+    in->tls = tls_ref(tls);
+    for (int i = 0; i < nlisten; i++)
+        in->listen_fds[i] = fcntl(listen_fds[i], F_DUPFD_CLOEXEC, 0);
+    in->nlisten = nlisten;
 }
 
 /* What main handed over last, now ours; its text parsed. NULL when the

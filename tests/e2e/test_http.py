@@ -219,6 +219,13 @@ def test_space_before_colon_in_header_name_is_400():
     _check_hostile(b"Content-Length : 3\r\n\r\nabc")
 
 
+def test_space_before_colon_in_any_header_name_is_400():
+    """llhttp refuses it for framing fields only; "Host : evil" beside
+    "Host: good" would reach the upstream as a second Host."""
+    for field in (b"Host : evil\r\n", b"X-Any\t: 1\r\n", b"Idempotency-Key : k1\r\n"):
+        _check_hostile(field + b"Content-Length: 3\r\n\r\nabc")
+
+
 def test_nul_in_header_value_is_400():
     _check_hostile(b"X-Echo-A: a\x00b\r\nContent-Length: 3\r\n\r\nabc")
 
@@ -847,6 +854,39 @@ def test_several_listen_lines_all_answer():
             assert r.header("X-Seen-Forwarded-For") == "::1", r.headers
             n += 1
         assert env.upstream.count() == n
+
+
+def test_max_connections_with_two_workers_holds_rather_than_drops():
+    """Each worker pauses when it sees the limit; a connection that a second
+    worker accepted past it is held and served when a slot frees."""
+    with Env(extra_config="workers 2\nmax_connections 2") as env:
+        time.sleep(0.5 * SLOW)  # the readiness probe's connection goes first
+        for trial in range(4):
+            clients = [Client(env.proxy.port, timeout=5 * SLOW) for _ in range(2)]
+            waiting = None
+            try:
+                for i, c in enumerate(clients):
+                    assert c.request("GET", f"/t{trial}c{i}").status == 200
+                waiting = socket.create_connection(("127.0.0.1", env.proxy.port),
+                                                   timeout=5 * SLOW)
+                waiting.sendall(b"GET /waiting HTTP/1.1\r\nHost: t\r\n\r\n")
+                waiting.settimeout(0.7)
+                try:
+                    got = waiting.recv(100)
+                    raise AssertionError(f"trial {trial}: answered or dropped past the "
+                                         f"limit: {got!r}")
+                except socket.timeout:
+                    pass
+                clients.pop().close()
+                waiting.settimeout(5 * SLOW)
+                resp = read_response(_Reader(waiting), "GET")
+                assert resp.status == 200, (trial, resp)
+            finally:
+                for c in clients:
+                    c.close()
+                if waiting is not None:
+                    waiting.close()
+            time.sleep(0.3)
 
 
 def test_reload_applies_changed_listen_lines_and_keeps_connections():

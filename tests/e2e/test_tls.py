@@ -1181,3 +1181,113 @@ def test_tls_sighup_key_made_readable_is_refused():
         time.sleep(0.2)
         assert env.proxy.running()
         assert env.request("GET", "/x").status == 200
+
+
+# ---------------------------------------------------------------- review findings
+
+
+class CloseDelimitedTlsUpstream:
+    """A TLS upstream (Python's ssl) that answers every request with a body
+    ended by closing the connection, either with close_notify (clean) or
+    without it (cut: what a crash or an injected FIN looks like)."""
+
+    def __init__(self, port, clean):
+        import threading
+        c = certs()
+        self.clean = clean
+        self.requests = 0
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(c.server, c.server_key)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.2)
+        self.stop = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop:
+            try:
+                raw_conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            try:
+                conn = self.ctx.wrap_socket(raw_conn, server_side=True)
+                conn.settimeout(5)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.requests += 1
+                conn.sendall(b"HTTP/1.1 201 Created\r\nConnection: close\r\n\r\n"
+                             b'{"order":"A1","amount":10')
+                if self.clean:
+                    conn.sendall(b"}")
+                    conn = conn.unwrap()  # close_notify
+                conn.close()  # without unwrap(): no close_notify
+            except (OSError, ssl.SSLError):
+                pass
+
+    def close(self):
+        self.stop = True
+        self.sock.close()
+        self.thread.join(2)
+
+
+def test_https_close_delimited_body_needs_close_notify():
+    """A body that ends with the connection is whole only if the TLS session
+    ended with close_notify (RFC 9112 §9.8): a cut one is neither stored nor
+    replayed; the key is held as outcome-unknown. With close_notify it is."""
+    c = certs()
+    for clean in (False, True):
+        with Env(upstream=False, proxy=False, expect_errors=True) as env:
+            up = CloseDelimitedTlsUpstream(env.upstream_port, clean)
+            try:
+                env.start_proxy(f"upstream_tls_ca {c.ca}", upstream_scheme="https")
+                key = new_key()
+                r = env.post("/orders", key=key, body=b"{}")
+                if clean:
+                    assert r.status == 201 and r.body == b'{"order":"A1","amount":10}', r
+                    r2 = env.post("/orders", key=key, body=b"{}")
+                    assert r2.status == 201 and r2.header("Idempotent-Replayed") == "true", r2
+                    assert r2.body == r.body
+                else:
+                    assert_problem(r, 502, "upstream-unavailable")
+                    r2 = env.post("/orders", key=key, body=b"{}")
+                    assert_problem(r2, 409, "outcome-unknown")
+                    # "unexpected eof" (or a reset, when the close raced our read)
+                    log = env.proxy.error_log()
+                    assert any(w in log for w in ("unexpected eof", "close_notify",
+                                                  "reset by peer")), log
+                assert up.requests == 1
+            finally:
+                up.close()
+
+
+def test_tls_idle_keepalive_connection_lives_for_idle_timeout():
+    """client_header_timeout bounds the handshake only; once it is done an
+    idle TLS connection lives as long as a plain one (idle_timeout)."""
+    c = certs()
+    with Env(proxy_tls=listener_tls(c),
+             extra_config="client_header_timeout 1s\nidle_timeout 20s") as env:
+        with Client(env.proxy.port, ssl_context=env.proxy.ssl_context,
+                    timeout=5 * SLOW) as client:
+            assert client.request("GET", "/a").status == 200
+            time.sleep(2.5)
+            assert client.request("GET", "/b").status == 200
+
+
+def test_tls_alpn_http10_is_accepted():
+    c = certs()
+    with Env(proxy_tls=listener_tls(c)) as env:
+        out = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{env.proxy.port}",
+                              "-alpn", "http/1.0", "-CAfile", c.ca],
+                             input=b"", capture_output=True, timeout=OPENSSL_TIMEOUT)
+        text = out.stdout.decode("latin-1", "replace")
+        assert "ALPN protocol: http/1.0" in text, text[-2000:]

@@ -4,12 +4,14 @@ The upstream here is a small WebSocket-ish server in this file (WsUpstream):
 it answers the opening handshake with 101 and a correct Sec-WebSocket-Accept,
 then echoes every byte back prefixed per read, so the tests see bytes cross
 the tunnel both ways. What it received is recorded for the assertions.
-Modes steer it: "accept", "raw" (echoes without the prefix), "decline" (426 with a body, the connection stays
+Modes steer it: "accept", "raw" (echoes without the prefix), "badaccept" (a
+101 with a wrong Sec-WebSocket-Accept), "slow" (the 101 after 0.6 s), "decline" (426 with a body, the connection stays
 HTTP), "push" (sends bytes right behind its 101, in the same write),
 "close" (closes right after the 101).
 """
 
 import base64
+import signal
 import hashlib
 import socket
 import threading
@@ -28,6 +30,7 @@ class WsUpstream:
         self.heads = []       # request heads received (bytes)
         self.received = []    # bytes received after the handshake, per connection
         self.closed = threading.Event()
+        self.connections = 0
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", port))
@@ -45,6 +48,7 @@ class WsUpstream:
                 continue
             except OSError:
                 return
+            self.connections += 1
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn):
@@ -65,8 +69,11 @@ class WsUpstream:
                     conn.sendall(b"HTTP/1.1 426 Upgrade Required\r\nContent-Length: %d\r\n\r\n%s"
                                  % (len(body), body))
                     continue
+                accept = b"bm90IHRoZSByaWdodCBvbmU=" if self.mode == "badaccept" else ACCEPT.encode()
+                if self.mode == "slow":
+                    time.sleep(0.6)
                 reply = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + ACCEPT.encode() +
+                         b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
                          b"\r\nX-Upstream: ws\r\n\r\n")
                 if self.mode == "push":
                     reply += b"pushed-with-101"
@@ -256,6 +263,51 @@ def test_declined_offer_stays_http():
         # the same connection goes on as HTTP/1.1
         s.sendall(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(rd, "GET").status == 426
+        s.close()
+        # the upstream connection that carried the offer was not reused: after
+        # it, the upstream may no longer speak HTTP on it
+        assert w.up.connections == 2, w.up.connections
+
+
+def test_101_without_a_valid_accept_is_not_tunnelled():
+    """A 101 that does not prove a WebSocket handshake (RFC 6455 §4.2.2)
+    would give the client a raw pipe to the upstream: 502 and both closed."""
+    with WsEnv(mode="badaccept", extra_config="") as w:
+        w.env.proxy.expect_errors = True
+        s = w.connect()
+        s.sendall(handshake())
+        resp = read_response(_Reader(s), "GET")
+        assert resp.status == 502, resp
+        assert w.up.closed.wait(5)
+        assert "Sec-WebSocket-Accept" in w.env.proxy.error_log()
+        s.close()
+
+
+def test_offer_without_a_key_is_declined():
+    with WsEnv() as w:
+        s = w.connect()
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\n\r\n")
+        resp = read_response(_Reader(s), "GET")
+        assert resp.status == 426, resp
+        assert b"upgrade:" not in w.up.heads[0].lower()
+        s.close()
+
+
+def test_101_arriving_while_draining_opens_no_tunnel():
+    with WsEnv(mode="slow") as w:
+        w.env.proxy.expect_errors = True
+        s = w.connect()
+        s.sendall(handshake())
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        w.env.proxy.signal(signal.SIGTERM)
+        s.settimeout(5)
+        data = recv_until(s, b"\r\n\r\n")
+        assert b" 101 " not in data, data
+        assert w.env.proxy.wait(5) is not None
+        assert time.monotonic() - t0 < 3.0, "the drain waited for a tunnel"
+        assert w.up.closed.wait(5)
         s.close()
 
 
