@@ -67,8 +67,9 @@ struct upstream_pool {
     struct tls *tls;
     struct server *servers;
     int nservers;
-    int next; /* round robin */
-    int refs; /* 1 for the owner + 1 per live connection */
+    int next;     /* round robin */
+    int refs;     /* 1 for the owner + 1 per live connection */
+    bool retired; /* the owner let go (a reload): no connection is kept idle */
     int keepalive;
     int max_conns;
     uint64_t connect_timeout_ms;
@@ -209,7 +210,8 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
     c->owner = NULL;
     /* A request not written to its end (the upstream answered early) would
      * make the next request the tail of its body: never reuse that. */
-    if (!keep_alive || !c->request_done || evbuffer_get_length(bufferevent_get_output(bev)) > 0 ||
+    if (!keep_alive || pool->retired || !c->request_done ||
+        evbuffer_get_length(bufferevent_get_output(bev)) > 0 ||
         evbuffer_get_length(bufferevent_get_input(bev)) > 0 ||
         (c->server->nidle >= pool->keepalive && c->server->waiters == NULL)) {
         conn_free(c);
@@ -730,6 +732,7 @@ void upstream_pool_free(struct upstream_pool *pool)
 {
     if (pool == NULL)
         return;
+    pool->retired = true;
     pool->refs++; /* hold it while the idle connections go */
     for (int i = 0; i < pool->nservers; i++) {
         struct server *s = &pool->servers[i];
