@@ -175,11 +175,10 @@ static void client_close_after_flush(struct client *c)
 
 /* ---- writing responses -------------------------------------------------- */
 
-static void write_head(struct client *c, int status, const struct header_list *headers,
-                       const char *framing_header, bool close)
+/* The status line and the given fields; the caller ends the head. */
+static void write_status_and_fields(struct evbuffer *out, int status,
+                                    const struct header_list *headers)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t before = evbuffer_get_length(out);
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
     for (int i = 0; i < headers->count; i++) {
         const struct header *h = &headers->items[i];
@@ -188,6 +187,14 @@ static void write_head(struct client *c, int status, const struct header_list *h
         evbuffer_add(out, h->value, h->value_len);
         evbuffer_add(out, "\r\n", 2);
     }
+}
+
+static void write_head(struct client *c, int status, const struct header_list *headers,
+                       const char *framing_header, bool close)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t before = evbuffer_get_length(out);
+    write_status_and_fields(out, status, headers);
     if (framing_header)
         evbuffer_add_printf(out, "%s\r\n", framing_header);
     if (close)
@@ -314,14 +321,7 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     struct server *srv = c->srv;
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t before = evbuffer_get_length(out);
-    evbuffer_add_printf(out, "HTTP/1.1 101 %s\r\n", http_reason(101));
-    for (int i = 0; i < headers->count; i++) {
-        const struct header *h = &headers->items[i];
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
-    }
+    write_status_and_fields(out, 101, headers);
     evbuffer_add(out, "\r\n", 2);
     uint64_t bytes = evbuffer_get_length(out) - before;
 

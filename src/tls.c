@@ -115,24 +115,27 @@ static const char *openssl_reason(char *buf, size_t len)
 
 /* ---- files ------------------------------------------------------------- */
 
-static bool readable(struct reporter *r, const char *directive, const char *path)
+static bool file_stat(struct reporter *r, const char *directive, const char *path, struct stat *st)
 {
-    struct stat st;
-    if (stat(path, &st) != 0) {
+    if (stat(path, st) != 0) {
         report(r, directive, "cannot read %s: %s", path, strerror(errno));
         return false;
     }
     return true;
 }
 
+static bool readable(struct reporter *r, const char *directive, const char *path)
+{
+    struct stat st;
+    return file_stat(r, directive, path, &st);
+}
+
 /* A private key that others can read is a key that others may have. */
 static bool private_file(struct reporter *r, const char *directive, const char *path)
 {
     struct stat st;
-    if (stat(path, &st) != 0) {
-        report(r, directive, "cannot read %s: %s", path, strerror(errno));
+    if (!file_stat(r, directive, path, &st))
         return false;
-    }
     if (st.st_mode & (S_IRGRP | S_IROTH)) {
         report(r, directive, "%s is readable by group or others (mode %04o); chmod 600 it", path,
                (unsigned)(st.st_mode & 07777));
