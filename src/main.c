@@ -80,9 +80,24 @@ static void log_config_error(void *arg, const char *message)
     log_error("%s", message);
 }
 
-/* Said at every start and reload: the operator chose to trust the path. */
-static void warn_if_unverified(const struct config *cfg)
+/*
+ * Said at every start and reload: which certificate the listeners serve
+ * (the way to confirm a rotation from the log), whether it is about to
+ * expire, and when the operator chose to trust the path to the upstreams.
+ */
+static void log_tls(const struct config *cfg, const struct tls *tls)
 {
+    char what[512];
+    int days;
+    if (tls_describe_certificate(tls, what, sizeof(what), &days)) {
+        if (days < 0)
+            log_error("tls_certificate %s: EXPIRED: %s", cfg->tls_certificate, what);
+        else if (days < 14)
+            log_warn("tls_certificate %s: expires in %d day(s): %s", cfg->tls_certificate, days,
+                     what);
+        else
+            log_info("tls_certificate %s: %s", cfg->tls_certificate, what);
+    }
     if (config_tls_upstream(cfg) && !cfg->upstream_tls_verify)
         log_warn("upstream_tls_verify off: the certificates of https upstreams are NOT "
                  "verified; anyone on the path can impersonate them");
@@ -181,7 +196,7 @@ static void reload(struct daemon *d)
     d->nlisten = cfg->nlistens;
     if (worker_count(cfg) != d->nworkers)
         log_warn("reload: workers changed; the new count takes effect at the next restart");
-    warn_if_unverified(cfg);
+    log_tls(cfg, tls);
     config_unref(d->cfg);
     d->cfg = cfg;
     tls_unref(d->tls);
@@ -384,7 +399,7 @@ static int run(struct daemon *d)
         free(d->config_text);
         return 2;
     }
-    warn_if_unverified(d->cfg);
+    log_tls(d->cfg, d->tls);
     signal(SIGPIPE, SIG_IGN);
     d->base = event_base_new();
     metrics_init();

@@ -877,6 +877,13 @@ static int bind_one(const struct listen_addr *la, int *fd_out, char *err, size_t
     return IDEM_OK;
 }
 
+static void log_listening(const struct listen_addr *la)
+{
+    bool v6 = strchr(la->host, ':') != NULL;
+    log_info("listening on %s%s%s:%s%s", v6 ? "[" : "", la->host, v6 ? "]" : "", la->port,
+             la->tls ? " (tls)" : "");
+}
+
 int server_bind(const struct config *cfg, int fds[], int *nfds, char *err, size_t errlen)
 {
     *nfds = 0;
@@ -885,7 +892,7 @@ int server_bind(const struct config *cfg, int fds[], int *nfds, char *err, size_
             server_unbind(fds, i);
             return IDEM_ERR;
         }
-        log_info("listening on %s:%s", cfg->listens[i].host, cfg->listens[i].port);
+        log_listening(&cfg->listens[i]);
     }
     *nfds = cfg->nlistens;
     return IDEM_OK;
@@ -914,7 +921,7 @@ int server_rebind(const struct config *old, const int old_fds[], const struct co
             return IDEM_ERR;
         }
         bound[i] = true;
-        log_info("listening on %s:%s", cfg->listens[i].host, cfg->listens[i].port);
+        log_listening(&cfg->listens[i]);
     }
     return IDEM_OK;
 }
@@ -946,9 +953,11 @@ int server_listen(struct server *srv, const struct config *cfg, const int fds[],
         int fd = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
         next[i].srv = srv;
         next[i].tls = cfg->listens[i].tls;
+        /* Backlog 0: already listening (main.c's listen(), 1024); -1 would
+         * make libevent listen() again with its own 128. */
         next[i].l = fd < 0 ? NULL
                            : evconnlistener_new(srv->rt->base, on_accept, &srv->listeners[i],
-                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, -1, fd);
+                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, 0, fd);
         if (next[i].l == NULL) {
             snprintf(err, errlen, "cannot listen on socket %d: %s", fds[i], strerror(errno));
             if (fd >= 0)
@@ -974,8 +983,13 @@ void server_drain(struct server *srv)
     while (srv->nheld > 0)
         evutil_closesocket(srv->held[--srv->nheld].fd);
     /* A tunnel has no end of its own to wait for: close them now. */
-    while (srv->tunnels)
+    int ntunnels = 0;
+    while (srv->tunnels) {
         tunnel_close(srv->tunnels);
+        ntunnels++;
+    }
+    if (ntunnels > 0)
+        log_info("closed %d WebSocket tunnel(s) to drain", ntunnels);
     struct client *c = srv->clients;
     while (c) {
         struct client *next = c->next;

@@ -172,8 +172,9 @@ static void load_pair(struct reporter *r, SSL_CTX *ctx, const char *cert_directi
             report(r, key_directive, "%s is not the key of %s", key, cert);
         else
             report(r, key_directive,
-                   "cannot load %s: %s (a PEM key without a passphrase is needed)", key,
-                   openssl_reason(why, sizeof(why)));
+                   "cannot load %s: %s (a PEM private key is needed; encrypted keys are not "
+                   "supported)",
+                   key, openssl_reason(why, sizeof(why)));
         ERR_clear_error();
         key_ok = false;
     }
@@ -354,6 +355,30 @@ struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *ar
         return NULL;
     }
     return tls;
+}
+
+bool tls_describe_certificate(const struct tls *tls, char *buf, size_t len, int *days_left)
+{
+    X509 *x = tls->server != NULL ? SSL_CTX_get0_certificate(tls->server) : NULL;
+    BIO *bio = x != NULL ? BIO_new(BIO_s_mem()) : NULL;
+    if (bio == NULL)
+        return false;
+    BIO_puts(bio, "subject ");
+    X509_NAME_print_ex(bio, X509_get_subject_name(x), 0, XN_FLAG_ONELINE & ~ASN1_STRFLGS_ESC_MSB);
+    BIGNUM *serial = ASN1_INTEGER_to_BN(X509_get0_serialNumber(x), NULL);
+    char *hex = serial != NULL ? BN_bn2hex(serial) : NULL;
+    BIO_printf(bio, ", serial %s, valid until ", hex != NULL ? hex : "?");
+    ASN1_TIME_print(bio, X509_get0_notAfter(x));
+    int days = 0, secs = 0;
+    ASN1_TIME_diff(&days, &secs, NULL, X509_get0_notAfter(x));
+    *days_left = days;
+    char *data;
+    long n = BIO_get_mem_data(bio, &data);
+    snprintf(buf, len, "%.*s", (int)n, data);
+    OPENSSL_free(hex);
+    BN_free(serial);
+    BIO_free(bio);
+    return true;
 }
 
 struct tls *tls_ref(struct tls *tls)

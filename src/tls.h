@@ -29,6 +29,13 @@ struct event_base;
  */
 struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *arg) MUST_CHECK;
 
+/*
+ * The listener certificate in words, for the log at start and reload:
+ * "subject CN=..., serial 1A2B, valid until Nov 26 10:39:00 2027 GMT";
+ * *days_left is what remains of it. False when no listener uses TLS.
+ */
+bool tls_describe_certificate(const struct tls *tls, char *buf, size_t len, int *days_left);
+
 struct tls *tls_ref(struct tls *tls);
 void tls_unref(struct tls *tls); /* NULL is fine */
 
