@@ -141,14 +141,7 @@ static const char *media_type(const char *value, size_t len, size_t *type_len)
     const char *semi = memchr(value, ';', len);
     if (semi != NULL)
         len = (size_t)(semi - value);
-    while (len > 0 && (value[0] == ' ' || value[0] == '\t')) {
-        value++;
-        len--;
-    }
-    while (len > 0 && (value[len - 1] == ' ' || value[len - 1] == '\t'))
-        len--;
-    *type_len = len;
-    return value;
+    return trim_ows(value, len, type_len);
 }
 
 bool keysource_media_type_is(const char *value, size_t len, const char *type)

@@ -41,11 +41,6 @@ bool policy_covers(const struct policy *p, int method)
     return (p->methods & (1ull << method)) != 0;
 }
 
-static bool is_ows(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
 /*
  * Parses the body of an sf-string (after the opening quote) into out, which
  * has room for len bytes. Returns the content length, or -1 when the string
@@ -74,12 +69,7 @@ static long parse_sf_string(const char *s, size_t len, char *out)
 
 enum key_result policy_parse_key_value(const char *value, size_t len, char **key_out)
 {
-    while (len > 0 && is_ows(value[0])) {
-        value++;
-        len--;
-    }
-    while (len > 0 && is_ows(value[len - 1]))
-        len--;
+    value = trim_ows(value, len, &len);
 
     char *key = xmalloc(len + 1);
     size_t key_len;

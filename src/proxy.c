@@ -873,15 +873,21 @@ static bool websocket_accepted(const struct exchange *ex, const struct http_mess
     unsigned char expected[4 * ((SHA_DIGEST_LENGTH + 2) / 3) + 1];
     char input[128 + sizeof(guid)];
 
-    /* The key is 16 random bytes in base64 (24 characters); allow slack. */
-    if (key == NULL || accept == NULL || key->value_len > 128)
+    if (key == NULL || accept == NULL)
         return false;
-    memcpy(input, key->value, key->value_len);
-    memcpy(input + key->value_len, guid, sizeof(guid) - 1);
-    if (EVP_Digest(input, key->value_len + sizeof(guid) - 1, digest, NULL, EVP_sha1(), NULL) != 1)
+    /* Field values as received may carry blanks around them (RFC 9110 §5.5). */
+    size_t key_len, accept_len;
+    const char *k = trim_ows(key->value, key->value_len, &key_len);
+    const char *a = trim_ows(accept->value, accept->value_len, &accept_len);
+    /* The key is 16 random bytes in base64 (24 characters); allow slack. */
+    if (key_len > 128)
+        return false;
+    memcpy(input, k, key_len);
+    memcpy(input + key_len, guid, sizeof(guid) - 1);
+    if (EVP_Digest(input, key_len + sizeof(guid) - 1, digest, NULL, EVP_sha1(), NULL) != 1)
         return false;
     int n = EVP_EncodeBlock(expected, digest, sizeof(digest));
-    return (size_t)n == accept->value_len && memcmp(expected, accept->value, (size_t)n) == 0;
+    return (size_t)n == accept_len && memcmp(expected, a, (size_t)n) == 0;
 }
 
 static void forward(struct exchange *ex)

@@ -581,12 +581,17 @@ static void on_client_write(struct bufferevent *bev, void *arg)
         proxy_client_drained(c->ex);
 }
 
-/* With the port: a handshake has no request to tell one attempt from another. */
+/*
+ * With the port: a handshake has no request to tell one attempt from
+ * another. A connection that never sent a byte (a load balancer's TCP check,
+ * a port scan) is not a failed handshake worth an info line.
+ */
 static void log_handshake_failure(const struct client *c, const char *why)
 {
     bool v6 = strchr(c->peer, ':') != NULL;
-    log_info("client %s%s%s:%u: TLS handshake failed: %s", v6 ? "[" : "", c->peer, v6 ? "]" : "",
-             c->peer_port, why);
+    log_at(tls_handshake_begun(c->bev) ? LOG_INFO : LOG_DEBUG,
+           "client %s%s%s:%u: TLS handshake failed: %s", v6 ? "[" : "", c->peer, v6 ? "]" : "",
+           c->peer_port, why);
 }
 
 static void on_client_event(struct bufferevent *bev, short what, void *arg)

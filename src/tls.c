@@ -527,3 +527,10 @@ bool tls_closed_cleanly(struct bufferevent *bev)
     SSL *ssl = bufferevent_openssl_get_ssl(bev);
     return ssl == NULL || (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
 }
+
+bool tls_handshake_begun(struct bufferevent *bev)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(bev);
+    BIO *rbio = ssl != NULL ? SSL_get_rbio(ssl) : NULL;
+    return rbio == NULL || BIO_number_read(rbio) > 0;
+}

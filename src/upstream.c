@@ -388,9 +388,11 @@ static struct server *pick_server(struct upstream_pool *pool)
     return s;
 }
 
-static void connect_failed(struct upstream_conn *c, const char *why)
+static void connect_failed(struct upstream_conn *c, const char *reason)
 {
     struct upstream_pool *pool = c->pool;
+    char why[256]; /* reason may live in c (early_failure), freed below */
+    snprintf(why, sizeof(why), "%s", reason);
     /* Once per outage, not once per request that finds the server down. */
     uint64_t now = now_monotonic_ms();
     if (c->server->down_until_ms <= now)
@@ -549,7 +551,8 @@ static void start_connect(struct upstream_conn *c, struct server *s)
                          (suseconds_t)(pool->connect_timeout_ms % 1000) * 1000};
     evtimer_assign(c->timer, pool->base, on_connect_timeout, c);
     if (c->bev == NULL) {
-        s->open--; /* no socket to count */
+        s->open--; /* no socket to count: the slot goes to the next waiter */
+        admit_waiter(s);
         snprintf(c->early_failure, sizeof(c->early_failure), "cannot set up a connection");
     } else {
         bufferevent_setcb(c->bev, NULL, NULL, on_connect_event, c);

@@ -37,6 +37,20 @@ static inline int strn_case_equal(const char *s, size_t len, const char *cstr)
     return __builtin_strlen(cstr) == len && strncasecmp(s, cstr, len) == 0;
 }
 
+/* A field value without the blanks (SP, HTAB) around it: returns where it
+ * starts, its length in *out_len. */
+static inline const char *trim_ows(const char *s, size_t len, size_t *out_len)
+{
+    while (len > 0 && (s[0] == ' ' || s[0] == '\t')) {
+        s++;
+        len--;
+    }
+    while (len > 0 && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+        len--;
+    *out_len = len;
+    return s;
+}
+
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const unsigned char *in, size_t n, char *out);
 

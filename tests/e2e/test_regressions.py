@@ -786,3 +786,21 @@ def test_r4_max_connections_counts_the_whole_process():
         finally:
             for c in held:
                 c.close()
+
+
+# ---------------------------------------------------------------- review of the TLS/WebSocket work
+
+
+def test_r1_upstream_connect_failing_at_once_is_a_clean_502():
+    """A connect that fails synchronously (here: no route to a broadcast
+    address) used to hand a reason that lived in the freed connection to the
+    exchange's log line: a use-after-free under ASan."""
+    with Env(proxy=False, expect_errors=True) as env:
+        env.start_proxy("upstream http://255.255.255.255:80")
+        key = new_key()
+        r = env.post("/orders", key=key, body=b"{}")
+        assert_problem(r, 502, "upstream-unavailable")
+        # nothing was sent: the key was released, a retry gets the same answer
+        assert_problem(env.post("/orders", key=key, body=b"{}"), 502, "upstream-unavailable")
+        assert env.proxy.running()
+        assert "no upstream reachable: connect failed" in env.proxy.error_log()

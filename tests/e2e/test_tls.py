@@ -1291,3 +1291,18 @@ def test_tls_alpn_http10_is_accepted():
                              input=b"", capture_output=True, timeout=OPENSSL_TIMEOUT)
         text = out.stdout.decode("latin-1", "replace")
         assert "ALPN protocol: http/1.0" in text, text[-2000:]
+
+
+def test_tls_tcp_probe_is_not_an_info_line():
+    """A load balancer's TCP check (connect, close) on a TLS listener logs at
+    debug, not as a failed handshake at info; a client that sent a
+    ClientHello and then went away does."""
+    c = certs()
+    with Env(proxy_tls=listener_tls(c)) as env:
+        for _ in range(3):
+            socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5).close()
+        time.sleep(0.3)
+        infos = [ln for ln in env.proxy.error_log().splitlines()
+                 if " info " in ln and "TLS handshake failed" in ln]
+        assert infos == [], infos
+        assert env.request("GET", "/x").status == 200

@@ -283,6 +283,17 @@ def test_101_without_a_valid_accept_is_not_tunnelled():
         s.close()
 
 
+def test_blanks_around_the_key_and_accept_values_are_not_part_of_them():
+    with WsEnv() as w:
+        s = w.connect()
+        s.sendall(b"GET /chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: " + KEY.encode() +
+                  b" \t\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        head, _ = read_101(s)
+        assert " 101 " in head, head
+        s.close()
+
+
 def test_offer_without_a_key_is_declined():
     with WsEnv() as w:
         s = w.connect()
