@@ -7,18 +7,22 @@
  * Moving whole evbuffers copies no bytes. When one side's output holds more
  * than TUNNEL_HIGH_WATER, the other side stops reading until it drained to
  * half of that: a slow reader slows the writer, and memory per tunnel stays
- * bounded. When a side ends (EOF or error), what it sent is flushed to the
- * other side and then both close; a WebSocket's own closing handshake has
- * already happened by then.
+ * bounded. When a side half-closes (EOF), what it sent is flushed to the
+ * other side, whose sending half is then shut down in turn, and the other
+ * direction goes on until it ends too: a TCP half-close crosses the tunnel.
+ * On an error, or when either side is TLS (libevent gives no half-close for
+ * it), what was sent is flushed and both close.
  */
 #include "tunnel.h"
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "util.h"
@@ -31,7 +35,8 @@ struct tunnel {
     struct bufferevent *side[2];
     struct event *idle;
     uint64_t idle_ms;
-    bool ending; /* one side ended: flushing what it sent to the other */
+    bool ending;      /* flushing what was sent, then both close */
+    bool sent_eof[2]; /* side i half-closed: it sends nothing more */
     char peer[64];
     struct tunnel **list;
     struct tunnel *prev, *next;
@@ -72,6 +77,12 @@ static void touch(struct tunnel *t)
     evtimer_add(t->idle, &tv);
 }
 
+static bool outputs_empty(const struct tunnel *t)
+{
+    return evbuffer_get_length(bufferevent_get_output(t->side[CLIENT])) == 0 &&
+           evbuffer_get_length(bufferevent_get_output(t->side[UPSTREAM])) == 0;
+}
+
 /* Moves what side i received to the other side's output. */
 static void relay(struct tunnel *t, int i)
 {
@@ -91,32 +102,73 @@ static void on_read(struct bufferevent *bev, void *arg)
     relay(t, index_of(t, bev));
 }
 
+/* Side i's peer gets no more bytes: once its output is written, half-close it. */
+static void shut_write_when_drained(struct tunnel *t, int i)
+{
+    if (evbuffer_get_length(bufferevent_get_output(t->side[i])) > 0) {
+        bufferevent_setwatermark(t->side[i], EV_WRITE, 0, 0); /* on_write when empty */
+        return;
+    }
+    shutdown(bufferevent_getfd(t->side[i]), SHUT_WR);
+}
+
 /* Output of side i drained to the low-water mark (or to empty). */
 static void on_write(struct bufferevent *bev, void *arg)
 {
     struct tunnel *t = arg;
     int i = index_of(t, bev);
     if (t->ending) {
-        if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        if (outputs_empty(t))
             tunnel_free(t);
         return;
     }
-    bufferevent_enable(t->side[!i], EV_READ);
+    if (t->sent_eof[!i])
+        shut_write_when_drained(t, i);
+    else
+        bufferevent_enable(t->side[!i], EV_READ);
 }
 
-/* Side i ended: the other gets what i sent, then both close. */
-static void end(struct tunnel *t, int i)
+/*
+ * Side i ended: what it sent goes on to the other side, then both close.
+ * After an error, side i gets nothing more (what was queued for it is
+ * dropped); after both sides half-closed, both outputs are flushed.
+ */
+static void end(struct tunnel *t, int i, bool failed)
 {
     relay(t, i);
-    struct bufferevent *other = t->side[!i];
-    if (t->ending || evbuffer_get_length(bufferevent_get_output(other)) == 0) {
+    if (failed) {
+        struct evbuffer *out = bufferevent_get_output(t->side[i]);
+        evbuffer_drain(out, evbuffer_get_length(out));
+        bufferevent_disable(t->side[i], EV_READ | EV_WRITE);
+    }
+    if (t->ending || outputs_empty(t)) {
         tunnel_free(t);
         return;
     }
     t->ending = true;
-    bufferevent_disable(t->side[i], EV_READ | EV_WRITE);
-    bufferevent_disable(other, EV_READ);
-    bufferevent_setwatermark(other, EV_WRITE, 0, 0);
+    for (int k = CLIENT; k <= UPSTREAM; k++) {
+        bufferevent_disable(t->side[k], EV_READ);
+        bufferevent_setwatermark(t->side[k], EV_WRITE, 0, 0);
+    }
+}
+
+static bool is_tls(const struct tunnel *t)
+{
+    return bufferevent_openssl_get_ssl(t->side[CLIENT]) != NULL ||
+           bufferevent_openssl_get_ssl(t->side[UPSTREAM]) != NULL;
+}
+
+/* Side i half-closed: the other side's peer hears it once it has what i sent. */
+static void half_close(struct tunnel *t, int i)
+{
+    relay(t, i);
+    t->sent_eof[i] = true;
+    bufferevent_disable(t->side[i], EV_READ);
+    if (t->sent_eof[!i]) { /* both directions are done */
+        end(t, i, false);
+        return;
+    }
+    shut_write_when_drained(t, !i);
 }
 
 static void on_event(struct bufferevent *bev, short what, void *arg)
@@ -127,7 +179,11 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
         return;
     log_debug("tunnel %s: %s %s", t->peer, i == CLIENT ? "client" : "upstream",
               (what & BEV_EVENT_EOF) ? "closed" : "failed");
-    end(t, i);
+    bool failed = (what & BEV_EVENT_ERROR) != 0;
+    if (!failed && !is_tls(t))
+        half_close(t, i);
+    else
+        end(t, i, failed);
 }
 
 static void on_idle(evutil_socket_t fd, short what, void *arg)

@@ -4,7 +4,9 @@ The upstream here is a small WebSocket-ish server in this file (WsUpstream):
 it answers the opening handshake with 101 and a correct Sec-WebSocket-Accept,
 then echoes every byte back prefixed per read, so the tests see bytes cross
 the tunnel both ways. What it received is recorded for the assertions.
-Modes steer it: "accept", "raw" (echoes without the prefix), "badaccept" (a
+Modes steer it: "accept", "raw" (echoes without the prefix), "summary"
+(silent until the client half-closes, then sends what it counted and
+300,000 bytes more), "badaccept" (a
 101 with a wrong Sec-WebSocket-Accept), "slow" (the 101 after 0.6 s), "decline" (426 with a body, the connection stays
 HTTP), "push" (sends bytes right behind its 101, in the same write),
 "close" (closes right after the 101).
@@ -97,9 +99,12 @@ class WsUpstream:
         while True:
             chunk = conn.recv(65536)
             if not chunk:
+                if self.mode == "summary":  # answers the client's half-close
+                    conn.sendall(b"summary:%d:" % len(got) + b"z" * 300000)
                 return
             got += chunk
-            conn.sendall(chunk if self.mode == "raw" else b"echo:" + chunk)
+            if self.mode != "summary":
+                conn.sendall(chunk if self.mode == "raw" else b"echo:" + chunk)
 
     def close(self):
         self.stop_flag = True
@@ -240,6 +245,29 @@ def test_large_transfer_both_ways_is_intact():
         assert bytes(got) == payload
         assert bytes(w.up.received[0]) == payload
         s.close()
+
+
+def test_a_half_close_crosses_the_tunnel():
+    """The client sends, then shuts down its sending half: the upstream sees
+    the EOF after the bytes, and its answer still reaches the client whole."""
+    with WsEnv(mode="summary") as w:
+        s = w.connect()
+        s.sendall(handshake())
+        head, rest = read_101(s)
+        assert " 101 " in head, head
+        s.sendall(b"x" * 100000)
+        s.shutdown(socket.SHUT_WR)
+        got = bytearray(rest)
+        s.settimeout(10)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            got.extend(chunk)
+        assert got.startswith(b"summary:100000:"), bytes(got[:40])
+        assert len(got) == len(b"summary:100000:") + 300000, len(got)
+        s.close()
+        assert w.up.closed.wait(5)
 
 
 def test_upstream_close_closes_the_client():
