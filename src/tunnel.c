@@ -35,8 +35,10 @@ struct tunnel {
     struct bufferevent *side[2];
     struct event *idle;
     uint64_t idle_ms;
-    bool ending;      /* flushing what was sent, then both close */
-    bool sent_eof[2]; /* side i half-closed: it sends nothing more */
+    bool ending;       /* flushing what was sent, then both close */
+    bool sent_eof[2];  /* side i half-closed: it sends nothing more */
+    uint64_t bytes[2]; /* relayed from side i */
+    uint64_t started_ms;
     char peer[64];
     struct tunnel **list;
     struct tunnel *prev, *next;
@@ -52,6 +54,9 @@ static void tunnel_free(struct tunnel *t)
         *t->list = t->next;
     if (t->next)
         t->next->prev = t->prev;
+    log_info("tunnel %s: closed after %llu ms, %llu bytes from the client, %llu from the upstream",
+             t->peer, (unsigned long long)(now_monotonic_ms() - t->started_ms),
+             (unsigned long long)t->bytes[CLIENT], (unsigned long long)t->bytes[UPSTREAM]);
     bufferevent_free(t->side[CLIENT]);
     bufferevent_free(t->side[UPSTREAM]);
     event_free(t->idle);
@@ -90,6 +95,7 @@ static void relay(struct tunnel *t, int i)
     struct evbuffer *out = bufferevent_get_output(t->side[!i]);
     if (evbuffer_get_length(in) == 0)
         return;
+    t->bytes[i] += evbuffer_get_length(in);
     evbuffer_add_buffer(out, in);
     touch(t);
     if (evbuffer_get_length(out) > TUNNEL_HIGH_WATER)
@@ -203,6 +209,7 @@ struct tunnel *tunnel_new(struct bufferevent *client, struct bufferevent *upstre
     t->side[CLIENT] = client;
     t->side[UPSTREAM] = upstream;
     t->idle_ms = idle_ms;
+    t->started_ms = now_monotonic_ms();
     snprintf(t->peer, sizeof(t->peer), "%s", peer);
     t->on_end = on_end;
     t->arg = arg;

@@ -419,6 +419,11 @@ static void on_connect_event(struct bufferevent *bev, short what, void *arg)
     struct upstream_conn *c = arg;
     if (what & BEV_EVENT_CONNECTED) {
         evtimer_del(c->timer);
+        if (c->server->down_until_ms != 0) {
+            /* The pair of the "skipping it" line; round robin takes it back now. */
+            log_info("upstream %s: reachable again", c->server->name);
+            c->server->down_until_ms = 0;
+        }
         activate(c);
         c->ready(c->owner, c, NULL);
         return;

@@ -31,6 +31,20 @@ def test_round_robin_over_two_upstreams_and_skip_a_refusing_one():
             other.stop(check=False)
 
 
+def test_a_server_that_comes_back_is_used_again_and_said_so():
+    """With one upstream, the next request after an outage tries it anyway;
+    once it connects, the log pairs the "skipping it" line with "reachable
+    again" and round robin counts it back in at once."""
+    with Env(extra_config=RR, expect_errors=True) as env:
+        port = env.upstream_port
+        env.upstream.stop()
+        assert env.request("GET", "/down").status == 502
+        assert "skipping it" in env.proxy.error_log()
+        env.upstream = Upstream(port=port, tmpdir=env.tmp)
+        assert env.request("GET", "/up").status == 200
+        assert f"upstream 127.0.0.1:{port}: reachable again" in env.proxy.error_log()
+
+
 def test_upstream_connections_are_reused():
     with Env(extra_config="workers 1") as env:
         for _ in range(5):

@@ -183,6 +183,11 @@ def test_websocket_is_tunnelled_both_ways():
         assert w.up.closed.wait(5), "the upstream side did not close with the client"
         entry = w.env.proxy.wait_access_log(1)[-1]
         assert entry["status"] == 101, entry
+        # the tunnel's own end: how long, and bytes each way (the access line is at the 101)
+        line = wait_until(lambda: next((ln for ln in w.env.proxy.error_log().splitlines()
+                                        if "tunnel 127.0.0.1: closed after" in ln), None),
+                          5, what="the tunnel's closing line")
+        assert "10 bytes from the client" in line, line
 
 
 def test_websocket_over_a_tls_listener():
