@@ -1044,7 +1044,8 @@ static void on_up_drained(void *arg)
 }
 
 /* 101: the upstream accepted the WebSocket offer; the client gets a tunnel. */
-static void on_up_upgrade(void *arg, struct http_message *resp, struct bufferevent *bev)
+static void on_up_upgrade(void *arg, struct http_message *resp, struct bufferevent *bev,
+                          struct upstream_slot *slot)
 {
     struct exchange *ex = arg;
     const char *refused = !ex->tunnel                     ? "switched protocols (101) unasked"
@@ -1055,6 +1056,7 @@ static void on_up_upgrade(void *arg, struct http_message *resp, struct buffereve
     if (refused != NULL) {
         http_message_free(resp);
         bufferevent_free(bev);
+        upstream_slot_release(slot);
         on_up_error(ex, refused, true);
         return;
     }
@@ -1069,11 +1071,12 @@ static void on_up_upgrade(void *arg, struct http_message *resp, struct buffereve
         headers_copy_end_to_end(&h, &resp->headers);
         headers_add_cstr(&h, "Connection", "upgrade");
         headers_add_cstr(&h, "Upgrade", "websocket");
-        ex->bytes = client_switch_protocols(ex->client, &h, bev);
+        ex->bytes = client_switch_protocols(ex->client, &h, bev, slot);
         ex->client = NULL;
         headers_clear(&h);
     } else {
         bufferevent_free(bev);
+        upstream_slot_release(slot);
     }
     ex_finish(ex);
     ex_maybe_free(ex);

@@ -316,7 +316,7 @@ static void on_tunnel_end(void *arg)
 }
 
 uint64_t client_switch_protocols(struct client *c, const struct header_list *headers,
-                                 struct bufferevent *upstream)
+                                 struct bufferevent *upstream, struct upstream_slot *slot)
 {
     struct server *srv = c->srv;
     struct evbuffer *out = bufferevent_get_output(c->bev);
@@ -328,7 +328,7 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     /* The connection stays counted (max_connections, drain) as a tunnel. */
     srv->rt->clients++;
     process_clients++;
-    tunnel_new(c->bev, upstream, srv->rt->cfg->idle_timeout_ms, c->peer, &srv->tunnels,
+    tunnel_new(c->bev, upstream, slot, srv->rt->cfg->idle_timeout_ms, c->peer, &srv->tunnels,
                on_tunnel_end, srv);
     c->bev = NULL;
     c->ex = NULL;

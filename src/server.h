@@ -21,6 +21,7 @@
 struct server;
 struct client;
 struct bufferevent;
+struct upstream_slot;
 
 struct server *server_new(struct runtime *rt);
 /*
@@ -72,11 +73,11 @@ uint64_t client_respond_problem(struct client *c, const struct problem *p,
 /*
  * Answers 101 with headers (the upstream's end-to-end fields plus Upgrade and
  * Connection) and turns the connection into a tunnel to upstream, whose
- * bufferevent it takes. The client is then gone (freed, or as soon as its
+ * bufferevent and pool slot it takes. The client is then gone (freed, or as soon as its
  * parser returns). Returns the bytes of the head.
  */
 uint64_t client_switch_protocols(struct client *c, const struct header_list *headers,
-                                 struct bufferevent *upstream);
+                                 struct bufferevent *upstream, struct upstream_slot *slot);
 
 /* Tells the client to send its body (Expect: 100-continue), once. */
 void client_continue(struct client *c);

@@ -25,6 +25,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
+#include "upstream.h"
 #include "util.h"
 
 #define TUNNEL_HIGH_WATER (256 * 1024)
@@ -33,6 +34,7 @@ enum { CLIENT, UPSTREAM };
 
 struct tunnel {
     struct bufferevent *side[2];
+    struct upstream_slot *slot; /* the upstream socket's place in upstream_max_conns */
     struct event *idle;
     uint64_t idle_ms;
     bool ending;       /* flushing what was sent, then both close */
@@ -59,6 +61,7 @@ static void tunnel_free(struct tunnel *t)
              (unsigned long long)t->bytes[CLIENT], (unsigned long long)t->bytes[UPSTREAM]);
     bufferevent_free(t->side[CLIENT]);
     bufferevent_free(t->side[UPSTREAM]);
+    upstream_slot_release(t->slot);
     event_free(t->idle);
     void (*on_end)(void *arg) = t->on_end;
     void *arg = t->arg;
@@ -202,12 +205,13 @@ static void on_idle(evutil_socket_t fd, short what, void *arg)
 }
 
 struct tunnel *tunnel_new(struct bufferevent *client, struct bufferevent *upstream,
-                          uint64_t idle_ms, const char *peer, struct tunnel **list,
-                          void (*on_end)(void *arg), void *arg)
+                          struct upstream_slot *slot, uint64_t idle_ms, const char *peer,
+                          struct tunnel **list, void (*on_end)(void *arg), void *arg)
 {
     struct tunnel *t = xcalloc(1, sizeof(*t));
     t->side[CLIENT] = client;
     t->side[UPSTREAM] = upstream;
+    t->slot = slot;
     t->idle_ms = idle_ms;
     t->started_ms = now_monotonic_ms();
     snprintf(t->peer, sizeof(t->peer), "%s", peer);

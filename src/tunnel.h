@@ -12,15 +12,17 @@
 
 struct bufferevent;
 struct tunnel;
+struct upstream_slot;
 
 /*
  * Takes both bufferevents (bytes already in their input buffers are relayed
- * first) and links the tunnel into *list, from which it removes itself when
- * it ends; on_end(arg) runs then, after both connections were freed.
+ * first) and the upstream connection's pool slot, and links the tunnel into
+ * *list, from which it removes itself when it ends; the slot is given back
+ * and on_end(arg) runs then, after both connections were freed.
  */
 struct tunnel *tunnel_new(struct bufferevent *client, struct bufferevent *upstream,
-                          uint64_t idle_ms, const char *peer, struct tunnel **list,
-                          void (*on_end)(void *arg), void *arg);
+                          struct upstream_slot *slot, uint64_t idle_ms, const char *peer,
+                          struct tunnel **list, void (*on_end)(void *arg), void *arg);
 
 /* Ends a tunnel now (drain, shutdown). */
 void tunnel_close(struct tunnel *t);

@@ -256,19 +256,39 @@ static void finish_response(struct upstream_conn *c)
 }
 
 /* The connection speaks another protocol now: its socket is the owner's. */
+/* A server's connection slot held outside the pool (a tunnel's socket). */
+struct upstream_slot {
+    struct upstream_pool *pool; /* referenced */
+    struct server *server;
+};
+
+/* The connection speaks another protocol now: its socket and its slot are
+ * the owner's. */
 static void hand_over_switched(struct upstream_conn *c)
 {
     const struct upstream_events *ev = c->events;
     void *owner = c->owner;
     struct http_message *resp = c->switched;
     struct bufferevent *bev = c->bev;
+    struct upstream_slot *slot = xmalloc(sizeof(*slot));
+    slot->pool = c->pool;
+    slot->server = c->server;
+    c->pool->refs++;
     c->switched = NULL;
-    c->bev = NULL;
+    c->bev = NULL; /* the socket, and its count in server->open, move to the owner */
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-    c->server->open--;
-    admit_waiter(c->server);
     conn_free(c);
-    ev->on_upgrade(owner, resp, bev);
+    ev->on_upgrade(owner, resp, bev, slot);
+}
+
+void upstream_slot_release(struct upstream_slot *slot)
+{
+    if (slot == NULL)
+        return;
+    slot->server->open--;
+    admit_waiter(slot->server);
+    upstream_pool_unref(slot->pool);
+    free(slot);
 }
 
 /* Parses what arrived. Returns false when the connection is gone. */

@@ -25,6 +25,7 @@ struct bufferevent;
 struct upstream_pool;
 struct tls;
 struct upstream_conn;
+struct upstream_slot;
 
 struct upstream_events {
     /* The final response head; resp belongs to the owner. */
@@ -40,8 +41,11 @@ struct upstream_events {
     void (*on_drained)(void *owner);
     /* The upstream switched protocols (101): resp and the connection's
      * bufferevent (bytes after the head still in its input) are the owner's;
-     * the pool has forgotten the connection. */
-    void (*on_upgrade)(void *owner, struct http_message *resp, struct bufferevent *bev);
+     * the pool has forgotten the connection but not its slot among the
+     * server's upstream_max_conns, which the owner gives back with
+     * upstream_slot_release() once the socket is closed. */
+    void (*on_upgrade)(void *owner, struct http_message *resp, struct bufferevent *bev,
+                       struct upstream_slot *slot);
     /* An interim 100 Continue arrived (other 1xx heads are dropped). */
     void (*on_continue)(void *owner);
 };
@@ -81,6 +85,9 @@ void upstream_conn_request_done(struct upstream_conn *conn);
 void upstream_conn_set_reading(struct upstream_conn *conn, bool reading);
 /* Closes the connection now; no callback follows. */
 void upstream_conn_abort(struct upstream_conn *conn);
+/* Gives back the slot of a connection that left the pool (on_upgrade). */
+void upstream_slot_release(struct upstream_slot *slot);
+
 /* "host:port" of the server. */
 const char *upstream_conn_name(const struct upstream_conn *conn);
 

@@ -432,3 +432,28 @@ def test_tunnel_counts_against_max_connections():
         other.settimeout(5)
         assert other.recv(12).startswith(b"HTTP/1.1 426")
         other.close()
+
+
+def test_tunnel_holds_its_upstream_slot():
+    """A tunnel's upstream socket counts in upstream_max_conns until it ends:
+    with a limit of 1, a request to the same server waits for the tunnel."""
+    with WsEnv(mode="decline", extra_config="workers 1\nupstream_max_conns 1\n"
+                                             "upstream_connect_timeout 5s") as w:
+        w.up.mode = "accept"
+        s = w.connect()
+        s.sendall(handshake())
+        head, _ = read_101(s)
+        assert " 101 " in head, head
+        other = w.connect()
+        other.sendall(b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n")
+        other.settimeout(0.8)
+        try:
+            got = other.recv(100)
+            raise AssertionError(f"served past upstream_max_conns: {got!r}")
+        except socket.timeout:
+            pass
+        s.close()  # the tunnel ends: its slot goes to the waiting request
+        other.settimeout(5)
+        resp = read_response(_Reader(other), "GET")
+        assert resp.status == 426, resp  # the WebSocket upstream's answer to plain HTTP
+        other.close()
