@@ -899,6 +899,7 @@ def test_reload_applies_changed_listen_lines_and_keeps_connections():
         p2, p3 = free_port(), free_port()
     with Env(proxy=False) as env:
         env.start_proxy(f"listen 127.0.0.1:{p1}\nlisten 127.0.0.1:{p2}", port=p1)
+        wait_until(lambda: port_open(p2), 3 * SLOW, what=f"the second listener {p2}")
         kept = Client(p2, timeout=5 * SLOW)
         try:
             assert kept.request("GET", "/before").status == 200
