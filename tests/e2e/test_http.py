@@ -973,6 +973,9 @@ def test_reuseport_lets_a_second_process_share_the_port():
         second = Proxy(env.upstream_port, env.redis_port, f"listen 127.0.0.1:{port} reuseport",
                        port=port)
         try:
+            # its readiness probe may have reached the first one: wait for its own start
+            wait_until(lambda: "started (pid" in second.error_log(), 5 * SLOW,
+                       what="the second instance's start")
             first_pid, second_pid = env.proxy.pid, second.pid
             assert second.running()
             # the old one drains away; the new one serves alone
