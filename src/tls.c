@@ -522,12 +522,6 @@ bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len)
     return refused;
 }
 
-bool tls_closed_cleanly(struct bufferevent *bev)
-{
-    SSL *ssl = bufferevent_openssl_get_ssl(bev);
-    return ssl == NULL || (SSL_get_shutdown(ssl) & SSL_RECEIVED_SHUTDOWN) != 0;
-}
-
 bool tls_handshake_begun(struct bufferevent *bev)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(bev);

@@ -77,7 +77,4 @@ bool tls_read_refusal(struct bufferevent *bev, char *buf, size_t len);
 /* Has the peer sent any byte of a handshake? (Plain TCP: true.) */
 bool tls_handshake_begun(struct bufferevent *bev);
 
-/* Did the peer end the TLS session with close_notify (plain TCP: true)? */
-bool tls_closed_cleanly(struct bufferevent *bev);
-
 #endif
