@@ -274,7 +274,7 @@ static int check_log_path(const char *name, const char *path, char *err, size_t 
 static int check_environment(struct event_base *base, const struct config *cfg, char *err,
                              size_t errlen)
 {
-    struct upstream_pool *pool = upstream_pool_new(base, cfg, NULL, err, errlen);
+    struct upstream_pool *pool = upstream_pool_new(base, NULL, cfg, NULL, err, errlen);
     if (pool == NULL)
         return IDEM_ERR;
     upstream_pool_free(pool);

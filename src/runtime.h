@@ -17,9 +17,11 @@ struct store;
 struct upstream_pool;
 struct server;
 struct tls;
+struct flusher;
 
 struct runtime {
     struct event_base *base;
+    struct flusher *flusher; /* write-first output of this loop's sockets */
     struct config *cfg;
     struct tls *tls; /* the contexts main built from the same file as cfg */
     struct store *store;

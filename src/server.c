@@ -42,6 +42,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "flush.h"
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
@@ -60,6 +61,7 @@ enum framing { FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE };
 struct client {
     struct server *srv;
     struct bufferevent *bev;
+    struct flush_link *flush; /* plain sockets: bev written first-hand */
     struct event *timer;
     struct event *resume; /* deferred: parse what is buffered after a response */
     enum client_state state;
@@ -328,6 +330,8 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     /* The connection stays counted (max_connections, drain) as a tunnel. */
     srv->rt->clients++;
     process_clients++;
+    flush_detach(c->flush); /* the tunnel writes with libevent */
+    c->flush = NULL;
     tunnel_new(c->bev, upstream, slot, srv->rt->cfg->idle_timeout_ms, c->peer, &srv->tunnels,
                on_tunnel_end, srv);
     c->bev = NULL;
@@ -667,6 +671,7 @@ static void client_free(struct client *c)
     http_parser_reset(&c->parser);
     event_free(c->timer);
     event_free(c->resume);
+    flush_detach(c->flush);
     if (c->bev) /* NULL once a tunnel took it */
         bufferevent_free(c->bev);
     free(c);
@@ -795,7 +800,10 @@ static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tl
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CLIENT_READ_HIGH_WATER);
     bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_HIGH_WATER / 2, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    if (!c->tls)
+        c->flush = flush_attach(rt->flusher, c->bev);
+    /* Attached, EV_WRITE is the flusher's: enabled only while bytes wait. */
+    bufferevent_enable(c->bev, c->flush ? EV_READ : EV_READ | EV_WRITE);
     c->next = srv->clients;
     if (srv->clients)
         srv->clients->prev = c;

@@ -35,7 +35,6 @@
 #include "store.h"
 
 #include <event2/event.h>
-#include <hiredis/adapters/libevent.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
@@ -47,6 +46,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "redis_events.h"
 
 enum script_id {
     SCRIPT_CLAIM,
@@ -172,6 +172,7 @@ struct orphan {
 
 struct store {
     struct event_base *base;
+    struct flusher *flusher; /* the loop's: commands written first-hand */
     struct orphan *orphans;
     int norphans;
     struct event *orphan_timer;
@@ -405,7 +406,7 @@ static void link_connect(struct link *l)
     l->ac = ac;
     l->setup_failed = false;
     link_set_state(l, LINK_CONNECTING);
-    redisLibeventAttach(ac, st->base);
+    redis_events_attach(ac, st->base, st->flusher);
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Queued before any operation, so every script runs authenticated in the right db. */
@@ -807,10 +808,12 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
-struct store *store_new(struct event_base *base, const struct config *cfg)
+struct store *store_new(struct event_base *base, struct flusher *flusher,
+                        const struct config *cfg)
 {
     struct store *st = xcalloc(1, sizeof(*st));
     st->base = base;
+    st->flusher = flusher;
     for (int i = 0; i < SCRIPT_COUNT; i++)
         sha1_hex(script_source[i], st->sha[i]);
     take_settings(st, cfg);

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/socket.h>
 
+#include "flush.h"
 #include "log.h"
 #include "tls.h"
 
@@ -64,6 +65,7 @@ struct server {
 
 struct upstream_pool {
     struct event_base *base;
+    struct flusher *flusher;
     struct tls *tls;
     struct server *servers;
     int nservers;
@@ -82,6 +84,7 @@ struct upstream_conn {
     struct upstream_pool *pool;
     struct server *server;
     struct bufferevent *bev;
+    struct flush_link *flush; /* bev's write-first link (plain sockets), moves with bev */
     enum conn_state state;
     struct upstream_conn *idle_next;
     struct event *timer;    /* connect timeout, or the deferred ready of a pooled conn */
@@ -276,6 +279,8 @@ static void hand_over_switched(struct upstream_conn *c)
     c->pool->refs++;
     c->switched = NULL;
     c->bev = NULL; /* the socket, and its count in server->open, move to the owner */
+    flush_detach(c->flush);
+    c->flush = NULL;
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     conn_free(c);
     ev->on_upgrade(owner, resp, bev, slot);
@@ -441,6 +446,8 @@ static void on_connect_event(struct bufferevent *bev, short what, void *arg)
             log_info("upstream %s: reachable again", c->server->name);
             c->server->down_until_ms = 0;
         }
+        if (!c->server->tls)
+            c->flush = flush_attach(c->pool->flusher, bev);
         activate(c);
         c->ready(c->owner, c, NULL);
         return;
@@ -527,9 +534,11 @@ static void hand_over(struct upstream_conn *c)
     dequeue(w);
     evtimer_del(w->timer);
     w->bev = c->bev;
+    w->flush = c->flush;
     w->server = s;
     w->state = CONN_IDLE;
     c->bev = NULL; /* the socket and its count move to w */
+    c->flush = NULL;
     bufferevent_setcb(w->bev, on_idle_read, NULL, on_idle_event, w);
     bufferevent_enable(w->bev, EV_READ);
     conn_free(c);
@@ -543,6 +552,8 @@ static void drop_socket(struct upstream_conn *c)
 {
     if (c->bev == NULL)
         return;
+    flush_detach(c->flush);
+    c->flush = NULL;
     bufferevent_free(c->bev);
     c->bev = NULL;
     c->server->open--;
@@ -643,7 +654,8 @@ struct evbuffer *upstream_conn_output(struct upstream_conn *c)
 void upstream_conn_expect_response(struct upstream_conn *c, int request_method)
 {
     c->request_method = request_method;
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    /* Attached, EV_WRITE is the flusher's: enabled only while bytes wait. */
+    bufferevent_enable(c->bev, c->flush ? EV_READ : EV_READ | EV_WRITE);
 }
 
 void upstream_conn_request_done(struct upstream_conn *c)
@@ -706,11 +718,13 @@ static int resolve(struct server *s, const struct upstream_url *u, char *err, si
     return IDEM_OK;
 }
 
-struct upstream_pool *upstream_pool_new(struct event_base *base, const struct config *cfg,
-                                        struct tls *tls, char *err, size_t errlen)
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct flusher *flusher,
+                                        const struct config *cfg, struct tls *tls, char *err,
+                                        size_t errlen)
 {
     struct upstream_pool *pool = xcalloc(1, sizeof(*pool));
     pool->base = base;
+    pool->flusher = flusher;
     pool->tls = tls != NULL ? tls_ref(tls) : NULL;
     pool->refs = 1;
     pool->keepalive = cfg->upstream_keepalive;

@@ -24,6 +24,7 @@ struct evbuffer;
 struct bufferevent;
 struct upstream_pool;
 struct tls;
+struct flusher;
 struct upstream_conn;
 struct upstream_slot;
 
@@ -55,9 +56,11 @@ typedef void (*upstream_ready_cb)(void *owner, struct upstream_conn *conn, const
 
 /* Resolves every upstream URL (blocking getaddrinfo: done at start and reload only).
  * tls (referenced) makes the connections to https upstreams; NULL only for a
- * pool that never connects (the start-up check). */
-struct upstream_pool *upstream_pool_new(struct event_base *base, const struct config *cfg,
-                                        struct tls *tls, char *err, size_t errlen);
+ * pool that never connects (the start-up check). flusher (the loop's, may be
+ * NULL) writes to plain connections first-hand. */
+struct upstream_pool *upstream_pool_new(struct event_base *base, struct flusher *flusher,
+                                        const struct config *cfg, struct tls *tls, char *err,
+                                        size_t errlen);
 /* The owner lets go: idle connections close; the pool lives on while
  * connections in use or other references remain. */
 void upstream_pool_free(struct upstream_pool *pool);

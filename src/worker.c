@@ -36,6 +36,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "flush.h"
 #include "runtime.h"
 #include "server.h"
 #include "store.h"
@@ -164,7 +165,7 @@ static void reload(struct worker *w)
     char err[256] = "the configuration does not load here";
 
     if (cfg != NULL)
-        pool = upstream_pool_new(rt->base, cfg, in.tls, err, sizeof(err));
+        pool = upstream_pool_new(rt->base, rt->flusher, cfg, in.tls, err, sizeof(err));
     if (pool == NULL ||
         server_listen(rt->server, cfg, in.listen_fds, err, sizeof(err)) != IDEM_OK) {
         log_error("worker %d: reload failed: %s; keeping the running configuration", w->index, err);
@@ -230,6 +231,7 @@ static int setup(struct worker *w)
     event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK); /* one thread only: no locks */
     rt->base = event_base_new_with_config(ec);
     event_config_free(ec);
+    rt->flusher = flusher_new(rt->base);
     rt->on_idle = maybe_exit;
     w->command = event_new(rt->base, w->command_pipe[0], EV_READ | EV_PERSIST, on_command, w);
     event_add(w->command, NULL);
@@ -244,14 +246,14 @@ static int setup(struct worker *w)
         free_input(&in);
         return IDEM_ERR;
     }
-    rt->pool = upstream_pool_new(rt->base, rt->cfg, rt->tls, w->err, sizeof(w->err));
+    rt->pool = upstream_pool_new(rt->base, rt->flusher, rt->cfg, rt->tls, w->err, sizeof(w->err));
     int rc = rt->pool != NULL
                  ? server_listen(rt->server, rt->cfg, in.listen_fds, w->err, sizeof(w->err))
                  : IDEM_ERR;
     free_input(&in);
     if (rc != IDEM_OK)
         return IDEM_ERR;
-    rt->store = store_new(rt->base, rt->cfg);
+    rt->store = store_new(rt->base, rt->flusher, rt->cfg);
     store_publish_readiness(rt->store, &w->redis_up);
     return IDEM_OK;
 }
@@ -265,6 +267,7 @@ static void teardown(struct worker *w)
     if (w->shutdown_timer)
         event_free(w->shutdown_timer);
     event_free(w->command);
+    flusher_free(rt->flusher);
     event_base_free(rt->base);
     if (rt->cfg)
         config_unref(rt->cfg);
