@@ -1,8 +1,10 @@
 /*
  * headers.c - header list storage and the hop-by-hop rules.
  *
- * A header_list grows by doubling; each field owns NUL-terminated copies of
- * its name and value so callers may use them as C strings. Lookups are linear:
+ * A header_list grows by doubling; each field's name and value are
+ * NUL-terminated copies, so callers may use them as C strings. The copies
+ * live in blocks of text the list owns (one allocation for a typical head,
+ * instead of two per field), freed together by headers_clear(). Lookups are linear:
  * requests carry few fields (bounded by max_header_size), and a linear scan of
  * a short array beats any index for that size. The list counts its
  * Connection fields, so the hop-by-hop test scans for the names they list
@@ -16,22 +18,75 @@
 
 #include "util.h"
 
+/* Text for a typical head (names and values of a dozen fields) in one block. */
+#define TEXT_BLOCK 1024
+
+struct header_text {
+    struct header_text *prev;
+    size_t used, cap;
+    char bytes[];
+};
+
 void headers_init(struct header_list *h)
 {
     h->items = NULL;
     h->count = 0;
     h->cap = 0;
     h->connection_fields = 0;
+    h->text = NULL;
 }
 
 void headers_clear(struct header_list *h)
 {
-    for (int i = 0; i < h->count; i++) {
-        free(h->items[i].name);
-        free(h->items[i].value);
+    while (h->text) {
+        struct header_text *t = h->text;
+        h->text = t->prev;
+        free(t);
     }
     free(h->items);
     headers_init(h);
+}
+
+/* Room for n bytes at the end of the newest block. */
+static char *text_reserve(struct header_list *h, size_t n)
+{
+    struct header_text *t = h->text;
+    if (t == NULL || t->cap - t->used < n) {
+        size_t cap = n > TEXT_BLOCK ? n : TEXT_BLOCK;
+        t = xmalloc(sizeof(*t) + cap);
+        t->prev = h->text;
+        t->used = 0;
+        t->cap = cap;
+        h->text = t;
+    }
+    char *p = t->bytes + t->used;
+    t->used += n;
+    return p;
+}
+
+static char *text_copy(struct header_list *h, const char *s, size_t n)
+{
+    char *p = text_reserve(h, n + 1);
+    memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+/* Appends to a string of this list's text: in place when it is the last
+ * thing in the newest block and there is room, else as a new copy. */
+static void text_extend(struct header_list *h, char **s, size_t *len, const char *more, size_t n)
+{
+    struct header_text *t = h->text;
+    if (t && *s + *len + 1 == t->bytes + t->used && t->cap - t->used >= n) {
+        t->used += n;
+    } else {
+        char *p = text_reserve(h, *len + n + 1);
+        memcpy(p, *s, *len);
+        *s = p;
+    }
+    memcpy(*s + *len, more, n);
+    *len += n;
+    (*s)[*len] = '\0';
 }
 
 void headers_add(struct header_list *h, const char *name, size_t name_len, const char *value,
@@ -42,9 +97,9 @@ void headers_add(struct header_list *h, const char *name, size_t name_len, const
         h->items = xrealloc(h->items, (size_t)h->cap * sizeof(*h->items));
     }
     struct header *f = &h->items[h->count++];
-    f->name = xstrndup(name, name_len);
+    f->name = text_copy(h, name, name_len);
     f->name_len = name_len;
-    f->value = xstrndup(value, value_len);
+    f->value = text_copy(h, value, value_len);
     f->value_len = value_len;
     if (strn_case_equal(name, name_len, "Connection"))
         h->connection_fields++;
@@ -55,25 +110,17 @@ void headers_add_cstr(struct header_list *h, const char *name, const char *value
     headers_add(h, name, strlen(name), value, strlen(value));
 }
 
-static void append_bytes(char **s, size_t *len, const char *more, size_t n)
-{
-    *s = xrealloc(*s, *len + n + 1);
-    memcpy(*s + *len, more, n);
-    *len += n;
-    (*s)[*len] = '\0';
-}
-
 void headers_append_value(struct header_list *h, const char *more, size_t len)
 {
     struct header *f = &h->items[h->count - 1];
-    append_bytes(&f->value, &f->value_len, more, len);
+    text_extend(h, &f->value, &f->value_len, more, len);
 }
 
 void headers_append_name(struct header_list *h, const char *more, size_t len)
 {
     struct header *f = &h->items[h->count - 1];
     bool was_connection = strn_case_equal(f->name, f->name_len, "Connection");
-    append_bytes(&f->name, &f->name_len, more, len);
+    text_extend(h, &f->name, &f->name_len, more, len);
     h->connection_fields += strn_case_equal(f->name, f->name_len, "Connection") - was_connection;
 }
 
@@ -102,8 +149,6 @@ void headers_remove(struct header_list *h, const char *name)
         if (strn_case_equal(f->name, f->name_len, name)) {
             if (strn_case_equal(f->name, f->name_len, "Connection"))
                 h->connection_fields--;
-            free(f->name);
-            free(f->value);
         } else {
             h->items[kept++] = *f;
         }

@@ -18,11 +18,14 @@ struct header {
     size_t value_len;
 };
 
+struct header_text; /* the blocks that hold a list's names and values */
+
 struct header_list {
     struct header *items;
     int count;
     int cap;
     int connection_fields; /* how many are named Connection: 0 spares their scan */
+    struct header_text *text;
 };
 
 void headers_init(struct header_list *h);
