@@ -355,6 +355,73 @@ const char *http_reason(int status)
     }
 }
 
+void http_head_begin(struct http_head_writer *w, struct evbuffer *out)
+{
+    w->out = out;
+    w->len = 0;
+    w->sent = 0;
+}
+
+static void head_spill(struct http_head_writer *w)
+{
+    evbuffer_add(w->out, w->text, w->len);
+    w->sent += w->len;
+    w->len = 0;
+}
+
+void http_head_add(struct http_head_writer *w, const char *s, size_t n)
+{
+    if (w->len + n > sizeof(w->text))
+        head_spill(w);
+    if (n > sizeof(w->text)) {
+        evbuffer_add(w->out, s, n);
+        w->sent += n;
+        return;
+    }
+    memcpy(w->text + w->len, s, n);
+    w->len += n;
+}
+
+void http_head_add_cstr(struct http_head_writer *w, const char *s)
+{
+    http_head_add(w, s, strlen(s));
+}
+
+void http_head_add_uint(struct http_head_writer *w, unsigned long long v, int base)
+{
+    char digits[24];
+    size_t i = sizeof(digits);
+    do {
+        digits[--i] = "0123456789abcdef"[v % (unsigned)base];
+        v /= (unsigned)base;
+    } while (v > 0);
+    http_head_add(w, digits + i, sizeof(digits) - i);
+}
+
+void http_head_add_field(struct http_head_writer *w, const char *name, size_t name_len,
+                         const char *value, size_t value_len)
+{
+    http_head_add(w, name, name_len);
+    http_head_add(w, ": ", 2);
+    http_head_add(w, value, value_len);
+    http_head_add(w, "\r\n", 2);
+}
+
+void http_head_add_status_line(struct http_head_writer *w, int status)
+{
+    HTTP_HEAD_ADD_LITERAL(w, "HTTP/1.1 ");
+    http_head_add_uint(w, (unsigned long long)status, 10);
+    http_head_add(w, " ", 1);
+    http_head_add_cstr(w, http_reason(status));
+    http_head_add(w, "\r\n", 2);
+}
+
+size_t http_head_end(struct http_head_writer *w)
+{
+    head_spill(w);
+    return w->sent;
+}
+
 bool http_response_has_no_body(int request_method, int status)
 {
     return request_method == HTTP_HEAD || (status >= 100 && status < 200) || status == 204 ||

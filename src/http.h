@@ -114,6 +114,33 @@ enum http_feed_result http_parser_finish(struct http_parser *p);
 /* Whether a message is currently being parsed (bytes seen since the last end). */
 bool http_parser_in_message(const struct http_parser *p);
 
+/*
+ * A message head composed in memory and handed to an evbuffer in one piece:
+ * one copy and one buffer callback (see flush.c) instead of one per field.
+ * Heads longer than the array go out in several pieces, in order.
+ */
+struct http_head_writer {
+    struct evbuffer *out;
+    size_t len;  /* bytes in text */
+    size_t sent; /* bytes already handed to out */
+    char text[2048];
+};
+
+void http_head_begin(struct http_head_writer *w, struct evbuffer *out);
+void http_head_add(struct http_head_writer *w, const char *s, size_t n);
+void http_head_add_cstr(struct http_head_writer *w, const char *s);
+/* An unsigned number in decimal or (base 16) lower-case hex. */
+void http_head_add_uint(struct http_head_writer *w, unsigned long long v, int base);
+/* "Name: value\r\n" */
+void http_head_add_field(struct http_head_writer *w, const char *name, size_t name_len,
+                         const char *value, size_t value_len);
+/* "HTTP/1.1 NNN Reason\r\n" */
+void http_head_add_status_line(struct http_head_writer *w, int status);
+/* Hands what is left to out; returns the bytes written since begin. */
+size_t http_head_end(struct http_head_writer *w);
+
+#define HTTP_HEAD_ADD_LITERAL(w, s) http_head_add((w), (s), sizeof(s) - 1)
+
 /* The standard reason phrase for a status, "Unknown" for others. */
 const char *http_reason(int status);
 

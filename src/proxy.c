@@ -152,9 +152,10 @@ static void ex_free(struct exchange *ex)
     struct runtime *rt = ex->rt;
     if (ex->up)
         upstream_conn_abort(ex->up);
-    event_free(ex->timer);
-    event_free(ex->renew);
-    event_free(ex->wait_timer);
+    /* The timers live in ex's own allocation (ex_new): deleted, not freed. */
+    evtimer_del(ex->timer);
+    evtimer_del(ex->renew);
+    evtimer_del(ex->wait_timer);
     if (ex->body)
         evbuffer_free(ex->body);
     if (ex->resp_body)
@@ -694,27 +695,18 @@ static void claim(struct exchange *ex)
 
 /* ---- upstream ----------------------------------------------------------- */
 
-#define ADD_LITERAL(out, s) evbuffer_add((out), (s), sizeof(s) - 1)
-
-static void put_field(struct evbuffer *out, const char *name, size_t name_len, const char *value,
-                      size_t value_len)
-{
-    evbuffer_add(out, name, name_len);
-    evbuffer_add(out, ": ", 2);
-    evbuffer_add(out, value, value_len);
-    evbuffer_add(out, "\r\n", 2);
-}
-
 /* Appends ", " and more to a list-valued field (or starts it). */
-static void put_list_field(struct evbuffer *out, const char *name, const struct header *prev,
+static void put_list_field(struct http_head_writer *w, const char *name, const struct header *prev,
                            const char *more)
 {
-    evbuffer_add_printf(out, "%s: ", name);
+    http_head_add_cstr(w, name);
+    http_head_add(w, ": ", 2);
     if (prev) {
-        evbuffer_add(out, prev->value, prev->value_len);
-        evbuffer_add(out, ", ", 2);
+        http_head_add(w, prev->value, prev->value_len);
+        http_head_add(w, ", ", 2);
     }
-    evbuffer_add_printf(out, "%s\r\n", more);
+    http_head_add_cstr(w, more);
+    http_head_add(w, "\r\n", 2);
 }
 
 /*
@@ -727,8 +719,12 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
     const struct header_list *in = &ex->req->headers;
     const struct header *host = NULL, *xff = NULL, *via = NULL;
     bool has_xfh = false;
-    evbuffer_add_printf(out, "%s %s HTTP/1.1\r\n",
-                        llhttp_method_name((llhttp_method_t)ex->req->method), ex->req->url);
+    struct http_head_writer w;
+    http_head_begin(&w, out);
+    http_head_add_cstr(&w, llhttp_method_name((llhttp_method_t)ex->req->method));
+    http_head_add(&w, " ", 1);
+    http_head_add(&w, ex->req->url, ex->req->url_len);
+    HTTP_HEAD_ADD_LITERAL(&w, " HTTP/1.1\r\n");
     for (int i = 0; i < in->count; i++) {
         const struct header *f = &in->items[i];
         if (headers_is_hop_by_hop(in, f))
@@ -753,30 +749,34 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
         }
         if (strn_case_equal(f->name, f->name_len, "X-Forwarded-Host"))
             has_xfh = true;
-        put_field(out, f->name, f->name_len, f->value, f->value_len);
+        http_head_add_field(&w, f->name, f->name_len, f->value, f->value_len);
     }
     if (host == NULL || ex->cfg->upstream_host)
-        evbuffer_add_printf(out, "Host: %s\r\n", ex->upstream_name);
+        http_head_add_field(&w, "Host", 4, ex->upstream_name, strlen(ex->upstream_name));
     else
-        put_field(out, host->name, host->name_len, host->value, host->value_len);
-    put_list_field(out, "X-Forwarded-For", xff, ex->peer);
+        http_head_add_field(&w, host->name, host->name_len, host->value, host->value_len);
+    put_list_field(&w, "X-Forwarded-For", xff, ex->peer);
     if (ex->client_tls)
-        ADD_LITERAL(out, "X-Forwarded-Proto: https\r\n");
+        HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: https\r\n");
     else
-        ADD_LITERAL(out, "X-Forwarded-Proto: http\r\n");
+        HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: http\r\n");
     if (ex->tunnel)
-        ADD_LITERAL(out, "Connection: upgrade\r\nUpgrade: websocket\r\n");
+        HTTP_HEAD_ADD_LITERAL(&w, "Connection: upgrade\r\nUpgrade: websocket\r\n");
     if (host && !has_xfh)
-        put_field(out, "X-Forwarded-Host", 16, host->value, host->value_len);
-    put_list_field(out, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
-    if (ex->idempotent)
-        evbuffer_add_printf(out, "Content-Length: %zu\r\n", evbuffer_get_length(ex->body));
-    else if (ex->req->chunked)
-        ADD_LITERAL(out, "Transfer-Encoding: chunked\r\n");
-    else if (ex->req->has_content_length)
-        evbuffer_add_printf(out, "Content-Length: %llu\r\n",
-                            (unsigned long long)ex->req->content_length);
-    evbuffer_add(out, "\r\n", 2);
+        http_head_add_field(&w, "X-Forwarded-Host", 16, host->value, host->value_len);
+    put_list_field(&w, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
+    if (ex->idempotent || (!ex->req->chunked && ex->req->has_content_length)) {
+        HTTP_HEAD_ADD_LITERAL(&w, "Content-Length: ");
+        http_head_add_uint(&w,
+                           ex->idempotent ? (unsigned long long)evbuffer_get_length(ex->body)
+                                          : (unsigned long long)ex->req->content_length,
+                           10);
+        HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    } else if (ex->req->chunked) {
+        HTTP_HEAD_ADD_LITERAL(&w, "Transfer-Encoding: chunked\r\n");
+    }
+    HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    http_head_end(&w);
 }
 
 /* Writes a piece of a streamed request body, re-framed for the upstream. */
@@ -1189,7 +1189,15 @@ static void issue_token(struct exchange *ex)
 
 static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http_message *req)
 {
-    struct exchange *ex = xcalloc(1, sizeof(*ex));
+    /* One allocation for the exchange and its three timers. */
+    size_t event_size = event_get_struct_event_size();
+    struct exchange *ex = xcalloc(1, sizeof(*ex) + 3 * event_size);
+    ex->timer = (struct event *)(ex + 1);
+    ex->renew = (struct event *)((char *)ex->timer + event_size);
+    ex->wait_timer = (struct event *)((char *)ex->renew + event_size);
+    evtimer_assign(ex->timer, rt->base, on_upstream_timeout, ex);
+    evtimer_assign(ex->renew, rt->base, on_renew_timer, ex);
+    evtimer_assign(ex->wait_timer, rt->base, on_wait_deadline, ex);
     ex->rt = rt;
     ex->cfg = config_ref(rt->cfg);
     ex->pool = rt->pool;
@@ -1200,9 +1208,6 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
     ex->client_tls = client_tls(c);
     ex->t_start = now_monotonic_ms();
     ex->upstream_ms = -1;
-    ex->timer = evtimer_new(rt->base, on_upstream_timeout, ex);
-    ex->renew = evtimer_new(rt->base, on_renew_timer, ex);
-    ex->wait_timer = evtimer_new(rt->base, on_wait_deadline, ex);
     ex->state = EX_RECEIVING;
     rt->exchanges++;
     if (req->url == NULL) {

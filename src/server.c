@@ -178,40 +178,41 @@ static void client_close_after_flush(struct client *c)
 /* ---- writing responses -------------------------------------------------- */
 
 /* The status line and the given fields; the caller ends the head. */
-static void write_status_and_fields(struct evbuffer *out, int status,
+static void write_status_and_fields(struct http_head_writer *w, int status,
                                     const struct header_list *headers)
 {
-    evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\n", status, http_reason(status));
+    http_head_add_status_line(w, status);
     for (int i = 0; i < headers->count; i++) {
         const struct header *h = &headers->items[i];
-        evbuffer_add(out, h->name, h->name_len);
-        evbuffer_add(out, ": ", 2);
-        evbuffer_add(out, h->value, h->value_len);
-        evbuffer_add(out, "\r\n", 2);
+        http_head_add_field(w, h->name, h->name_len, h->value, h->value_len);
     }
 }
 
+/* The head of a response framed as c->framing says (content_length for FRAME_LENGTH). */
 static void write_head(struct client *c, int status, const struct header_list *headers,
-                       const char *framing_header, bool close)
+                       int64_t content_length)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t before = evbuffer_get_length(out);
-    write_status_and_fields(out, status, headers);
-    if (framing_header)
-        evbuffer_add_printf(out, "%s\r\n", framing_header);
-    if (close)
-        evbuffer_add_printf(out, "Connection: close\r\n");
+    struct http_head_writer w;
+    http_head_begin(&w, bufferevent_get_output(c->bev));
+    write_status_and_fields(&w, status, headers);
+    if (c->framing == FRAME_LENGTH) {
+        HTTP_HEAD_ADD_LITERAL(&w, "Content-Length: ");
+        http_head_add_uint(&w, (unsigned long long)content_length, 10);
+        HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    } else if (c->framing == FRAME_CHUNKED) {
+        HTTP_HEAD_ADD_LITERAL(&w, "Transfer-Encoding: chunked\r\n");
+    }
+    if (c->close_after)
+        HTTP_HEAD_ADD_LITERAL(&w, "Connection: close\r\n");
     else if (c->minor == 0)
-        evbuffer_add_printf(out, "Connection: keep-alive\r\n");
-    evbuffer_add(out, "\r\n", 2);
-    c->response_bytes += evbuffer_get_length(out) - before;
+        HTTP_HEAD_ADD_LITERAL(&w, "Connection: keep-alive\r\n");
+    HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    c->response_bytes += http_head_end(&w);
 }
 
 void client_respond_head(struct client *c, int status, const struct header_list *headers,
                          int64_t content_length, bool no_body)
 {
-    char framing_header[64];
-    const char *fh = NULL;
     /* A request not read to its end leaves bytes we cannot parse past: close. */
     if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive || c->peer_closed ||
         c->srv->rt->draining)
@@ -220,18 +221,14 @@ void client_respond_head(struct client *c, int status, const struct header_list 
         c->framing = FRAME_NONE;
     } else if (content_length >= 0) {
         c->framing = FRAME_LENGTH;
-        snprintf(framing_header, sizeof(framing_header), "Content-Length: %lld",
-                 (long long)content_length);
-        fh = framing_header;
     } else if (c->minor >= 1) {
         c->framing = FRAME_CHUNKED;
-        fh = "Transfer-Encoding: chunked";
     } else {
         c->framing = FRAME_CLOSE;
         c->close_after = true;
     }
     c->responding = true;
-    write_head(c, status, headers, fh, c->close_after);
+    write_head(c, status, headers, content_length);
 }
 
 void client_respond_body(struct client *c, const char *data, size_t len)
@@ -321,11 +318,11 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
                                  struct bufferevent *upstream, struct upstream_slot *slot)
 {
     struct server *srv = c->srv;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    size_t before = evbuffer_get_length(out);
-    write_status_and_fields(out, 101, headers);
-    evbuffer_add(out, "\r\n", 2);
-    uint64_t bytes = evbuffer_get_length(out) - before;
+    struct http_head_writer w;
+    http_head_begin(&w, bufferevent_get_output(c->bev));
+    write_status_and_fields(&w, 101, headers);
+    HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    uint64_t bytes = http_head_end(&w);
 
     /* The connection stays counted (max_connections, drain) as a tunnel. */
     srv->rt->clients++;

@@ -808,8 +808,7 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
-struct store *store_new(struct event_base *base, struct flusher *flusher,
-                        const struct config *cfg)
+struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg)
 {
     struct store *st = xcalloc(1, sizeof(*st));
     st->base = base;

@@ -45,8 +45,7 @@ typedef void (*store_claim_cb)(void *arg, const struct claim_result *result, con
 /* applied: the owner token matched and the change was made. */
 typedef void (*store_update_cb)(void *arg, bool applied, const char *error);
 
-struct store *store_new(struct event_base *base, struct flusher *flusher,
-                        const struct config *cfg);
+struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg);
 /* Answers every outstanding operation with an error, closes the connection. */
 void store_free(struct store *st);
 

@@ -35,8 +35,8 @@
 #include <unistd.h>
 
 #include "config.h"
-#include "log.h"
 #include "flush.h"
+#include "log.h"
 #include "runtime.h"
 #include "server.h"
 #include "store.h"
