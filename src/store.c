@@ -3,7 +3,10 @@
  * key.
  *
  * A key is a Redis hash: s = state, f = fingerprint, o = owner token (while in
- * flight), r = encoded record (when done). Its expiry is the lease while in
+ * flight; emptied when the key leaves that state, since no token is empty),
+ * r = encoded record (when done), w = a duplicate waits for it. Scripts
+ * make as few redis.call()s as they can: each costs Redis a few
+ * microseconds, more than the rest of a script. Its expiry is the lease while in
  * flight or unknown, and the retention ttl when done.
  *
  *              claim                complete (owner)
@@ -37,6 +40,7 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -59,7 +63,8 @@ enum script_id {
 
 static const char *const script_source[] = {
     [SCRIPT_CLAIM] =
-        "local s = redis.call('HGET', KEYS[1], 's')\n"
+        "local v = redis.call('HMGET', KEYS[1], 's', 'f', 'r')\n"
+        "local s = v[1]\n"
         "if not s then\n"
         "  if KEYS[2] and redis.call('DEL', KEYS[2]) == 0 then return {'invalid'} end\n"
         "  redis.call('HSET', KEYS[1], 's', 'inflight', 'f', ARGV[1], 'o', ARGV[2])\n"
@@ -67,36 +72,32 @@ static const char *const script_source[] = {
         "  return {'claimed'}\n"
         "end\n"
         "if s == 'inflight' and ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'w', '1') end\n"
-        "local f = redis.call('HGET', KEYS[1], 'f') or ''\n"
+        "local f = v[2] or ''\n"
         "local ttl = redis.call('PTTL', KEYS[1])\n"
-        "if s == 'done' and f == ARGV[1] then\n"
-        "  return {s, f, ttl, redis.call('HGET', KEYS[1], 'r') or ''}\n"
-        "end\n"
+        "if s == 'done' and f == ARGV[1] then return {s, f, ttl, v[3] or ''} end\n"
         "return {s, f, ttl}\n",
+    /* Emptying o instead of deleting it saves a call; no token is empty. */
     [SCRIPT_COMPLETE] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
                         "if ow[1] ~= ARGV[1] then return 0 end\n"
-                        "local w = ow[2]\n"
-                        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2])\n"
-                        "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
+                        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2], 'o', '')\n"
                         "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-                        "if w then redis.call('PUBLISH', KEYS[1], 'done') end\n"
+                        "if ow[2] then redis.call('PUBLISH', KEYS[1], 'done') end\n"
                         "return 1\n",
     /* A released one-time token (KEYS[2]) is given back for another try. */
-    [SCRIPT_RELEASE] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-                       "local w = redis.call('HGET', KEYS[1], 'w')\n"
+    [SCRIPT_RELEASE] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
+                       "if ow[1] ~= ARGV[1] then return 0 end\n"
                        "redis.call('DEL', KEYS[1])\n"
                        "if KEYS[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end\n"
-                       "if w then redis.call('PUBLISH', KEYS[1], 'released') end\n"
+                       "if ow[2] then redis.call('PUBLISH', KEYS[1], 'released') end\n"
                        "return 1\n",
     [SCRIPT_RENEW] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
                      "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
                      "return 1\n",
-    [SCRIPT_UNKNOWN] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-                       "local w = redis.call('HGET', KEYS[1], 'w')\n"
-                       "redis.call('HSET', KEYS[1], 's', 'unknown')\n"
-                       "redis.call('HDEL', KEYS[1], 'o', 'w')\n"
+    [SCRIPT_UNKNOWN] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
+                       "if ow[1] ~= ARGV[1] then return 0 end\n"
+                       "redis.call('HSET', KEYS[1], 's', 'unknown', 'o', '')\n"
                        "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-                       "if w then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
+                       "if ow[2] then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
                        "return 1\n",
     [SCRIPT_TOKEN] = "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1\n",
 };
@@ -105,7 +106,6 @@ static const char *const script_name[] = {"claim", "complete", "release",
                                           "renew", "unknown",  "token"};
 
 #define SCRIPT_COUNT ((int)ARRAY_LEN(script_source))
-#define OP_MAX_ARGS 10 /* verb, script, numkeys, 2 keys, 5 arguments */
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 
@@ -136,6 +136,44 @@ struct store_watch {
     struct store_watch *prev, *next;
 };
 
+/* A growable byte string: RESP being composed. */
+struct bytes {
+    char *p;
+    size_t len, cap;
+};
+
+static void bytes_add(struct bytes *b, const void *data, size_t n)
+{
+    if (b->cap - b->len < n) {
+        b->cap = b->cap * 2 > b->len + n ? b->cap * 2 : b->len + n + 256;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+/* "<prefix><decimal>\r\n": an array or bulk string header. */
+static void bytes_add_header(struct bytes *b, char prefix, unsigned long long v)
+{
+    char text[24];
+    size_t i = sizeof(text);
+    text[--i] = '\n';
+    text[--i] = '\r';
+    do {
+        text[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    text[--i] = prefix;
+    bytes_add(b, text + i, sizeof(text) - i);
+}
+
+static void bytes_add_bulk(struct bytes *b, const char *data, size_t n)
+{
+    bytes_add_header(b, '$', n);
+    bytes_add(b, data, n);
+    bytes_add(b, "\r\n", 2);
+}
+
 struct store_op {
     struct store *st;
     enum script_id script;
@@ -148,9 +186,10 @@ struct store_op {
     char *claim_token_key;
     bool answered;
     bool resent_as_eval;
-    int argc;
-    char *argv[OP_MAX_ARGS];
-    size_t argvlen[OP_MAX_ARGS];
+    int nargs;         /* bulk strings in args */
+    struct bytes args; /* RESP after the verb and the script: numkeys, keys, ARGV */
+    size_t rkey_at;    /* KEYS[1] within args */
+    size_t rkey_len;
 };
 
 /*
@@ -180,6 +219,7 @@ struct store {
     _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
     struct link cmd;
     struct link sub;
+    struct bytes command; /* op_send's buffer, reused */
     struct store_watch *watches;
 
     char *host, *port, *unix_path, *user, *password, *pattern;
@@ -212,9 +252,9 @@ static void op_free(struct store_op *op)
 {
     free(op->claim_owner);
     free(op->claim_token_key);
-    event_free(op->timer);
-    for (int i = 0; i < op->argc; i++)
-        free(op->argv[i]);
+    if (event_initialized(op->timer)) /* in op's own allocation (op_new) */
+        evtimer_del(op->timer);
+    free(op->args.p);
     free(op);
 }
 
@@ -551,16 +591,16 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
 static void op_send(struct store_op *op)
 {
     struct store *st = op->st;
-    free(op->argv[0]);
-    free(op->argv[1]);
     const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
     const char *body = op->resent_as_eval ? script_source[op->script] : st->sha[op->script];
-    op->argv[0] = xstrdup(verb);
-    op->argvlen[0] = strlen(verb);
-    op->argv[1] = xstrdup(body);
-    op->argvlen[1] = strlen(body);
-    int rc = redisAsyncCommandArgv(st->cmd.ac, on_reply, op, op->argc, (const char **)op->argv,
-                                   op->argvlen);
+    /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */
+    struct bytes *cmd = &st->command;
+    cmd->len = 0;
+    bytes_add_header(cmd, '*', (unsigned long long)op->nargs + 2);
+    bytes_add_bulk(cmd, verb, strlen(verb));
+    bytes_add_bulk(cmd, body, strlen(body));
+    bytes_add(cmd, op->args.p, op->args.len);
+    int rc = redisAsyncFormattedCommand(st->cmd.ac, on_reply, op, cmd->p, cmd->len);
     if (rc != REDIS_OK) {
         op_answer_error(op, "cannot send to Redis");
         op_free(op);
@@ -571,12 +611,12 @@ static void op_start(struct store *st, struct store_op *op)
 {
     if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN) {
         /* Answer on the next loop turn: callers never see a re-entrant callback. */
-        op->timer = evtimer_new(st->base, on_op_unreachable, op);
+        evtimer_assign(op->timer, st->base, on_op_unreachable, op);
         struct timeval zero = {0, 0};
         evtimer_add(op->timer, &zero);
         return;
     }
-    op->timer = evtimer_new(st->base, on_op_timeout, op);
+    evtimer_assign(op->timer, st->base, on_op_timeout, op);
     op->started_us = now_us();
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
@@ -584,34 +624,32 @@ static void op_start(struct store *st, struct store_op *op)
     op_send(op);
 }
 
+static void op_arg(struct store_op *op, const char *data, size_t len)
+{
+    bytes_add_bulk(&op->args, data, len);
+    op->nargs++;
+}
+
 static struct store_op *op_new(struct store *st, enum script_id script, const char *rkey)
 {
-    struct store_op *op = xcalloc(1, sizeof(*op));
+    /* One allocation for the op and its timer. */
+    struct store_op *op = xcalloc(1, sizeof(*op) + event_get_struct_event_size());
+    op->timer = (struct event *)(op + 1);
     op->st = st;
     op->script = script;
-    op->argc = 4; /* verb, script, numkeys, key; argv[0..1] are set by op_send */
-    op->argv[2] = xstrdup("1");
-    op->argvlen[2] = 1;
-    op->argv[3] = xstrdup(rkey);
-    op->argvlen[3] = strlen(rkey);
+    op_arg(op, "1", 1); /* numkeys */
+    size_t rkey_len = strlen(rkey);
+    op_arg(op, rkey, rkey_len);
+    op->rkey_len = rkey_len;
+    op->rkey_at = op->args.len - 2 - rkey_len;
     return op;
 }
 
 /* A second key (before any argument): the script then sees KEYS[2]. */
 static void op_second_key(struct store_op *op, const char *key)
 {
-    free(op->argv[2]);
-    op->argv[2] = xstrdup("2");
-    op->argv[op->argc] = xstrdup(key);
-    op->argvlen[op->argc] = strlen(key);
-    op->argc++;
-}
-
-static void op_arg(struct store_op *op, const char *data, size_t len)
-{
-    op->argv[op->argc] = xstrndup(data, len);
-    op->argvlen[op->argc] = len;
-    op->argc++;
+    op->args.p[4] = '2'; /* numkeys, the first bulk string: "$1\r\n1\r\n" */
+    op_arg(op, key, strlen(key));
 }
 
 static void op_arg_u64(struct store_op *op, uint64_t v)
@@ -706,13 +744,13 @@ void store_mark_unknown(struct store *st, const char *rkey, const char *owner, u
 static void orphan_add(struct store *st, const struct store_op *op)
 {
     if (st->norphans >= ORPHAN_MAX) {
-        log_warn("redis: too many unanswered claims to clean up; %s stays locked until its "
+        log_warn("redis: too many unanswered claims to clean up; %.*s stays locked until its "
                  "lease expires",
-                 op->argv[3]);
+                 (int)op->rkey_len, op->args.p + op->rkey_at);
         return;
     }
     struct orphan *o = xcalloc(1, sizeof(*o));
-    o->rkey = xstrdup(op->argv[3]);
+    o->rkey = xstrndup(op->args.p + op->rkey_at, op->rkey_len);
     o->owner = xstrdup(op->claim_owner);
     o->token_key = op->claim_token_key ? xstrdup(op->claim_token_key) : NULL;
     o->next = st->orphans;
@@ -882,14 +920,31 @@ void store_free(struct store *st)
     free(st->user);
     free(st->password);
     free(st->pattern);
+    free(st->command.p);
     free(st);
 }
+
+/*
+ * Tokens come from OpenSSL's DRBG a few hundred bytes at a time: one
+ * RAND_bytes call costs as much as the rest of a claim's bookkeeping, mostly
+ * in its locking and fork check. Per thread, so no lock; the bytes handed out
+ * are erased from the pool.
+ */
+#define RANDOM_POOL 512
+static _Thread_local unsigned char random_pool[RANDOM_POOL];
+static _Thread_local size_t random_left;
 
 int store_random_token(char out[33])
 {
     unsigned char raw[16];
-    if (RAND_bytes(raw, sizeof(raw)) != 1)
-        return IDEM_ERR;
+    if (random_left < sizeof(raw)) {
+        if (RAND_bytes(random_pool, sizeof(random_pool)) != 1)
+            return IDEM_ERR;
+        random_left = sizeof(random_pool);
+    }
+    random_left -= sizeof(raw);
+    memcpy(raw, random_pool + random_left, sizeof(raw));
+    OPENSSL_cleanse(random_pool + random_left, sizeof(raw));
     hex_encode(raw, sizeof(raw), out);
     return IDEM_OK;
 }

@@ -464,10 +464,31 @@ def test_lease_is_renewed_while_the_upstream_works():
         keys = env.redis.keys("idem:*")
         assert len(keys) == 1, keys
         assert env.redis.cmd("HGET", keys[0], "s") == b"inflight"
+        owner = env.redis.cmd("HGET", keys[0], "o")
+        assert owner is not None and len(owner) == 32, owner
         pttl = env.redis.cmd("PTTL", keys[0])
         assert pttl > 1500, f"lease not renewed: PTTL {pttl}ms after 2.2s of a 3s lock"
         assert job.result(10).status == 201
         assert env.redis.cmd("HGET", keys[0], "s") == b"done"
+        # Done, the owner token is emptied: no owner-checked script matches it again.
+        assert env.redis.cmd("HGET", keys[0], "o") == b""
+
+
+def test_owner_tokens_are_fresh_for_every_claim():
+    """Owner tokens come from a per-thread pool of random bytes: every claim
+    still gets its own 128-bit token, across both workers."""
+    with Env(extra_config="workers 2") as env:
+        keys = [new_key() for _ in range(40)]
+        jobs = [background(env.post, "/orders", key=k, body=b"{}",
+                           headers={"X-Test-Delay": "1000"}) for k in keys]
+        wait_until(lambda: all(env.upstream.count(k) == 1 for k in keys), 5,
+                   what="every request at the upstream")
+        owners = [env.redis.cmd("HGET", rk, "o") for rk in env.redis.keys("idem:*")]
+        assert len(owners) == 40, owners
+        for o in owners:
+            assert o is not None and re.fullmatch(rb"[0-9a-f]{32}", o), o
+        assert len(set(owners)) == 40, f"{40 - len(set(owners))} owner tokens repeated"
+        assert all(j.result(10).status == 201 for j in jobs)
 
 
 def test_error_doc_url_links_problems():
