@@ -195,6 +195,26 @@ bool headers_is_hop_by_hop(const struct header_list *all, const struct header *f
     return false;
 }
 
+void headers_remove_hop_by_hop(struct header_list *h)
+{
+    /* Judged on the whole list first: a Connection field names the others. */
+    bool on_stack[128];
+    bool *drop = h->count <= 128 ? on_stack : xmalloc((size_t)h->count * sizeof(*drop));
+    bool any = false;
+    for (int i = 0; i < h->count; i++)
+        any |= drop[i] = headers_is_hop_by_hop(h, &h->items[i]);
+    int kept = 0;
+    for (int i = 0; any && i < h->count; i++)
+        if (!drop[i])
+            h->items[kept++] = h->items[i];
+    if (any) {
+        h->count = kept;
+        h->connection_fields = 0;
+    }
+    if (drop != on_stack)
+        free(drop);
+}
+
 void headers_copy_end_to_end(struct header_list *dst, const struct header_list *src)
 {
     for (int i = 0; i < src->count; i++) {

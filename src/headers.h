@@ -58,6 +58,9 @@ bool headers_list_has_token(const char *value, size_t len, const char *token);
  */
 bool headers_is_hop_by_hop(const struct header_list *all, const struct header *field);
 
+/* Removes the hop-by-hop fields, in place. */
+void headers_remove_hop_by_hop(struct header_list *h);
+
 /* Copies every end-to-end field of src into dst. */
 void headers_copy_end_to_end(struct header_list *dst, const struct header_list *src);
 

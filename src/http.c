@@ -389,13 +389,9 @@ void http_head_add_cstr(struct http_head_writer *w, const char *s)
 
 void http_head_add_uint(struct http_head_writer *w, unsigned long long v, int base)
 {
-    char digits[24];
-    size_t i = sizeof(digits);
-    do {
-        digits[--i] = "0123456789abcdef"[v % (unsigned)base];
-        v /= (unsigned)base;
-    } while (v > 0);
-    http_head_add(w, digits + i, sizeof(digits) - i);
+    char digits[UINT64_DIGITS];
+    char *p = format_u64(v, base, digits);
+    http_head_add(w, p, (size_t)(digits + sizeof(digits) - p));
 }
 
 void http_head_add_field(struct http_head_writer *w, const char *name, size_t name_len,

@@ -260,14 +260,6 @@ static void answer_retry_later(struct exchange *ex, enum problem_code code, int6
 }
 
 /* Response headers for the client: end-to-end fields, framing left to server.c. */
-static void client_headers(const struct http_message *resp, bool keep_length,
-                           struct header_list *out)
-{
-    headers_copy_end_to_end(out, &resp->headers);
-    if (!keep_length)
-        headers_remove(out, "Content-Length");
-}
-
 static bool response_has_no_body(const struct exchange *ex, int status)
 {
     return http_response_has_no_body(ex->req->method, status);
@@ -277,13 +269,11 @@ static void start_client_response(struct exchange *ex, int64_t content_length)
 {
     struct http_message *resp = ex->resp;
     bool no_body = response_has_no_body(ex, resp->status);
-    struct header_list h;
-    headers_init(&h);
-    client_headers(resp, no_body, &h);
+    /* resp's fields are end-to-end already (on_up_head); framing is the client's. */
     if (ex->degraded)
-        headers_add_cstr(&h, "Idempotency-Degraded", "true");
-    client_respond_head(ex->client, resp->status, &h, no_body ? -1 : content_length, no_body);
-    headers_clear(&h);
+        headers_add_cstr(&resp->headers, "Idempotency-Degraded", "true");
+    client_respond_head(ex->client, resp->status, &resp->headers, no_body ? -1 : content_length,
+                        no_body);
 }
 
 /* Sends the buffered upstream response (or, when streamed, its held-back end). */
@@ -413,7 +403,8 @@ static void store_response(struct exchange *ex)
 {
     struct header_list h;
     headers_init(&h);
-    client_headers(ex->resp, false, &h);
+    headers_copy_end_to_end(&h, &ex->resp->headers);
+    headers_remove(&h, "Content-Length");
     headers_remove(&h, "Date");
     size_t len;
     const char *body = ex->streaming ? "" : (const char *)evbuffer_pullup(ex->resp_body, -1);
@@ -827,7 +818,7 @@ static void on_upstream_ready(void *arg, struct upstream_conn *conn, const char 
         ex_maybe_free(ex);
         return;
     }
-    snprintf(ex->upstream_name, sizeof(ex->upstream_name), "%s", upstream_conn_name(conn));
+    copy_cstr(ex->upstream_name, sizeof(ex->upstream_name), upstream_conn_name(conn));
     ex->t_upstream = now_monotonic_ms();
     struct evbuffer *out = upstream_conn_output(conn);
     write_request_head(ex, out);
@@ -902,6 +893,8 @@ static enum http_verdict on_up_head(void *arg, struct http_message *resp)
     struct exchange *ex = arg;
     arm_upstream_timer(ex); /* upstream_timeout is for silence, not for a long body */
     ex->resp = resp;
+    /* Once, for the client's head and the record alike (a 101 never comes here). */
+    headers_remove_hop_by_hop(&resp->headers);
     ex->resp_body = evbuffer_new();
     if (ex->idempotent) {
         /* A body known to be too large is streamed from the start. */
@@ -1204,7 +1197,7 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
     upstream_pool_ref(ex->pool);
     ex->client = c;
     ex->req = req;
-    snprintf(ex->peer, sizeof(ex->peer), "%s", client_peer(c));
+    copy_cstr(ex->peer, sizeof(ex->peer), client_peer(c));
     ex->client_tls = client_tls(c);
     ex->t_start = now_monotonic_ms();
     ex->upstream_ms = -1;

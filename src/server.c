@@ -177,13 +177,17 @@ static void client_close_after_flush(struct client *c)
 
 /* ---- writing responses -------------------------------------------------- */
 
-/* The status line and the given fields; the caller ends the head. */
+/* The status line and the given fields; the caller ends the head. A
+ * Content-Length among them is written only when framing leaves it alone:
+ * the framing of a body is ours (write_head). */
 static void write_status_and_fields(struct http_head_writer *w, int status,
-                                    const struct header_list *headers)
+                                    const struct header_list *headers, enum framing framing)
 {
     http_head_add_status_line(w, status);
     for (int i = 0; i < headers->count; i++) {
         const struct header *h = &headers->items[i];
+        if (framing != FRAME_NONE && strn_case_equal(h->name, h->name_len, "Content-Length"))
+            continue;
         http_head_add_field(w, h->name, h->name_len, h->value, h->value_len);
     }
 }
@@ -194,7 +198,7 @@ static void write_head(struct client *c, int status, const struct header_list *h
 {
     struct http_head_writer w;
     http_head_begin(&w, bufferevent_get_output(c->bev));
-    write_status_and_fields(&w, status, headers);
+    write_status_and_fields(&w, status, headers, c->framing);
     if (c->framing == FRAME_LENGTH) {
         HTTP_HEAD_ADD_LITERAL(&w, "Content-Length: ");
         http_head_add_uint(&w, (unsigned long long)content_length, 10);
@@ -320,7 +324,7 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     struct server *srv = c->srv;
     struct http_head_writer w;
     http_head_begin(&w, bufferevent_get_output(c->bev));
-    write_status_and_fields(&w, 101, headers);
+    write_status_and_fields(&w, 101, headers, FRAME_NONE);
     HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
     uint64_t bytes = http_head_end(&w);
 

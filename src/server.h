@@ -54,10 +54,10 @@ void server_free(struct server *srv);
 /* ---- answering, for proxy.c ---------------------------------------------- */
 
 /*
- * Starts the response. headers are written as given (end-to-end fields only;
- * the caller has removed Content-Length and Transfer-Encoding unless
- * no_body). content_length < 0 means unknown: chunked for HTTP/1.1 clients,
- * close-delimited for HTTP/1.0.
+ * Starts the response. headers are written as given (end-to-end fields
+ * only), except a Content-Length among them unless no_body: the framing of
+ * a body is written here. content_length < 0 means unknown: chunked for
+ * HTTP/1.1 clients, close-delimited for HTTP/1.0.
  */
 void client_respond_head(struct client *c, int status, const struct header_list *headers,
                          int64_t content_length, bool no_body);

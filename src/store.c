@@ -153,18 +153,13 @@ static void bytes_add(struct bytes *b, const void *data, size_t n)
 }
 
 /* "<prefix><decimal>\r\n": an array or bulk string header. */
-static void bytes_add_header(struct bytes *b, char prefix, unsigned long long v)
+static void bytes_add_header(struct bytes *b, char prefix, uint64_t v)
 {
-    char text[24];
-    size_t i = sizeof(text);
-    text[--i] = '\n';
-    text[--i] = '\r';
-    do {
-        text[--i] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v > 0);
-    text[--i] = prefix;
-    bytes_add(b, text + i, sizeof(text) - i);
+    char digits[UINT64_DIGITS];
+    char *p = format_u64(v, 10, digits);
+    bytes_add(b, &prefix, 1);
+    bytes_add(b, p, (size_t)(digits + sizeof(digits) - p));
+    bytes_add(b, "\r\n", 2);
 }
 
 static void bytes_add_bulk(struct bytes *b, const char *data, size_t n)
@@ -596,7 +591,7 @@ static void op_send(struct store_op *op)
     /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */
     struct bytes *cmd = &st->command;
     cmd->len = 0;
-    bytes_add_header(cmd, '*', (unsigned long long)op->nargs + 2);
+    bytes_add_header(cmd, '*', (uint64_t)op->nargs + 2);
     bytes_add_bulk(cmd, verb, strlen(verb));
     bytes_add_bulk(cmd, body, strlen(body));
     bytes_add(cmd, op->args.p, op->args.len);
@@ -654,9 +649,9 @@ static void op_second_key(struct store_op *op, const char *key)
 
 static void op_arg_u64(struct store_op *op, uint64_t v)
 {
-    char buf[24];
-    int n = snprintf(buf, sizeof(buf), "%llu", (unsigned long long)v);
-    op_arg(op, buf, (size_t)n);
+    char digits[UINT64_DIGITS];
+    char *p = format_u64(v, 10, digits);
+    op_arg(op, p, (size_t)(digits + sizeof(digits) - p));
 }
 
 void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg)

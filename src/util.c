@@ -69,3 +69,22 @@ void hex_encode(const unsigned char *in, size_t n, char *out)
     }
     out[2 * n] = '\0';
 }
+
+char *format_u64(uint64_t v, int base, char out[UINT64_DIGITS])
+{
+    char *p = out + UINT64_DIGITS;
+    do {
+        *--p = "0123456789abcdef"[v % (unsigned)base];
+        v /= (unsigned)base;
+    } while (v > 0);
+    return p;
+}
+
+void copy_cstr(char *dst, size_t cap, const char *src)
+{
+    size_t n = strlen(src);
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+}

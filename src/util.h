@@ -51,6 +51,15 @@ static inline const char *trim_ows(const char *s, size_t len, size_t *out_len)
     return s;
 }
 
+/* Decimal (base 10) or lower-case hex (base 16) digits of v, without NUL,
+ * at the end of out; returns where they start. Cheaper than snprintf on
+ * the request path. */
+#define UINT64_DIGITS 20
+char *format_u64(uint64_t v, int base, char out[UINT64_DIGITS]);
+
+/* Copies src into dst (cap bytes, cap > 0), cut to fit, NUL-terminated. */
+void copy_cstr(char *dst, size_t cap, const char *src);
+
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const unsigned char *in, size_t n, char *out);
 
