@@ -781,8 +781,11 @@ static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tl
     struct runtime *rt = srv->rt;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* A plain socket's bufferevent calls back only from its own events, where
+     * freeing it is safe, so its callbacks run at once; OpenSSL's can call
+     * back from inside a write, so those wait for a turn of the loop. */
     struct bufferevent *bev = tls_accept_bufferevent(
-        rt->tls, rt->base, fd, tls, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+        rt->tls, rt->base, fd, tls, BEV_OPT_CLOSE_ON_FREE | (tls ? BEV_OPT_DEFER_CALLBACKS : 0));
     if (bev == NULL) {
         process_clients--;
         evutil_closesocket(fd);

@@ -239,7 +239,7 @@ def make_cert(openssl, tmp):
     cert = os.path.join(tmp, "tls-cert.pem")
     key = os.path.join(tmp, "tls-key.pem")
     argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-            "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+            "-nodes", "-keyout", key, "-out", cert, "-days", "30", "-subj", "/CN=localhost",
             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"]
     old = os.umask(0o077)
     try:
@@ -537,7 +537,7 @@ def main():
             user_line = "user root;"
 
         redis_port = free_port()
-        procs.start("redis-server",
+        redis_proc = procs.start("redis-server",
                     [redis, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
                      "--appendonly", "no", "--dir", tmp, "--daemonize", "no",
                      "--logfile", os.path.join(tmp, "redis.log")],
@@ -546,7 +546,7 @@ def main():
         up_port = free_port()
         conf = render("nginx-upstream.conf.in", os.path.join(tmp, "nginx-upstream.conf"),
                       DIR=tmp, PORT=up_port, USER_LINE=user_line)
-        procs.start("nginx (upstream)",
+        upstream_proc = procs.start("nginx (upstream)",
                     [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-upstream.error.log"),
                      "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-upstream.pid;"],
                     os.path.join(tmp, "nginx-upstream.out"), up_port)
@@ -725,6 +725,12 @@ def main():
                             continue
                         pids = [proc.pid] if tname == "idem" else proc_tree(proc.pid)
                         cpu0 = cpu_seconds(pids)
+                        # Where the machine's CPU went (idemproxy's plain rows): the
+                        # proxy, Redis, the upstream and wrk share the same cores.
+                        others = [("redis", [redis_proc.pid]),
+                                  ("upstream", proc_tree(upstream_proc.pid))]
+                        others0 = {k: cpu_seconds(v) for k, v in others}
+                        children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                         say(f"{name}, {conns} connections, "
                             f"{'idemproxy' if tname == 'idem' else 'nginx'}: "
                             f"{TLS_DURATION if tls else DURATION}s")
@@ -740,6 +746,12 @@ def main():
                         row[tname] = r
                         if r["requests"]:
                             r["cpu_us"] = (cpu_seconds(pids) - cpu0) * 1e6 / r["requests"]
+                            children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                            r["budget"] = {k: (cpu_seconds(v) - others0[k]) * 1e6 / r["requests"]
+                                           for k, v in others}
+                            r["budget"]["load generator"] = (
+                                children1.ru_utime + children1.ru_stime
+                                - children0.ru_utime - children0.ru_stime) * 1e6 / r["requests"]
                         say(f"  {f_rps(r['rps'])} req/s, p50 {f_ms(r['p50'])}, "
                             f"p99 {f_ms(r['p99'])}, non-2xx {f_err(r)}")
                         if keys_before is not None and r["requests"] is not None:
@@ -859,6 +871,24 @@ def main():
                 rep = results.get(("POST replay (same key)", conns), {}).get("idem")
                 lines.append(f"| {conns} | {f_ratio(uniq and uniq['rps'], base and base['rps'])} "
                              f"| {f_ratio(rep and rep['rps'], base and base['rps'])} |")
+            lines.append("")
+        budget_rows = [(name, conns, results.get((name, conns), {}).get("idem"))
+                       for name, _, _, _, _, _, tls, conn_list in scenarios if not tls
+                       for conns in conn_list]
+        budget_rows = [(n, c, r) for n, c, r in budget_rows if r and r.get("budget")]
+        if budget_rows:
+            lines.append("Where the CPU went in idemproxy's runs (µs of CPU per request, user + "
+                         "system; every process shares the same cores, so a scenario's rate is "
+                         "about cores / the sum):")
+            lines.append("")
+            lines.append("| scenario | conns | idemproxy | Redis | upstream nginx | wrk | sum |")
+            lines.append("|---|---:|---:|---:|---:|---:|---:|")
+            for name, conns, r in budget_rows:
+                b = r["budget"]
+                parts = [r["cpu_us"], b["redis"], b["upstream"], b["load generator"]]
+                lines.append(f"| {name} | {conns} | "
+                             + " | ".join(f"{v:.1f}" for v in parts)
+                             + f" | {sum(parts):.1f} |")
             lines.append("")
         if idle:
             lines.append(f"Idle keep-alive connections: {idle['count']} open to idemproxy "
