@@ -18,14 +18,16 @@
 
 #include "util.h"
 
-/* Text for a typical head (names and values of a dozen fields) in one block. */
-#define TEXT_BLOCK 1024
-
 struct header_text {
     struct header_text *prev;
     size_t used, cap;
     char bytes[];
 };
+
+/* Text for a typical head (names and values of a dozen fields) in one block,
+ * kept under 1000 bytes with its header: glibc serves that size from its
+ * small bins, where a larger one would consolidate its fast bins first. */
+#define TEXT_BLOCK (1000 - sizeof(struct header_text))
 
 void headers_init(struct header_list *h)
 {
@@ -47,12 +49,13 @@ void headers_clear(struct header_list *h)
     headers_init(h);
 }
 
-/* Room for n bytes at the end of the newest block. */
-static char *text_reserve(struct header_list *h, size_t n)
+/* Room for n bytes at the end of the newest block; a new block has room
+ * for at least `room` bytes. */
+static char *text_reserve(struct header_list *h, size_t n, size_t room)
 {
     struct header_text *t = h->text;
     if (t == NULL || t->cap - t->used < n) {
-        size_t cap = n > TEXT_BLOCK ? n : TEXT_BLOCK;
+        size_t cap = room > TEXT_BLOCK ? room : TEXT_BLOCK;
         t = xmalloc(sizeof(*t) + cap);
         t->prev = h->text;
         t->used = 0;
@@ -66,21 +69,26 @@ static char *text_reserve(struct header_list *h, size_t n)
 
 static char *text_copy(struct header_list *h, const char *s, size_t n)
 {
-    char *p = text_reserve(h, n + 1);
+    char *p = text_reserve(h, n + 1, n + 1);
     memcpy(p, s, n);
     p[n] = '\0';
     return p;
 }
 
-/* Appends to a string of this list's text: in place when it is the last
- * thing in the newest block and there is room, else as a new copy. */
+/*
+ * Appends to a string of this list's text: in place when it is the last
+ * thing in the newest block and there is room, else as a new copy in a block
+ * with room for as much again, so that a value arriving a byte at a time
+ * costs memory in proportion to its length, not to its square.
+ */
 static void text_extend(struct header_list *h, char **s, size_t *len, const char *more, size_t n)
 {
     struct header_text *t = h->text;
     if (t && *s + *len + 1 == t->bytes + t->used && t->cap - t->used >= n) {
         t->used += n;
     } else {
-        char *p = text_reserve(h, *len + n + 1);
+        size_t need = *len + n + 1;
+        char *p = text_reserve(h, need, 2 * need);
         memcpy(p, *s, *len);
         *s = p;
     }

@@ -1010,8 +1010,9 @@ void server_drain(struct server *srv)
     struct client *c = srv->clients;
     while (c) {
         struct client *next = c->next;
+        /* The end of its last response may still be on its way out. */
         if (c->state == CLIENT_IDLE)
-            client_free(c);
+            client_close_after_flush(c);
         c = next;
     }
 }

@@ -586,6 +586,11 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
 static void op_send(struct store_op *op)
 {
     struct store *st = op->st;
+    if (st->cmd.ac == NULL) { /* a resend after a reconnect that has not happened yet */
+        op_answer_error(op, "Redis is unreachable");
+        op_free(op);
+        return;
+    }
     const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
     const char *body = op->resent_as_eval ? script_source[op->script] : st->sha[op->script];
     /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */

@@ -1,6 +1,7 @@
 /*
  * test_headers.c - the owned header list and the hop-by-hop rules (headers.c).
  */
+#include <malloc.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -113,6 +114,38 @@ START_TEST(test_append)
     headers_append_value(&h, "2", 1);
     ck_assert_str_eq(headers_find(&h, "Content-Type")->value, "text/plain");
     ck_assert_str_eq(headers_find(&h, "X")->value, "12");
+    headers_clear(&h);
+}
+END_TEST
+
+/*
+ * A field that arrives a byte per read (a slow or hostile client, llhttp
+ * calling back once per read) keeps its text in memory proportional to its
+ * length: each extension used to copy the whole value into a new block.
+ */
+START_TEST(test_append_byte_by_byte_stays_linear)
+{
+    enum { LEN = 16384 };
+    static char want[LEN + 1];
+    struct header_list h;
+    headers_init(&h);
+    size_t before = mallinfo2().uordblks;
+    headers_add(&h, "X-", 2, "", 0);
+    for (int i = 0; i < 30; i++)
+        headers_append_name(&h, "n", 1);
+    headers_append_value(&h, "", 0);
+    for (int i = 0; i < LEN; i++) {
+        want[i] = (char)('a' + i % 26);
+        headers_append_value(&h, &want[i], 1);
+    }
+    size_t grown = mallinfo2().uordblks - before;
+    const struct header *f = &h.items[0];
+    ck_assert_uint_eq(f->name_len, 32);
+    ck_assert_uint_eq(f->value_len, LEN);
+    ck_assert_int_eq(memcmp(f->value, want, LEN), 0);
+    ck_assert_int_eq(f->value[LEN], '\0');
+    /* A few times the text at most (the quadratic version: over 100 MB). */
+    ck_assert_msg(grown < 8 * LEN, "%zu bytes held for a %d-byte value", grown, LEN);
     headers_clear(&h);
 }
 END_TEST
@@ -236,6 +269,7 @@ static Suite *headers_suite(void)
     tcase_add_test(tc, test_grows);
     tcase_add_test(tc, test_remove);
     tcase_add_test(tc, test_append);
+    tcase_add_test(tc, test_append_byte_by_byte_stays_linear);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("rules");
