@@ -401,17 +401,11 @@ static void on_completed(void *arg, bool applied, const char *error)
 
 static void store_response(struct exchange *ex)
 {
-    struct header_list h;
-    headers_init(&h);
-    headers_copy_end_to_end(&h, &ex->resp->headers);
-    headers_remove(&h, "Content-Length");
-    headers_remove(&h, "Date");
     size_t len;
     const char *body = ex->streaming ? "" : (const char *)evbuffer_pullup(ex->resp_body, -1);
     size_t body_len = ex->streaming ? 0 : ex->resp_body_len;
-    char *rec =
-        record_encode(ex->resp->status, ex->streaming, &h, body ? body : "", body_len, &len);
-    headers_clear(&h);
+    char *rec = record_encode(ex->resp->status, ex->streaming, &ex->resp->headers, body ? body : "",
+                              body_len, &len);
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     if (rec == NULL) {

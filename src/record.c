@@ -66,6 +66,12 @@ static bool add_len(size_t *total, size_t n)
  * expressed in version 1: a status outside 0..65535, or a count or length
  * beyond 32 bits. Limits such as max_cached_body keep real records far below.
  */
+static bool stored(const struct header *h)
+{
+    return !strn_case_equal(h->name, h->name_len, "Date") &&
+           !strn_case_equal(h->name, h->name_len, "Content-Length");
+}
+
 char *record_encode(int status, bool body_omitted, const struct header_list *headers,
                     const char *body, size_t body_len, size_t *out_len)
 {
@@ -73,10 +79,14 @@ char *record_encode(int status, bool body_omitted, const struct header_list *hea
         return NULL;
 
     size_t total = RECORD_MAGIC_LEN + 2 + 1 + 4;
+    uint32_t count = 0;
     for (int i = 0; i < headers->count; i++) {
+        if (!stored(&headers->items[i]))
+            continue;
         if (!add_len(&total, headers->items[i].name_len) ||
             !add_len(&total, headers->items[i].value_len))
             return NULL;
+        count++;
     }
     if (!add_len(&total, body_len))
         return NULL;
@@ -87,9 +97,11 @@ char *record_encode(int status, bool body_omitted, const struct header_list *hea
     p += RECORD_MAGIC_LEN;
     p = put_u16(p, (uint16_t)status);
     *p++ = body_omitted ? RECORD_FLAG_OMITTED : 0;
-    p = put_u32(p, (uint32_t)headers->count);
+    p = put_u32(p, count);
     for (int i = 0; i < headers->count; i++) {
         const struct header *h = &headers->items[i];
+        if (!stored(h))
+            continue;
         p = put_bytes(p, h->name, h->name_len);
         p = put_bytes(p, h->value, h->value_len);
     }

@@ -27,7 +27,9 @@ struct record {
     size_t body_len;
 };
 
-/* Encodes into a malloc'd buffer of *out_len bytes. Headers are taken as given. */
+/* Encodes into a malloc'd buffer of *out_len bytes. The fields are taken as
+ * given (end-to-end ones, the caller's job) except Date and Content-Length,
+ * never stored: a replay gets a fresh Date and its own framing. */
 char *record_encode(int status, bool body_omitted, const struct header_list *headers,
                     const char *body, size_t body_len, size_t *out_len);
 
