@@ -149,21 +149,6 @@ int headers_count(const struct header_list *h, const char *name)
     return n;
 }
 
-void headers_remove(struct header_list *h, const char *name)
-{
-    int kept = 0;
-    for (int i = 0; i < h->count; i++) {
-        struct header *f = &h->items[i];
-        if (strn_case_equal(f->name, f->name_len, name)) {
-            if (strn_case_equal(f->name, f->name_len, "Connection"))
-                h->connection_fields--;
-        } else {
-            h->items[kept++] = *f;
-        }
-    }
-    h->count = kept;
-}
-
 bool headers_list_has_token(const char *value, size_t len, const char *token)
 {
     size_t i = 0;

@@ -45,8 +45,6 @@ void headers_append_name(struct header_list *h, const char *more, size_t len);
 const struct header *headers_find(const struct header_list *h, const char *name);
 /* How many fields are called name. */
 int headers_count(const struct header_list *h, const char *name);
-/* Removes every field called name. */
-void headers_remove(struct header_list *h, const char *name);
 
 /* Whether `value` (a comma-separated list) contains token, case-insensitive. */
 bool headers_list_has_token(const char *value, size_t len, const char *token);

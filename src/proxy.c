@@ -259,7 +259,6 @@ static void answer_retry_later(struct exchange *ex, enum problem_code code, int6
     headers_clear(&extra);
 }
 
-/* Response headers for the client: end-to-end fields, framing left to server.c. */
 static bool response_has_no_body(const struct exchange *ex, int status)
 {
     return http_response_has_no_body(ex->req->method, status);
