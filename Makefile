@@ -40,7 +40,10 @@ PKG_LIBS = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 CHECK_CFLAGS = $(shell pkg-config --cflags check 2>/dev/null)
 CHECK_LIBS = $(shell pkg-config --libs check 2>/dev/null)
 
-CPPFLAGS += -D_GNU_SOURCE -Isrc -I$(LLHTTP_INC_DIR)
+# llhttp's strict mode is a compile-time switch its Debian header turns off:
+# it must be on for llhttp's own sources and for every file that includes it.
+LLHTTP_FLAGS := -DLLHTTP_STRICT_MODE=1 -I$(LLHTTP_INC_DIR)
+CPPFLAGS += -D_GNU_SOURCE -Isrc $(LLHTTP_FLAGS)
 ALL_CFLAGS = -std=c11 $(OPTFLAGS) $(WARNINGS) $(PKG_CFLAGS) $(CPPFLAGS) $(CFLAGS)
 LDFLAGS_ALL = $(OPTFLAGS) $(LDFLAGS)
 
@@ -68,7 +71,7 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) -std=c11 $(OPTFLAGS) -w -I$(LLHTTP_INC_DIR) -c -o $@ $<
+	$(Q)$(CC) -std=c11 $(OPTFLAGS) -w $(LLHTTP_FLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTTP_OBJS) | $(BUILD)/obj
 	@mkdir -p $(dir $@)
@@ -130,7 +133,7 @@ bench: deps
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := $(patsubst tests/fuzz/%.c,build/fuzz/%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_FLAGS := -std=c11 -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
-	-I$(LLHTTP_INC_DIR) $(PKG_CFLAGS)
+	$(LLHTTP_FLAGS) $(PKG_CFLAGS)
 
 build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(filter-out src/main.c,$(SRCS))
 	@mkdir -p $(dir $@)

@@ -199,6 +199,7 @@ static const struct directive directives[] = {
     {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL, NULL},
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
     {"upstream_host", set_bool, CFG(upstream_host), G, 1, 1, "off", NULL, NULL},
+    {"underscores_in_headers", set_bool, CFG(underscores_in_headers), G, 1, 1, "off", NULL, NULL},
     {"tls_certificate", set_string, CFG(tls_certificate), G, 1, 1, NULL, NULL, NULL},
     {"tls_certificate_key", set_string, CFG(tls_certificate_key), G, 1, 1, NULL, NULL, NULL},
     {"tls_protocols", set_tls_protocols, CFG(tls_protocols), G, 1, 2, "TLSv1.2 TLSv1.3", NULL,

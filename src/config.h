@@ -151,7 +151,8 @@ struct config {
     char *token_header;
     uint64_t token_ttl_ms;
 
-    bool upstream_host; /* Host: the upstream's host[:port] instead of the client's */
+    bool upstream_host;          /* Host: the upstream's host[:port] instead of the client's */
+    bool underscores_in_headers; /* keep request fields with '_' in their name */
 
     /* TLS (SPEC §7): paths and settings only; tls.c loads and checks the files. */
     char *tls_certificate; /* NULL when not given */

@@ -118,6 +118,13 @@ void headers_add_cstr(struct header_list *h, const char *name, const char *value
     headers_add(h, name, strlen(name), value, strlen(value));
 }
 
+void headers_drop_last(struct header_list *h)
+{
+    const struct header *f = &h->items[--h->count];
+    if (strn_case_equal(f->name, f->name_len, "Connection"))
+        h->connection_fields--;
+}
+
 void headers_append_value(struct header_list *h, const char *more, size_t len)
 {
     struct header *f = &h->items[h->count - 1];

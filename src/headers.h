@@ -36,6 +36,9 @@ void headers_add(struct header_list *h, const char *name, size_t name_len, const
                  size_t value_len);
 void headers_add_cstr(struct header_list *h, const char *name, const char *value);
 
+/* Removes the last field (its text stays with the list until headers_clear). */
+void headers_drop_last(struct header_list *h);
+
 /* Appends bytes to the value of the last field (llhttp delivers values in pieces). */
 void headers_append_value(struct header_list *h, const char *more, size_t len);
 /* Appends bytes to the name of the last field. */

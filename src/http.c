@@ -1,16 +1,37 @@
 /*
  * http.c - llhttp glue: collects heads into http_message, hands body pieces
- * and message ends to the owner, and maps llhttp's errors onto the answers
- * SPEC §5 gives (400, 414, 431).
+ * and message ends to the owner, and maps malformed messages onto the
+ * answers SPEC §5 and §13 give (400, 414, 431, 501, 505; 502 on the
+ * upstream side, which upstream.c decides).
  *
- * llhttp is strict by default, and we keep it so: it rejects Content-Length
- * together with Transfer-Encoding, differing Content-Length fields, bad chunk
- * sizes, a request Transfer-Encoding that does not end in chunked, and bytes
- * not allowed in header names or values. No lenient flag is ever set. Where
- * llhttp 8 is lenient anyway (a bare LF ending the request line, obs-fold
- * continuation lines, "Name : value"), scan_head() rejects the request before llhttp sees
- * it: a proxy that reads a head differently from the server behind it is a
- * smuggling vector, so only one reading is allowed.
+ * A proxy that reads a head differently from the server behind it is a
+ * smuggling vector, so a head is read one way only, in three layers:
+ *
+ *   bytes --scan_byte()--> llhttp (strict mode) --check_framing()--> owner
+ *
+ * 1. scan_byte() walks every head byte before llhttp sees it, for requests
+ *    and responses alike: each line ends in CRLF (no bare CR, no bare LF);
+ *    the request line is exactly `token SP target SP HTTP/D.D` with no
+ *    whitespace or control byte in the target; field names are non-empty
+ *    tokens followed directly by ':'; no obs-fold; no control byte in a
+ *    value. llhttp 8.1 lets several of these through even in strict mode
+ *    (a line without a version, an empty field name, obs-fold).
+ * 2. llhttp, compiled with LLHTTP_STRICT_MODE=1 (the Makefile sets it; the
+ *    Debian header defaults to 0), and no lenient flag ever set: it refuses
+ *    differing Content-Length fields, bad chunk sizes and extensions, and a
+ *    bare CR inside chunked framing.
+ * 3. check_framing() on the complete head: a version other than HTTP/1.x,
+ *    Content-Length beside any Transfer-Encoding field (even an empty one),
+ *    Transfer-Encoding in an HTTP/1.0 message (RFC 9112 §6.1), a coding list
+ *    that does not end in exactly one chunked (§6.3: 400), and codings other
+ *    than chunked (§6.1: 501, we decode none).
+ *
+ * docs/design.md lists every rule with its RFC section.
+ *
+ * Every message end pauses llhttp for a moment (on_message_complete), so the
+ * scanner starts afresh on the next head in the same buffer; so does the
+ * last chunk, whose trailer fields are scanned like header fields. The owner
+ * sees a pause only when it asked for one.
  *
  * Ownership: the parser allocates an http_message at message begin and gives
  * it to the owner in on_head. Callbacks must not free the parser; an owner
@@ -44,6 +65,13 @@ static int fail(struct http_parser *p, enum http_error error)
     return HPE_USER;
 }
 
+/* As fail(), with our own reason for the log instead of llhttp's. */
+static int fail_why(struct http_parser *p, enum http_error error, const char *why)
+{
+    p->error_reason = why;
+    return fail(p, error);
+}
+
 /* Counts head bytes; the request line and the header block share the limit. */
 static int count_head(struct http_parser *p, size_t len, enum http_error error)
 {
@@ -51,50 +79,137 @@ static int count_head(struct http_parser *p, size_t len, enum http_error error)
     return p->head_bytes > p->max_head_bytes ? fail(p, error) : 0;
 }
 
+/* ---- the head scanner --------------------------------------------------- */
+
+/* RFC 9110 §5.6.2: tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" /
+ * "-" / "." / "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA */
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'))
+        return true;
+    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+/* field-content and reason-phrase bytes: HTAB, SP, VCHAR, obs-text. */
+static bool is_text_byte(unsigned char c)
+{
+    return c == '\t' || (c >= 0x20 && c != 0x7f);
+}
+
 static void scan_reset(struct http_parser *p)
 {
     memset(&p->scan, 0, sizeof(p->scan));
-    p->scan.line_start = true;
+    p->scan.state = SCAN_START;
+}
+
+static const char *expect_cr(struct http_parser *p, unsigned char c, enum head_scan_state next,
+                             const char *why)
+{
+    if (c != '\r')
+        return why;
+    p->scan.state = SCAN_LF;
+    p->scan.after_lf = next;
+    return NULL;
+}
+
+/* One byte of "HTTP/" DIGIT "." DIGIT, then the byte that ends it. */
+static const char *scan_version(struct http_parser *p, unsigned char c)
+{
+    static const char shape[] = "HTTP/0.0";
+    unsigned at = p->scan.version_at++;
+    if (at < sizeof(shape) - 1) {
+        bool ok = shape[at] == '0' ? (c >= '0' && c <= '9') : c == (unsigned char)shape[at];
+        return ok ? NULL : "malformed HTTP version";
+    }
+    if (p->llhttp.type == HTTP_REQUEST)
+        return expect_cr(p, c, SCAN_LINE_BEGIN, "malformed HTTP version");
+    if (c != ' ')
+        return "malformed HTTP version";
+    p->scan.state = SCAN_STATUS_REST;
+    return NULL;
 }
 
 /*
- * Follows a request head's lines through data (which may stop anywhere in
- * it, or run past its end into the body). Returns NULL, or why the head is
- * refused: every line ends in CRLF, no line after the request line starts
- * with a blank (obs-fold, RFC 9112 §5.2), and no field name is followed by
- * a blank before its colon (§5.1). Empty lines before the request line are
- * skipped, as llhttp does.
+ * Advances the scanner by one head byte. Returns NULL, or why the head is
+ * refused. SCAN_DONE once the empty line that ends the head has passed.
  */
+static const char *scan_byte(struct http_parser *p, unsigned char c)
+{
+    if (c == '\n' && p->scan.state != SCAN_LF)
+        return "bare LF in the head";
+    switch (p->scan.state) {
+    case SCAN_START:
+        if (p->llhttp.type == HTTP_RESPONSE) {
+            p->scan.state = SCAN_VERSION;
+            return scan_version(p, c);
+        }
+        if (c == '\r') /* RFC 9112 §2.2: empty lines before a request line */
+            return expect_cr(p, c, SCAN_START, NULL);
+        if (!is_tchar(c))
+            return "malformed method";
+        p->scan.state = SCAN_METHOD;
+        return NULL;
+    case SCAN_METHOD:
+        if (c == ' ')
+            p->scan.state = SCAN_TARGET;
+        return c == ' ' || is_tchar(c) ? NULL : "malformed method";
+    case SCAN_TARGET:
+        if (c > 0x20 && c < 0x7f) {
+            p->scan.target_len++;
+            return NULL;
+        }
+        if (c == ' ' && p->scan.target_len > 0) {
+            p->scan.state = SCAN_VERSION;
+            return NULL;
+        }
+        if (c == '\r')
+            return "request line without an HTTP version";
+        return "whitespace or control byte in the request-target";
+    case SCAN_VERSION: return scan_version(p, c);
+    case SCAN_STATUS_REST:
+        if (c == '\r')
+            return expect_cr(p, c, SCAN_LINE_BEGIN, NULL);
+        return is_text_byte(c) ? NULL : "control byte in the status line";
+    case SCAN_LINE_BEGIN:
+        if (c == '\r')
+            return expect_cr(p, c, SCAN_DONE, NULL);
+        if (c == ' ' || c == '\t')
+            return "obs-fold (a field line starting with a blank)";
+        if (c == ':')
+            return "empty field name";
+        p->scan.state = SCAN_NAME;
+        return is_tchar(c) ? NULL : "invalid byte in a field name";
+    case SCAN_NAME:
+        if (c == ':') {
+            p->scan.state = SCAN_VALUE;
+            return NULL;
+        }
+        /* "Name : value": one server would see "Name", another "Name ". */
+        if (c == ' ' || c == '\t')
+            return "whitespace between a field name and its colon";
+        return is_tchar(c) ? NULL : "invalid byte in a field name";
+    case SCAN_VALUE:
+        if (c == '\r')
+            return expect_cr(p, c, SCAN_LINE_BEGIN, NULL);
+        return is_text_byte(c) ? NULL : "control byte in a field value";
+    case SCAN_LF:
+        if (c != '\n')
+            return "bare CR in the head";
+        p->scan.state = p->scan.after_lf;
+        return NULL;
+    case SCAN_DONE: break;
+    }
+    return NULL;
+}
+
+/* Scans the head bytes among data (it may stop anywhere in a head, or run
+ * past its end into the body, which is left to llhttp). */
 static const char *scan_head(struct http_parser *p, const char *data, size_t len)
 {
-    for (size_t i = 0; i < len && !p->scan.done; i++) {
-        char c = data[i];
-        if (c == '\n') {
-            if (!p->scan.after_cr)
-                return "bare LF in the request head";
-            if (p->scan.line_len == 0 && p->scan.seen_line)
-                p->scan.done = true; /* the empty line: the head ends */
-            p->scan.seen_line = p->scan.seen_line || p->scan.line_len > 0;
-            p->scan.line_len = 0;
-            p->scan.line_start = true;
-            p->scan.after_cr = false;
-            continue;
-        }
-        p->scan.after_cr = c == '\r';
-        if (c == '\r')
-            continue;
-        bool blank = c == ' ' || c == '\t';
-        if (p->scan.line_start && p->scan.seen_line && blank)
-            return "obs-fold (a header line starting with a blank) in the request head";
-        /* "Name : value": one server would see "Name", another "Name ". */
-        if (p->scan.in_name && blank)
-            return "whitespace between a header field name and its colon";
-        if (p->scan.line_start)
-            p->scan.in_name = p->scan.seen_line && c != ':';
-        else if (c == ':')
-            p->scan.in_name = false;
-        p->scan.line_start = false;
-        p->scan.line_len++;
+    for (size_t i = 0; i < len && p->scan.state != SCAN_DONE; i++) {
+        const char *why = scan_byte(p, (unsigned char)data[i]);
+        if (why != NULL)
+            return why;
     }
     return NULL;
 }
@@ -140,6 +255,7 @@ static int on_header_field(llhttp_t *l, const char *at, size_t len)
             return fail(p, HTTP_ERROR_HEADER_TOO_LARGE);
         headers_add(&p->msg->headers, at, len, "", 0);
         p->field_open = true;
+        p->dropping_field = false;
     }
     /* 4 = ": " and CRLF, so many empty fields still count against the limit. */
     return count_head(p, len + 4, HTTP_ERROR_HEADER_TOO_LARGE);
@@ -147,16 +263,25 @@ static int on_header_field(llhttp_t *l, const char *at, size_t len)
 
 static int on_header_field_complete(llhttp_t *l)
 {
-    parser_of(l)->field_open = false;
+    struct http_parser *p = parser_of(l);
+    p->field_open = false;
+    struct header_list *h = p->msg ? &p->msg->headers : NULL;
+    if (h == NULL || p->keep_underscores || l->type != HTTP_REQUEST)
+        return 0;
+    const struct header *f = &h->items[h->count - 1];
+    if (memchr(f->name, '_', f->name_len) != NULL) {
+        headers_drop_last(h);
+        p->msg->dropped_fields++;
+        p->dropping_field = true;
+    }
     return 0;
 }
 
 static int on_header_value(llhttp_t *l, const char *at, size_t len)
 {
     struct http_parser *p = parser_of(l);
-    if (p->msg == NULL)
-        return count_head(p, len, HTTP_ERROR_HEADER_TOO_LARGE);
-    headers_append_value(&p->msg->headers, at, len);
+    if (p->msg != NULL && !p->dropping_field)
+        headers_append_value(&p->msg->headers, at, len);
     return count_head(p, len, HTTP_ERROR_HEADER_TOO_LARGE);
 }
 
@@ -165,11 +290,60 @@ static int verdict_to_llhttp(struct http_parser *p, enum http_verdict v)
     switch (v) {
     case PARSE_CONTINUE: return 0;
     case PARSE_SKIP_BODY: return 1;
-    case PARSE_PAUSE: return HPE_PAUSED;
+    case PARSE_PAUSE: p->owner_paused = true; return HPE_PAUSED;
     case PARSE_ABORT: break;
     }
     p->aborted = true;
     return -1;
+}
+
+/*
+ * Transfer-Encoding, read as RFC 9112 §6 asks a recipient that must not
+ * guess: returns 0, or fails the parse. Runs on every head, after llhttp's
+ * own checks, which miss an empty Transfer-Encoding beside Content-Length
+ * and any Transfer-Encoding in HTTP/1.0.
+ */
+static int check_framing(struct http_parser *p, const struct http_message *m)
+{
+    bool request = p->llhttp.type == HTTP_REQUEST;
+    if (m->major != 1)
+        return request ? fail_why(p, HTTP_ERROR_VERSION, "HTTP version other than 1.x")
+                       : fail_why(p, HTTP_ERROR_BAD_REQUEST, "HTTP version other than 1.x");
+    int te_fields = 0, chunked = 0, others = 0;
+    bool length = false, chunked_last = false;
+    for (int i = 0; i < m->headers.count; i++) {
+        const struct header *f = &m->headers.items[i];
+        if (strn_case_equal(f->name, f->name_len, "Content-Length"))
+            length = true;
+        if (!strn_case_equal(f->name, f->name_len, "Transfer-Encoding"))
+            continue;
+        te_fields++;
+        for (const char *v = f->value, *end = v + f->value_len; v < end;) {
+            const char *comma = memchr(v, ',', (size_t)(end - v));
+            size_t n;
+            const char *coding = trim_ows(v, comma ? (size_t)(comma - v) : (size_t)(end - v), &n);
+            v = comma ? comma + 1 : end;
+            if (n == 0)
+                continue; /* an empty list element (RFC 9110 §5.6.1) */
+            chunked_last = strn_case_equal(coding, n, "chunked");
+            chunked += chunked_last;
+            others += !chunked_last;
+        }
+    }
+    if (te_fields == 0)
+        return 0;
+    if (length)
+        return fail_why(p, HTTP_ERROR_BAD_REQUEST, "Content-Length with Transfer-Encoding");
+    if (m->minor == 0)
+        return fail_why(p, HTTP_ERROR_BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 message");
+    if (!chunked_last || chunked > 1)
+        return fail_why(p, HTTP_ERROR_BAD_REQUEST,
+                        "Transfer-Encoding that does not end in one chunked");
+    if (others > 0)
+        return request
+                   ? fail_why(p, HTTP_ERROR_NOT_IMPLEMENTED, "a transfer coding other than chunked")
+                   : fail_why(p, HTTP_ERROR_BAD_REQUEST, "a transfer coding other than chunked");
+    return 0;
 }
 
 static int on_headers_complete(llhttp_t *l)
@@ -185,13 +359,16 @@ static int on_headers_complete(llhttp_t *l)
     m->has_content_length = (l->flags & F_CONTENT_LENGTH) != 0;
     m->content_length = m->has_content_length ? l->content_length : 0;
     m->upgrade = l->upgrade;
+    int err = check_framing(p, m);
+    if (err != 0)
+        return err;
     if (l->type == HTTP_REQUEST) {
         /* CONNECT is refused. An Upgrade offer is parsed as an ordinary
          * request (m->upgrade says it was made): proxy.c passes a WebSocket
          * offer on, or declines it by not forwarding its hop-by-hop fields.
          * Bytes after it stay unparsed in the input, for a tunnel. */
         if (l->method == HTTP_CONNECT)
-            return fail(p, HTTP_ERROR_BAD_REQUEST);
+            return fail_why(p, HTTP_ERROR_BAD_REQUEST, "CONNECT is not proxied");
         l->upgrade = 0;
     }
     p->msg = NULL;
@@ -204,11 +381,28 @@ static int on_body(llhttp_t *l, const char *at, size_t len)
     return verdict_to_llhttp(p, p->cb->on_body(p->owner, at, len));
 }
 
+/*
+ * The last chunk: trailer fields follow, and are scanned like a head's. The
+ * pause lets http_parser_feed scan them before llhttp reads on.
+ */
+static int on_chunk_header(llhttp_t *l)
+{
+    struct http_parser *p = parser_of(l);
+    if (l->content_length != 0)
+        return 0;
+    p->scan.state = SCAN_LINE_BEGIN;
+    return HPE_PAUSED;
+}
+
+/* Always pauses: the owner's pause, or ours, after which http_parser_feed
+ * scans the next head afresh and goes on. */
 static int on_message_complete(llhttp_t *l)
 {
     struct http_parser *p = parser_of(l);
     p->in_message = false;
-    return verdict_to_llhttp(p, p->cb->on_complete(p->owner));
+    scan_reset(p);
+    int r = verdict_to_llhttp(p, p->cb->on_complete(p->owner));
+    return r == 0 ? HPE_PAUSED : r;
 }
 
 static const llhttp_settings_t settings = {
@@ -219,6 +413,7 @@ static const llhttp_settings_t settings = {
     .on_header_value = on_header_value,
     .on_headers_complete = on_headers_complete,
     .on_body = on_body,
+    .on_chunk_header = on_chunk_header,
     .on_message_complete = on_message_complete,
 };
 
@@ -234,6 +429,11 @@ void http_parser_init(struct http_parser *p, enum llhttp_type type, size_t max_h
     scan_reset(p);
 }
 
+void http_parser_keep_underscores(struct http_parser *p, bool keep)
+{
+    p->keep_underscores = keep;
+}
+
 void http_parser_reset(struct http_parser *p)
 {
     http_message_free(p->msg);
@@ -241,7 +441,9 @@ void http_parser_reset(struct http_parser *p)
     llhttp_reset(&p->llhttp);
     p->in_message = false;
     p->error = HTTP_ERROR_NONE;
+    p->error_reason = NULL;
     p->aborted = false;
+    p->owner_paused = false;
     scan_reset(p);
 }
 
@@ -251,7 +453,8 @@ static enum http_feed_result classify_error(struct http_parser *p, llhttp_errno_
         return HTTP_FEED_ABORTED;
     if (p->error == HTTP_ERROR_NONE)
         p->error = HTTP_ERROR_BAD_REQUEST;
-    p->error_reason = llhttp_get_error_reason(&p->llhttp);
+    if (p->error_reason == NULL)
+        p->error_reason = llhttp_get_error_reason(&p->llhttp);
     if (p->error_reason == NULL)
         p->error_reason = llhttp_errno_name(err);
     return HTTP_FEED_ERROR;
@@ -264,13 +467,11 @@ enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *i
         if (evbuffer_peek(input, -1, NULL, &v, 1) < 1)
             break;
         const char *base = v.iov_base;
-        if (p->llhttp.type == HTTP_REQUEST && !p->scan.done) {
-            const char *why = scan_head(p, base, v.iov_len);
-            if (why != NULL) {
-                p->error = HTTP_ERROR_BAD_REQUEST;
-                p->error_reason = why;
-                return HTTP_FEED_ERROR;
-            }
+        const char *why = scan_head(p, base, v.iov_len);
+        if (why != NULL) {
+            p->error = HTTP_ERROR_BAD_REQUEST;
+            p->error_reason = why;
+            return HTTP_FEED_ERROR;
         }
         llhttp_errno_t err = llhttp_execute(&p->llhttp, base, v.iov_len);
         if (err == HPE_OK) {
@@ -279,11 +480,13 @@ enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *i
         }
         const char *pos = llhttp_get_error_pos(&p->llhttp);
         size_t consumed = pos != NULL && pos >= base ? (size_t)(pos - base) : 0;
-        if (err == HPE_PAUSED || err == HPE_PAUSED_UPGRADE) {
-            evbuffer_drain(input, consumed);
+        if (err != HPE_PAUSED && err != HPE_PAUSED_UPGRADE)
+            return classify_error(p, err);
+        evbuffer_drain(input, consumed);
+        if (p->owner_paused || err == HPE_PAUSED_UPGRADE)
             return HTTP_FEED_PAUSED;
-        }
-        return classify_error(p, err);
+        /* Our pause (a message end, trailers): scan on from here. */
+        llhttp_resume(&p->llhttp);
     }
     return HTTP_FEED_OK;
 }
@@ -291,6 +494,7 @@ enum http_feed_result http_parser_feed(struct http_parser *p, struct evbuffer *i
 void http_parser_resume(struct http_parser *p)
 {
     scan_reset(p); /* requests pause after each message: the next head starts here */
+    p->owner_paused = false;
     if (llhttp_get_errno(&p->llhttp) == HPE_PAUSED_UPGRADE)
         llhttp_resume_after_upgrade(&p->llhttp);
     else
@@ -351,6 +555,7 @@ const char *http_reason(int status)
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }

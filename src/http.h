@@ -39,6 +39,7 @@ struct http_message {
     bool has_content_length;
     uint64_t content_length;
     bool upgrade;
+    int dropped_fields; /* fields with '_' in their name, left out (requests) */
 };
 
 void http_message_free(struct http_message *msg);
@@ -60,9 +61,25 @@ struct http_parser_callbacks {
 
 enum http_error {
     HTTP_ERROR_NONE = 0,
-    HTTP_ERROR_BAD_REQUEST,     /* malformed or ambiguous message: 400 */
-    HTTP_ERROR_URI_TOO_LONG,    /* request line over max_header_size: 414 */
-    HTTP_ERROR_HEADER_TOO_LARGE /* header block over max_header_size: 431 */
+    HTTP_ERROR_BAD_REQUEST,      /* malformed or ambiguous message: 400 */
+    HTTP_ERROR_URI_TOO_LONG,     /* request line over max_header_size: 414 */
+    HTTP_ERROR_HEADER_TOO_LARGE, /* header block over max_header_size: 431 */
+    HTTP_ERROR_NOT_IMPLEMENTED,  /* a transfer coding other than chunked: 501 */
+    HTTP_ERROR_VERSION           /* a well-formed version other than HTTP/1.x: 505 */
+};
+
+/* Where the head scanner is (http.c, scan_byte): one state per part of a line. */
+enum head_scan_state {
+    SCAN_START,       /* before the start line (a request may have empty lines there) */
+    SCAN_METHOD,      /* request line: method token */
+    SCAN_TARGET,      /* request line: request-target */
+    SCAN_VERSION,     /* "HTTP/" DIGIT "." DIGIT, position in version_at */
+    SCAN_STATUS_REST, /* status line after the version: SP status SP reason */
+    SCAN_LINE_BEGIN,  /* first byte of a field line, or CR of the empty line */
+    SCAN_NAME,        /* field name token */
+    SCAN_VALUE,       /* field value */
+    SCAN_LF,          /* a CR was seen: only LF may follow */
+    SCAN_DONE,        /* the head has ended: llhttp alone reads the body */
 };
 
 struct http_parser {
@@ -72,18 +89,18 @@ struct http_parser {
     struct http_message *msg; /* head being collected, NULL after on_head took it */
     size_t head_bytes;
     size_t max_head_bytes;
-    bool field_open; /* a header name is being collected */
-    /* Requests: the head's line structure, checked on the raw bytes before
-     * llhttp sees them (it tolerates a bare LF after the request line and
-     * obs-fold). Reset for each request; done once the head has ended. */
+    bool field_open;       /* a header name is being collected */
+    bool dropping_field;   /* the current field is left out (a '_' in its name) */
+    bool keep_underscores; /* requests: keep fields with '_' in their name */
+    /* The head's bytes, checked before llhttp sees them (scan_byte). Reset
+     * at every message end, so every head of a connection is scanned. */
     struct {
-        bool done;
-        bool seen_line;  /* the request line has ended */
-        bool line_start; /* the next byte starts a line */
-        bool after_cr;
-        bool in_name; /* within a header line's field name */
-        size_t line_len;
+        enum head_scan_state state;
+        enum head_scan_state after_lf; /* where SCAN_LF goes on LF */
+        unsigned version_at;           /* bytes of the version seen */
+        size_t target_len;
     } scan;
+    bool owner_paused; /* the owner asked for the pause now in effect */
     bool aborted;
     bool in_message;
     enum http_error error;
@@ -93,6 +110,12 @@ struct http_parser {
 void http_parser_init(struct http_parser *p, enum llhttp_type type, size_t max_head_bytes,
                       const struct http_parser_callbacks *cb, void *owner);
 void http_parser_reset(struct http_parser *p); /* frees any partial message */
+
+/* Requests: keep fields whose name has '_' (underscores_in_headers on). By
+ * default they are left out of the head and counted in dropped_fields:
+ * upstreams that fold '_' into '-' (CGI, PHP, Rails, Flask) would read
+ * Content_Length as Content-Length, framing we never saw. */
+void http_parser_keep_underscores(struct http_parser *p, bool keep);
 
 enum http_feed_result {
     HTTP_FEED_OK,      /* all input consumed */

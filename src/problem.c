@@ -61,6 +61,10 @@ static const struct problem_kind kinds[] = {
                                       "The upstream server could not be reached or failed."},
     [PROBLEM_UPSTREAM_TIMEOUT] = {"upstream-timeout", 504, "Upstream timeout",
                                   "The upstream server did not answer in time."},
+    [PROBLEM_NOT_IMPLEMENTED] = {"bad-request", 501, "Transfer coding not implemented",
+                                 "Only the chunked transfer coding is accepted."},
+    [PROBLEM_VERSION_NOT_SUPPORTED] = {"bad-request", 505, "HTTP version not supported",
+                                       "Only HTTP/1.0 and HTTP/1.1 are accepted."},
 };
 
 int problem_status(enum problem_code code)

@@ -44,6 +44,7 @@
 #include <string.h>
 
 #include "config.h"
+#include "forward.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
@@ -679,88 +680,29 @@ static void claim(struct exchange *ex)
 
 /* ---- upstream ----------------------------------------------------------- */
 
-/* Appends ", " and more to a list-valued field (or starts it). */
-static void put_list_field(struct http_head_writer *w, const char *name, const struct header *prev,
-                           const char *more)
-{
-    http_head_add_cstr(w, name);
-    http_head_add(w, ": ", 2);
-    if (prev) {
-        http_head_add(w, prev->value, prev->value_len);
-        http_head_add(w, ", ", 2);
-    }
-    http_head_add_cstr(w, more);
-    http_head_add(w, "\r\n", 2);
-}
-
-/*
- * The request head for the upstream, written straight from the client's
- * fields in one pass: hop-by-hop fields dropped, framing and the forwarding
- * fields (X-Forwarded-For/-Proto/-Host, Via) written by us.
- */
+/* The request head for the upstream: forward.c, told what this exchange is. */
 static void write_request_head(struct exchange *ex, struct evbuffer *out)
 {
-    const struct header_list *in = &ex->req->headers;
-    const struct header *host = NULL, *xff = NULL, *via = NULL;
-    bool has_xfh = false;
-    struct http_head_writer w;
-    http_head_begin(&w, out);
-    http_head_add_cstr(&w, llhttp_method_name((llhttp_method_t)ex->req->method));
-    http_head_add(&w, " ", 1);
-    http_head_add(&w, ex->req->url, ex->req->url_len);
-    HTTP_HEAD_ADD_LITERAL(&w, " HTTP/1.1\r\n");
-    for (int i = 0; i < in->count; i++) {
-        const struct header *f = &in->items[i];
-        if (headers_is_hop_by_hop(in, f))
-            continue;
-        if (strn_case_equal(f->name, f->name_len, "X-Forwarded-For")) {
-            xff = xff ? xff : f;
-            continue;
-        }
-        if (strn_case_equal(f->name, f->name_len, "Via")) {
-            via = via ? via : f;
-            continue;
-        }
-        /* Framing is ours; a buffered body's 100-continue was answered by
-         * server.c, a streamed body's is the upstream's to answer. */
-        if (strn_case_equal(f->name, f->name_len, "Content-Length") ||
-            strn_case_equal(f->name, f->name_len, "X-Forwarded-Proto") ||
-            (strn_case_equal(f->name, f->name_len, "Expect") && !proxy_streams_request(ex)))
-            continue;
-        if (strn_case_equal(f->name, f->name_len, "Host")) {
-            host = host ? host : f;
-            continue;
-        }
-        if (strn_case_equal(f->name, f->name_len, "X-Forwarded-Host"))
-            has_xfh = true;
-        http_head_add_field(&w, f->name, f->name_len, f->value, f->value_len);
-    }
-    if (host == NULL || ex->cfg->upstream_host)
-        http_head_add_field(&w, "Host", 4, ex->upstream_name, strlen(ex->upstream_name));
-    else
-        http_head_add_field(&w, host->name, host->name_len, host->value, host->value_len);
-    put_list_field(&w, "X-Forwarded-For", xff, ex->peer);
-    if (ex->client_tls)
-        HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: https\r\n");
-    else
-        HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: http\r\n");
-    if (ex->tunnel)
-        HTTP_HEAD_ADD_LITERAL(&w, "Connection: upgrade\r\nUpgrade: websocket\r\n");
-    if (host && !has_xfh)
-        http_head_add_field(&w, "X-Forwarded-Host", 16, host->value, host->value_len);
-    put_list_field(&w, "Via", via, ex->req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
-    if (ex->idempotent || (!ex->req->chunked && ex->req->has_content_length)) {
-        HTTP_HEAD_ADD_LITERAL(&w, "Content-Length: ");
-        http_head_add_uint(&w,
-                           ex->idempotent ? (unsigned long long)evbuffer_get_length(ex->body)
-                                          : (unsigned long long)ex->req->content_length,
-                           10);
-        HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
+    struct forward_head f = {
+        .req = ex->req,
+        .peer = ex->peer,
+        .upstream_host = ex->upstream_name,
+        .replace_host = ex->cfg->upstream_host,
+        .client_tls = ex->client_tls,
+        .websocket = ex->tunnel,
+        .pass_expect = proxy_streams_request(ex),
+        .framing = FORWARD_NO_BODY,
+    };
+    if (ex->idempotent) {
+        f.framing = FORWARD_LENGTH;
+        f.length = evbuffer_get_length(ex->body);
     } else if (ex->req->chunked) {
-        HTTP_HEAD_ADD_LITERAL(&w, "Transfer-Encoding: chunked\r\n");
+        f.framing = FORWARD_CHUNKED;
+    } else if (ex->req->has_content_length) {
+        f.framing = FORWARD_LENGTH;
+        f.length = ex->req->content_length;
     }
-    HTTP_HEAD_ADD_LITERAL(&w, "\r\n");
-    http_head_end(&w);
+    forward_request_head(&f, out);
 }
 
 /* Writes a piece of a streamed request body, re-framed for the upstream. */

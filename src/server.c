@@ -217,9 +217,12 @@ static void write_head(struct client *c, int status, const struct header_list *h
 void client_respond_head(struct client *c, int status, const struct header_list *headers,
                          int64_t content_length, bool no_body)
 {
-    /* A request not read to its end leaves bytes we cannot parse past: close. */
-    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive || c->peer_closed ||
-        c->srv->rt->draining)
+    /* A request not read to its end leaves bytes we cannot parse past: close.
+     * A client that half-closed after pipelining more requests gets their
+     * answers first (on_client_resume closes once none is left). */
+    bool more_requests = evbuffer_get_length(bufferevent_get_input(c->bev)) > 0;
+    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY || !c->keep_alive ||
+        (c->peer_closed && !more_requests) || c->srv->rt->draining)
         c->close_after = true;
     if (no_body) {
         c->framing = FRAME_NONE;
@@ -416,33 +419,15 @@ static void client_fail(struct client *c, enum problem_code code, const char *wh
 /* ---- parsing ------------------------------------------------------------ */
 
 /*
- * Request heads llhttp lets through that a proxy must not forward (RFC 9112
- * §3.2, §6.1): an HTTP/1.1 request without exactly one Host, and transfer
- * codings other than chunked, which the upstream would never see decoded.
- * Returns the reason, or NULL when the head is acceptable.
+ * Request heads http.c lets through that a proxy must not forward (RFC 9112
+ * §3.2): an HTTP/1.1 request without exactly one Host. Returns the reason,
+ * or NULL when the head is acceptable.
  */
 static const char *unacceptable_head(const struct http_message *req)
 {
     int hosts = headers_count(&req->headers, "Host");
     if (hosts > 1 || (hosts == 0 && req->minor >= 1))
         return hosts > 1 ? "more than one Host field" : "no Host field in an HTTP/1.1 request";
-    for (int i = 0; i < req->headers.count; i++) {
-        const struct header *f = &req->headers.items[i];
-        if (!strn_case_equal(f->name, f->name_len, "Transfer-Encoding"))
-            continue;
-        const char *v = f->value;
-        while (*v) {
-            while (*v == ' ' || *v == '\t' || *v == ',')
-                v++;
-            size_t n = strcspn(v, ",");
-            size_t t = n;
-            while (t > 0 && (v[t - 1] == ' ' || v[t - 1] == '\t'))
-                t--;
-            if (t > 0 && !strn_case_equal(v, t, "chunked"))
-                return "a transfer coding other than chunked";
-            v += n;
-        }
-    }
     return NULL;
 }
 
@@ -453,6 +438,10 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     c->keep_alive = req->keep_alive;
     c->head_request = req->method == HTTP_HEAD;
     client_set_state(c, CLIENT_BODY);
+    if (req->dropped_fields > 0)
+        log_debug(
+            "client %s: %d field(s) with '_' in the name dropped (underscores_in_headers off)",
+            c->peer, req->dropped_fields);
     const char *why = unacceptable_head(req);
     if (why != NULL) {
         http_message_free(req);
@@ -506,6 +495,8 @@ static enum problem_code problem_for(enum http_error e)
     switch (e) {
     case HTTP_ERROR_URI_TOO_LONG: return PROBLEM_URI_TOO_LONG;
     case HTTP_ERROR_HEADER_TOO_LARGE: return PROBLEM_HEADER_TOO_LARGE;
+    case HTTP_ERROR_NOT_IMPLEMENTED: return PROBLEM_NOT_IMPLEMENTED;
+    case HTTP_ERROR_VERSION: return PROBLEM_VERSION_NOT_SUPPORTED;
     default: return PROBLEM_BAD_REQUEST;
     }
 }
@@ -531,6 +522,7 @@ static bool client_process(struct client *c)
         /* The parser stayed paused after the last message; outside its
          * callbacks (here) it is safe to let it go on. */
         http_parser_resume(&c->parser);
+        http_parser_keep_underscores(&c->parser, c->srv->rt->cfg->underscores_in_headers);
         client_set_state(c, CLIENT_HEAD);
     }
     c->in_parser = true;
@@ -562,12 +554,16 @@ static void on_client_resume(evutil_socket_t fd, short what, void *arg)
     struct client *c = arg;
     if (c->state != CLIENT_IDLE)
         return;
-    if (!client_process(c))
+    if (!client_process(c) || !c->peer_closed)
         return;
-    /* A peer that half-closed and has nothing more to send is done. */
-    if (c->state == CLIENT_IDLE && c->peer_closed &&
-        evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+    /* A peer that half-closed is done once nothing complete is left: a
+     * request it cut short can never end. */
+    if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY) {
+        log_info("client %s: closed the connection mid-request", c->peer);
         client_close_after_flush(c);
+    } else if (c->state == CLIENT_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0) {
+        client_close_after_flush(c);
+    }
 }
 
 static void on_client_write(struct bufferevent *bev, void *arg)
@@ -616,6 +612,8 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
             log_debug("client %s: closed its side while waiting", c->peer);
             return;
         }
+        if (c->state == CLIENT_IDLE && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+            return; /* pipelined requests wait for their turn (on_client_resume) */
         if (c->state == CLIENT_HEAD || c->state == CLIENT_BODY)
             log_info("client %s: closed the connection mid-request", c->peer);
         if (!c->handshaken)
@@ -801,6 +799,7 @@ static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tl
     c->resume = event_new(rt->base, -1, 0, on_client_resume, c);
     c->minor = 1;
     http_parser_init(&c->parser, HTTP_REQUEST, rt->cfg->max_header_size, &request_callbacks, c);
+    http_parser_keep_underscores(&c->parser, rt->cfg->underscores_in_headers);
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CLIENT_READ_HIGH_WATER);
     bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_HIGH_WATER / 2, 0);

@@ -1066,3 +1066,213 @@ def fnv1a64(data):
         h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
     return f"{h:016x}"
 
+
+
+# ---------------------------------------------------------------- byte-level tools
+
+
+class _Listener:
+    """A loopback listener on a free port whose accepted connections are
+    handed to self._on_accept(sock) in the accept thread; closed, with every
+    connection it accepted, on exit."""
+
+    def __init__(self):
+        self.port = None
+        self._sock = None
+        self._conns = []
+        self._stopped = False
+
+    def __enter__(self):
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(64)
+        self.port = self._sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stopped = True
+        self._sock.close()
+        for s in list(self._conns):
+            try:
+                s.close()
+            except OSError:
+                pass
+        return False
+
+    def _accept(self):
+        while not self._stopped:
+            try:
+                s, _ = self._sock.accept()
+            except OSError:
+                return
+            self._conns.append(s)
+            self._on_accept(s)
+
+
+class Tap(_Listener):
+    """A TCP relay on a free port that records every byte going from its
+    clients to target_port. Put between idemproxy and the upstream, it shows
+    what idemproxy forwarded, byte for byte, before any upstream parser could
+    tidy it up:
+
+        with Tap(env.upstream.port) as tap:
+            env.upstream_port = tap.port; env.start_proxy()
+            ...; assert tap.data() == b""
+    """
+
+    def __init__(self, target_port):
+        super().__init__()
+        self.target_port = target_port
+        self._chunks = []  # (connection number, bytes) in arrival order
+        self._lock = threading.Lock()
+        self._n = 0
+
+    def _on_accept(self, down):
+        try:
+            up = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            down.close()
+            return
+        up.settimeout(None)
+        self._conns.append(up)
+        self._n += 1
+        threading.Thread(target=self._pipe, args=(down, up, self._n), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(up, down, None), daemon=True).start()
+
+    def _pipe(self, src, dst, record_as):
+        while True:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                for s, how in ((dst, socket.SHUT_WR), (src, socket.SHUT_RD)):
+                    try:
+                        s.shutdown(how)
+                    except OSError:
+                        pass
+                return
+            if record_as is not None:
+                with self._lock:
+                    self._chunks.append((record_as, data))
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
+
+    def data(self):
+        """Every byte forwarded so far, all connections in arrival order."""
+        with self._lock:
+            return b"".join(d for _, d in self._chunks)
+
+    def streams(self):
+        """The bytes of each connection, in the order connections opened."""
+        with self._lock:
+            out = {}
+            for n, d in self._chunks:
+                out[n] = out.get(n, b"") + d
+        return [out[n] for n in sorted(out)]
+
+
+def strict_requests(stream):
+    """Reads a stream of HTTP/1.1 requests as a strict RFC 9112 recipient
+    would (CRLF only, token field names, one framing header, chunked or
+    Content-Length bodies). Returns [(method, target, [(name, value)], body)];
+    raises AssertionError at anything a lenient parser might read otherwise,
+    so a test sees both what went upstream and that it was unambiguous."""
+    tchar = set(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    out = []
+    rest = stream
+    while rest:
+        head, sep, rest = rest.partition(b"\r\n\r\n")
+        assert sep, f"unterminated head: {head!r}"
+        for i, b in enumerate(head):
+            assert b != 0x0D or head[i + 1:i + 2] == b"\n", f"bare CR in {head!r}"
+            assert b != 0x0A or head[i - 1:i] == b"\r", f"bare LF in {head!r}"
+        lines = head.split(b"\r\n")
+        parts = lines[0].split(b" ")
+        assert len(parts) == 3 and parts[2] == b"HTTP/1.1", f"request line {lines[0]!r}"
+        assert parts[0] and all(c in tchar for c in parts[0]), f"method {parts[0]!r}"
+        assert parts[1] and all(0x21 <= c <= 0x7E for c in parts[1]), f"target {parts[1]!r}"
+        fields = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(b":")
+            assert colon and name and all(c in tchar for c in name), f"field line {line!r}"
+            assert all(c == 9 or 0x20 <= c != 0x7F for c in value), f"field value {line!r}"
+            fields.append((name.decode("latin-1"), value.strip(b" \t").decode("latin-1")))
+        names = [n.lower() for n, _ in fields]
+        te = [v for n, v in fields if n.lower() == "transfer-encoding"]
+        cl = [v for n, v in fields if n.lower() == "content-length"]
+        assert not (te and cl), f"both framings in {head!r}"
+        assert len(cl) <= 1 and names.count("host") == 1, f"framing or Host in {head!r}"
+        body = b""
+        if te:
+            assert te == ["chunked"], f"Transfer-Encoding {te!r}"
+            while True:
+                size_line, sep, rest = rest.partition(b"\r\n")
+                assert sep, "unterminated chunk size"
+                size = int(size_line.split(b";")[0], 16)
+                if size == 0:
+                    trailer, sep, rest = rest.partition(b"\r\n")
+                    assert sep and trailer == b"", f"trailer {trailer!r}"
+                    break
+                body += rest[:size]
+                assert rest[size:size + 2] == b"\r\n", "chunk not followed by CRLF"
+                rest = rest[size + 2:]
+        elif cl:
+            assert cl[0].isdigit(), f"Content-Length {cl[0]!r}"
+            n = int(cl[0])
+            assert len(rest) >= n, "body shorter than its Content-Length"
+            body, rest = rest[:n], rest[n:]
+        out.append((parts[0].decode(), parts[1].decode("latin-1"), fields, body))
+    return out
+
+
+class ScriptedUpstream(_Listener):
+    """An upstream that answers every request with canned bytes, as they are
+    (malformed response heads for the response-side tests). It reads a request
+    head (and a Content-Length body), sends `response`, and then closes or
+    keeps the connection as close_after says. Counts connections and
+    requests."""
+
+    def __init__(self, response, close_after=False):
+        super().__init__()
+        self.response = response
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = 0
+
+    def _on_accept(self, s):
+        self.connections += 1
+        threading.Thread(target=self._serve, args=(s,), daemon=True).start()
+
+    def _serve(self, s):
+        buf = b""
+        with s:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    try:
+                        data = s.recv(65536)
+                    except OSError:
+                        return
+                    if not data:
+                        return
+                    buf += data
+                head, _, buf = buf.partition(b"\r\n\r\n")
+                m = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+                need = int(m.group(1)) if m else 0
+                while len(buf) < need:
+                    data = s.recv(65536)
+                    if not data:
+                        return
+                    buf += data
+                buf = buf[need:]
+                self.requests += 1
+                try:
+                    s.sendall(self.response)
+                except OSError:
+                    return
+                if self.close_after:
+                    return

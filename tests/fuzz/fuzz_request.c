@@ -27,7 +27,7 @@
  *     Proxy-* or names listed in a Connection field survive;
  *   - body bytes never exceed a declared Content-Length; a Content-Length
  *     message with a body that completes delivered exactly that many bytes;
- *   - an error leaves a reason and one of the three error kinds.
+ *   - an error leaves a reason and one of the error kinds.
  *
  * Build and run: make fuzz (corpus tests/fuzz/request/).
  */
@@ -177,7 +177,8 @@ static const struct http_parser_callbacks callbacks = {
 static void check_error(const struct http_parser *p)
 {
     CHECK(p->error == HTTP_ERROR_BAD_REQUEST || p->error == HTTP_ERROR_URI_TOO_LONG ||
-          p->error == HTTP_ERROR_HEADER_TOO_LARGE);
+          p->error == HTTP_ERROR_HEADER_TOO_LARGE || p->error == HTTP_ERROR_NOT_IMPLEMENTED ||
+          p->error == HTTP_ERROR_VERSION);
     CHECK(p->error_reason != NULL);
 }
 
