@@ -123,10 +123,12 @@ static const char *set_scope(struct setting *s);
 static const char *set_fingerprint(struct setting *s);
 static const char *set_release_on(struct setting *s);
 static const char *set_on_inflight(struct setting *s);
+static const char *set_trusted_proxies(struct setting *s);
 
 /* Word lists for set_enum, in enum order. */
 static const char *const on_duplicate_words[] = {"replay", "reject", NULL};
 static const char *const on_store_error_words[] = {"reject", "pass", NULL};
+static const char *const route_case_words[] = {"sensitive", "insensitive", NULL};
 static const char *const log_level_words[] = {"error", "warn", "info", "debug", NULL};
 
 #define CFG(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
@@ -199,6 +201,8 @@ static const struct directive directives[] = {
     {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL, NULL},
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
     {"upstream_host", set_bool, CFG(upstream_host), G, 1, 1, "off", NULL, NULL},
+    {"trusted_proxies", set_trusted_proxies, CFG(trusted_proxies), GM, 1, -1, "none", NULL, NULL},
+    {"route_case", set_enum, CFG(route_case), G, 1, 1, "sensitive", route_case_words, NULL},
     {"underscores_in_headers", set_bool, CFG(underscores_in_headers), G, 1, 1, "off", NULL, NULL},
     {"tls_certificate", set_string, CFG(tls_certificate), G, 1, 1, NULL, NULL, NULL},
     {"tls_certificate_key", set_string, CFG(tls_certificate_key), G, 1, 1, NULL, NULL, NULL},
@@ -574,6 +578,67 @@ static const char *set_listen(struct setting *s)
     }
     cfg->listens[cfg->nlistens++] = la;
     return NULL;
+}
+
+/* Parses "ADDR" or "ADDR/BITS" (IPv4 or IPv6) into c. */
+static bool parse_cidr(const char *text, struct cidr *c)
+{
+    char addr[INET6_ADDRSTRLEN + 1];
+    const char *slash = strchr(text, '/');
+    size_t n = slash ? (size_t)(slash - text) : strlen(text);
+    if (n == 0 || n >= sizeof(addr))
+        return false;
+    memcpy(addr, text, n);
+    addr[n] = '\0';
+    memset(c, 0, sizeof(*c));
+    c->family = strchr(addr, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(c->family, addr, c->addr) != 1)
+        return false;
+    int max = c->family == AF_INET ? 32 : 128;
+    c->bits = max;
+    if (slash != NULL) {
+        char *end;
+        long bits = strtol(slash + 1, &end, 10);
+        if (slash[1] == '\0' || *end != '\0' || bits < 0 || bits > max)
+            return false;
+        c->bits = (int)bits;
+    }
+    return true;
+}
+
+static const char *set_trusted_proxies(struct setting *s)
+{
+    struct config *cfg = s->base;
+    if (s->argc == 1 && strcmp(s->argv[0], "none") == 0)
+        return NULL;
+    if (cfg->ntrusted_proxies + s->argc > CONFIG_MAX_TRUSTED_PROXIES)
+        return phrase(s->ps, "at most %d address blocks", CONFIG_MAX_TRUSTED_PROXIES);
+    for (int i = 0; i < s->argc; i++)
+        if (!parse_cidr(s->argv[i], &cfg->trusted_proxies[cfg->ntrusted_proxies++]))
+            return phrase(s->ps, "expected an address or ADDR/BITS, got \"%s\"", s->argv[i]);
+    return NULL;
+}
+
+bool config_trusts_peer(const struct config *cfg, const char *peer)
+{
+    if (cfg->ntrusted_proxies == 0)
+        return false;
+    unsigned char addr[16];
+    int family = strchr(peer, ':') ? AF_INET6 : AF_INET;
+    if (inet_pton(family, peer, addr) != 1)
+        return false;
+    for (int i = 0; i < cfg->ntrusted_proxies; i++) {
+        const struct cidr *c = &cfg->trusted_proxies[i];
+        if (c->family != family)
+            continue;
+        int whole = c->bits / 8, rest = c->bits % 8;
+        if (memcmp(addr, c->addr, (size_t)whole) != 0)
+            continue;
+        unsigned char mask = (unsigned char)(0xff << (8 - rest));
+        if (rest == 0 || ((addr[whole] ^ c->addr[whole]) & mask) == 0)
+            return true;
+    }
+    return false;
 }
 
 static const char *set_admin_listen(struct setting *s)
@@ -1191,13 +1256,20 @@ bool config_tls_upstream(const struct config *cfg)
     return false;
 }
 
-const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len)
+const struct route *config_route_for(const struct config *cfg, const char *path, size_t len)
 {
+    bool fold = cfg->route_case == ROUTE_CASE_INSENSITIVE;
     for (int i = 0; i < cfg->nroutes; i++) {
         const struct route *r = &cfg->routes[i];
         size_t n = strlen(r->prefix);
-        if (n <= len && memcmp(path, r->prefix, n) == 0)
-            return &r->policy;
+        if (n <= len && (fold ? strncasecmp(path, r->prefix, n) : memcmp(path, r->prefix, n)) == 0)
+            return r;
     }
-    return &cfg->global;
+    return NULL;
+}
+
+const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len)
+{
+    const struct route *r = config_route_for(cfg, path, len);
+    return r ? &r->policy : &cfg->global;
 }

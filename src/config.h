@@ -52,6 +52,16 @@ enum fingerprint_part {
 enum on_duplicate { ON_DUPLICATE_REPLAY, ON_DUPLICATE_REJECT };
 enum on_inflight { ON_INFLIGHT_REJECT, ON_INFLIGHT_WAIT };
 enum on_store_error { ON_STORE_ERROR_REJECT, ON_STORE_ERROR_PASS };
+enum route_case { ROUTE_CASE_SENSITIVE, ROUTE_CASE_INSENSITIVE };
+
+/* An address block of trusted_proxies: family AF_INET or AF_INET6. */
+struct cidr {
+    int family;
+    unsigned char addr[16];
+    int bits;
+};
+
+#define CONFIG_MAX_TRUSTED_PROXIES 64
 enum log_level { LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG };
 
 struct policy {
@@ -126,6 +136,7 @@ struct config {
     struct policy global;
     struct route *routes; /* sorted by prefix length, longest first */
     int nroutes;
+    enum route_case route_case; /* how route prefixes compare with paths */
 
     enum on_store_error on_store_error;
 
@@ -153,6 +164,8 @@ struct config {
 
     bool upstream_host;          /* Host: the upstream's host[:port] instead of the client's */
     bool underscores_in_headers; /* keep request fields with '_' in their name */
+    struct cidr trusted_proxies[CONFIG_MAX_TRUSTED_PROXIES]; /* whose forwarding fields count */
+    int ntrusted_proxies;
 
     /* TLS (SPEC §7): paths and settings only; tls.c loads and checks the files. */
     char *tls_certificate; /* NULL when not given */
@@ -194,6 +207,12 @@ struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg); /* frees at zero */
 
 /* The policy for a request path: the longest matching route, or global. */
+/* Whether a peer address (numeric, as server.c formats it) is in trusted_proxies. */
+bool config_trusts_peer(const struct config *cfg, const char *peer);
+
+/* The route whose prefix the path (normalised, without its query) starts
+ * with, the longest one; NULL when none. route_case decides how letters compare. */
+const struct route *config_route_for(const struct config *cfg, const char *path, size_t len);
 const struct policy *config_policy_for(const struct config *cfg, const char *path, size_t len);
 
 /*

@@ -12,29 +12,43 @@
 #include "forward.h"
 
 #include <string.h>
+#include <strings.h>
 
 #include "util.h"
 
-/* Appends ", " and more to a list-valued field (or starts it). */
-static void put_list_field(struct http_head_writer *w, const char *name, const struct header *prev,
-                           const char *more)
+/* Writes "name: " every value of the fields called name, in order, joined
+ * by ", ", then ours. */
+static void put_joined_field(struct http_head_writer *w, const char *name,
+                             const struct header_list *in, bool keep_theirs, const char *ours)
 {
     http_head_add_cstr(w, name);
     http_head_add(w, ": ", 2);
-    if (prev) {
-        http_head_add(w, prev->value, prev->value_len);
-        http_head_add(w, ", ", 2);
+    for (int i = 0; keep_theirs && i < in->count; i++) {
+        const struct header *h = &in->items[i];
+        if (strn_case_equal(h->name, h->name_len, name) && h->value_len > 0) {
+            http_head_add(w, h->value, h->value_len);
+            http_head_add(w, ", ", 2);
+        }
     }
-    http_head_add_cstr(w, more);
+    http_head_add_cstr(w, ours);
     http_head_add(w, "\r\n", 2);
+}
+
+/* Fields that say where a request came from: whoever sent them is trusted
+ * to tell the truth, or they are not passed on. */
+static bool is_forwarding_field(const struct header *h)
+{
+    return (h->name_len > 12 && strncasecmp(h->name, "X-Forwarded-", 12) == 0) ||
+           strn_case_equal(h->name, h->name_len, "Forwarded") ||
+           strn_case_equal(h->name, h->name_len, "X-Real-IP");
 }
 
 void forward_request_head(const struct forward_head *f, struct evbuffer *out)
 {
     const struct http_message *req = f->req;
     const struct header_list *in = &req->headers;
-    const struct header *host = NULL, *xff = NULL, *via = NULL;
-    bool has_xfh = false;
+    const struct header *host = NULL;
+    bool has_xfh = false, has_xfp = false;
     struct http_head_writer w;
     http_head_begin(&w, out);
     http_head_add_cstr(&w, llhttp_method_name((llhttp_method_t)req->method));
@@ -45,42 +59,40 @@ void forward_request_head(const struct forward_head *f, struct evbuffer *out)
         const struct header *h = &in->items[i];
         if (headers_is_hop_by_hop(in, h))
             continue;
-        if (strn_case_equal(h->name, h->name_len, "X-Forwarded-For")) {
-            xff = xff ? xff : h;
-            continue;
-        }
-        if (strn_case_equal(h->name, h->name_len, "Via")) {
-            via = via ? via : h;
-            continue;
-        }
-        /* Framing is ours; a buffered body's 100-continue was answered by
-         * server.c, a streamed body's is the upstream's to answer. */
-        if (strn_case_equal(h->name, h->name_len, "Content-Length") ||
-            strn_case_equal(h->name, h->name_len, "X-Forwarded-Proto") ||
+        /* Written below, joined; framing is ours; a buffered body's
+         * 100-continue was answered by server.c, a streamed body's is the
+         * upstream's to answer. */
+        if (strn_case_equal(h->name, h->name_len, "X-Forwarded-For") ||
+            strn_case_equal(h->name, h->name_len, "Via") ||
+            strn_case_equal(h->name, h->name_len, "Content-Length") ||
             (strn_case_equal(h->name, h->name_len, "Expect") && !f->pass_expect))
             continue;
         if (strn_case_equal(h->name, h->name_len, "Host")) {
             host = host ? host : h;
             continue;
         }
-        if (strn_case_equal(h->name, h->name_len, "X-Forwarded-Host"))
-            has_xfh = true;
+        if (is_forwarding_field(h)) {
+            if (!f->trusted_peer)
+                continue;
+            has_xfh = has_xfh || strn_case_equal(h->name, h->name_len, "X-Forwarded-Host");
+            has_xfp = has_xfp || strn_case_equal(h->name, h->name_len, "X-Forwarded-Proto");
+        }
         http_head_add_field(&w, h->name, h->name_len, h->value, h->value_len);
     }
     if (host == NULL || f->replace_host)
         http_head_add_field(&w, "Host", 4, f->upstream_host, strlen(f->upstream_host));
     else
         http_head_add_field(&w, host->name, host->name_len, host->value, host->value_len);
-    put_list_field(&w, "X-Forwarded-For", xff, f->peer);
-    if (f->client_tls)
+    put_joined_field(&w, "X-Forwarded-For", in, f->trusted_peer, f->peer);
+    if (!has_xfp && f->client_tls)
         HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: https\r\n");
-    else
+    else if (!has_xfp)
         HTTP_HEAD_ADD_LITERAL(&w, "X-Forwarded-Proto: http\r\n");
     if (f->websocket)
         HTTP_HEAD_ADD_LITERAL(&w, "Connection: upgrade\r\nUpgrade: websocket\r\n");
     if (host && !has_xfh)
         http_head_add_field(&w, "X-Forwarded-Host", 16, host->value, host->value_len);
-    put_list_field(&w, "Via", via, req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
+    put_joined_field(&w, "Via", in, true, req->minor == 0 ? "1.0 idemproxy" : "1.1 idemproxy");
     if (f->framing == FORWARD_LENGTH) {
         HTTP_HEAD_ADD_LITERAL(&w, "Content-Length: ");
         http_head_add_uint(&w, (unsigned long long)f->length, 10);

@@ -27,19 +27,26 @@ struct forward_head {
     const char *upstream_host; /* Host to send when the client sent none, or always with
                                   replace_host (upstream_host on) */
     bool replace_host;
-    bool client_tls;  /* X-Forwarded-Proto: https */
-    bool websocket;   /* a WebSocket offer passed on: Connection: upgrade */
-    bool pass_expect; /* a streamed body: the upstream answers Expect: 100-continue */
+    bool client_tls;   /* X-Forwarded-Proto: https */
+    bool trusted_peer; /* the peer is in trusted_proxies: its forwarding fields count */
+    bool websocket;    /* a WebSocket offer passed on: Connection: upgrade */
+    bool pass_expect;  /* a streamed body: the upstream answers Expect: 100-continue */
     enum forward_framing framing;
     uint64_t length; /* FORWARD_LENGTH */
 };
 
 /*
  * Writes "METHOD target HTTP/1.1", the client's end-to-end fields in order,
- * then Host, X-Forwarded-For (the client's values, ours appended),
- * X-Forwarded-Proto, X-Forwarded-Host, Via and the framing field, and the
- * empty line. Hop-by-hop fields (SPEC §5) and the client's framing fields
- * are not forwarded.
+ * then Host, X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Via and
+ * the framing field, and the empty line. Hop-by-hop fields (SPEC §5) and the
+ * client's framing fields are not forwarded.
+ *
+ * Forwarding fields (SPEC §13): from a trusted peer, Forwarded, X-Real-IP and
+ * X-Forwarded-* pass as they came, every X-Forwarded-For field joined in
+ * order with the peer appended, and its X-Forwarded-Proto/-Host kept. From
+ * any other peer they are dropped and ours written: X-Forwarded-For the
+ * peer, X-Forwarded-Proto ours, X-Forwarded-Host the Host. Via: every field
+ * joined, ours appended.
  */
 void forward_request_head(const struct forward_head *f, struct evbuffer *out);
 

@@ -23,6 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <llhttp.h>
 #include <openssl/evp.h>
 
 #include "keysource.h"
@@ -39,6 +40,9 @@ bool policy_covers(const struct policy *p, int method)
 {
     if (p->bypass || method < 0 || method > 63)
         return false;
+    /* HEAD runs the GET handler in most frameworks: covering GET covers it. */
+    if (method == HTTP_HEAD && (p->methods & (1ull << HTTP_GET)))
+        return true;
     return (p->methods & (1ull << method)) != 0;
 }
 
@@ -290,7 +294,11 @@ static int update_joined_header(EVP_MD_CTX *ctx, const struct header_list *heade
             continue;
         if (seen++ > 0)
             sha256_update(ctx, ",", 1);
-        sha256_update(ctx, h->value, h->value_len);
+        /* Blanks around a value are not part of it (RFC 9110 §5.5): a
+         * trailing space must not make a new tenant. */
+        size_t n;
+        const char *v = trim_ows(h->value, h->value_len, &n);
+        sha256_update(ctx, v, n);
     }
     return seen;
 }

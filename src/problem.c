@@ -61,6 +61,9 @@ static const struct problem_kind kinds[] = {
                                       "The upstream server could not be reached or failed."},
     [PROBLEM_UPSTREAM_TIMEOUT] = {"upstream-timeout", 504, "Upstream timeout",
                                   "The upstream server did not answer in time."},
+    [PROBLEM_UNSUPPORTED_ENCODING] = {"unsupported-encoding", 415, "Content encoding not accepted",
+                                      "This endpoint reads its idempotency key from the body, "
+                                      "which must be sent without a Content-Encoding."},
     [PROBLEM_NOT_IMPLEMENTED] = {"bad-request", 501, "Transfer coding not implemented",
                                  "Only the chunked transfer coding is accepted."},
     [PROBLEM_VERSION_NOT_SUPPORTED] = {"bad-request", 505, "HTTP version not supported",

@@ -689,6 +689,7 @@ static void write_request_head(struct exchange *ex, struct evbuffer *out)
         .upstream_host = ex->upstream_name,
         .replace_host = ex->cfg->upstream_host,
         .client_tls = ex->client_tls,
+        .trusted_peer = config_trusts_peer(ex->cfg, ex->peer),
         .websocket = ex->tunnel,
         .pass_expect = proxy_streams_request(ex),
         .framing = FORWARD_NO_BODY,
@@ -1198,10 +1199,45 @@ static bool decide_key(struct exchange *ex)
     return true;
 }
 
+/*
+ * A covered body must read one way for idemproxy and the application: one
+ * Content-Type (several: 400), and, where the key is in the body, no
+ * Content-Encoding (415): a key idemproxy cannot see in a gzipped body is
+ * one the application still finds, and runs again. Returns false when it
+ * answered.
+ */
+static bool body_readable(struct exchange *ex)
+{
+    const struct header_list *h = &ex->req->headers;
+    if (headers_count(h, "Content-Type") > 1) {
+        ex->idem = "invalid";
+        answer_problem(ex, PROBLEM_BAD_REQUEST, NULL);
+        return false;
+    }
+    if (!policy_key_needs_body(ex->policy))
+        return true;
+    for (int i = 0; i < h->count; i++) {
+        const struct header *f = &h->items[i];
+        size_t n;
+        const char *v = trim_ows(f->value, f->value_len, &n);
+        if (strn_case_equal(f->name, f->name_len, "Content-Encoding") &&
+            !strn_case_equal(v, n, "identity")) {
+            ex->idem = "invalid";
+            answer_problem(ex, PROBLEM_UNSUPPORTED_ENCODING, NULL);
+            return false;
+        }
+    }
+    return true;
+}
+
 static bool is_token_endpoint(const struct exchange *ex, size_t path_len)
 {
     const char *ep = ex->cfg->token_endpoint;
-    return ep != NULL && strlen(ep) == path_len && memcmp(ep, ex->req->url, path_len) == 0;
+    if (ep == NULL || strlen(ep) != path_len)
+        return false;
+    return (ex->cfg->route_case == ROUTE_CASE_INSENSITIVE
+                ? strncasecmp(ep, ex->req->url, path_len)
+                : memcmp(ep, ex->req->url, path_len)) == 0;
 }
 
 struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_message *req)
@@ -1210,10 +1246,9 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
     const char *url = req->url;
     const char *q = memchr(url, '?', req->url_len);
     size_t path_len = q ? (size_t)(q - url) : req->url_len;
-    ex->policy = config_policy_for(ex->cfg, url, path_len);
-    for (int i = 0; i < ex->cfg->nroutes; i++)
-        if (&ex->cfg->routes[i].policy == ex->policy)
-            ex->route = ex->cfg->routes[i].prefix;
+    const struct route *route = config_route_for(ex->cfg, url, path_len);
+    ex->policy = route ? &route->policy : &ex->cfg->global;
+    ex->route = route ? route->prefix : NULL;
 
     if (is_token_endpoint(ex, path_len)) {
         ex->token_endpoint = true; /* answered when the request is complete */
@@ -1221,6 +1256,10 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
     }
     if (!policy_covers(ex->policy, req->method))
         return begin_pass(ex, "bypass");
+    if (!body_readable(ex)) {
+        ex_maybe_free(ex);
+        return NULL;
+    }
     ex->body = evbuffer_new();
     if (policy_key_needs_body(ex->policy) && !ex->policy->require_token)
         ex->key_pending = true; /* buffered like a covered body, decided at the end */

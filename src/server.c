@@ -46,6 +46,7 @@
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
+#include "target.h"
 #include "tls.h"
 #include "tunnel.h"
 
@@ -438,16 +439,18 @@ static enum http_verdict on_req_head(void *arg, struct http_message *req)
     c->keep_alive = req->keep_alive;
     c->head_request = req->method == HTTP_HEAD;
     client_set_state(c, CLIENT_BODY);
-    if (req->dropped_fields > 0)
-        log_debug(
-            "client %s: %d field(s) with '_' in the name dropped (underscores_in_headers off)",
-            c->peer, req->dropped_fields);
     const char *why = unacceptable_head(req);
+    if (why == NULL)
+        why = target_rewrite_request(req);
     if (why != NULL) {
         http_message_free(req);
         client_fail(c, PROBLEM_BAD_REQUEST, why);
         return PARSE_ABORT;
     }
+    if (req->dropped_fields > 0)
+        log_debug(
+            "client %s: %d field(s) with '_' in the name dropped (underscores_in_headers off)",
+            c->peer, req->dropped_fields);
     bool expects_body = req->chunked || req->content_length > 0;
     const struct header *expect = headers_find(&req->headers, "Expect");
     bool wants_continue =

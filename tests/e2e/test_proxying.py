@@ -78,7 +78,7 @@ def test_pipelined_requests_are_answered_in_order():
 
 
 def test_forwarding_headers_are_added():
-    with Env() as env:
+    with Env(extra_config="trusted_proxies 127.0.0.0/8") as env:
         r = env.request("GET", "/x", {"Host": "api.example", "X-Forwarded-For": "10.1.2.3"})
         assert r.header("X-Seen-Forwarded-For") == "10.1.2.3, 127.0.0.1"
         assert r.header("X-Seen-Forwarded-Proto") == "http"

@@ -9,6 +9,7 @@
  *   bit 0  the request is covered (its body buffered, sent with Content-Length)
  *   bit 1  the client came over TLS          bit 2  upstream_host on
  *   bit 3  underscores_in_headers on         bit 4  a streamed body's Expect passes
+ *   bit 5  the peer is a trusted proxy (its forwarding fields pass)
  *
  *   wire --http_parser (strict)--> head + body --forward_request_head + framing-->
  *     output --raw llhttp, strict mode, no glue--> method, target, fields, body
@@ -174,11 +175,13 @@ static bool named(const struct header *h, const char *name)
 }
 
 /* Client fields forward.c writes itself (or drops), whatever their position. */
-static bool rewritten(const struct header *h, bool pass_expect)
+static bool rewritten(const struct header *h, const struct forward_head *f)
 {
+    bool forwarding = (h->name_len > 12 && strncasecmp(h->name, "X-Forwarded-", 12) == 0) ||
+                      named(h, "Forwarded") || named(h, "X-Real-IP");
     return named(h, "Host") || named(h, "X-Forwarded-For") || named(h, "Via") ||
-           named(h, "Content-Length") || named(h, "X-Forwarded-Proto") ||
-           (named(h, "Expect") && !pass_expect);
+           named(h, "Content-Length") || (named(h, "Expect") && !f->pass_expect) ||
+           (forwarding && !f->trusted_peer);
 }
 
 static void check_fields(const struct header_list *in, const struct header_list *out,
@@ -187,7 +190,7 @@ static void check_fields(const struct header_list *in, const struct header_list 
     int k = 0;
     for (int i = 0; i < in->count; i++) {
         const struct header *h = &in->items[i];
-        if (headers_is_hop_by_hop(in, h) || rewritten(h, f->pass_expect))
+        if (headers_is_hop_by_hop(in, h) || rewritten(h, f))
             continue;
         CHECK(k < out->count);
         CHECK(same_bytes(h->name, h->name_len, out->items[k].name, out->items[k].name_len));
@@ -235,6 +238,7 @@ static void check_forwarded(const struct http_message *req, struct evbuffer *bod
         .upstream_host = "upstream.test:8080",
         .replace_host = (ctl & 4) != 0,
         .client_tls = (ctl & 2) != 0,
+        .trusted_peer = (ctl & 32) != 0,
         .pass_expect = (ctl & 16) != 0 && !(ctl & 1),
     };
     size_t body_len = evbuffer_get_length(body);

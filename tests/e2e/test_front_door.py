@@ -1,0 +1,197 @@
+"""The front door (SPEC §13): a route's policy applies to the path the
+upstream acts on, and what reaches the upstream is what idemproxy judged.
+
+Every test puts a byte tap (harness.Tap) between idemproxy and the test
+upstream. For each hostile request-target, alias, method or re-encoded body,
+the upstream either receives nothing, or receives a request whose path is the
+one the route matched (the normalised one), under that route's policy.
+"""
+import gzip
+import json
+import time
+
+from harness import Client, strict_requests
+from test_http import assert_rejected_and_closed, exchange
+from test_smuggling import _with_tap
+
+ROUTES = """
+token_endpoint /idem/token
+route /payments { require_key on }
+route /public { bypass on }
+route /tokened { require_token on }
+route /webhooks/stripe { key json:/id; scope none; require_key on }
+route /coupons/claim { methods GET POST; require_key on }
+"""
+
+
+def _raw(method, target, host="t", extra=b"", body=b""):
+    head = f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n".encode()
+    if body or method in ("POST", "PUT"):
+        head += b"Content-Length: %d\r\n" % len(body)
+    return head + extra + b"\r\n" + body
+
+
+def _status(port, data):
+    """The one answer to data, read on a connection of its own."""
+    with Client(port) as c:
+        c.send(data)
+        return c.read_response("HEAD" if data.startswith(b"HEAD") else "POST")
+
+
+# Aliases of /payments an upstream (nginx, Express, Flask) acts on as /payments.
+PAYMENT_ALIASES = ["http://t/payments", "HTTP://T/payments", "https://t/payments?x=1",
+                   "//payments", "/./payments", "/%2e/payments", "/%2E/payments", "/%70ayments",
+                   "/public/../payments", "/public/%2e%2e/payments", "/public/.%2e/payments",
+                   "///payments", "/public/./../payments", "/x/../payments/"]
+
+# Forms that different upstreams read differently: refused outright.
+AMBIGUOUS = ["/%2Fpayments", "/public/..%2Fpayments", "/public/..%2fpayments",
+             "/public/..%5Cpayments", "/public\\..\\payments", "/..;/payments",
+             "/public/..;/payments", "/%C0%AE%C0%AE/payments", "/public/%C0%AE%C0%AE/payments",
+             "/%E0%80%AE/payments", "/public/%00/../payments", "/../payments",
+             "/public/../../payments", "payments", "*", "http://u@t/payments"]
+
+
+def test_aliases_of_a_require_key_route_are_held_to_it():
+    with _with_tap(ROUTES) as (env, tap):
+        for target in PAYMENT_ALIASES:
+            r = _status(env.proxy.port, _raw("POST", target, body=b"{}"))
+            assert r.status == 400 and r.json()["code"] == "missing-key", (target, r)
+        for target in AMBIGUOUS:
+            assert_rejected_and_closed(env.proxy.port, _raw("POST", target, body=b"{}"))
+        time.sleep(0.2)
+        assert tap.data() == b"", tap.data()[:300]
+        assert env.upstream.count() == 0
+        # the same aliases with a key: forwarded as the path the route matched
+        for i, target in enumerate(PAYMENT_ALIASES):
+            r = _status(env.proxy.port, _raw("POST", target, body=b"{}",
+                                             extra=f"Idempotency-Key: a{i}\r\n".encode()))
+            assert r.status == 201, (target, r)
+        reqs = strict_requests(tap.data())
+        assert len(reqs) == len(PAYMENT_ALIASES)
+        for target, (_, forwarded, fields, _) in zip(PAYMENT_ALIASES, reqs):
+            assert forwarded.split("?")[0] in ("/payments", "/payments/"), (target, forwarded)
+            assert dict(fields)["Host"] == "t", (target, fields)
+        routes = {e.get("route") for e in env.proxy.access_log() if e.get("status") == 201}
+        assert routes == {"/payments"}, routes
+
+
+def test_absolute_form_with_another_host_is_refused():
+    with _with_tap(ROUTES) as (env, tap):
+        for target, host in (("http://admin.internal/", "public.example"),
+                             ("http://t/public/x", "u")):
+            assert_rejected_and_closed(env.proxy.port, _raw("GET", target, host=host))
+        time.sleep(0.2)
+        assert tap.data() == b""
+        # HTTP/1.0 without Host: the authority becomes the Host
+        got, _ = exchange(env.proxy.port, b"GET http://api.example/public/x HTTP/1.0\r\n\r\n", 3)
+        assert got.startswith(b"HTTP/1.1 200"), got
+        (_, target, fields, _), = strict_requests(tap.data())
+        assert target == "/public/x" and dict(fields)["Host"] == "api.example", (target, fields)
+
+
+def test_aliases_cannot_reach_token_routes_or_skip_the_token_endpoint():
+    with _with_tap(ROUTES) as (env, tap):
+        for target in ("http://t/tokened", "//tokened", "/public/../tokened", "/%74okened"):
+            r = _status(env.proxy.port, _raw("POST", target, body=b"{}"))
+            assert r.status == 400 and r.json()["code"] == "token-invalid", (target, r)
+        r = _status(env.proxy.port, _raw("POST", "http://t/idem/token"))
+        assert r.status == 201 and "token" in r.json(), r
+        r = _status(env.proxy.port, _raw("POST", "//idem/./token"))
+        assert r.status == 201, r
+        time.sleep(0.2)
+        assert tap.data() == b""
+
+
+def test_route_case_insensitive_matches_any_case():
+    with _with_tap("route_case insensitive\n" + ROUTES) as (env, tap):
+        for target in ("/Payments", "/PAYMENTS/1", "http://t/PayMents"):
+            r = _status(env.proxy.port, _raw("POST", target, body=b"{}"))
+            assert r.status == 400 and r.json()["code"] == "missing-key", (target, r)
+        r = _status(env.proxy.port, _raw("POST", "/IDEM/Token"))
+        assert r.status == 201, r
+        time.sleep(0.2)
+        assert tap.data() == b""
+    # case-sensitive by default: /Payments is another path
+    with _with_tap(ROUTES) as (env, tap):
+        r = _status(env.proxy.port, _raw("POST", "/Payments", body=b"{}"))
+        assert r.status == 201, r
+
+
+def test_head_is_covered_where_get_is():
+    with _with_tap(ROUTES) as (env, tap):
+        r = _status(env.proxy.port, _raw("HEAD", "/coupons/claim"))
+        assert r.status == 400 and r.body == b"", r
+        r = _status(env.proxy.port, _raw("HEAD", "/coupons/claim",
+                                         extra=b"Idempotency-Key: c1\r\n"))
+        assert r.status == 200 and r.body == b"", r
+        r = _status(env.proxy.port, _raw("HEAD", "/coupons/claim",
+                                         extra=b"Idempotency-Key: c1\r\n"))
+        assert r.status == 200 and r.header("Idempotent-Replayed") == "true", r
+        assert [m for m, _, _, _ in strict_requests(tap.data())] == ["HEAD"]
+
+
+def test_webhook_keys_cannot_be_hidden_by_re_encoding():
+    event = json.dumps({"id": "evt_1", "type": "charge.succeeded"}).encode()
+    with _with_tap(ROUTES) as (env, tap):
+        hidden = [
+            # gzip: idemproxy would see no key, the application decodes and runs it
+            (b"Content-Type: application/json\r\nContent-Encoding: gzip\r\n",
+             gzip.compress(event), 415),
+            (b"Content-Type: application/json\r\nContent-Encoding: identity, gzip\r\n",
+             gzip.compress(event), 415),
+            # two Content-Types: which one the application believes is anyone's guess
+            (b"Content-Type: text/plain\r\nContent-Type: application/json\r\n", event, 400),
+            # a type idemproxy does not read as JSON, a BOM: no key -> require_key on
+            (b"Content-Type: text/plain\r\n", event, 400),
+            (b"Content-Type: application/json\r\n", b"\xef\xbb\xbf" + event, 400),
+            (b"Content-Type: multipart/form-data; boundary=x\r\n",
+             b"--x\r\nContent-Disposition: form-data; name=\"id\"\r\n\r\nevt_1\r\n--x--\r\n", 400),
+        ]
+        for extra, body, status in hidden:
+            r = _status(env.proxy.port, _raw("POST", "/webhooks/stripe", extra=extra, body=body))
+            assert r.status == status, (extra, r)
+        time.sleep(0.2)
+        assert tap.data() == b""
+        # the plain delivery, twice: executed once
+        for _ in range(2):
+            r = _status(env.proxy.port, _raw("POST", "/webhooks/stripe", body=event,
+                                             extra=b"Content-Type: application/json\r\n"))
+            assert r.status == 201, r
+        assert len(strict_requests(tap.data())) == 1
+
+
+def test_forwarding_fields_from_untrusted_clients_are_replaced():
+    spoof = (b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Real-IP: 6.6.6.6\r\n"
+             b"Forwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\n"
+             b"X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Prefix: /x\r\n"
+             b"X-Forwarded-Scheme: https\r\nVia: 1.1 a\r\nVia: 1.1 b\r\n")
+    with _with_tap() as (env, tap):
+        r = _status(env.proxy.port, _raw("GET", "/x", host="api.example", extra=spoof))
+        assert r.status == 200
+        (_, _, fields, _), = strict_requests(tap.data())
+        names = [n.lower() for n, _ in fields]
+        assert "x-real-ip" not in names and "forwarded" not in names, fields
+        got = {n.lower(): v for n, v in fields if n.lower().startswith(("x-forwarded", "via"))}
+        assert got == {"x-forwarded-for": "127.0.0.1", "x-forwarded-proto": "http",
+                       "x-forwarded-host": "api.example", "via": "1.1 a, 1.1 b, 1.1 idemproxy"}, got
+    with _with_tap("trusted_proxies 10.0.0.0/8 127.0.0.1") as (env, tap):
+        r = _status(env.proxy.port, _raw("GET", "/x", host="api.example", extra=spoof))
+        assert r.status == 200
+        (_, _, fields, _), = strict_requests(tap.data())
+        d = {}
+        for n, v in fields:
+            d.setdefault(n.lower(), []).append(v)
+        assert d["x-forwarded-for"] == ["6.6.6.6, 7.7.7.7, 127.0.0.1"], d
+        assert d["x-real-ip"] == ["6.6.6.6"] and d["forwarded"] == ["for=6.6.6.6"], d
+        assert d["x-forwarded-host"] == ["evil"] and d["x-forwarded-proto"] == ["https"], d
+
+
+def test_scope_values_are_trimmed():
+    with _with_tap() as (env, tap):
+        for auth in (b"Bearer A", b"Bearer A   ", b"Bearer A\t"):
+            r = _status(env.proxy.port, _raw("POST", "/orders", body=b"{}",
+                                             extra=b"Authorization: " + auth +
+                                             b"\r\nIdempotency-Key: s1\r\n"))
+            assert r.status == 201, (auth, r)
+        assert len(strict_requests(tap.data())) == 1
