@@ -44,14 +44,32 @@ struct admin {
     struct evhttp *http; /* owns the bound socket and every admin connection */
 };
 
-/* Sends a short text/plain answer; HEAD gets the headers only (evhttp drops the body). */
+/*
+ * Sends what is in the request's output buffer. libevent 2.1's evhttp writes
+ * the body of an answer to HEAD too, and a keep-alive client then reads it
+ * as the start of the next answer: for HEAD the body is dropped here and
+ * its length given as Content-Length.
+ */
+static void send_reply(struct evhttp_request *req, int code, const char *reason)
+{
+    struct evbuffer *body = evhttp_request_get_output_buffer(req);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        char len[32];
+        snprintf(len, sizeof(len), "%zu", evbuffer_get_length(body));
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Length", len);
+        evbuffer_drain(body, evbuffer_get_length(body));
+    }
+    evhttp_send_reply(req, code, reason, NULL);
+}
+
+/* Sends a short text/plain answer. */
 static void reply_text(struct evhttp_request *req, int code, const char *reason, const char *text)
 {
     struct evkeyvalq *h = evhttp_request_get_output_headers(req);
     evhttp_add_header(h, "Content-Type", "text/plain; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-store");
     evbuffer_add(evhttp_request_get_output_buffer(req), text, strlen(text));
-    evhttp_send_reply(req, code, reason, NULL);
+    send_reply(req, code, reason);
 }
 
 /* Draining first: a load balancer should stop sending before the listeners close. */
@@ -75,7 +93,7 @@ static void serve_metrics(struct admin *a, struct evhttp_request *req)
     evhttp_add_header(h, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
     evhttp_add_header(h, "Cache-Control", "no-store");
     metrics_render(evhttp_request_get_output_buffer(req), &g);
-    evhttp_send_reply(req, HTTP_OK, "OK", NULL);
+    send_reply(req, HTTP_OK, "OK");
 }
 
 /* evhttp's callback for every admin request; answers each one before returning. */

@@ -179,3 +179,25 @@ def test_admin_metrics_route_label():
         m = scrape(env)
         assert m.get(requests_total("/pay", "miss", "2xx")) == 1, m
         assert m.get(requests_total("default", "miss", "2xx")) == 1, m
+
+
+def test_head_on_the_admin_listener_has_no_body_and_keeps_the_connection_in_step():
+    """libevent's evhttp wrote a body after HEAD: a keep-alive client read it
+    as the start of its next answer."""
+    with admin_env() as env:
+        port = env.admin_port
+        wait_admin(env, "/healthz", 200)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+                      b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                      b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        heads = data.split(b"\r\n\r\n")
+        assert len(heads) == 4 and heads[-1] == b"ok\n", data[:600]
+        assert all(h.startswith(b"HTTP/1.1 200") for h in heads[:3]), data[:600]
+        assert re.search(rb"Content-Length: [1-9]\d*", heads[0]), heads[0]

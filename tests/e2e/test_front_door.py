@@ -195,3 +195,53 @@ def test_scope_values_are_trimmed():
                                              b"\r\nIdempotency-Key: s1\r\n"))
             assert r.status == 201, (auth, r)
         assert len(strict_requests(tap.data())) == 1
+
+
+def _recipe_routes():
+    """The webhook route blocks of docs/recipes.md, as written there."""
+    import os
+    import re
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "recipes.md")
+    text = open(path).read()
+    blocks = re.findall(r"^(route (/webhooks/\S+) \{\n.*?^\})", text, re.S | re.M)
+    assert len(blocks) >= 5, blocks
+    return blocks
+
+
+def _delivery(route_text, event_id, shape):
+    """(extra header bytes, body) of one delivery of event_id to a recipe."""
+    if "key form:notify_id" in route_text:
+        ctype, body = b"application/x-www-form-urlencoded", f"notify_id={event_id}&x=1".encode()
+    else:
+        ctype, body = b"application/json", json.dumps({"id": event_id, "x": 1}).encode()
+    extra = b""
+    m = [ln.split("header:")[1].split()[0] for ln in route_text.splitlines()
+         if ln.strip().startswith("key header:")]
+    if m:
+        extra += f"{m[0]}: {event_id}\r\n".encode()
+    if shape == "plain":
+        return extra + b"Content-Type: " + ctype + b"\r\n", body
+    if shape == "gzip":
+        return extra + b"Content-Type: " + ctype + b"\r\nContent-Encoding: gzip\r\n", \
+            gzip.compress(body)
+    if shape == "two-types":
+        return extra + b"Content-Type: text/plain\r\nContent-Type: " + ctype + b"\r\n", body
+    if shape == "text-plain":
+        return extra + b"Content-Type: text/plain\r\n", body
+    if shape == "bom":
+        return extra + b"Content-Type: " + ctype + b"\r\n", b"\xef\xbb\xbf" + body
+    raise AssertionError(shape)
+
+
+def test_every_webhook_recipe_executes_an_event_once_however_it_is_re_encoded():
+    blocks = _recipe_routes()
+    config = "\n".join(text for text, _ in blocks)
+    with _with_tap(config) as (env, tap):
+        for text, prefix in blocks:
+            event = "evt_" + prefix.rsplit("/", 1)[1]
+            for shape in ("plain", "gzip", "two-types", "text-plain", "bom", "plain"):
+                extra, body = _delivery(text, event, shape)
+                r = _status(env.proxy.port, _raw("POST", prefix, extra=extra, body=body))
+                assert r.status in (200, 201, 400, 415), (prefix, shape, r)
+            executed = [t for _, t, _, _ in strict_requests(tap.data()) if t == prefix]
+            assert len(executed) == 1, (prefix, len(executed))
