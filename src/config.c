@@ -129,6 +129,7 @@ static const char *set_trusted_proxies(struct setting *s);
 static const char *const on_duplicate_words[] = {"replay", "reject", NULL};
 static const char *const on_store_error_words[] = {"reject", "pass", NULL};
 static const char *const route_case_words[] = {"sensitive", "insensitive", NULL};
+static const char *const key_namespace_words[] = {"global", "route", NULL};
 static const char *const log_level_words[] = {"error", "warn", "info", "debug", NULL};
 
 #define CFG(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
@@ -182,6 +183,7 @@ static const struct directive directives[] = {
     {"error_doc_url", set_url, CFG(error_doc_url), G, 1, 1, NULL, NULL, NULL},
     {"workers", set_workers, CFG(workers), G, 1, 1, "auto", NULL, NULL},
     {"max_connections", set_count, CFG(max_connections), G, 1, 1, "10000", NULL, NULL},
+    {"max_buffered_bodies", set_size, CFG(max_buffered_bodies), G, 1, 1, "256m", NULL, NULL},
     {"max_header_size", set_size, CFG(max_header_size), G, 1, 1, "16k", NULL, NULL},
     {"upstream_keepalive", set_uint, CFG(upstream_keepalive), G, 1, 1, "256", NULL, NULL},
     {"upstream_max_conns", set_count, CFG(upstream_max_conns), G, 1, 1, "1024", NULL, NULL},
@@ -189,6 +191,7 @@ static const struct directive directives[] = {
      NULL},
     {"client_body_timeout", set_duration, CFG(client_body_timeout_ms), G, 1, 1, "30s", NULL, NULL},
     {"idle_timeout", set_duration, CFG(idle_timeout_ms), G, 1, 1, "60s", NULL, NULL},
+    {"client_send_timeout", set_duration, CFG(client_send_timeout_ms), G, 1, 1, "60s", NULL, NULL},
     {"upstream_connect_timeout", set_duration, CFG(upstream_connect_timeout_ms), G, 1, 1, "3s",
      NULL, NULL},
     {"upstream_timeout", set_duration, CFG(upstream_timeout_ms), G, 1, 1, "30s", NULL, NULL},
@@ -202,6 +205,7 @@ static const struct directive directives[] = {
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
     {"upstream_host", set_bool, CFG(upstream_host), G, 1, 1, "off", NULL, NULL},
     {"trusted_proxies", set_trusted_proxies, CFG(trusted_proxies), GM, 1, -1, "none", NULL, NULL},
+    {"key_namespace", set_enum, CFG(key_namespace), G, 1, 1, "global", key_namespace_words, NULL},
     {"route_case", set_enum, CFG(route_case), G, 1, 1, "sensitive", route_case_words, NULL},
     {"underscores_in_headers", set_bool, CFG(underscores_in_headers), G, 1, 1, "off", NULL, NULL},
     {"tls_certificate", set_string, CFG(tls_certificate), G, 1, 1, NULL, NULL, NULL},

@@ -53,6 +53,7 @@ enum on_duplicate { ON_DUPLICATE_REPLAY, ON_DUPLICATE_REJECT };
 enum on_inflight { ON_INFLIGHT_REJECT, ON_INFLIGHT_WAIT };
 enum on_store_error { ON_STORE_ERROR_REJECT, ON_STORE_ERROR_PASS };
 enum route_case { ROUTE_CASE_SENSITIVE, ROUTE_CASE_INSENSITIVE };
+enum key_namespace { KEY_NAMESPACE_GLOBAL, KEY_NAMESPACE_ROUTE };
 
 /* An address block of trusted_proxies: family AF_INET or AF_INET6. */
 struct cidr {
@@ -136,12 +137,14 @@ struct config {
     struct policy global;
     struct route *routes; /* sorted by prefix length, longest first */
     int nroutes;
-    enum route_case route_case; /* how route prefixes compare with paths */
+    enum route_case route_case;       /* how route prefixes compare with paths */
+    enum key_namespace key_namespace; /* route: a record's key names its route */
 
     enum on_store_error on_store_error;
 
     int workers; /* 0 = auto */
     int max_connections;
+    size_t max_buffered_bodies; /* covered bodies in memory, whole process */
     size_t max_header_size;
     int upstream_keepalive;
     int upstream_max_conns;
@@ -149,6 +152,7 @@ struct config {
     uint64_t client_header_timeout_ms;
     uint64_t client_body_timeout_ms;
     uint64_t idle_timeout_ms;
+    uint64_t client_send_timeout_ms; /* a client that reads nothing this long is closed */
     uint64_t upstream_connect_timeout_ms;
     uint64_t upstream_timeout_ms;
     uint64_t shutdown_timeout_ms;

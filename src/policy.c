@@ -386,13 +386,26 @@ void policy_fingerprint(const struct policy *p, const struct request_view *req,
     hex_encode(digest, sizeof(digest), out);
 }
 
-char *policy_record_key(const char *prefix, const char *scope, const char *key)
+char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key)
 {
-    size_t lp = strlen(prefix), ls = strlen(scope), lk = strlen(key);
-    char *out = xmalloc(lp + ls + 1 + lk + 1);
+    /* "r" + 16 hex + ":" */
+    char nspart[19] = "";
+    if (ns != NULL) {
+        unsigned char digest[32];
+        EVP_MD_CTX *ctx = sha256_begin();
+        sha256_update(ctx, ns, strlen(ns));
+        sha256_end(ctx, digest);
+        nspart[0] = 'r';
+        hex_encode(digest, 8, nspart + 1);
+        nspart[17] = ':';
+        nspart[18] = '\0';
+    }
+    size_t lp = strlen(prefix), ls = strlen(scope), ln = strlen(nspart), lk = strlen(key);
+    char *out = xmalloc(lp + ls + 1 + ln + lk + 1);
     memcpy(out, prefix, lp);
     memcpy(out + lp, scope, ls);
     out[lp + ls] = ':';
-    memcpy(out + lp + ls + 1, key, lk + 1);
+    memcpy(out + lp + ls + 1, nspart, ln);
+    memcpy(out + lp + ls + 1 + ln, key, lk + 1);
     return out;
 }

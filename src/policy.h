@@ -106,7 +106,12 @@ void policy_scope(const struct policy *p, const struct request_view *req,
 void policy_fingerprint(const struct policy *p, const struct request_view *req,
                         char out[POLICY_FINGERPRINT_LEN + 1]);
 
-/* "<prefix><scope>:<key>": the Redis key of a record. Malloc'd. */
-char *policy_record_key(const char *prefix, const char *scope, const char *key);
+/*
+ * "<prefix><scope>:<key>": the Redis key of a record. Malloc'd. With a
+ * namespace (key_namespace route: the matched route's prefix, or "" for the
+ * global policy), "<prefix><scope>:r<16 hex of SHA-256(namespace)>:<key>",
+ * so that one route's keys never meet another's.
+ */
+char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key);
 
 #endif

@@ -64,6 +64,9 @@ static const struct problem_kind kinds[] = {
     [PROBLEM_UNSUPPORTED_ENCODING] = {"unsupported-encoding", 415, "Content encoding not accepted",
                                       "This endpoint reads its idempotency key from the body, "
                                       "which must be sent without a Content-Encoding."},
+    [PROBLEM_OVERLOADED] = {"overloaded", 503, "Too many requests in memory",
+                            "The proxy holds as many request bodies as max_buffered_bodies "
+                            "allows; the request was not executed. Retry later."},
     [PROBLEM_NOT_IMPLEMENTED] = {"bad-request", 501, "Transfer coding not implemented",
                                  "Only the chunked transfer coding is accepted."},
     [PROBLEM_VERSION_NOT_SUPPORTED] = {"bad-request", 505, "HTTP version not supported",

@@ -39,6 +39,7 @@
 #include <event2/event.h>
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,10 @@
 #include "upstream.h"
 
 #define PASS_BODY_HIGH_WATER (256 * 1024)
+
+/* Bytes of covered request bodies held in memory by every worker, against
+ * max_buffered_bodies; each exchange returns what it took when it is freed. */
+static _Atomic uint64_t buffered_bytes;
 
 enum ex_state {
     EX_RECEIVING,
@@ -97,6 +102,7 @@ struct exchange {
 
     struct evbuffer *body; /* idempotent: the whole body; pass: bytes not yet sent */
     size_t body_len;
+    uint64_t budgeted; /* bytes of buffered_bytes this exchange holds */
     bool request_complete;
 
     struct upstream_conn *up;
@@ -159,6 +165,7 @@ static void ex_free(struct exchange *ex)
     evtimer_del(ex->wait_timer);
     if (ex->body)
         evbuffer_free(ex->body);
+    atomic_fetch_sub(&buffered_bytes, ex->budgeted);
     if (ex->resp_body)
         evbuffer_free(ex->resp_body);
     http_message_free(ex->req);
@@ -666,7 +673,9 @@ static void claim(struct exchange *ex)
     request_view(ex, &v);
     policy_scope(ex->policy, &v, ex->scope);
     policy_fingerprint(ex->policy, &v, ex->fingerprint);
-    ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ex->key);
+    const char *ns =
+        ex->cfg->key_namespace == KEY_NAMESPACE_ROUTE ? (ex->route ? ex->route : "") : NULL;
+    ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ns, ex->key);
     if (ex->by_token)
         ex->token_key = token_redis_key(ex->cfg, ex->scope, ex->key);
     if (store_random_token(ex->owner) != IDEM_OK) {
@@ -1156,6 +1165,28 @@ static struct exchange *begin_pass(struct exchange *ex, const char *idem)
     return ex;
 }
 
+/*
+ * Takes n bytes of the process-wide budget for buffered bodies
+ * (max_buffered_bodies), or answers 503 `overloaded` and returns false: a
+ * flood of slow, large covered bodies must not grow the process without
+ * bound. The exchange gives back what it took when it is freed.
+ */
+static bool take_budget(struct exchange *ex, uint64_t n)
+{
+    uint64_t total = atomic_fetch_add(&buffered_bytes, n) + n;
+    if (total <= ex->cfg->max_buffered_bodies) {
+        ex->budgeted += n;
+        return true;
+    }
+    atomic_fetch_sub(&buffered_bytes, n);
+    log_warn("request %s: covered bodies in memory would exceed max_buffered_bodies "
+             "(%zu bytes); answering 503",
+             ex->peer, ex->cfg->max_buffered_bodies);
+    ex->idem = "overloaded";
+    answer_retry_later(ex, PROBLEM_OVERLOADED, 1000);
+    return false;
+}
+
 /* A policy whose only key source is the token header (require_token on). */
 static const struct policy token_only_policy = {
     .keys = {{.kind = KEY_SOURCE_TOKEN}},
@@ -1278,6 +1309,11 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
         ex_maybe_free(ex);
         return NULL;
     }
+    /* A declared length is reserved before any of it arrives. */
+    if (req->has_content_length && !take_budget(ex, req->content_length)) {
+        ex_maybe_free(ex);
+        return NULL;
+    }
     return ex;
 }
 
@@ -1295,6 +1331,10 @@ bool proxy_request_body(struct exchange *ex, const char *data, size_t len)
         if (ex->body_len > ex->policy->max_request_body) {
             ex->idem = "too_large";
             answer_problem(ex, PROBLEM_PAYLOAD_TOO_LARGE, NULL);
+            ex_maybe_free(ex);
+            return false;
+        }
+        if (ex->body_len > ex->budgeted && !take_budget(ex, ex->body_len - ex->budgeted)) {
             ex_maybe_free(ex);
             return false;
         }

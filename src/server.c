@@ -152,7 +152,7 @@ static void client_set_state(struct client *c, enum client_state next)
     case CLIENT_WAIT: break;
     case CLIENT_CLOSING:
         /* A peer that never reads must not hold the connection forever. */
-        arm_timer(c, cfg->client_body_timeout_ms);
+        arm_timer(c, cfg->client_send_timeout_ms);
         break;
     }
 }
@@ -621,6 +621,8 @@ static void on_client_event(struct bufferevent *bev, short what, void *arg)
             log_info("client %s: closed the connection mid-request", c->peer);
         if (!c->handshaken)
             log_handshake_failure(c, "closed by the client");
+    } else if (what & BEV_EVENT_TIMEOUT) {
+        log_info("client %s: read nothing of its answer for client_send_timeout; closing", c->peer);
     } else if (what & BEV_EVENT_ERROR) {
         char why[200];
         bool tls_failed = tls_error_reason(c->bev, why, sizeof(why)) != TLS_FAILURE_SOCKET;
@@ -806,6 +808,11 @@ static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tl
     bufferevent_setcb(c->bev, on_client_read, on_client_write, on_client_event, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, CLIENT_READ_HIGH_WATER);
     bufferevent_setwatermark(c->bev, EV_WRITE, CLIENT_WRITE_HIGH_WATER / 2, 0);
+    /* Armed only while output waits for the socket: a client that reads
+     * nothing for this long is closed (an exchange it leaves runs on). */
+    uint64_t send_ms = rt->cfg->client_send_timeout_ms;
+    struct timeval send_tv = {(time_t)(send_ms / 1000), (suseconds_t)(send_ms % 1000) * 1000};
+    bufferevent_set_timeouts(c->bev, NULL, &send_tv);
     if (!c->tls)
         c->flush = flush_attach(rt->flusher, c->bev);
     /* Attached, EV_WRITE is the flusher's: enabled only while bytes wait. */

@@ -245,3 +245,74 @@ def test_every_webhook_recipe_executes_an_event_once_however_it_is_re_encoded():
                 assert r.status in (200, 201, 400, 415), (prefix, shape, r)
             executed = [t for _, t, _, _ in strict_requests(tap.data()) if t == prefix]
             assert len(executed) == 1, (prefix, len(executed))
+
+
+def test_a_client_that_reads_nothing_is_closed_and_its_exchange_still_stored():
+    import socket
+    from harness import SLOW, Env, wait_until
+    size = 48 << 20  # far more than the socket buffers between them hold
+    with Env(extra_config="client_send_timeout 1s\nupstream_max_conns 1\nworkers 1") as env:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", env.proxy.port))
+        s.sendall(b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: slow-1\r\n"
+                  b"X-Test-Body-Size: %d\r\nContent-Length: 2\r\n\r\n{}" % size)
+        # reads nothing; idemproxy gives up on it after about a second
+        wait_until(lambda: "read nothing of its answer" in env.proxy.error_log(), 10 * SLOW,
+                   what="the send timeout")
+        s.close()
+        # the exchange ran to its end: the retry is a replay, not a 409 for ever
+        r = wait_until(lambda: (lambda r: r if r.status == 201 else None)(
+            env.post("/orders", key="slow-1", body=b"{}",
+                     headers={"X-Test-Body-Size": str(size)})), 20 * SLOW,
+            what="the replay")
+        assert r.header("Idempotent-Replayed") == "true", r
+        assert r.header("Idempotency-Replay") == "omitted", r
+        assert env.upstream.count("slow-1") == 1
+        # and the one upstream connection is free again
+        assert env.request("GET", "/after").status == 200
+
+
+def test_buffered_bodies_have_a_process_wide_budget():
+    import socket
+    from harness import Env, read_response, _Reader
+    with Env(extra_config="max_buffered_bodies 64k\nworkers 2") as env:
+        held = []
+        head = (b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: b%d\r\n"
+                b"Content-Length: 30000\r\n\r\n")
+        for i in range(2):  # 60000 bytes reserved: within the budget, bodies not sent yet
+            s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5)
+            s.sendall(head % i + b"x" * 1000)
+            held.append(s)
+        time.sleep(0.3)
+        got, closed = exchange(env.proxy.port, head % 9 + b"x" * 30000, 3)
+        assert got.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in got, got[:300]
+        assert b"Retry-After: 1" in got and closed, got[:300]
+        # the held requests finish and give their bytes back
+        for i, s in enumerate(held):
+            s.sendall(b"x" * 29000)
+            r = read_response(_Reader(s), "POST")
+            assert r.status == 201, r
+            s.close()
+        r = env.post("/orders", key="b9", body=b"x" * 30000)
+        assert r.status == 201, r
+        assert env.upstream.count("b9") == 1
+        assert "max_buffered_bodies" in env.proxy.error_log()
+
+
+def test_key_namespace_route_keeps_one_route_from_occupying_another():
+    from harness import Env
+    routes = "route /webhooks/stripe { key json:/id; scope none; require_key on }\n"
+    event = json.dumps({"id": "evt_9"}).encode()
+    ctype = {"Content-Type": "application/json"}
+    # global (the default): an anonymous POST elsewhere takes the event's key
+    with Env(extra_config=routes) as env:
+        assert env.post("/orders", key="evt_9", body=b"{}").status == 201
+        r = env.post("/webhooks/stripe", body=event, headers=ctype)
+        assert r.status == 422, r
+    with Env(extra_config="key_namespace route\n" + routes) as env:
+        assert env.post("/orders", key="evt_9", body=b"{}").status == 201
+        r = env.post("/webhooks/stripe", body=event, headers=ctype)
+        assert r.status == 201 and env.upstream.count() == 2, r
+        keys = env.redis.keys("*")
+        assert any(k.endswith(":evt_9") and ":r" in k for k in keys), keys

@@ -1016,15 +1016,24 @@ END_TEST
 
 START_TEST(test_record_key)
 {
-    char *k = policy_record_key("idem:", "-", "abc");
+    char *k = policy_record_key("idem:", "-", NULL, "abc");
     ck_assert_str_eq(k, "idem:-:abc");
     free(k);
-    k = policy_record_key("p/", "ba7816bf8f01cfea414140de5dae2223", "a:b c");
+    k = policy_record_key("p/", "ba7816bf8f01cfea414140de5dae2223", NULL, "a:b c");
     ck_assert_str_eq(k, "p/ba7816bf8f01cfea414140de5dae2223:a:b c");
     free(k);
-    k = policy_record_key("", "-", "k");
+    k = policy_record_key("", "-", NULL, "k");
     ck_assert_str_eq(k, "-:k");
     free(k);
+    /* key_namespace route: the route's hash between scope and key */
+    k = policy_record_key("idem:", "-", "/webhooks/stripe", "evt_1");
+    char *g = policy_record_key("idem:", "-", "", "evt_1");
+    ck_assert_int_eq((int)strlen(k), (int)strlen("idem:-:r0123456789abcdef:evt_1"));
+    ck_assert_int_eq(strncmp(k, "idem:-:r", 8), 0);
+    ck_assert_str_ne(k, g);
+    ck_assert_str_eq(k + strlen(k) - 6, ":evt_1");
+    free(k);
+    free(g);
 }
 END_TEST
 
