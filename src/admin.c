@@ -81,6 +81,9 @@ static void serve_readyz(struct admin *a, struct evhttp_request *req)
         reply_text(req, HTTP_SERVUNAVAIL, "Service Unavailable", "draining\n");
     else if (!g.redis_up)
         reply_text(req, HTTP_SERVUNAVAIL, "Service Unavailable", "redis unreachable\n");
+    else if (g.redis_oom)
+        reply_text(req, HTTP_SERVUNAVAIL, "Service Unavailable",
+                   "redis refusing writes (out of memory)\n");
     else
         reply_text(req, HTTP_OK, "OK", "ready\n");
 }

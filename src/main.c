@@ -31,6 +31,7 @@
 #include "metrics.h"
 #include "sdnotify.h"
 #include "server.h"
+#include "store.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -335,6 +336,7 @@ static void admin_gauges(void *arg, struct metrics_gauges *out)
     out->redis_up = true;
     for (int i = 0; i < d->nworkers; i++)
         worker_add_gauges(d->workers[i], out);
+    out->redis_oom = store_refusing_writes();
 }
 
 static bool admin_draining(void *arg)

@@ -554,6 +554,9 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     gauge(out, "idemproxy_open_connections", "Open client connections.", g->connections);
     gauge(out, "idemproxy_redis_up", "1 while Redis is connected and authenticated, else 0.",
           g->redis_up ? 1 : 0);
+    gauge(out, "idemproxy_redis_refusing_writes",
+          "1 while Redis has lately refused writes for lack of memory (OOM), else 0.",
+          g->redis_oom ? 1 : 0);
 
     family(out, "idemproxy_start_time_seconds", "gauge",
            "Start time of the process since the Unix epoch, in seconds.");

@@ -50,6 +50,7 @@ struct metrics_gauges {
     int parked;      /* duplicates waiting for a key in flight */
     int connections; /* open client connections */
     bool redis_up;   /* the store is connected and authenticated */
+    bool redis_oom;  /* Redis refused a write for lack of memory, lately (store_refusing_writes) */
 };
 
 /*

@@ -43,6 +43,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -298,6 +299,33 @@ static uint64_t now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+/* When Redis last refused a write for lack of memory (ms, monotonic), any
+ * worker; 0: never. Read by /readyz and /metrics through store_refusing_writes. */
+static _Atomic uint64_t last_oom_ms;
+
+/* How long one OOM answer keeps /readyz at 503: long enough for a load
+ * balancer's probe to see it, short enough to recover once Redis has room. */
+#define OOM_SIGNAL_MS 10000
+
+/* Redis is full (maxmemory with noeviction): every claim fails until it has
+ * room. One warn line per OOM_SIGNAL_MS, not one per request. */
+static void note_oom(const char *reply)
+{
+    uint64_t now = now_monotonic_ms();
+    uint64_t last = atomic_exchange(&last_oom_ms, now);
+    if (last == 0 || now - last >= OOM_SIGNAL_MS)
+        log_warn("redis: refusing writes (%s); requests that need a claim get 503 and /readyz "
+                 "says 503 until it has room: raise maxmemory, or lower ttl or "
+                 "max_cached_body",
+                 reply);
+}
+
+bool store_refusing_writes(void)
+{
+    uint64_t last = atomic_load(&last_oom_ms);
+    return last != 0 && now_monotonic_ms() - last < OOM_SIGNAL_MS;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
@@ -314,7 +342,10 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         op_send(op);
         return;
     } else if (r->type == REDIS_REPLY_ERROR) {
-        log_error("redis: %s script failed: %s", script_name[op->script], r->str);
+        if (strncmp(r->str, "OOM", 3) == 0)
+            note_oom(r->str);
+        else
+            log_error("redis: %s script failed: %s", script_name[op->script], r->str);
         free(op->claim_owner); /* the script did not run: nothing to clean up */
         op->claim_owner = NULL;
         op_answer_error(op, r->str);

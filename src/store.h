@@ -56,6 +56,10 @@ void store_reconfigure(struct store *st, const struct config *cfg);
  * threads to read; the flag must outlive the store. */
 void store_publish_readiness(struct store *st, _Atomic bool *flag);
 
+/* Whether Redis refused a write for lack of memory (an OOM error reply) in
+ * the last 10 s, on any worker's connection. Any thread may ask. */
+bool store_refusing_writes(void);
+
 struct claim_request {
     const char *rkey;
     const char *fingerprint;

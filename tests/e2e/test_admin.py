@@ -201,3 +201,18 @@ def test_head_on_the_admin_listener_has_no_body_and_keeps_the_connection_in_step
         assert len(heads) == 4 and heads[-1] == b"ok\n", data[:600]
         assert all(h.startswith(b"HTTP/1.1 200") for h in heads[:3]), data[:600]
         assert re.search(rb"Content-Length: [1-9]\d*", heads[0]), heads[0]
+
+
+def test_redis_out_of_memory_turns_readyz_to_503_with_a_metric_and_a_warn_line():
+    with admin_env() as env:
+        wait_admin(env, "/readyz", 200)
+        env.redis.cmd("CONFIG", "SET", "maxmemory-policy", "noeviction")
+        env.redis.cmd("CONFIG", "SET", "maxmemory", "1")  # anything: Redis is over it at once
+        r = env.post("/orders", key=new_key())
+        assert r.status == 503 and r.json()["code"] == "store-unavailable", r
+        r = admin(env, "/readyz")
+        assert r.status == 503 and b"out of memory" in r.body, r
+        assert b"idemproxy_redis_refusing_writes 1" in admin(env, "/metrics").body
+        assert "refusing writes (OOM" in env.proxy.error_log()
+        assert env.upstream.count() == 0
+        env.redis.cmd("CONFIG", "SET", "maxmemory", "0")

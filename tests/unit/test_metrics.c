@@ -13,7 +13,7 @@
 #include "metrics.h"
 #include "unit.h"
 
-static const struct metrics_gauges no_gauges = {0, 0, 0, false};
+static const struct metrics_gauges no_gauges = {0, 0, 0, false, false};
 
 /* The exposition as a NUL-terminated string (caller frees). */
 static char *render(const struct metrics_gauges *g)
