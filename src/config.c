@@ -110,6 +110,7 @@ static const char *set_header_name(struct setting *s);
 static const char *set_url(struct setting *s);
 static const char *set_uint(struct setting *s);
 static const char *set_count(struct setting *s);
+static const char *set_count_or_off(struct setting *s);
 static const char *set_workers(struct setting *s);
 static const char *set_access_log(struct setting *s);
 static const char *set_error_log(struct setting *s);
@@ -183,6 +184,7 @@ static const struct directive directives[] = {
     {"error_doc_url", set_url, CFG(error_doc_url), G, 1, 1, NULL, NULL, NULL},
     {"workers", set_workers, CFG(workers), G, 1, 1, "auto", NULL, NULL},
     {"max_connections", set_count, CFG(max_connections), G, 1, 1, "10000", NULL, NULL},
+    {"max_keys_per_scope", set_count_or_off, CFG(max_keys_per_scope), G, 1, 1, "off", NULL, NULL},
     {"max_buffered_bodies", set_size, CFG(max_buffered_bodies), G, 1, 1, "256m", NULL, NULL},
     {"max_header_size", set_size, CFG(max_header_size), G, 1, 1, "16k", NULL, NULL},
     {"upstream_keepalive", set_uint, CFG(upstream_keepalive), G, 1, 1, "256", NULL, NULL},
@@ -481,6 +483,18 @@ static const char *set_count(struct setting *s)
 {
     if (config_parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
         return phrase(s->ps, "expected a number 1 or more, got \"%s\"", s->argv[0]);
+    return NULL;
+}
+
+/* A count, or off (0). */
+static const char *set_count_or_off(struct setting *s)
+{
+    if (strcmp(s->argv[0], "off") == 0) {
+        *(int *)s->field = 0;
+        return NULL;
+    }
+    if (config_parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
+        return phrase(s->ps, "expected a number 1 or more, or off, got \"%s\"", s->argv[0]);
     return NULL;
 }
 

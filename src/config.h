@@ -145,6 +145,7 @@ struct config {
     int workers; /* 0 = auto */
     int max_connections;
     size_t max_buffered_bodies; /* covered bodies in memory, whole process */
+    int max_keys_per_scope;     /* new keys per scope per global ttl; 0: off */
     size_t max_header_size;
     int upstream_keepalive;
     int upstream_max_conns;

@@ -67,6 +67,10 @@ static const struct problem_kind kinds[] = {
     [PROBLEM_OVERLOADED] = {"overloaded", 503, "Too many requests in memory",
                             "The proxy holds as many request bodies as max_buffered_bodies "
                             "allows; the request was not executed. Retry later."},
+    [PROBLEM_QUOTA_EXCEEDED] = {"quota-exceeded", 429, "Too many idempotency keys",
+                                "This client has used as many new idempotency keys as "
+                                "max_keys_per_scope allows in the retention window; the request "
+                                "was not executed."},
     [PROBLEM_NOT_IMPLEMENTED] = {"bad-request", 501, "Transfer coding not implemented",
                                  "Only the chunked transfer coding is accepted."},
     [PROBLEM_VERSION_NOT_SUPPORTED] = {"bad-request", 505, "HTTP version not supported",

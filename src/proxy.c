@@ -500,6 +500,7 @@ static void answer_done(struct exchange *ex, const struct claim_result *res)
 
 static void send_claim(struct exchange *ex)
 {
+    const struct config *cfg = ex->cfg;
     struct claim_request req = {
         .rkey = ex->rkey,
         .fingerprint = ex->fingerprint,
@@ -508,9 +509,20 @@ static void send_claim(struct exchange *ex)
         .will_wait = ex->policy->on_inflight == ON_INFLIGHT_WAIT,
         .token_key = ex->token_key,
     };
+    char *quota_key = NULL;
+    if (cfg->max_keys_per_scope > 0) {
+        /* "<prefix>quota:<scope>": one counter of new keys per tenant */
+        size_t n = strlen(cfg->key_prefix) + 6 + strlen(ex->scope) + 1;
+        quota_key = xmalloc(n);
+        snprintf(quota_key, n, "%squota:%s", cfg->key_prefix, ex->scope);
+        req.quota_key = quota_key;
+        req.max_keys = (uint64_t)cfg->max_keys_per_scope;
+        req.quota_window_ms = cfg->global.ttl_ms;
+    }
     ex->claim_outstanding = true;
     ex->store_ops++;
-    store_claim(ex->rt->store, &req, on_claimed, ex);
+    store_claim(ex->rt->store, &req, on_claimed, ex); /* copies what it sends */
+    free(quota_key);
 }
 
 /* The lease left now, from the last time Redis told us. */
@@ -585,6 +597,11 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
     if (res->state == KEY_STATE_TOKEN_INVALID) {
         ex->idem = "token_invalid";
         answer_problem(ex, PROBLEM_TOKEN_INVALID, NULL);
+    } else if (res->state == KEY_STATE_QUOTA) {
+        ex->idem = "quota";
+        log_info("request %s key=%s: scope %s has max_keys_per_scope (%d) keys; answering 429",
+                 ex->peer, ex->key, ex->scope, ex->cfg->max_keys_per_scope);
+        answer_retry_later(ex, PROBLEM_QUOTA_EXCEEDED, res->pttl_ms);
     } else if (res->state == KEY_STATE_CLAIMED) {
         if (ex->watch) {
             store_unwatch(ex->rt->store, ex->watch);

@@ -67,9 +67,18 @@ static const char *const script_source[] = {
         "local v = redis.call('HMGET', KEYS[1], 's', 'f', 'r')\n"
         "local s = v[1]\n"
         "if not s then\n"
-        "  if KEYS[2] and redis.call('DEL', KEYS[2]) == 0 then return {'invalid'} end\n"
+        /* the quota key, when max_keys_per_scope is on, is the last key;
+         * a token key is KEYS[2] */
+        "  local quota = tonumber(ARGV[5])\n"
+        "  local qk = quota > 0 and KEYS[#KEYS] or nil\n"
+        "  if qk and tonumber(redis.call('GET', qk) or '0') >= quota then\n"
+        "    return {'quota', '', redis.call('PTTL', qk)}\n"
+        "  end\n"
+        "  local tk = KEYS[2] ~= qk and KEYS[2] or nil\n"
+        "  if tk and redis.call('DEL', tk) == 0 then return {'invalid'} end\n"
         "  redis.call('HSET', KEYS[1], 's', 'inflight', 'f', ARGV[1], 'o', ARGV[2])\n"
         "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
+        "  if qk and redis.call('INCR', qk) == 1 then redis.call('PEXPIRE', qk, ARGV[6]) end\n"
         "  return {'claimed'}\n"
         "end\n"
         "if s == 'inflight' and ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'w', '1') end\n"
@@ -273,6 +282,8 @@ static void answer_claim(struct store_op *op, redisReply *r)
         res.state = KEY_STATE_UNKNOWN;
     else if (strcmp(s, "invalid") == 0)
         res.state = KEY_STATE_TOKEN_INVALID;
+    else if (strcmp(s, "quota") == 0)
+        res.state = KEY_STATE_QUOTA;
     else {
         op_answer_error(op, "unexpected key state in Redis");
         return;
@@ -676,10 +687,10 @@ static struct store_op *op_new(struct store *st, enum script_id script, const ch
     return op;
 }
 
-/* A second key (before any argument): the script then sees KEYS[2]. */
-static void op_second_key(struct store_op *op, const char *key)
+/* One more key (before any argument): the script sees KEYS[2], KEYS[3]... */
+static void op_extra_key(struct store_op *op, const char *key)
 {
-    op->args.p[4] = '2'; /* numkeys, the first bulk string: "$1\r\n1\r\n" */
+    op->args.p[4]++; /* numkeys, the first bulk string: "$1\r\nN\r\n", N < 9 */
     op_arg(op, key, strlen(key));
 }
 
@@ -696,11 +707,15 @@ void store_claim(struct store *st, const struct claim_request *req, store_claim_
     op->on_claim = cb;
     op->arg = arg;
     if (req->token_key)
-        op_second_key(op, req->token_key);
+        op_extra_key(op, req->token_key);
+    if (req->quota_key)
+        op_extra_key(op, req->quota_key);
     op_arg(op, req->fingerprint, strlen(req->fingerprint));
     op_arg(op, req->owner, strlen(req->owner));
     op_arg_u64(op, req->lock_ttl_ms);
     op_arg(op, req->will_wait ? "1" : "0", 1);
+    op_arg_u64(op, req->quota_key ? req->max_keys : 0);
+    op_arg_u64(op, req->quota_window_ms);
     op->claim_owner = xstrdup(req->owner);
     op->claim_token_key = req->token_key ? xstrdup(req->token_key) : NULL;
     op_start(st, op);
@@ -743,7 +758,7 @@ void store_release(struct store *st, const char *rkey, const char *owner, const 
     op->on_update = cb;
     op->arg = arg;
     if (token_key)
-        op_second_key(op, token_key);
+        op_extra_key(op, token_key);
     op_arg(op, owner, strlen(owner));
     op_arg_u64(op, token_ttl_ms);
     op_start(st, op);

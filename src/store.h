@@ -29,6 +29,7 @@ enum key_state {
     KEY_STATE_DONE,
     KEY_STATE_UNKNOWN,
     KEY_STATE_TOKEN_INVALID, /* a token claim found neither the token nor its key */
+    KEY_STATE_QUOTA,         /* absent, but the scope has max_keys_per_scope new keys */
 };
 
 struct claim_result {
@@ -71,6 +72,11 @@ struct claim_request {
     /* One-time token (SPEC §4.3): an absent key is claimed only by consuming
      * this token key in the same script; NULL for ordinary keys. */
     const char *token_key;
+    /* max_keys_per_scope: the scope's counter of new keys (NULL: no quota);
+     * at most max_keys new keys per quota_window_ms, counted from the first. */
+    const char *quota_key;
+    uint64_t max_keys;
+    uint64_t quota_window_ms;
 };
 
 /* absent -> in flight (owner, fingerprint, lease); present -> its state. */

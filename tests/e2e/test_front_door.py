@@ -316,3 +316,23 @@ def test_key_namespace_route_keeps_one_route_from_occupying_another():
         assert r.status == 201 and env.upstream.count() == 2, r
         keys = env.redis.keys("*")
         assert any(k.endswith(":evt_9") and ":r" in k for k in keys), keys
+
+
+def test_one_scope_cannot_fill_redis_for_the_others():
+    from harness import Env
+    with Env(extra_config="max_keys_per_scope 3") as env:
+        a = {"Authorization": "Bearer A"}
+        for i in range(3):
+            assert env.post("/orders", key=f"q{i}", headers=a).status == 201
+        r = env.post("/orders", key="q3", headers=a)
+        assert r.status == 429 and r.json()["code"] == "quota-exceeded", r
+        assert 1 <= int(r.header("Retry-After")) <= 86400, r
+        # its existing keys still replay; another tenant is untouched
+        r = env.post("/orders", key="q0", headers=a)
+        assert r.status == 201 and r.header("Idempotent-Replayed") == "true", r
+        assert env.post("/orders", key="q3", headers={"Authorization": "Bearer B"}).status == 201
+        assert env.upstream.count() == 4
+        # one counter per tenant; the refused key was never created
+        keys = env.redis.keys("*")
+        assert len([k for k in keys if k.startswith("idem:quota:")]) == 2, keys
+        assert len([k for k in keys if k.endswith(":q3")]) == 1, keys
