@@ -129,6 +129,8 @@ struct exchange {
     /* What to answer once a release or mark-unknown has landed in Redis. */
     bool then_send_response;
     enum problem_code then_problem;
+    bool then_relay;   /* after mark_unknown: the upstream's answer, not then_problem */
+    bool upstream_tls; /* the upstream connection is TLS: a close after close_notify is an end */
     uint64_t t_start;
     uint64_t t_upstream;
     int64_t upstream_ms;
@@ -373,7 +375,9 @@ static void on_unknown_then_answer(void *arg, bool applied, const char *error)
     else if (!applied)
         log_warn("request %s key=%s: lease was lost before the outcome was recorded", ex->peer,
                  ex->key);
-    if (ex->streaming || ex->client == NULL)
+    if (ex->then_relay)
+        answer_buffered(ex);
+    else if (ex->streaming || ex->client == NULL)
         ex_finish(ex);
     else
         answer_problem(ex, ex->then_problem, NULL);
@@ -416,9 +420,11 @@ static void store_response(struct exchange *ex)
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     if (rec == NULL) {
-        log_error("request %s key=%s: response cannot be encoded; releasing the key", ex->peer,
-                  ex->key);
-        release_then(ex, true, PROBLEM_UPSTREAM_UNAVAILABLE);
+        /* The upstream executed: a retry must not run it again. */
+        log_error("request %s key=%s: response cannot be encoded; the key is marked unknown",
+                  ex->peer, ex->key);
+        ex->then_relay = true;
+        mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
         return;
     }
     ex->store_ops++;
@@ -781,6 +787,7 @@ static void on_upstream_ready(void *arg, struct upstream_conn *conn, const char 
         return;
     }
     copy_cstr(ex->upstream_name, sizeof(ex->upstream_name), upstream_conn_name(conn));
+    ex->upstream_tls = upstream_conn_tls(conn);
     ex->t_upstream = now_monotonic_ms();
     struct evbuffer *out = upstream_conn_output(conn);
     write_request_head(ex, out);
@@ -956,6 +963,20 @@ static void on_up_complete(void *arg)
         log_info("request %s key=%s: upstream answered %d (release_on); key released", ex->peer,
                  ex->key, status);
         release_then(ex, true, PROBLEM_UPSTREAM_UNAVAILABLE);
+        return;
+    }
+    /* A body ended by the connection's close (no Content-Length, not
+     * chunked) cannot be told from one cut short by a dying upstream,
+     * except over TLS, where close_notify proves the end: relayed as it came,
+     * but never stored to be replayed as whole. */
+    bool close_delimited =
+        !ex->resp->chunked && !ex->resp->has_content_length && !response_has_no_body(ex, status);
+    if (close_delimited && !ex->upstream_tls) {
+        log_warn("request %s key=%s: upstream %s ended its answer by closing the connection, "
+                 "which a cut answer does too; the key is marked unknown, not stored",
+                 ex->peer, ex->key, ex->upstream_name);
+        ex->then_relay = true;
+        mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
         return;
     }
     store_response(ex);

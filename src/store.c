@@ -129,13 +129,29 @@ enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
 struct link {
     struct store *st;
     const char *role;
-    redisAsyncContext *ac;
+    redisAsyncContext *ac; /* the current connection; its data is a struct conn */
     enum link_state state;
     struct event *reconnect_timer;
     uint64_t backoff_ms;
     bool down_logged;
     bool setup_failed; /* this connection's AUTH or SELECT was refused */
     void (*on_ready)(struct link *l);
+};
+
+/*
+ * Who a hiredis context belongs to (its data pointer). A link's current
+ * context has `link` set. A retired one (settings changed by a reload) has
+ * `link` NULL: the commands already sent on it still get their replies, then
+ * hiredis ends it with one last callback (on_connect failing, or
+ * on_disconnect), and only then is its conn freed. Until then it is on the
+ * store's retired list, so store_free can end it, and nothing it says ever
+ * reaches the link that replaced it.
+ */
+struct conn {
+    struct store *st;
+    struct link *link;
+    redisAsyncContext *ac;
+    struct conn *next; /* st->retired */
 };
 
 struct store_watch {
@@ -191,9 +207,12 @@ struct store_op {
     char *claim_token_key;
     bool answered;
     bool resent_as_eval;
-    int nargs;         /* bulk strings in args */
-    struct bytes args; /* RESP after the verb and the script: numkeys, keys, ARGV */
-    size_t rkey_at;    /* KEYS[1] within args */
+    bool queued; /* on st->pending: waits for the link to be ready */
+    struct store_op *next_queued;
+    const redisAsyncContext *sent_on; /* the connection its command went out on */
+    int nargs;                        /* bulk strings in args */
+    struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
+    size_t rkey_at;                   /* KEYS[1] within args */
     size_t rkey_len;
 };
 
@@ -224,6 +243,11 @@ struct store {
     _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
     struct link cmd;
     struct link sub;
+    struct conn *retired;
+    /* Operations started while cmd is connecting: sent, in order, once its
+     * AUTH, SELECT and PING have answered (never before: a refused SELECT
+     * would run them in database 0), failed if it goes down instead. */
+    struct store_op *pending, **pending_tail;
     struct bytes command; /* op_send's buffer, reused */
     struct store_watch *watches;
 
@@ -371,11 +395,15 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 
 /* ---- connection --------------------------------------------------------- */
 
+static void fail_pending(struct store *st);
+
 static void link_set_state(struct link *l, enum link_state state)
 {
     l->state = state;
     if (l == &l->st->cmd && l->st->ready_flag)
         *l->st->ready_flag = state == LINK_READY;
+    if (l == &l->st->cmd && state == LINK_DOWN)
+        fail_pending(l->st);
 }
 
 static void link_schedule_reconnect(struct link *l)
@@ -404,42 +432,81 @@ static void link_report_down(struct link *l, const char *why)
     l->down_logged = true;
 }
 
+/* The link whose current connection ac is, or NULL (retired, or dropped). */
+static struct link *link_of(const redisAsyncContext *ac)
+{
+    const struct conn *c = ac->data;
+    return c != NULL && c->link != NULL && c->link->ac == ac ? c->link : NULL;
+}
+
+/*
+ * A connection's end (its connect failed, or it disconnected): hiredis
+ * frees the context after this callback returns, and first answers every
+ * reply callback still pending with NULL, so the context must no longer
+ * point at c. A retired one also leaves the store's list.
+ */
+static void conn_end(struct conn *c)
+{
+    struct conn **pp = &c->st->retired;
+    while (*pp && *pp != c)
+        pp = &(*pp)->next;
+    if (*pp)
+        *pp = c->next;
+    c->ac->data = NULL;
+    free(c);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
-    struct link *l = ac->data;
-    if (status != REDIS_OK) {
+    struct conn *c = ac->data;
+    if (c == NULL || status == REDIS_OK)
+        return; /* connected at the TCP level only: ready when the setup's PING answers */
+    struct link *l = link_of(ac);
+    if (l != NULL)
         link_report_down(l, ac->errstr[0] ? ac->errstr : "cannot connect");
-        link_schedule_reconnect(l); /* hiredis frees ac after this returns */
-    }
-    /* Connected at the TCP level only: ready when the setup's PING answers. */
+    conn_end(c); /* a retired attempt may never have got through either */
+    if (l != NULL)
+        link_schedule_reconnect(l);
 }
 
 static void on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct link *l = ac->data;
-    if (l == NULL)
-        return; /* dropped on purpose: the dropper schedules what follows */
-    link_report_down(l, status == REDIS_OK ? "disconnected"
-                                           : (ac->errstr[0] ? ac->errstr : "disconnected"));
-    link_schedule_reconnect(l);
+    struct conn *c = ac->data;
+    if (c == NULL)
+        return; /* freed on purpose (link_close): the closer schedules what follows */
+    struct link *l = link_of(ac);
+    if (l != NULL)
+        link_report_down(l, status == REDIS_OK ? "disconnected"
+                                               : (ac->errstr[0] ? ac->errstr : "disconnected"));
+    conn_end(c);
+    if (l != NULL)
+        link_schedule_reconnect(l);
 }
 
-/* AUTH or SELECT refused: the link is unusable until the operator fixes it. */
+/*
+ * AUTH or SELECT refused: the link is down at once (operations started from
+ * now on fail on the next loop turn, queued ones too, and none was sent on
+ * this connection), and the connection is closed once the setup's replies
+ * are in. It backs off like a refused connection.
+ */
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct link *l = privdata;
+    (void)privdata;
+    struct link *l = link_of(ac);
     redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && ac->data == l) {
-        char why[256];
-        snprintf(why, sizeof(why),
-                 "setup refused (check redis_user, redis_password_file, "
-                 "redis_db): %s",
-                 r->str);
-        l->setup_failed = true;
-        link_report_down(l, why);
-        redisAsyncDisconnect(ac);
-    }
+    if (l == NULL || r == NULL || r->type != REDIS_REPLY_ERROR || l->setup_failed)
+        return;
+    char why[256];
+    snprintf(why, sizeof(why),
+             "setup refused (check redis_user, redis_password_file, redis_db): %s", r->str);
+    l->setup_failed = true;
+    link_report_down(l, why);
+    evtimer_del(l->reconnect_timer); /* on_disconnect schedules the next try */
+    link_set_state(l, LINK_DOWN);
+    redisAsyncDisconnect(ac);
 }
+
+static void send_pending(struct store *st);
 
 /*
  * The setup's last command answered: authenticated and in the right db.
@@ -448,10 +515,12 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
  */
 static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct link *l = privdata;
+    (void)privdata;
+    struct link *l = link_of(ac);
     redisReply *r = reply;
-    if (r == NULL || r->type == REDIS_REPLY_ERROR || ac->data != l || l->setup_failed)
+    if (l == NULL || r == NULL || r->type == REDIS_REPLY_ERROR || l->setup_failed)
         return;
+    evtimer_del(l->reconnect_timer); /* the connect deadline */
     link_set_state(l, LINK_READY);
     l->backoff_ms = BACKOFF_MIN_MS;
     if (l->down_logged)
@@ -459,9 +528,12 @@ static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
     else
         log_info("%s %s: connected", l->role, link_where(l));
     l->down_logged = false;
-    if (l == &l->st->cmd && l->st->orphans) {
-        struct timeval zero = {0, 0};
-        evtimer_add(l->st->orphan_timer, &zero);
+    if (l == &l->st->cmd) {
+        send_pending(l->st);
+        if (l->st->orphans) {
+            struct timeval zero = {0, 0};
+            evtimer_add(l->st->orphan_timer, &zero);
+        }
     }
     if (l->on_ready)
         l->on_ready(l);
@@ -479,7 +551,11 @@ static void link_connect(struct link *l)
         link_schedule_reconnect(l);
         return;
     }
-    ac->data = l;
+    struct conn *c = xcalloc(1, sizeof(*c));
+    c->st = st;
+    c->link = l;
+    c->ac = ac;
+    ac->data = c;
     l->ac = ac;
     l->setup_failed = false;
     link_set_state(l, LINK_CONNECTING);
@@ -488,19 +564,31 @@ static void link_connect(struct link *l)
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Queued before any operation, so every script runs authenticated in the right db. */
     if (st->password && st->user)
-        redisAsyncCommand(ac, on_setup_reply, l, "AUTH %s %s", st->user, st->password);
+        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s %s", st->user, st->password);
     else if (st->password)
-        redisAsyncCommand(ac, on_setup_reply, l, "AUTH %s", st->password);
+        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", st->password);
     if (st->db != 0)
-        redisAsyncCommand(ac, on_setup_reply, l, "SELECT %d", st->db);
-    redisAsyncCommand(ac, on_link_ready, l, "PING");
+        redisAsyncCommand(ac, on_setup_reply, NULL, "SELECT %d", st->db);
+    redisAsyncCommand(ac, on_link_ready, NULL, "PING");
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000),
+                         (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    evtimer_add(l->reconnect_timer, &tv); /* the connect deadline */
 }
 
+static void link_drop(struct link *l, const char *why);
+
+/* While down: time to connect again. While connecting: the connection and
+ * its setup did not finish within redis_timeout (a host that drops SYNs
+ * would otherwise hold the link for the kernel's two minutes). */
 static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    link_connect(arg);
+    struct link *l = arg;
+    if (l->state == LINK_CONNECTING)
+        link_drop(l, "not connected and set up within redis_timeout");
+    else
+        link_connect(l);
 }
 
 /* Frees the context now; hiredis answers every pending callback with NULL. */
@@ -510,10 +598,27 @@ static void link_close(struct link *l)
     evtimer_del(l->reconnect_timer);
     if (ac == NULL)
         return;
+    free(ac->data);
     ac->data = NULL;
     l->ac = NULL;
     link_set_state(l, LINK_DOWN);
     redisAsyncFree(ac);
+}
+
+/* Lets the link's connection finish what was sent on it, detached: see struct conn. */
+static void link_retire(struct link *l)
+{
+    redisAsyncContext *ac = l->ac;
+    evtimer_del(l->reconnect_timer);
+    if (ac == NULL)
+        return;
+    struct conn *c = ac->data;
+    c->link = NULL;
+    c->next = l->st->retired;
+    l->st->retired = c;
+    l->ac = NULL;
+    link_set_state(l, LINK_DOWN);
+    redisAsyncDisconnect(ac);
 }
 
 static void link_drop(struct link *l, const char *why)
@@ -610,8 +715,23 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct store_op *op = arg;
     struct store *st = op->st;
+    if (op->queued) { /* never sent: the connection is not to blame */
+        op->queued = false;
+        struct store_op **pp = &st->pending;
+        while (*pp != op)
+            pp = &(*pp)->next_queued;
+        *pp = op->next_queued;
+        if (st->pending_tail == &op->next_queued)
+            st->pending_tail = pp;
+        op_answer_error(op, "timed out waiting for the connection to Redis");
+        op_free(op);
+        return;
+    }
     op_answer_error(op, "timed out");
-    link_drop(&st->cmd, "a command timed out (redis_timeout)");
+    /* Only the connection it went out on is to blame: after a reload that
+     * is a retired one, which ends by itself. */
+    if (op->sent_on != NULL && op->sent_on == st->cmd.ac)
+        link_drop(&st->cmd, "a command timed out (redis_timeout)");
 }
 
 static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
@@ -625,12 +745,22 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     op_free(op);
 }
 
+/* Fails op on the next loop turn: a caller never sees its callback run
+ * inside the call that started the operation. */
+static void op_fail_later(struct store_op *op)
+{
+    if (event_initialized(op->timer))
+        evtimer_del(op->timer);
+    evtimer_assign(op->timer, op->st->base, on_op_unreachable, op);
+    struct timeval zero = {0, 0};
+    evtimer_add(op->timer, &zero);
+}
+
 static void op_send(struct store_op *op)
 {
     struct store *st = op->st;
-    if (st->cmd.ac == NULL) { /* a resend after a reconnect that has not happened yet */
-        op_answer_error(op, "Redis is unreachable");
-        op_free(op);
+    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY) {
+        op_fail_later(op); /* a resend after the link went down */
         return;
     }
     const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
@@ -642,20 +772,42 @@ static void op_send(struct store_op *op)
     bytes_add_bulk(cmd, verb, strlen(verb));
     bytes_add_bulk(cmd, body, strlen(body));
     bytes_add(cmd, op->args.p, op->args.len);
-    int rc = redisAsyncFormattedCommand(st->cmd.ac, on_reply, op, cmd->p, cmd->len);
-    if (rc != REDIS_OK) {
-        op_answer_error(op, "cannot send to Redis");
-        op_free(op);
+    if (redisAsyncFormattedCommand(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != REDIS_OK) {
+        op_fail_later(op);
+        return;
     }
+    op->sent_on = st->cmd.ac;
+}
+
+/* The cmd link is ready: what waited for it goes out, in order. */
+static void send_pending(struct store *st)
+{
+    while (st->pending && st->cmd.state == LINK_READY) {
+        struct store_op *op = st->pending;
+        st->pending = op->next_queued;
+        op->queued = false;
+        op_send(op);
+    }
+    if (st->pending == NULL)
+        st->pending_tail = &st->pending;
+}
+
+/* The cmd link went down: what waited for it fails (next loop turn). */
+static void fail_pending(struct store *st)
+{
+    while (st->pending) {
+        struct store_op *op = st->pending;
+        st->pending = op->next_queued;
+        op->queued = false;
+        op_fail_later(op);
+    }
+    st->pending_tail = &st->pending;
 }
 
 static void op_start(struct store *st, struct store_op *op)
 {
     if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN) {
-        /* Answer on the next loop turn: callers never see a re-entrant callback. */
-        evtimer_assign(op->timer, st->base, on_op_unreachable, op);
-        struct timeval zero = {0, 0};
-        evtimer_add(op->timer, &zero);
+        op_fail_later(op);
         return;
     }
     evtimer_assign(op->timer, st->base, on_op_timeout, op);
@@ -663,6 +815,13 @@ static void op_start(struct store *st, struct store_op *op)
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(op->timer, &tv);
+    if (st->cmd.state == LINK_CONNECTING) {
+        op->queued = true;
+        op->next_queued = NULL;
+        *st->pending_tail = op;
+        st->pending_tail = &op->next_queued;
+        return;
+    }
     op_send(op);
 }
 
@@ -901,6 +1060,7 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
         sha1_hex(script_source[i], st->sha[i]);
     take_settings(st, cfg);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
+    st->pending_tail = &st->pending;
     link_init(st, &st->cmd, "redis", NULL);
     link_init(st, &st->sub, "redis pubsub", on_sub_ready);
     link_connect(&st->cmd);
@@ -922,13 +1082,7 @@ void store_reconfigure(struct store *st, const struct config *cfg)
     log_info("redis: settings changed, reconnecting");
     /* Commands already sent on the old connection still get their replies
      * (hiredis disconnects once they are in); new ones use the new one. */
-    redisAsyncContext *old = st->cmd.ac;
-    if (old) {
-        old->data = NULL;
-        st->cmd.ac = NULL;
-        redisAsyncDisconnect(old);
-    }
-    evtimer_del(st->cmd.reconnect_timer);
+    link_retire(&st->cmd);
     st->cmd.backoff_ms = BACKOFF_MIN_MS;
     link_connect(&st->cmd);
     /* The subscription holds no pending work: replace it outright. */
@@ -947,10 +1101,28 @@ void store_free(struct store *st)
 {
     if (st == NULL)
         return;
+    /* Queued operations never went out: answered now, as hiredis answers
+     * the sent ones below. */
+    while (st->pending) {
+        struct store_op *op = st->pending;
+        st->pending = op->next_queued;
+        evtimer_del(op->timer);
+        op_answer_error(op, "the store is shutting down");
+        op_free(op);
+    }
     struct link *links[] = {&st->cmd, &st->sub};
     for (size_t i = 0; i < ARRAY_LEN(links); i++) {
         link_close(links[i]);
         event_free(links[i]->reconnect_timer);
+    }
+    /* Retired connections still waiting for replies: their operations are
+     * answered (an error) as hiredis frees them. */
+    while (st->retired) {
+        struct conn *c = st->retired;
+        st->retired = c->next;
+        c->ac->data = NULL;
+        redisAsyncFree(c->ac);
+        free(c);
     }
     while (st->watches)
         store_unwatch(st, st->watches);

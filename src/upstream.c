@@ -681,6 +681,11 @@ const char *upstream_conn_name(const struct upstream_conn *c)
     return c->server ? c->server->name : "-";
 }
 
+bool upstream_conn_tls(const struct upstream_conn *c)
+{
+    return c->server != NULL && c->server->tls;
+}
+
 static void conn_free(struct upstream_conn *c)
 {
     struct upstream_pool *pool = c->pool;

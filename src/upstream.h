@@ -93,5 +93,7 @@ void upstream_slot_release(struct upstream_slot *slot);
 
 /* "host:port" of the server. */
 const char *upstream_conn_name(const struct upstream_conn *conn);
+/* Whether the connection is TLS (https://): its end is proven by close_notify. */
+bool upstream_conn_tls(const struct upstream_conn *conn);
 
 #endif

@@ -1,0 +1,138 @@
+"""Crashes and reloads must never cost the promise (issue: refused Redis
+set-up, reloads, truncated bodies). A crash strands every key in flight, so
+each test here asserts the process stays up, answers what SPEC §4.1 says,
+and that nothing executes twice or in the wrong Redis database.
+"""
+import os
+import signal
+import socket
+import threading
+import time
+
+from harness import SANITIZE, SLOW, Env, ScriptedUpstream, assert_problem, wait_until
+
+
+def _hammer(env, seconds, threads=16, prefix="h"):
+    """threads clients posting fresh keys for `seconds`; returns the statuses."""
+    statuses = []
+    lock = threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def run(t):
+        i = 0
+        while time.monotonic() < stop:
+            try:
+                r = env.post("/orders", key=f"{prefix}-{t}-{i}", timeout=5)
+                code = r.status
+            except OSError:
+                code = "conn"
+            with lock:
+                statuses.append(code)
+            i += 1
+
+    ts = [threading.Thread(target=run, args=(t,), daemon=True) for t in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(seconds + 30)
+    return statuses
+
+
+def test_a_refused_select_under_load_is_503_and_never_crashes():
+    with Env(extra_config="redis_db 99\nworkers 2", expect_errors=True) as env:
+        statuses = _hammer(env, 4 if not SANITIZE else 3)
+        assert env.proxy.running(), "idemproxy died"
+        assert statuses and set(statuses) == {503}, sorted(set(map(str, statuses)))
+        assert env.upstream.count() == 0
+        # nothing ran in database 0 either
+        assert env.redis.keys("*") == []
+        assert "setup refused" in env.proxy.error_log()
+
+
+def test_a_refused_password_under_load_is_503_and_never_crashes():
+    with Env(proxy=False) as env:
+        env.redis.cmd("CONFIG", "SET", "requirepass", "right")
+        pw = os.path.join(env.tmp, "pw")
+        with open(pw, "w") as f:
+            f.write("wrong\n")
+        os.chmod(pw, 0o600)
+        env.start_proxy(f"redis_password_file {pw}\nworkers 2", expect_errors=True)
+        statuses = _hammer(env, 4 if not SANITIZE else 3)
+        assert env.proxy.running(), "idemproxy died"
+        assert statuses and set(statuses) == {503}, sorted(set(map(str, statuses)))
+        assert env.upstream.count() == 0
+
+
+class _Blackhole:
+    """A listening port whose accept queue is full: SYNs to it are dropped, so
+    a connect hangs; closing it makes the next SYN retransmission fail."""
+
+    def __enter__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.fillers = []
+        for _ in range(4):  # backlog 0 still queues one or two: fill them
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self.fillers.append(s)
+        time.sleep(0.2)
+        return self
+
+    def close(self):
+        for s in self.fillers:
+            s.close()
+        self.sock.close()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_a_reload_while_a_redis_connect_hangs_never_crashes():
+    with _Blackhole() as hole, Env(proxy=False) as env:
+        env.start_proxy(f"redis 127.0.0.1:{hole.port}\nredis_timeout 5s\nworkers 1",
+                        expect_errors=True)
+        time.sleep(0.3)  # the connect to the black hole is under way
+        env.proxy.write_config(f"redis 127.0.0.1:{env.redis_port}\nworkers 1")
+        env.proxy.signal(signal.SIGHUP)
+        wait_until(lambda: "settings changed" in env.proxy.error_log(), 5 * SLOW,
+                   what="the reload")
+        # the retired attempt fails now (RST to its next SYN): it must not touch the new link
+        hole.close()
+        r = wait_until(lambda: (lambda r: r if r.status == 201 else None)(
+            env.post("/orders", key="after-reload")), 10 * SLOW, what="a claim on the new Redis")
+        time.sleep(3 * SLOW)  # SYN retransmissions: 1 s, then 3 s
+        assert env.proxy.running(), "idemproxy died"
+        assert env.post("/orders", key="after-reload").header("Idempotent-Replayed") == "true"
+        assert env.upstream.count("after-reload") == 1
+
+
+def test_a_redis_that_drops_syns_is_given_up_after_redis_timeout():
+    with _Blackhole() as hole, Env(proxy=False) as env:
+        env.start_proxy(f"redis 127.0.0.1:{hole.port}\nredis_timeout 300ms", expect_errors=True)
+        t0 = time.monotonic()
+        r = env.post("/orders", key="k1")
+        assert r.status == 503, r
+        assert time.monotonic() - t0 < 3 * SLOW
+        wait_until(lambda: "not connected and set up within redis_timeout" in
+                   env.proxy.error_log(), 5 * SLOW, what="the connect deadline")
+        assert env.upstream.count() == 0
+
+
+def test_a_close_delimited_answer_is_relayed_but_never_replayed_as_whole():
+    for version in (b"HTTP/1.1", b"HTTP/1.0"):
+        cut = version + b" 201 Created\r\nContent-Type: text/plain\r\n\r\nthe first half of"
+        with ScriptedUpstream(cut, close_after=True) as up, Env(proxy=False) as env:
+            env.upstream_port = up.port
+            env.start_proxy()
+            r = env.post("/orders", key="cd-1")
+            assert r.status == 201 and r.body == b"the first half of", r
+            r = env.post("/orders", key="cd-1")
+            assert_problem(r, 409, "outcome-unknown")
+            assert up.requests == 1
+            assert "ended its answer by closing the connection" in env.proxy.error_log()
