@@ -78,6 +78,7 @@ struct exchange {
     struct runtime *rt;
     struct config *cfg;
     struct upstream_pool *pool;
+    struct store *store; /* the Redis target it began with, held across reloads */
     const struct policy *policy;
     const char *route; /* the matched route's prefix; NULL for the global policy */
     struct client *client;
@@ -176,6 +177,7 @@ static void ex_free(struct exchange *ex)
     free(ex->rkey);
     free(ex->token_key);
     upstream_pool_unref(ex->pool);
+    store_unref(ex->store);
     config_unref(ex->cfg);
     free(ex);
     rt->exchanges--;
@@ -230,7 +232,7 @@ static void ex_finish(struct exchange *ex)
         ex->client = NULL;
     }
     if (ex->watch) {
-        store_unwatch(ex->rt->store, ex->watch);
+        store_unwatch(ex->store, ex->watch);
         ex->watch = NULL;
         ex->rt->parked--;
     }
@@ -360,7 +362,7 @@ static void release_then(struct exchange *ex, bool send_response, enum problem_c
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     ex->store_ops++;
-    store_release(ex->rt->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
+    store_release(ex->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
                   on_released_then_answer, ex);
 }
 
@@ -391,7 +393,7 @@ static void mark_unknown_then(struct exchange *ex, enum problem_code then)
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     ex->store_ops++;
-    store_mark_unknown(ex->rt->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms,
+    store_mark_unknown(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms,
                        on_unknown_then_answer, ex);
 }
 
@@ -428,8 +430,7 @@ static void store_response(struct exchange *ex)
         return;
     }
     ex->store_ops++;
-    store_complete(ex->rt->store, ex->rkey, ex->owner, rec, len, ex->policy->ttl_ms, on_completed,
-                   ex);
+    store_complete(ex->store, ex->rkey, ex->owner, rec, len, ex->policy->ttl_ms, on_completed, ex);
     free(rec);
 }
 
@@ -473,7 +474,7 @@ static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
     if (!ex->owns_key || (ex->state != EX_CONNECTING && ex->state != EX_WAITING))
         return;
     ex->store_ops++;
-    store_renew(ex->rt->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, on_renewed, ex);
+    store_renew(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, on_renewed, ex);
     arm_renew(ex);
 }
 
@@ -527,7 +528,7 @@ static void send_claim(struct exchange *ex)
     }
     ex->claim_outstanding = true;
     ex->store_ops++;
-    store_claim(ex->rt->store, &req, on_claimed, ex); /* copies what it sends */
+    store_claim(ex->store, &req, on_claimed, ex); /* copies what it sends */
     free(quota_key);
 }
 
@@ -568,7 +569,7 @@ static void park(struct exchange *ex)
         return; /* woken, claimed again, still in flight: keep waiting */
     ex_set_state(ex, EX_PARKED);
     ex->rt->parked++;
-    ex->watch = store_watch(ex->rt->store, ex->rkey, on_wake, ex);
+    ex->watch = store_watch(ex->store, ex->rkey, on_wake, ex);
     uint64_t ms = ex->policy->inflight_wait_ms;
     struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
     evtimer_add(ex->wait_timer, &tv);
@@ -610,7 +611,7 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
         answer_retry_later(ex, PROBLEM_QUOTA_EXCEEDED, res->pttl_ms);
     } else if (res->state == KEY_STATE_CLAIMED) {
         if (ex->watch) {
-            store_unwatch(ex->rt->store, ex->watch);
+            store_unwatch(ex->store, ex->watch);
             ex->watch = NULL;
             ex->rt->parked--;
             evtimer_del(ex->wait_timer);
@@ -650,7 +651,7 @@ static void on_claimed(void *arg, const struct claim_result *res, const char *er
          * the key must give it back, or it would stay locked for lock_ttl. */
         if (res && res->state == KEY_STATE_CLAIMED) {
             ex->store_ops++;
-            store_release(ex->rt->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
+            store_release(ex->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
                           on_late_claim_released, ex);
         }
     } else if (error && ex->watch) {
@@ -1158,7 +1159,7 @@ static void issue_token(struct exchange *ex)
     ex->key = xstrdup(token);
     ex->token_key = token_redis_key(ex->cfg, ex->scope, token);
     ex->store_ops++;
-    store_new_token(ex->rt->store, ex->token_key, ex->cfg->token_ttl_ms, on_token_stored, ex);
+    store_new_token(ex->store, ex->token_key, ex->cfg->token_ttl_ms, on_token_stored, ex);
 }
 
 /* ---- entry points from server.c ----------------------------------------- */
@@ -1176,6 +1177,7 @@ static struct exchange *ex_new(struct runtime *rt, struct client *c, struct http
     evtimer_assign(ex->wait_timer, rt->base, on_wait_deadline, ex);
     ex->rt = rt;
     ex->cfg = config_ref(rt->cfg);
+    ex->store = store_ref(rt->store);
     ex->pool = rt->pool;
     upstream_pool_ref(ex->pool);
     ex->client = c;

@@ -139,19 +139,17 @@ struct link {
 };
 
 /*
- * Who a hiredis context belongs to (its data pointer). A link's current
- * context has `link` set. A retired one (settings changed by a reload) has
- * `link` NULL: the commands already sent on it still get their replies, then
- * hiredis ends it with one last callback (on_connect failing, or
- * on_disconnect), and only then is its conn freed. Until then it is on the
- * store's retired list, so store_free can end it, and nothing it says ever
- * reaches the link that replaced it.
+ * Who a hiredis context belongs to (its data pointer), so that a callback
+ * can tell its link's current connection from one it has let go. hiredis
+ * ends a context with one last callback (on_connect failing, or
+ * on_disconnect) and then answers every reply still pending with NULL: the
+ * conn is freed in that last callback and the context's data cleared, so the
+ * replies that follow find no link. A context freed on purpose (link_close)
+ * has its data cleared first.
  */
 struct conn {
-    struct store *st;
     struct link *link;
     redisAsyncContext *ac;
-    struct conn *next; /* st->retired */
 };
 
 struct store_watch {
@@ -234,6 +232,9 @@ struct orphan {
 #define ORPHAN_ATTEMPTS 3
 
 struct store {
+    int refs;
+    struct event *free_event;    /* the last reference went: freed on the next turn */
+    struct store *next_released; /* released_stores */
     struct event_base *base;
     struct flusher *flusher; /* the loop's: commands written first-hand */
     struct orphan *orphans;
@@ -243,7 +244,6 @@ struct store {
     _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
     struct link cmd;
     struct link sub;
-    struct conn *retired;
     /* Operations started while cmd is connecting: sent, in order, once its
      * AUTH, SELECT and PING have answered (never before: a refused SELECT
      * would run them in database 0), failed if it goes down instead. */
@@ -439,19 +439,9 @@ static struct link *link_of(const redisAsyncContext *ac)
     return c != NULL && c->link != NULL && c->link->ac == ac ? c->link : NULL;
 }
 
-/*
- * A connection's end (its connect failed, or it disconnected): hiredis
- * frees the context after this callback returns, and first answers every
- * reply callback still pending with NULL, so the context must no longer
- * point at c. A retired one also leaves the store's list.
- */
+/* A connection's last callback (see struct conn). */
 static void conn_end(struct conn *c)
 {
-    struct conn **pp = &c->st->retired;
-    while (*pp && *pp != c)
-        pp = &(*pp)->next;
-    if (*pp)
-        *pp = c->next;
     c->ac->data = NULL;
     free(c);
 }
@@ -464,7 +454,7 @@ static void on_connect(const redisAsyncContext *ac, int status)
     struct link *l = link_of(ac);
     if (l != NULL)
         link_report_down(l, ac->errstr[0] ? ac->errstr : "cannot connect");
-    conn_end(c); /* a retired attempt may never have got through either */
+    conn_end(c);
     if (l != NULL)
         link_schedule_reconnect(l);
 }
@@ -552,7 +542,6 @@ static void link_connect(struct link *l)
         return;
     }
     struct conn *c = xcalloc(1, sizeof(*c));
-    c->st = st;
     c->link = l;
     c->ac = ac;
     ac->data = c;
@@ -603,22 +592,6 @@ static void link_close(struct link *l)
     l->ac = NULL;
     link_set_state(l, LINK_DOWN);
     redisAsyncFree(ac);
-}
-
-/* Lets the link's connection finish what was sent on it, detached: see struct conn. */
-static void link_retire(struct link *l)
-{
-    redisAsyncContext *ac = l->ac;
-    evtimer_del(l->reconnect_timer);
-    if (ac == NULL)
-        return;
-    struct conn *c = ac->data;
-    c->link = NULL;
-    c->next = l->st->retired;
-    l->st->retired = c;
-    l->ac = NULL;
-    link_set_state(l, LINK_DOWN);
-    redisAsyncDisconnect(ac);
 }
 
 static void link_drop(struct link *l, const char *why)
@@ -1051,6 +1024,53 @@ static bool str_differs(const char *a, const char *b)
     return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
 }
 
+static void store_free(struct store *st);
+
+/* Stores of this thread whose last reference went, not yet freed. */
+static _Thread_local struct store *released_stores;
+
+static void unlink_released(struct store *st)
+{
+    struct store **pp = &released_stores;
+    while (*pp && *pp != st)
+        pp = &(*pp)->next_released;
+    if (*pp)
+        *pp = st->next_released;
+}
+
+static void on_free_event(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    unlink_released(arg);
+    store_free(arg);
+}
+
+struct store *store_ref(struct store *st)
+{
+    st->refs++;
+    return st;
+}
+
+void store_unref(struct store *st)
+{
+    if (st == NULL || --st->refs > 0)
+        return;
+    st->ready_flag = NULL;
+    st->next_released = released_stores;
+    released_stores = st;
+    event_active(st->free_event, EV_TIMEOUT, 0);
+}
+
+void store_free_released(void)
+{
+    while (released_stores) {
+        struct store *st = released_stores;
+        released_stores = st->next_released;
+        store_free(st);
+    }
+}
+
 struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg)
 {
     struct store *st = xcalloc(1, sizeof(*st));
@@ -1059,6 +1079,8 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     for (int i = 0; i < SCRIPT_COUNT; i++)
         sha1_hex(script_source[i], st->sha[i]);
     take_settings(st, cfg);
+    st->refs = 1;
+    st->free_event = event_new(base, -1, 0, on_free_event, st);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
     st->pending_tail = &st->pending;
     link_init(st, &st->cmd, "redis", NULL);
@@ -1068,39 +1090,30 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     return st;
 }
 
+bool store_target_differs(const struct store *st, const struct config *cfg)
+{
+    return str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
+           str_differs(st->unix_path, cfg->redis_unix) || str_differs(st->user, cfg->redis_user) ||
+           str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
+           strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
+           strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
+}
+
 void store_reconfigure(struct store *st, const struct config *cfg)
 {
-    bool changed =
-        str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
-        str_differs(st->unix_path, cfg->redis_unix) || str_differs(st->user, cfg->redis_user) ||
-        str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
-        strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
-        strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
-    take_settings(st, cfg);
-    if (!changed)
-        return;
-    log_info("redis: settings changed, reconnecting");
-    /* Commands already sent on the old connection still get their replies
-     * (hiredis disconnects once they are in); new ones use the new one. */
-    link_retire(&st->cmd);
-    st->cmd.backoff_ms = BACKOFF_MIN_MS;
-    link_connect(&st->cmd);
-    /* The subscription holds no pending work: replace it outright. */
-    link_close(&st->sub);
-    st->sub.backoff_ms = BACKOFF_MIN_MS;
-    link_connect(&st->sub);
+    st->timeout_ms = cfg->redis_timeout_ms;
+    st->token_ttl_ms = cfg->token_ttl_ms;
 }
 
 void store_publish_readiness(struct store *st, _Atomic bool *flag)
 {
     st->ready_flag = flag;
-    *flag = st->cmd.state == LINK_READY;
+    if (flag != NULL)
+        *flag = st->cmd.state == LINK_READY;
 }
 
-void store_free(struct store *st)
+static void store_free(struct store *st)
 {
-    if (st == NULL)
-        return;
     /* Queued operations never went out: answered now, as hiredis answers
      * the sent ones below. */
     while (st->pending) {
@@ -1115,18 +1128,10 @@ void store_free(struct store *st)
         link_close(links[i]);
         event_free(links[i]->reconnect_timer);
     }
-    /* Retired connections still waiting for replies: their operations are
-     * answered (an error) as hiredis frees them. */
-    while (st->retired) {
-        struct conn *c = st->retired;
-        st->retired = c->next;
-        c->ac->data = NULL;
-        redisAsyncFree(c->ac);
-        free(c);
-    }
     while (st->watches)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
+    event_free(st->free_event);
     while (st->orphans) {
         struct orphan *o = st->orphans;
         st->orphans = o->next;

@@ -46,15 +46,29 @@ typedef void (*store_claim_cb)(void *arg, const struct claim_result *result, con
 /* applied: the owner token matched and the change was made. */
 typedef void (*store_update_cb)(void *arg, bool applied, const char *error);
 
+/*
+ * A store is one Redis target (address, credentials, database, key prefix)
+ * with its connections. Reference-counted: the worker holds the current one,
+ * and every exchange holds the one it began with, so that after a reload
+ * that changes the target its renewals, completion and waiting duplicates
+ * still reach the Redis where its key lives. The last store_unref frees it
+ * on the next loop turn (never inside its own callbacks).
+ */
 struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg);
-/* Answers every outstanding operation with an error, closes the connection. */
-void store_free(struct store *st);
+struct store *store_ref(struct store *st);
+void store_unref(struct store *st);
+/* At a worker's end, after its loop: frees the stores whose last reference
+ * went while no loop turn was left to free them. */
+void store_free_released(void);
 
-/* Takes the new Redis settings; reconnects only when they changed. */
+/* Whether cfg names another Redis target (address, credentials, database,
+ * key prefix) than st: a reload then needs a new store. */
+bool store_target_differs(const struct store *st, const struct config *cfg);
+/* Takes the settings that need no new connection (timeouts). */
 void store_reconfigure(struct store *st, const struct config *cfg);
 
 /* Keeps *flag true while the store is connected and authenticated, for other
- * threads to read; the flag must outlive the store. */
+ * threads to read; the flag must outlive the store. NULL: stop. */
 void store_publish_readiness(struct store *st, _Atomic bool *flag);
 
 /* Whether Redis refused a write for lack of memory (an OOM error reply) in

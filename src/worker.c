@@ -175,7 +175,17 @@ static void reload(struct worker *w)
         free_input(&in);
         return;
     }
-    store_reconfigure(rt->store, cfg);
+    if (store_target_differs(rt->store, cfg)) {
+        /* Requests in flight keep the old store (their keys live there)
+         * until they end; new ones use the new target. */
+        log_info("worker %d: redis settings changed; new requests use the new target", w->index);
+        store_publish_readiness(rt->store, NULL);
+        store_unref(rt->store);
+        rt->store = store_new(rt->base, rt->flusher, cfg);
+        store_publish_readiness(rt->store, &w->redis_up);
+    } else {
+        store_reconfigure(rt->store, cfg);
+    }
     upstream_pool_free(rt->pool);
     rt->pool = pool;
     config_unref(rt->cfg);
@@ -262,7 +272,8 @@ static void teardown(struct worker *w)
 {
     struct runtime *rt = &w->rt;
     server_free(rt->server);
-    store_free(rt->store);
+    store_unref(rt->store);
+    store_free_released();
     upstream_pool_free(rt->pool);
     if (w->shutdown_timer)
         event_free(w->shutdown_timer);

@@ -100,7 +100,7 @@ def test_a_reload_while_a_redis_connect_hangs_never_crashes():
         time.sleep(0.3)  # the connect to the black hole is under way
         env.proxy.write_config(f"redis 127.0.0.1:{env.redis_port}\nworkers 1")
         env.proxy.signal(signal.SIGHUP)
-        wait_until(lambda: "settings changed" in env.proxy.error_log(), 5 * SLOW,
+        wait_until(lambda: "redis settings changed" in env.proxy.error_log(), 5 * SLOW,
                    what="the reload")
         # the retired attempt fails now (RST to its next SYN): it must not touch the new link
         hole.close()
@@ -136,3 +136,34 @@ def test_a_close_delimited_answer_is_relayed_but_never_replayed_as_whole():
             assert_problem(r, 409, "outcome-unknown")
             assert up.requests == 1
             assert "ended its answer by closing the connection" in env.proxy.error_log()
+
+
+def test_requests_in_flight_across_a_reload_of_redis_and_key_prefix_finish_where_they_began():
+    from harness import Redis, background
+    with Env(extra_config="key_prefix a:\non_inflight wait 10s\nworkers 1") as env:
+        other = Redis(tmpdir=os.path.join(env.tmp))  # a second Redis, its own port
+        try:
+            slow = background(env.post, "/orders", key="k1", headers={"X-Test-Delay": "1500"})
+            wait_until(lambda: env.redis.keys("a:*"), 3 * SLOW, what="the claim in Redis A")
+            parked = background(env.post, "/orders", key="k1", timeout=20)
+            time.sleep(0.3)
+            env.proxy.write_config(f"redis 127.0.0.1:{other.port}\nkey_prefix b:\n"
+                                   "on_inflight wait 10s\nworkers 1")
+            env.proxy.signal(signal.SIGHUP)
+            wait_until(lambda: "redis settings changed" in env.proxy.error_log(), 5 * SLOW,
+                       what="the reload")
+            first = slow.result(10 * SLOW)
+            assert first.status == 201, first
+            # stored where it was claimed, and the parked duplicate was woken with it
+            state = env.redis.cmd("HGET", "a:-:k1", "s")
+            assert state == b"done", (state, env.redis.keys("*"))
+            second = parked.result(15 * SLOW)
+            assert second.status == 201 and second.header("Idempotent-Replayed") == "true", second
+            assert env.upstream.count("k1") == 1
+            # new requests use the new target
+            assert env.post("/orders", key="k2").status == 201
+            assert other.keys("b:*") and not env.redis.keys("b:*")
+            assert "lease was lost" not in env.proxy.error_log()
+            env.proxy.stop()  # before its Redis goes
+        finally:
+            other.close()
