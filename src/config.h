@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 #include "config_value.h" /* config_parse_duration(), config_parse_size() */
 #include "util.h"
@@ -105,6 +106,10 @@ struct upstream_url {
     char *port;
     char *host_header; /* "host[:port]" as sent in Host when upstream_host is on */
     bool tls;          /* https:// */
+    /* Filled by upstream_resolve() in the main thread, once per load, so
+     * that every worker connects to the same address and none resolves. */
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
 };
 
 /* Bits of tls_protocols. */

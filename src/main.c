@@ -1,12 +1,14 @@
 /*
  * main.c - the process: command line, start-up, signals, reload, shutdown.
  *
- *   argv -> config_load -> log_configure -> admin listener
- *        -> `workers` worker threads (worker.c), each a complete proxy
- *        -> READY=1 -> the main loop: signals, admin, watchdog
- *   SIGHUP  -> validate the file here; if good, reconfigure logs and ask every
- *              worker to reload (each keeps its old config if its load fails);
- *              requests in flight keep the config they started with
+ *   argv -> config_load -> log_configure -> admin listener -> upstream names
+ *        resolved -> `workers` worker threads (worker.c), each a complete proxy
+ *        on the same immutable config -> READY=1 -> the main loop: signals,
+ *        admin, watchdog
+ *   SIGHUP  -> parse, resolve and check the file here, once; every worker
+ *              prepares the new config beside its running one; all commit, or
+ *              all abort and the reload is reported failed; requests in flight
+ *              keep the config (and the Redis store) they started with
  *   SIGUSR1 -> reopen log files
  *   SIGTERM -> every worker stops accepting, closes idle connections and lets
  *              in-flight requests finish (bounded by shutdown_timeout); the
@@ -43,7 +45,6 @@
 struct daemon {
     const char *config_path;
     struct config *cfg; /* the main thread's copy: logs, admin, workers, timeouts */
-    char *config_text;  /* the bytes cfg was parsed from: every worker parses the same */
     struct tls *tls;    /* built from cfg here, shared by every worker */
     struct event_base *base;
     int listen_fds[CONFIG_MAX_LISTEN]; /* bound once; every worker accepts on a dup */
@@ -57,8 +58,7 @@ struct daemon {
     struct admin *admin;
 };
 
-static int check_environment(struct event_base *base, const struct config *cfg, char *err,
-                             size_t errlen);
+static int check_environment(struct config *cfg, char *err, size_t errlen);
 
 static void usage(FILE *out)
 {
@@ -162,14 +162,36 @@ static void send_reloading(void)
     sdnotify_send(msg);
 }
 
+/* How long a reload waits for each worker to prepare: a worker's loop that
+ * does not turn for this long is stuck, and the reload fails. */
+#define RELOAD_PREPARE_MS 5000
+
+/* Asks every worker to prepare cfg; all of them, or none: aborts them all
+ * and says why when one fails. */
+static int prepare_workers(struct daemon *d, struct config *cfg, struct tls *tls, const int fds[],
+                           int nfds, char *err, size_t errlen)
+{
+    for (int i = 0; i < d->nworkers; i++)
+        worker_prepare(d->workers[i], cfg, tls, fds, nfds);
+    int rc = IDEM_OK;
+    for (int i = 0; i < d->nworkers; i++)
+        if (worker_prepared(d->workers[i], RELOAD_PREPARE_MS, err, errlen) != IDEM_OK)
+            rc = IDEM_ERR; /* the first reason stays in err */
+    if (rc != IDEM_OK)
+        for (int i = 0; i < d->nworkers; i++)
+            worker_abort(d->workers[i]);
+    return rc;
+}
+
 /*
- * Validates the file here first (configuration, TLS files, upstream names,
- * log paths, new listen addresses bound), so that a bad file changes nothing
- * anywhere; then every worker re-reads it in its own thread. Addresses that
- * stay keep their sockets, so no connection waiting in an accept queue is
- * lost.
+ * Everything is parsed, resolved and checked here, once (configuration, TLS
+ * files, upstream names, log paths, new listen addresses bound); then every
+ * worker prepares the same immutable configuration beside its running one,
+ * and only when all have does any switch. A failure anywhere changes nothing
+ * anywhere. Addresses that stay keep their sockets, so no connection waiting
+ * in an accept queue is lost. Returns whether the reload took effect.
  */
-static void reload(struct daemon *d)
+static bool reload(struct daemon *d)
 {
     log_info("SIGHUP: reloading %s", d->config_path);
     char *text = NULL;
@@ -185,12 +207,19 @@ static void reload(struct daemon *d)
     cfg = config_parse(d->config_path, text, len, log_config_error, NULL);
     if (cfg == NULL || (tls = tls_new(cfg, log_config_error, NULL)) == NULL)
         goto fail;
-    if (check_environment(d->base, cfg, err, sizeof(err)) != IDEM_OK ||
+    if (check_environment(cfg, err, sizeof(err)) != IDEM_OK ||
         server_rebind(d->cfg, d->listen_fds, cfg, fds, err, sizeof(err)) != IDEM_OK)
         goto fail;
     bound = true;
-    if (log_configure(cfg, err, sizeof(err)) != IDEM_OK)
+    if (prepare_workers(d, cfg, tls, fds, cfg->nlistens, err, sizeof(err)) != IDEM_OK)
         goto fail;
+    if (log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
+        for (int i = 0; i < d->nworkers; i++)
+            worker_abort(d->workers[i]);
+        goto fail;
+    }
+    for (int i = 0; i < d->nworkers; i++)
+        worker_commit(d->workers[i]);
 
     unbind_dropped(d->listen_fds, d->nlisten, fds, cfg->nlistens);
     memcpy(d->listen_fds, fds, sizeof(fds));
@@ -202,24 +231,22 @@ static void reload(struct daemon *d)
     d->cfg = cfg;
     tls_unref(d->tls);
     d->tls = tls;
-    free(d->config_text);
-    d->config_text = text;
-    for (int i = 0; i < d->nworkers; i++)
-        worker_reload(d->workers[i], text, tls, d->listen_fds, d->nlisten);
+    free(text);
     log_info("reload complete");
-    return;
+    return true;
 
 fail:
     if (err[0] != '\0')
-        log_error("reload failed: %s; keeping the running configuration", err);
+        log_error("reload failed: %s; every worker keeps the running configuration", err);
     else
-        log_error("reload failed: keeping the running configuration");
+        log_error("reload failed: every worker keeps the running configuration");
     if (bound) /* closes the sockets bound for new addresses only */
         unbind_dropped(fds, cfg->nlistens, d->listen_fds, d->nlisten);
     tls_unref(tls);
     if (cfg != NULL)
         config_unref(cfg);
     free(text);
+    return false;
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -230,8 +257,11 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
     if (d->draining)
         return;
     send_reloading();
-    reload(d);
-    sdnotify_send("READY=1\nSTATUS=serving");
+    /* READY=1 either way: systemd waits for it after RELOADING=1. */
+    if (reload(d))
+        sdnotify_send("READY=1\nSTATUS=serving");
+    else
+        sdnotify_send("READY=1\nSTATUS=serving; the last reload failed (see the error log)");
 }
 
 static void on_usr1(evutil_socket_t sig, short what, void *arg)
@@ -272,13 +302,10 @@ static int check_log_path(const char *name, const char *path, char *err, size_t 
  * resolve and log files that open. Checked by -t and before a reload is
  * applied anywhere, so that a reload is all or nothing.
  */
-static int check_environment(struct event_base *base, const struct config *cfg, char *err,
-                             size_t errlen)
+static int check_environment(struct config *cfg, char *err, size_t errlen)
 {
-    struct upstream_pool *pool = upstream_pool_new(base, NULL, cfg, NULL, err, errlen);
-    if (pool == NULL)
+    if (upstream_resolve(cfg, err, errlen) != IDEM_OK)
         return IDEM_ERR;
-    upstream_pool_free(pool);
     if (check_log_path("error_log", cfg->error_log, err, errlen) != IDEM_OK ||
         check_log_path("access_log", cfg->access_log, err, errlen) != IDEM_OK)
         return IDEM_ERR;
@@ -297,9 +324,7 @@ static int check_config(const char *path)
     }
     tls_unref(tls);
     char err[256];
-    struct event_base *base = event_base_new();
-    int rc = check_environment(base, cfg, err, sizeof(err));
-    event_base_free(base);
+    int rc = check_environment(cfg, err, sizeof(err));
     config_unref(cfg);
     if (rc != IDEM_OK) {
         fprintf(stderr, "%s: %s\n", path, err);
@@ -362,7 +387,6 @@ static void teardown(struct daemon *d, bool stop_workers)
         event_base_free(d->base);
     config_unref(d->cfg);
     tls_unref(d->tls);
-    free(d->config_text);
     metrics_reset();
     log_close();
 }
@@ -371,7 +395,7 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 {
     int n = worker_count(d->cfg);
     for (int i = 0; i < n; i++) {
-        struct worker *w = worker_start(i, d->config_path, d->config_text, d->tls, d->listen_fds,
+        struct worker *w = worker_start(i, d->config_path, d->cfg, d->tls, d->listen_fds,
                                         d->nlisten, d->base, on_worker_exit, d, err, errlen);
         if (w == NULL)
             return IDEM_ERR;
@@ -384,21 +408,16 @@ static int start_workers(struct daemon *d, char *err, size_t errlen)
 static int run(struct daemon *d)
 {
     char err[256] = "";
-    size_t len;
-    if (config_read_file(d->config_path, &d->config_text, &len, print_error, NULL) != IDEM_OK)
-        return 1;
-    d->cfg = config_parse(d->config_path, d->config_text, len, print_error, NULL);
+    d->cfg = config_load(d->config_path, print_error, NULL);
     d->tls = d->cfg != NULL ? tls_new(d->cfg, print_error, NULL) : NULL;
     if (d->tls == NULL) {
         config_unref(d->cfg);
-        free(d->config_text);
         return 1;
     }
     if (log_configure(d->cfg, err, sizeof(err)) != IDEM_OK) {
         fprintf(stderr, "idemproxy: cannot start: %s\n", err);
         config_unref(d->cfg);
         tls_unref(d->tls);
-        free(d->config_text);
         return 2;
     }
     log_tls(d->cfg, d->tls);
@@ -411,6 +430,7 @@ static int run(struct daemon *d)
     d->admin = admin_start(d->base, d->cfg, &src, err, sizeof(err));
     if ((d->admin == NULL && err[0] != '\0') ||
         server_bind(d->cfg, d->listen_fds, &d->nlisten, err, sizeof(err)) != IDEM_OK ||
+        upstream_resolve(d->cfg, err, sizeof(err)) != IDEM_OK ||
         start_workers(d, err, sizeof(err)) != IDEM_OK) {
         log_error("cannot start: %s", err);
         teardown(d, true);

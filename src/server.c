@@ -966,39 +966,60 @@ static void close_listeners(struct listener *listeners, int n)
     }
 }
 
+/* Listeners built for a configuration, not yet accepting (server_listeners_prepare). */
+struct server_listeners {
+    struct listener l[CONFIG_MAX_LISTEN];
+    int n;
+};
+
 /*
  * The new set is complete before the old one goes, so a failure changes
  * nothing. The kernel's accept queues belong to the sockets main.c holds,
  * not to these listeners: swapping them loses no connection.
  */
-int server_listen(struct server *srv, const struct config *cfg, const int fds[], char *err,
-                  size_t errlen)
+struct server_listeners *server_listeners_prepare(struct server *srv, const struct config *cfg,
+                                                  const int fds[], char *err, size_t errlen)
 {
-    struct listener next[CONFIG_MAX_LISTEN];
+    struct server_listeners *next = xcalloc(1, sizeof(*next));
     for (int i = 0; i < cfg->nlistens; i++) {
         int fd = fds[i] < 0 ? -1 : fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-        next[i].srv = srv;
-        next[i].tls = cfg->listens[i].tls;
+        next->l[i].srv = srv;
+        next->l[i].tls = cfg->listens[i].tls;
         /* Backlog 0: already listening (main.c's listen(), 1024); -1 would
-         * make libevent listen() again with its own 128. */
-        next[i].l = fd < 0 ? NULL
-                           : evconnlistener_new(srv->rt->base, on_accept, &srv->listeners[i],
-                                                LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, 0, fd);
-        if (next[i].l == NULL) {
+         * make libevent listen() again with its own 128. The callback's
+         * argument is the slot the listener will have in srv. */
+        next->l[i].l = fd < 0 ? NULL
+                              : evconnlistener_new(srv->rt->base, on_accept, &srv->listeners[i],
+                                                   LEV_OPT_CLOSE_ON_FREE | LEV_OPT_DISABLED, 0, fd);
+        if (next->l[i].l == NULL) {
             snprintf(err, errlen, "cannot listen on socket %d: %s", fds[i], strerror(errno));
             if (fd >= 0)
                 close(fd);
-            close_listeners(next, i);
-            return IDEM_ERR;
+            server_listeners_discard(next);
+            return NULL;
         }
-        evconnlistener_set_error_cb(next[i].l, on_accept_error);
+        next->n = i + 1;
+        evconnlistener_set_error_cb(next->l[i].l, on_accept_error);
     }
+    return next;
+}
+
+void server_listeners_commit(struct server *srv, struct server_listeners *next)
+{
     close_listeners(srv->listeners, srv->nlisteners);
-    memcpy(srv->listeners, next, (size_t)cfg->nlistens * sizeof(next[0]));
-    srv->nlisteners = cfg->nlistens;
+    memcpy(srv->listeners, next->l, (size_t)next->n * sizeof(next->l[0]));
+    srv->nlisteners = next->n;
+    free(next);
     if (!srv->paused)
         set_accepting(srv, true);
-    return IDEM_OK;
+}
+
+void server_listeners_discard(struct server_listeners *next)
+{
+    if (next == NULL)
+        return;
+    close_listeners(next->l, next->n);
+    free(next);
 }
 
 void server_drain(struct server *srv)

@@ -41,11 +41,18 @@ void server_unbind(const int fds[], int nfds);
 int server_rebind(const struct config *old, const int old_fds[], const struct config *cfg,
                   int fds[], char *err, size_t errlen) MUST_CHECK;
 
-/* Accepts on duplicates of the bound sockets fds (parallel to cfg->listens,
- * whose `tls` flags say how to serve each): every worker takes from the same
- * accept queues. Called again at a reload, it swaps the whole set. */
-int server_listen(struct server *srv, const struct config *cfg, const int fds[], char *err,
-                  size_t errlen) MUST_CHECK;
+/*
+ * Listeners on duplicates of the bound sockets fds (parallel to
+ * cfg->listens, whose `tls` flags say how to serve each): every worker takes
+ * from the same accept queues. Prepared, they accept nothing; commit swaps
+ * them in for the whole old set (at start, and at every reload), discard
+ * lets them go. prepare returns NULL with a phrase in err.
+ */
+struct server_listeners;
+struct server_listeners *server_listeners_prepare(struct server *srv, const struct config *cfg,
+                                                  const int fds[], char *err, size_t errlen);
+void server_listeners_commit(struct server *srv, struct server_listeners *next);
+void server_listeners_discard(struct server_listeners *next);
 /* Stops accepting and closes idle keep-alive connections (SIGTERM). */
 void server_drain(struct server *srv);
 /* Closes every connection and listener. */

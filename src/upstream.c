@@ -707,25 +707,27 @@ static void conn_free(struct upstream_conn *c)
 
 /* ---- pool lifecycle ----------------------------------------------------- */
 
-static int resolve(struct server *s, const struct upstream_url *u, char *err, size_t errlen)
+int upstream_resolve(struct config *cfg, char *err, size_t errlen)
 {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(u->host, u->port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "upstream %s: cannot resolve %s: %s", u->url, u->host,
-                 gai_strerror(rc));
-        return IDEM_ERR;
+    for (int i = 0; i < cfg->nupstreams; i++) {
+        struct upstream_url *u = &cfg->upstreams[i];
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        int rc = getaddrinfo(u->host, u->port, &hints, &res);
+        if (rc != 0) {
+            snprintf(err, errlen, "upstream %s: cannot resolve %s: %s", u->url, u->host,
+                     gai_strerror(rc));
+            return IDEM_ERR;
+        }
+        memcpy(&u->addr, res->ai_addr, res->ai_addrlen);
+        u->addrlen = res->ai_addrlen;
+        freeaddrinfo(res);
     }
-    memcpy(&s->addr, res->ai_addr, res->ai_addrlen);
-    s->addrlen = res->ai_addrlen;
-    freeaddrinfo(res);
     return IDEM_OK;
 }
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, struct flusher *flusher,
-                                        const struct config *cfg, struct tls *tls, char *err,
-                                        size_t errlen)
+                                        const struct config *cfg, struct tls *tls)
 {
     struct upstream_pool *pool = xcalloc(1, sizeof(*pool));
     pool->base = base;
@@ -746,10 +748,8 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, struct flusher 
         s->name = xstrdup(cfg->upstreams[i].host_header);
         s->host = xstrdup(cfg->upstreams[i].host);
         s->tls = cfg->upstreams[i].tls;
-        if (resolve(s, &cfg->upstreams[i], err, errlen) != IDEM_OK) {
-            upstream_pool_free(pool);
-            return NULL;
-        }
+        memcpy(&s->addr, &cfg->upstreams[i].addr, sizeof(s->addr));
+        s->addrlen = cfg->upstreams[i].addrlen;
     }
     return pool;
 }

@@ -54,13 +54,16 @@ struct upstream_events {
 /* conn is NULL when no server could be reached; why says what happened. */
 typedef void (*upstream_ready_cb)(void *owner, struct upstream_conn *conn, const char *why);
 
-/* Resolves every upstream URL (blocking getaddrinfo: done at start and reload only).
- * tls (referenced) makes the connections to https upstreams; NULL only for a
- * pool that never connects (the start-up check). flusher (the loop's, may be
- * NULL) writes to plain connections first-hand. */
+/* Resolves every upstream URL of cfg into it (blocking getaddrinfo: the main
+ * thread does it once per start, -t and reload, before any worker sees cfg).
+ * Returns IDEM_ERR with a phrase in err when a name does not resolve. */
+int upstream_resolve(struct config *cfg, char *err, size_t errlen) MUST_CHECK;
+
+/* A pool for cfg's upstreams, at the addresses upstream_resolve found.
+ * tls (referenced) makes the connections to https upstreams. flusher (the
+ * loop's, may be NULL) writes to plain connections first-hand. */
 struct upstream_pool *upstream_pool_new(struct event_base *base, struct flusher *flusher,
-                                        const struct config *cfg, struct tls *tls, char *err,
-                                        size_t errlen);
+                                        const struct config *cfg, struct tls *tls);
 /* The owner lets go: idle connections close; the pool lives on while
  * connections in use or other references remain. */
 void upstream_pool_free(struct upstream_pool *pool);

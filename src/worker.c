@@ -1,21 +1,27 @@
 /*
  * worker.c - a worker thread and its event loop.
  *
- * Each worker is a complete proxy: it parses the configuration file itself,
- * accepts on its own duplicates of the listening sockets that main.c bound
- * once, keeps its own Redis connections and upstream pool, and serves its
- * connections from start to end. Nothing on the request path is shared
- * between workers, so nothing needs a lock; whichever worker's loop is free
- * takes the next connection from the shared accept queue.
+ * Each worker is a complete proxy on the configuration main.c parsed (one
+ * immutable struct config, shared by reference, its upstream names resolved
+ * once): it accepts on its own duplicates of the listening sockets that
+ * main.c bound once, keeps its own Redis connections and upstream pool, and
+ * serves its connections from start to end. Nothing on the request path is
+ * shared between workers, so nothing needs a lock; whichever worker's loop
+ * is free takes the next connection from the shared accept queue.
  *
  *   main thread                         worker thread
- *   worker_start() --pthread_create-->  setup: config, pool, store, listeners
+ *   worker_start() --pthread_create-->  setup: pool, store, listeners
  *        waits on the handshake  <----  started (or failed, with a reason)
- *   worker_reload() / worker_drain()
- *        one byte down its pipe  ---->  on_command: reload or drain
- *                                       ... loop ends after the drain ...
+ *   worker_prepare()  ---- 'p' ---->    build pool and listeners, keep them aside
+ *   worker_prepared() waits  <-------   ready (or failed, with a reason)
+ *   worker_commit() / worker_abort()
+ *                     ---- 'c'/'a' -->  swap them in / let them go
+ *   worker_drain()    ---- 'd' ---->    ... loop ends after the drain ...
  *   on_exit on the main loop  <-------  one byte up the exit pipe
  *   worker_join()
+ *
+ * A reload is all or nothing: main commits only when every worker has
+ * prepared, and aborts everywhere otherwise.
  *
  * Commands cross threads as bytes on pipes, never as calls into another
  * thread's event base: libevent's bases then need no locks at all (no
@@ -32,6 +38,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -43,20 +50,29 @@
 #include "tls.h"
 #include "upstream.h"
 
-enum { COMMAND_RELOAD = 'r', COMMAND_DRAIN = 'd' };
+enum { COMMAND_PREPARE = 'p', COMMAND_COMMIT = 'c', COMMAND_ABORT = 'a', COMMAND_DRAIN = 'd' };
 
 /* What main hands a worker to start or reload with. */
 struct worker_input {
-    char *text;                        /* the configuration file's content */
-    struct tls *tls;                   /* built by main from the same content */
+    struct config *cfg;                /* referenced; parsed and resolved by main */
+    struct tls *tls;                   /* built by main from the same file */
     int listen_fds[CONFIG_MAX_LISTEN]; /* our duplicates of main's, parallel to the listen lines */
     int nlisten;
+};
+
+/* A reload built and waiting for main's word (worker thread only). */
+struct prepared {
+    struct config *cfg;
+    struct tls *tls;
+    struct upstream_pool *pool;
+    struct server_listeners *listeners;
 };
 
 struct worker {
     int index;
     char *config_path;
     struct worker_input next; /* set by main under `lock`, taken by the worker */
+    struct prepared prepared; /* the worker's own */
     pthread_t thread;
     struct runtime rt;
     int command_pipe[2];   /* main writes COMMAND_* bytes, the worker reads */
@@ -74,13 +90,10 @@ struct worker {
     pthread_cond_t cond;
     int started; /* 0 waiting, 1 serving, -1 failed */
     char err[256];
+    /* reload handshake, under `lock` */
+    int prepare_state; /* 0 waiting, 1 prepared, -1 failed */
+    char prepare_err[256];
 };
-
-static void log_config_error(void *arg, const char *message)
-{
-    (void)arg;
-    log_error("%s", message);
-}
 
 /* ---- draining ----------------------------------------------------------- */
 
@@ -118,7 +131,8 @@ static void drain(struct worker *w)
 
 static void free_input(struct worker_input *in)
 {
-    free(in->text);
+    if (in->cfg)
+        config_unref(in->cfg);
     tls_unref(in->tls);
     for (int i = 0; i < in->nlisten; i++)
         if (in->listen_fds[i] >= 0)
@@ -131,69 +145,101 @@ static void free_input(struct worker_input *in)
  * close its own (an address dropped by a later reload) before the worker
  * gets to them. A failed duplicate (-1) makes the worker's listen fail.
  */
-static void set_input(struct worker_input *in, const char *text, struct tls *tls,
+static void set_input(struct worker_input *in, struct config *cfg, struct tls *tls,
                       const int listen_fds[], int nlisten)
 {
     free_input(in);
-    in->text = xstrdup(text);
+    in->cfg = config_ref(cfg);
     in->tls = tls_ref(tls);
     for (int i = 0; i < nlisten; i++)
         in->listen_fds[i] = fcntl(listen_fds[i], F_DUPFD_CLOEXEC, 0);
     in->nlisten = nlisten;
 }
 
-/* What main handed over last, now ours; its text parsed. NULL when the
- * text does not parse here (in.tls still to be let go by free_input). */
-static struct config *take_input(struct worker *w, struct worker_input *in)
+/* What main handed over last, now ours. */
+static void take_input(struct worker *w, struct worker_input *in)
 {
     pthread_mutex_lock(&w->lock);
     *in = w->next;
     memset(&w->next, 0, sizeof(w->next));
     pthread_mutex_unlock(&w->lock);
-    if (in->text == NULL)
-        return NULL;
-    return config_parse(w->config_path, in->text, strlen(in->text), log_config_error, NULL);
 }
 
-/* Builds what the new configuration needs, then swaps; on error keeps all. */
-static void reload(struct worker *w)
+static void discard_prepared(struct prepared *p)
+{
+    upstream_pool_free(p->pool);
+    server_listeners_discard(p->listeners);
+    if (p->cfg)
+        config_unref(p->cfg);
+    tls_unref(p->tls);
+    memset(p, 0, sizeof(*p));
+}
+
+static void report_prepared(struct worker *w, int state, const char *err)
+{
+    pthread_mutex_lock(&w->lock);
+    w->prepare_state = state;
+    snprintf(w->prepare_err, sizeof(w->prepare_err), "%s", err);
+    pthread_cond_broadcast(&w->cond);
+    pthread_mutex_unlock(&w->lock);
+}
+
+/* Builds what the new configuration needs, beside the running one. */
+static void prepare(struct worker *w)
 {
     struct runtime *rt = &w->rt;
     struct worker_input in;
-    struct config *cfg = take_input(w, &in);
-    struct upstream_pool *pool = NULL;
-    char err[256] = "the configuration does not load here";
-
-    if (cfg != NULL)
-        pool = upstream_pool_new(rt->base, rt->flusher, cfg, in.tls, err, sizeof(err));
-    if (pool == NULL ||
-        server_listen(rt->server, cfg, in.listen_fds, err, sizeof(err)) != IDEM_OK) {
-        log_error("worker %d: reload failed: %s; keeping the running configuration", w->index, err);
-        upstream_pool_free(pool);
-        if (cfg != NULL)
-            config_unref(cfg);
+    char err[256] = "";
+    take_input(w, &in);
+    discard_prepared(&w->prepared);
+    struct server_listeners *listeners =
+        in.cfg == NULL
+            ? NULL
+            : server_listeners_prepare(rt->server, in.cfg, in.listen_fds, err, sizeof(err));
+    if (listeners == NULL) {
+        log_error("worker %d: cannot prepare the new configuration: %s", w->index, err);
         free_input(&in);
+        report_prepared(w, -1, err[0] ? err : "no configuration");
         return;
     }
-    if (store_target_differs(rt->store, cfg)) {
+    w->prepared = (struct prepared){
+        .cfg = in.cfg,
+        .tls = in.tls,
+        .pool = upstream_pool_new(rt->base, rt->flusher, in.cfg, in.tls),
+        .listeners = listeners,
+    };
+    in.cfg = NULL;
+    in.tls = NULL;
+    free_input(&in);
+    report_prepared(w, 1, "");
+}
+
+/* Swaps in what prepare built. Requests in flight keep what they began with. */
+static void commit(struct worker *w)
+{
+    struct runtime *rt = &w->rt;
+    struct prepared *p = &w->prepared;
+    if (p->cfg == NULL)
+        return;
+    server_listeners_commit(rt->server, p->listeners);
+    if (store_target_differs(rt->store, p->cfg)) {
         /* Requests in flight keep the old store (their keys live there)
          * until they end; new ones use the new target. */
         log_info("worker %d: redis settings changed; new requests use the new target", w->index);
         store_publish_readiness(rt->store, NULL);
         store_unref(rt->store);
-        rt->store = store_new(rt->base, rt->flusher, cfg);
+        rt->store = store_new(rt->base, rt->flusher, p->cfg);
         store_publish_readiness(rt->store, &w->redis_up);
     } else {
-        store_reconfigure(rt->store, cfg);
+        store_reconfigure(rt->store, p->cfg);
     }
     upstream_pool_free(rt->pool);
-    rt->pool = pool;
+    rt->pool = p->pool;
     config_unref(rt->cfg);
-    rt->cfg = cfg;
+    rt->cfg = p->cfg;
     tls_unref(rt->tls);
-    rt->tls = in.tls;
-    in.tls = NULL;
-    free_input(&in);
+    rt->tls = p->tls;
+    memset(p, 0, sizeof(*p));
     log_debug("worker %d: configuration reloaded", w->index);
 }
 
@@ -206,8 +252,12 @@ static void on_command(evutil_socket_t fd, short what, void *arg)
     for (ssize_t i = 0; i < n; i++) {
         if (commands[i] == COMMAND_DRAIN)
             drain(w);
-        else if (commands[i] == COMMAND_RELOAD && !w->rt.draining)
-            reload(w);
+        else if (commands[i] == COMMAND_PREPARE)
+            prepare(w);
+        else if (commands[i] == COMMAND_COMMIT && !w->rt.draining)
+            commit(w);
+        else if (commands[i] == COMMAND_COMMIT || commands[i] == COMMAND_ABORT)
+            discard_prepared(&w->prepared);
     }
 }
 
@@ -218,13 +268,48 @@ static void post(struct worker *w, char command)
         log_error("worker %d: cannot send command '%c': %s", w->index, command, strerror(errno));
 }
 
-void worker_reload(struct worker *w, const char *config_text, struct tls *tls,
-                   const int listen_fds[], int nlisten)
+void worker_prepare(struct worker *w, struct config *cfg, struct tls *tls, const int listen_fds[],
+                    int nlisten)
 {
     pthread_mutex_lock(&w->lock);
-    set_input(&w->next, config_text, tls, listen_fds, nlisten);
+    set_input(&w->next, cfg, tls, listen_fds, nlisten);
+    w->prepare_state = 0;
     pthread_mutex_unlock(&w->lock);
-    post(w, COMMAND_RELOAD);
+    post(w, COMMAND_PREPARE);
+}
+
+int worker_prepared(struct worker *w, uint64_t timeout_ms, char *err, size_t errlen)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += (time_t)(timeout_ms / 1000);
+    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->lock);
+    while (w->prepare_state == 0)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, &until) != 0)
+            break;
+    int state = w->prepare_state;
+    if (state < 0)
+        snprintf(err, errlen, "worker %d: %s", w->index, w->prepare_err);
+    else if (state == 0)
+        snprintf(err, errlen, "worker %d: no answer within %llums", w->index,
+                 (unsigned long long)timeout_ms);
+    pthread_mutex_unlock(&w->lock);
+    return state > 0 ? IDEM_OK : IDEM_ERR;
+}
+
+void worker_commit(struct worker *w)
+{
+    post(w, COMMAND_COMMIT);
+}
+
+void worker_abort(struct worker *w)
+{
+    post(w, COMMAND_ABORT);
 }
 
 void worker_drain(struct worker *w)
@@ -247,22 +332,18 @@ static int setup(struct worker *w)
     event_add(w->command, NULL);
     rt->server = server_new(rt);
     struct worker_input in;
-    rt->cfg = take_input(w, &in);
+    take_input(w, &in);
+    rt->cfg = in.cfg;
     rt->tls = in.tls;
+    in.cfg = NULL;
     in.tls = NULL;
-    if (rt->cfg == NULL) {
-        snprintf(w->err, sizeof(w->err), "%s: configuration does not load in worker %d",
-                 w->config_path, w->index);
-        free_input(&in);
-        return IDEM_ERR;
-    }
-    rt->pool = upstream_pool_new(rt->base, rt->flusher, rt->cfg, rt->tls, w->err, sizeof(w->err));
-    int rc = rt->pool != NULL
-                 ? server_listen(rt->server, rt->cfg, in.listen_fds, w->err, sizeof(w->err))
-                 : IDEM_ERR;
+    rt->pool = upstream_pool_new(rt->base, rt->flusher, rt->cfg, rt->tls);
+    struct server_listeners *listeners =
+        server_listeners_prepare(rt->server, rt->cfg, in.listen_fds, w->err, sizeof(w->err));
     free_input(&in);
-    if (rc != IDEM_OK)
+    if (listeners == NULL)
         return IDEM_ERR;
+    server_listeners_commit(rt->server, listeners);
     rt->store = store_new(rt->base, rt->flusher, rt->cfg);
     store_publish_readiness(rt->store, &w->redis_up);
     return IDEM_OK;
@@ -271,6 +352,7 @@ static int setup(struct worker *w)
 static void teardown(struct worker *w)
 {
     struct runtime *rt = &w->rt;
+    discard_prepared(&w->prepared);
     server_free(rt->server);
     store_unref(rt->store);
     store_free_released();
@@ -323,14 +405,13 @@ static void on_exited(evutil_socket_t fd, short what, void *arg)
         w->on_exit(w->on_exit_arg);
 }
 
-struct worker *worker_start(int index, const char *config_path, const char *config_text,
-                            struct tls *tls, const int listen_fds[], int nlisten,
-                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
-                            char *err, size_t errlen)
+struct worker *worker_start(int index, const char *config_path, struct config *cfg, struct tls *tls,
+                            const int listen_fds[], int nlisten, struct event_base *main_base,
+                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen)
 {
     struct worker *w = xcalloc(1, sizeof(*w));
     w->index = index;
-    set_input(&w->next, config_text, tls, listen_fds, nlisten);
+    set_input(&w->next, cfg, tls, listen_fds, nlisten);
     w->config_path = xstrdup(config_path);
     w->on_exit = on_exit;
     w->on_exit_arg = arg;

@@ -10,34 +10,43 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "metrics.h"
 #include "util.h"
 
+struct config;
 struct event_base;
 struct tls;
 struct worker;
 
 /*
- * Starts worker `index`: it parses config_text (the content of config_path,
- * validated by the caller) itself, serves TLS with tls (referenced; built by
- * the caller from the same text), accepts on duplicates of listen_fds (bound
- * once by the caller, parallel to the listen lines), connects, and only then
- * does this call return it. On failure returns NULL with a phrase in err (the
- * thread has ended). on_exit runs on main_base's loop when the worker's loop
- * has ended (after a drain).
+ * Starts worker `index` on cfg (referenced; parsed from config_path and its
+ * upstreams resolved by the caller, never changed after), serving TLS with
+ * tls (referenced; built by the caller from the same file), accepting on
+ * duplicates of listen_fds (bound once by the caller, parallel to the listen
+ * lines); connects, and only then does this call return it. On failure
+ * returns NULL with a phrase in err (the thread has ended). on_exit runs on
+ * main_base's loop when the worker's loop has ended (after a drain).
  */
-struct worker *worker_start(int index, const char *config_path, const char *config_text,
-                            struct tls *tls, const int listen_fds[], int nlisten,
-                            struct event_base *main_base, void (*on_exit)(void *arg), void *arg,
-                            char *err, size_t errlen);
+struct worker *worker_start(int index, const char *config_path, struct config *cfg, struct tls *tls,
+                            const int listen_fds[], int nlisten, struct event_base *main_base,
+                            void (*on_exit)(void *arg), void *arg, char *err, size_t errlen);
 
-/* Asks the worker to reload: the same inputs as worker_start, which the
- * caller has validated (every worker parses the same bytes; one keeps its
- * old configuration if building the new one fails). Connections and requests
- * in flight carry on with what they started with. */
-void worker_reload(struct worker *w, const char *config_text, struct tls *tls,
-                   const int listen_fds[], int nlisten);
+/*
+ * A reload, in two steps so that it is all or nothing across workers:
+ * worker_prepare hands the worker the same inputs as worker_start and asks
+ * it to build what they need beside what runs; worker_prepared waits (at most
+ * timeout_ms) for its answer: IDEM_OK, or IDEM_ERR with a phrase in err.
+ * Then worker_commit (every worker prepared) swaps it in, or worker_abort
+ * lets it go. Connections and requests in flight carry on with what they
+ * started with.
+ */
+void worker_prepare(struct worker *w, struct config *cfg, struct tls *tls, const int listen_fds[],
+                    int nlisten);
+int worker_prepared(struct worker *w, uint64_t timeout_ms, char *err, size_t errlen) MUST_CHECK;
+void worker_commit(struct worker *w);
+void worker_abort(struct worker *w);
 
 /* Asks the worker to stop accepting, finish what is in flight and end. */
 void worker_drain(struct worker *w);

@@ -167,3 +167,60 @@ def test_requests_in_flight_across_a_reload_of_redis_and_key_prefix_finish_where
             env.proxy.stop()  # before its Redis goes
         finally:
             other.close()
+
+
+def _free_fd_limit(pid, free):
+    """The RLIMIT_NOFILE at which exactly `free` descriptor numbers are still
+    open to pid (the kernel hands out the lowest free number below it)."""
+    used = {int(n) for n in os.listdir(f"/proc/{pid}/fd")}
+    limit, free_below = 0, 0
+    while free_below < free or limit in used:
+        if limit not in used:
+            free_below += 1
+        limit += 1
+    return limit
+
+
+def _replay_headers(env, key, n=16):
+    """The replay header names seen on n replays, each on a fresh connection
+    (so both workers answer some)."""
+    names = set()
+    for _ in range(n):
+        r = env.post("/orders", key=key)
+        names.update(k for k, v in r.headers if v == "true" and k.lower().endswith("replayed"))
+    return names
+
+
+def test_a_reload_that_one_worker_cannot_prepare_changes_no_worker():
+    import resource
+    from harness import free_port, port_open
+    with Env(extra_config="workers 2", expect_errors=True) as env:
+        assert env.post("/orders", key="r1").status == 201
+        assert _replay_headers(env, "r1") == {"Idempotent-Replayed"}
+        new_port = free_port()
+        env.proxy.write_config(f"workers 2\nlisten 127.0.0.1:{env.proxy.port}\n"
+                               f"listen 127.0.0.1:{new_port}\nreplay_header X-New-Replayed")
+        pid = env.proxy.pid
+        time.sleep(0.5)  # the replays' connections are closed
+        # Room for main's new socket and its copies for both workers (5) and
+        # one more: the first worker to prepare cannot copy both sockets for
+        # its listeners; it lets its inputs go, and then the other one can.
+        old = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_free_fd_limit(pid, 6), old[1]))
+        env.proxy.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed" in env.proxy.error_log(), 5 * SLOW,
+                   what="the failed reload")
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, old)
+        log = env.proxy.error_log()
+        assert "cannot listen" in log and "reload complete" not in log, log[-2000:]
+        time.sleep(0.3)
+        assert _replay_headers(env, "r1") == {"Idempotent-Replayed"}, "a worker took the reload"
+        assert not port_open(new_port)
+        # with room again, the same file reloads everywhere
+        env.proxy.signal(signal.SIGHUP)
+        wait_until(lambda: "reload complete" in env.proxy.error_log(), 5 * SLOW,
+                   what="the reload")
+        time.sleep(0.3)
+        assert _replay_headers(env, "r1") == {"X-New-Replayed"}
+        assert port_open(new_port)
+        assert env.upstream.count("r1") == 1
