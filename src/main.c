@@ -362,6 +362,7 @@ static void admin_gauges(void *arg, struct metrics_gauges *out)
     for (int i = 0; i < d->nworkers; i++)
         worker_add_gauges(d->workers[i], out);
     out->redis_oom = store_refusing_writes();
+    store_redis_risks(&out->redis_may_evict, &out->redis_may_lose);
 }
 
 static bool admin_draining(void *arg)

@@ -555,6 +555,14 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     gauge(out, "idemproxy_open_connections", "Open client connections.", g->connections);
     gauge(out, "idemproxy_redis_up", "1 while Redis is connected and authenticated, else 0.",
           g->redis_up ? 1 : 0);
+    gauge(out, "idemproxy_redis_may_evict_keys",
+          "1 when Redis' maxmemory-policy may evict keys (the promise needs noeviction), 0 when "
+          "not, -1 before the first connection.",
+          g->redis_may_evict);
+    gauge(out, "idemproxy_redis_may_lose_keys",
+          "1 when Redis has neither AOF nor a snapshot (a restart forgets every key), 0 when it "
+          "has, -1 before the first connection.",
+          g->redis_may_lose);
     gauge(out, "idemproxy_redis_refusing_writes",
           "1 while Redis has lately refused writes for lack of memory (OOM), else 0.",
           g->redis_oom ? 1 : 0);

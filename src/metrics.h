@@ -51,6 +51,8 @@ struct metrics_gauges {
     int connections; /* open client connections */
     bool redis_up;   /* the store is connected and authenticated */
     bool redis_oom;  /* Redis refused a write for lack of memory, lately (store_refusing_writes) */
+    int redis_may_evict; /* store_redis_risks: -1 unknown, 0, 1 */
+    int redis_may_lose;
 };
 
 /*

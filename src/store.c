@@ -135,6 +135,7 @@ struct link {
     uint64_t backoff_ms;
     bool down_logged;
     bool setup_failed; /* this connection's AUTH or SELECT was refused */
+    bool aof_enabled;  /* INFO persistence said so (cmd link, at each connection) */
     void (*on_ready)(struct link *l);
 };
 
@@ -473,6 +474,106 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
         link_schedule_reconnect(l);
 }
 
+/* What the Redis of the last connection said of itself: -1 not known yet,
+ * else 0 or 1. Every worker connects to the same Redis. */
+static _Atomic int redis_may_evict = -1;
+static _Atomic int redis_may_lose = -1;
+
+void store_redis_risks(int *may_evict, int *may_lose)
+{
+    *may_evict = atomic_load(&redis_may_evict);
+    *may_lose = atomic_load(&redis_may_lose);
+}
+
+/* The value of "name:" in an INFO reply, copied into out; false if absent. */
+static bool info_field(const redisReply *r, const char *name, char *out, size_t cap)
+{
+    if (r == NULL || r->type != REDIS_REPLY_STRING)
+        return false;
+    size_t n = strlen(name);
+    for (const char *line = r->str; line != NULL && *line;) {
+        const char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) : strlen(line);
+        if (len > n && strncmp(line, name, n) == 0 && line[n] == ':') {
+            size_t v = len - n - 1;
+            while (v > 0 && (line[n + v] == '\r'))
+                v--;
+            snprintf(out, cap, "%.*s", (int)v, line + n + 1);
+            return true;
+        }
+        line = end ? end + 1 : NULL;
+    }
+    return false;
+}
+
+/*
+ * The promise lives in Redis: a key it evicts or forgets (a restart without
+ * persistence) is a request that can run again. Said at every connection.
+ */
+static void on_memory_info(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct link *l = link_of(ac);
+    char policy[64];
+    if (l == NULL || !info_field(reply, "maxmemory_policy", policy, sizeof(policy)))
+        return;
+    bool evicts = strcmp(policy, "noeviction") != 0;
+    if (evicts && atomic_exchange(&redis_may_evict, 1) != 1)
+        log_warn("%s %s: maxmemory-policy is %s: when Redis is full it deletes keys, leases "
+                 "and stored answers included, and a retry of a deleted key executes again; "
+                 "set maxmemory-policy noeviction",
+                 l->role, link_where(l), policy);
+    if (!evicts)
+        atomic_store(&redis_may_evict, 0);
+}
+
+/* INFO persistence: with AOF on, a restart keeps what was acknowledged. */
+static void on_persistence_info(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct link *l = link_of(ac);
+    char aof[8];
+    if (l != NULL && info_field(reply, "aof_enabled", aof, sizeof(aof)))
+        l->aof_enabled = strcmp(aof, "1") == 0;
+}
+
+/* CONFIG GET save (after INFO persistence): snapshots, or none. Managed
+ * Redis often refuses CONFIG: then only AOF can be known. */
+static void on_save_config(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct link *l = link_of(ac);
+    const redisReply *r = reply;
+    if (l == NULL || r == NULL)
+        return;
+    bool known = r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                 r->element[1]->type == REDIS_REPLY_STRING;
+    bool snapshots = known && r->element[1]->len > 0;
+    if (l->aof_enabled || snapshots) {
+        atomic_store(&redis_may_lose, 0);
+    } else if (!known) {
+        log_info("%s %s: appendonly is off and CONFIG GET save is refused: whether a restart "
+                 "keeps the keys is not known here",
+                 l->role, link_where(l));
+    } else if (atomic_exchange(&redis_may_lose, 1) != 1) {
+        log_warn("%s %s: neither appendonly nor snapshots (save \"\"): a Redis restart forgets "
+                 "every key, and retries of requests it had seen execute again; set appendonly "
+                 "yes",
+                 l->role, link_where(l));
+    }
+}
+
+/* Asks Redis what it would do with our keys when full or restarted; the
+ * answers are logged (warn when the promise is at risk) and published. */
+static void check_redis_settings(struct link *l)
+{
+    atomic_store(&redis_may_evict, -1);
+    atomic_store(&redis_may_lose, -1);
+    redisAsyncCommand(l->ac, on_memory_info, NULL, "INFO memory");
+    redisAsyncCommand(l->ac, on_persistence_info, NULL, "INFO persistence");
+    redisAsyncCommand(l->ac, on_save_config, NULL, "CONFIG GET save");
+}
+
 /*
  * AUTH or SELECT refused: the link is down at once (operations started from
  * now on fail on the next loop turn, queued ones too, and none was sent on
@@ -519,6 +620,7 @@ static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
         log_info("%s %s: connected", l->role, link_where(l));
     l->down_logged = false;
     if (l == &l->st->cmd) {
+        check_redis_settings(l);
         send_pending(l->st);
         if (l->st->orphans) {
             struct timeval zero = {0, 0};
@@ -1103,6 +1205,8 @@ void store_reconfigure(struct store *st, const struct config *cfg)
 {
     st->timeout_ms = cfg->redis_timeout_ms;
     st->token_ttl_ms = cfg->token_ttl_ms;
+    if (st->cmd.state == LINK_READY) /* said again at every reload */
+        check_redis_settings(&st->cmd);
 }
 
 void store_publish_readiness(struct store *st, _Atomic bool *flag)

@@ -75,6 +75,11 @@ void store_publish_readiness(struct store *st, _Atomic bool *flag);
  * the last 10 s, on any worker's connection. Any thread may ask. */
 bool store_refusing_writes(void);
 
+/* What Redis said of itself at the last connection (INFO): whether its
+ * maxmemory-policy may evict keys, whether a restart would lose them
+ * (neither AOF nor a snapshot). -1 until known. Any thread may ask. */
+void store_redis_risks(int *may_evict, int *may_lose);
+
 struct claim_request {
     const char *rkey;
     const char *fingerprint;

@@ -216,3 +216,24 @@ def test_redis_out_of_memory_turns_readyz_to_503_with_a_metric_and_a_warn_line()
         assert "refusing writes (OOM" in env.proxy.error_log()
         assert env.upstream.count() == 0
         env.redis.cmd("CONFIG", "SET", "maxmemory", "0")
+
+
+def test_redis_settings_that_can_lose_keys_are_warned_about_and_exposed():
+    with admin_env() as env:
+        wait_admin(env, "/readyz", 200)
+        # the test Redis runs without persistence
+        wait_until(lambda: "neither appendonly nor snapshots" in env.proxy.error_log(), 5 * SLOW,
+                   what="the persistence warning")
+        body = admin(env, "/metrics").body
+        assert b"idemproxy_redis_may_lose_keys 1" in body, body[-800:]
+        assert b"idemproxy_redis_may_evict_keys 0" in body
+        # an evicting policy, and AOF on: said again at the next reload
+        env.redis.cmd("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+        env.redis.cmd("CONFIG", "SET", "appendonly", "yes")
+        env.proxy.signal(__import__("signal").SIGHUP)
+        wait_until(lambda: "maxmemory-policy is allkeys-lru" in env.proxy.error_log(), 5 * SLOW,
+                   what="the eviction warning")
+        body = wait_until(lambda: (lambda b: b if b"idemproxy_redis_may_lose_keys 0" in b
+                                   else None)(admin(env, "/metrics").body), 5 * SLOW,
+                          what="persistence seen")
+        assert b"idemproxy_redis_may_evict_keys 1" in body

@@ -13,7 +13,7 @@
 #include "metrics.h"
 #include "unit.h"
 
-static const struct metrics_gauges no_gauges = {0, 0, 0, false, false};
+static const struct metrics_gauges no_gauges = {0, 0, 0, false, false, 0, 0};
 
 /* The exposition as a NUL-terminated string (caller frees). */
 static char *render(const struct metrics_gauges *g)
@@ -327,6 +327,14 @@ START_TEST(render_exact_text)
         "# HELP idemproxy_redis_up 1 while Redis is connected and authenticated, else 0.\n"
         "# TYPE idemproxy_redis_up gauge\n"
         "idemproxy_redis_up 1\n"
+        "# HELP idemproxy_redis_may_evict_keys 1 when Redis' maxmemory-policy may evict keys (the "
+        "promise needs noeviction), 0 when not, -1 before the first connection.\n"
+        "# TYPE idemproxy_redis_may_evict_keys gauge\n"
+        "idemproxy_redis_may_evict_keys 0\n"
+        "# HELP idemproxy_redis_may_lose_keys 1 when Redis has neither AOF nor a snapshot (a "
+        "restart forgets every key), 0 when it has, -1 before the first connection.\n"
+        "# TYPE idemproxy_redis_may_lose_keys gauge\n"
+        "idemproxy_redis_may_lose_keys 0\n"
         "# HELP idemproxy_redis_refusing_writes 1 while Redis has lately refused writes for lack "
         "of memory (OOM), else 0.\n"
         "# TYPE idemproxy_redis_refusing_writes gauge\n"
