@@ -165,7 +165,7 @@ static const struct directive directives[] = {
     {"require_token", set_bool, POL(require_token), R, 1, 1, "off", NULL, NULL},
     {"ttl", set_duration, POL(ttl_ms), P, 1, 1, "24h", NULL, NULL},
     {"lock_ttl", set_duration, POL(lock_ttl_ms), P, 1, 1, "60s", NULL, NULL},
-    {"scope", set_scope, POL(scope), P, 1, 1, "header:Authorization", NULL,
+    {"scope", set_scope, POL(scopes), P, 1, CONFIG_MAX_SCOPE_SOURCES, "header:Authorization", NULL,
      config_policy_inherit_scope},
     {"fingerprint", set_fingerprint, POL(fingerprint), P, 1, -1, "method path body", NULL,
      config_policy_inherit_fingerprint},

@@ -27,6 +27,7 @@
 #define CONFIG_MAX_UPSTREAM 32
 #define CONFIG_MAX_KEY_SOURCES 8
 #define CONFIG_MAX_FP_HEADERS 8
+#define CONFIG_MAX_SCOPE_SOURCES 4
 #define CONFIG_MAX_STATUS 600
 
 enum key_source_kind {
@@ -75,8 +76,9 @@ struct policy {
     bool bypass;
     uint64_t ttl_ms;
     uint64_t lock_ttl_ms;
-    struct key_source scope; /* kind NONE or HEADER */
-    unsigned fingerprint;    /* enum fingerprint_part bits */
+    struct key_source scopes[CONFIG_MAX_SCOPE_SOURCES]; /* headers; none: nscopes 0 */
+    int nscopes;
+    unsigned fingerprint; /* enum fingerprint_part bits */
     char *fp_headers[CONFIG_MAX_FP_HEADERS];
     int nfp_headers;
     bool release_on[CONFIG_MAX_STATUS]; /* indexed by status code */

@@ -56,12 +56,20 @@ static void clear_fp_headers(struct policy *p)
     p->nfp_headers = 0;
 }
 
+static void clear_scopes(struct policy *p)
+{
+    for (int i = 0; i < p->nscopes; i++) {
+        free(p->scopes[i].name);
+        p->scopes[i].name = NULL;
+    }
+    p->nscopes = 0;
+}
+
 void config_policy_free(struct policy *p)
 {
     clear_keys(p);
     clear_fp_headers(p);
-    free(p->scope.name);
-    p->scope.name = NULL;
+    clear_scopes(p);
 }
 
 static struct key_source copy_source(const struct key_source *src)
@@ -80,8 +88,10 @@ void config_policy_inherit_keys(struct policy *dst, const struct policy *src)
 
 void config_policy_inherit_scope(struct policy *dst, const struct policy *src)
 {
-    free(dst->scope.name);
-    dst->scope = copy_source(&src->scope);
+    clear_scopes(dst);
+    for (int i = 0; i < src->nscopes; i++)
+        dst->scopes[i] = copy_source(&src->scopes[i]);
+    dst->nscopes = src->nscopes;
 }
 
 void config_policy_inherit_fingerprint(struct policy *dst, const struct policy *src)
@@ -186,16 +196,17 @@ const char *config_policy_set_keys(struct policy *p, int argc, char *const *argv
 const char *config_policy_set_scope(struct policy *p, int argc, char *const *argv, char *msg,
                                     size_t size)
 {
-    const char *arg = argv[0];
-
-    (void)argc; /* exactly 1, per the table */
-    if (strcmp(arg, "none") != 0 && strncmp(arg, "header:", 7) != 0)
-        return say(msg, size, "expected header:NAME or none, got \"%s\"", arg);
-    if (arg[0] == 'h' && !config_valid_header_name(arg + 7))
-        return say(msg, size, "not a valid header name in \"%s\"", arg);
-    free(p->scope.name);
-    p->scope.kind = arg[0] == 'h' ? KEY_SOURCE_HEADER : KEY_SOURCE_NONE;
-    p->scope.name = arg[0] == 'h' ? xstrdup(arg + 7) : NULL;
+    clear_scopes(p);
+    if (argc == 1 && strcmp(argv[0], "none") == 0)
+        return NULL;
+    for (int i = 0; i < argc; i++) {
+        const char *arg = argv[i];
+        if (strncmp(arg, "header:", 7) != 0)
+            return say(msg, size, "expected header:NAME... or none, got \"%s\"", arg);
+        if (!config_valid_header_name(arg + 7))
+            return say(msg, size, "not a valid header name in \"%s\"", arg);
+        p->scopes[p->nscopes++] = (struct key_source){KEY_SOURCE_HEADER, xstrdup(arg + 7)};
+    }
     return NULL;
 }
 

@@ -26,7 +26,7 @@ const char *config_policy_set_methods(struct policy *p, int argc, char *const *a
 const char *config_policy_set_keys(struct policy *p, int argc, char *const *argv, char *msg,
                                    size_t size);
 
-/* scope header:NAME | none */
+/* scope header:NAME... | none: up to CONFIG_MAX_SCOPE_SOURCES headers, joined */
 const char *config_policy_set_scope(struct policy *p, int argc, char *const *argv, char *msg,
                                     size_t size);
 

@@ -312,25 +312,49 @@ static size_t joined_header_len(const struct header_list *headers, const char *n
         const struct header *h = &headers->items[i];
         if (!strn_case_equal(h->name, h->name_len, name))
             continue;
-        len += h->value_len + (*count > 0 ? 1 : 0);
+        size_t n;
+        (void)trim_ows(h->value, h->value_len, &n); /* as update_joined_header hashes it */
+        len += n + (*count > 0 ? 1 : 0);
         (*count)++;
     }
     return len;
 }
 
+/*
+ * One source hashes its joined value alone (as before several were
+ * possible, so that keys keep their names). Several hash each source's value
+ * behind a tag saying whether it was present and its index, so that no two
+ * combinations (A present, B absent; A absent, B present; values that run
+ * into each other) share a scope.
+ */
 void policy_scope(const struct policy *p, const struct request_view *req,
                   char out[POLICY_SCOPE_HASH_LEN + 1])
 {
-    int count = 0;
-    if (p->scope.kind == KEY_SOURCE_HEADER && p->scope.name != NULL)
-        (void)joined_header_len(req->headers, p->scope.name, &count);
-    if (count == 0) {
+    int present = 0;
+    for (int i = 0; i < p->nscopes; i++) {
+        int count = 0;
+        (void)joined_header_len(req->headers, p->scopes[i].name, &count);
+        present += count > 0;
+    }
+    if (present == 0) {
         memcpy(out, "-", 2);
         return;
     }
     unsigned char digest[32];
     EVP_MD_CTX *ctx = sha256_begin();
-    (void)update_joined_header(ctx, req->headers, p->scope.name);
+    if (p->nscopes == 1) {
+        (void)update_joined_header(ctx, req->headers, p->scopes[0].name);
+    } else {
+        for (int i = 0; i < p->nscopes; i++) {
+            int count = 0;
+            size_t len = joined_header_len(req->headers, p->scopes[i].name, &count);
+            unsigned char tag[10] = {(unsigned char)i, count > 0};
+            for (int b = 0; b < 8; b++)
+                tag[2 + b] = (unsigned char)((uint64_t)len >> (56 - 8 * b));
+            sha256_update(ctx, tag, sizeof(tag));
+            (void)update_joined_header(ctx, req->headers, p->scopes[i].name);
+        }
+    }
     sha256_end(ctx, digest);
     hex_encode(digest, POLICY_SCOPE_HASH_LEN / 2, out);
 }

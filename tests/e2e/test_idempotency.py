@@ -538,3 +538,19 @@ def test_access_log_lines():
         assert marker not in text, "request body in the access log"
         assert r1.json()["body_fnv"] not in text, "response body in the access log"
         assert "Bearer T" not in text, "Authorization value in the access log"
+
+
+def test_two_accounts_under_one_platform_key_are_two_scopes():
+    with Env(extra_config="scope header:Authorization header:Stripe-Account") as env:
+        platform = "Bearer sk_platform"
+        a = env.post("/orders", key="k1", headers={"Authorization": platform,
+                                                    "Stripe-Account": "acct_A"})
+        b = env.post("/orders", key="k1", headers={"Authorization": platform,
+                                                    "Stripe-Account": "acct_B"})
+        assert a.status == 201 and b.status == 201, (a, b)
+        assert b.header("Idempotent-Replayed") is None, "account B got account A's answer"
+        again = env.post("/orders", key="k1", headers={"Authorization": platform,
+                                                        "Stripe-Account": "acct_A"})
+        assert again.header("Idempotent-Replayed") == "true"
+        assert again.body == a.body
+        assert env.upstream.count("k1") == 2

@@ -164,8 +164,9 @@ START_TEST(test_defaults)
     ck_assert(!g->bypass);
     ck_assert_uint_eq(g->ttl_ms, 24ull * 3600 * 1000);
     ck_assert_uint_eq(g->lock_ttl_ms, 60000);
-    ck_assert_int_eq(g->scope.kind, KEY_SOURCE_HEADER);
-    ck_assert_str_eq(g->scope.name, "Authorization");
+    ck_assert_int_eq(g->nscopes, 1);
+    ck_assert_int_eq(g->scopes[0].kind, KEY_SOURCE_HEADER);
+    ck_assert_str_eq(g->scopes[0].name, "Authorization");
     ck_assert_uint_eq(g->fingerprint, FP_METHOD | FP_PATH | FP_BODY);
     ck_assert_int_eq(g->nfp_headers, 0);
     for (int s = 0; s < CONFIG_MAX_STATUS; s++) {
@@ -294,8 +295,7 @@ START_TEST(test_global_policy_directives)
     ck_assert(g->require_key);
     ck_assert_uint_eq(g->ttl_ms, 7ull * 86400 * 1000);
     ck_assert_uint_eq(g->lock_ttl_ms, 300000);
-    ck_assert_int_eq(g->scope.kind, KEY_SOURCE_NONE);
-    ck_assert_ptr_null(g->scope.name);
+    ck_assert_int_eq(g->nscopes, 0);
     ck_assert_uint_eq(g->fingerprint, FP_METHOD | FP_QUERY);
     ck_assert_int_eq(g->nfp_headers, 2);
     ck_assert_str_eq(g->fp_headers[0], "Content-Type");
@@ -351,8 +351,8 @@ START_TEST(test_route_directives)
     ck_assert(p->require_token);
     ck_assert_uint_eq(p->ttl_ms, 3600000);
     ck_assert_uint_eq(p->lock_ttl_ms, 120000);
-    ck_assert_int_eq(p->scope.kind, KEY_SOURCE_HEADER);
-    ck_assert_str_eq(p->scope.name, "X-Tenant");
+    ck_assert_int_eq(p->nscopes, 1);
+    ck_assert_str_eq(p->scopes[0].name, "X-Tenant");
     ck_assert_uint_eq(p->fingerprint, FP_BODY);
     ck_assert_int_eq(p->nfp_headers, 1);
     ck_assert_str_eq(p->fp_headers[0], "X-Sig");
@@ -588,7 +588,7 @@ START_TEST(test_block_forms)
     p = config_policy_for(cfg, "/webhooks/github", 16);
     ck_assert_int_eq(p->nkeys, 1);
     ck_assert_str_eq(p->keys[0].name, "X-GitHub-Delivery");
-    ck_assert_int_eq(p->scope.kind, KEY_SOURCE_NONE);
+    ck_assert_int_eq(p->nscopes, 0);
     ck_assert_uint_eq(config_policy_for(cfg, "/brace-below", 12)->ttl_ms, 5000);
     ck_assert_uint_eq(config_policy_for(cfg, "/a", 2)->ttl_ms, 1000);
     ck_assert_uint_eq(config_policy_for(cfg, "/b", 2)->ttl_ms, 3000);
@@ -620,8 +620,8 @@ START_TEST(test_route_inheritance)
     ck_assert_int_eq(p->nkeys, 1);
     ck_assert_str_eq(p->keys[0].name, "X-Idem");
     ck_assert_ptr_ne(p->keys[0].name, g->keys[0].name); /* each policy owns its strings */
-    ck_assert_str_eq(p->scope.name, "X-Tenant");
-    ck_assert_ptr_ne(p->scope.name, g->scope.name);
+    ck_assert_str_eq(p->scopes[0].name, "X-Tenant");
+    ck_assert_ptr_ne(p->scopes[0].name, g->scopes[0].name);
     ck_assert_uint_eq(p->fingerprint, FP_METHOD);
     ck_assert_int_eq(p->nfp_headers, 1);
     ck_assert_str_eq(p->fp_headers[0], "X-Sig");
@@ -758,8 +758,9 @@ static const struct {
     {"route /a { key json:/a~2 }\n", "t.conf:1: key: expected a JSON pointer"},
     {"route /a { key header: }\n", "t.conf:1: key: not a valid header name in \"header:\""},
     {"route /a { key query: }\n", "t.conf:1: key: missing parameter name in \"query:\""},
-    {"scope query:tenant\n", "t.conf:1: scope: expected header:NAME or none, got \"query:tenant\""},
-    {"scope token\n", "t.conf:1: scope: expected header:NAME or none"},
+    {"scope query:tenant\n",
+     "t.conf:1: scope: expected header:NAME... or none, got \"query:tenant\""},
+    {"scope token\n", "t.conf:1: scope: expected header:NAME... or none"},
     {"scope \"header:X Y\"\n", "t.conf:1: scope: not a valid header name"},
     {"fingerprint method cookie\n", "t.conf:1: fingerprint: unknown part \"cookie\""},
     {"fingerprint header:a header:b header:c header:d header:e header:f header:g header:h "

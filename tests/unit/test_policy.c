@@ -787,8 +787,8 @@ START_TEST(test_scope_hash)
 {
     struct policy p;
     policy_zero(&p);
-    p.scope.kind = KEY_SOURCE_HEADER;
-    p.scope.name = "Authorization";
+    p.scopes[0] = (struct key_source){KEY_SOURCE_HEADER, "Authorization"};
+    p.nscopes = 1;
     char a[POLICY_SCOPE_HASH_LEN + 1], b[POLICY_SCOPE_HASH_LEN + 1];
     char c[POLICY_SCOPE_HASH_LEN + 1], d[POLICY_SCOPE_HASH_LEN + 1];
 
@@ -811,6 +811,50 @@ START_TEST(test_scope_hash)
     /* present but empty is a scope of its own, not the anonymous one */
     scope_of(&p, "", NULL, c);
     ck_assert_str_ne(c, "-");
+
+    /* blanks around a value are not part of it */
+    scope_of(&p, "Bearer alice  ", NULL, c);
+    ck_assert_str_eq(c, a);
+}
+END_TEST
+
+/* scope header:Authorization header:Stripe-Account: a platform key acting
+ * for two accounts is two tenants; either header alone is a third and fourth. */
+START_TEST(test_scope_several_sources)
+{
+    struct policy p;
+    policy_zero(&p);
+    p.scopes[0] = (struct key_source){KEY_SOURCE_HEADER, "Authorization"};
+    p.scopes[1] = (struct key_source){KEY_SOURCE_HEADER, "Stripe-Account"};
+    p.nscopes = 2;
+    char seen[6][POLICY_SCOPE_HASH_LEN + 1];
+    const char *pairs[6][2] = {{"Bearer sk_platform", "acct_A"}, {"Bearer sk_platform", "acct_B"},
+                               {"Bearer sk_platform", NULL},     {NULL, "acct_A"},
+                               {"Bearer sk_platformacct_A", ""}, {"Bearer sk_platform ", "acct_A"}};
+    for (int i = 0; i < 6; i++) {
+        struct header_list h;
+        headers_init(&h);
+        if (pairs[i][0])
+            headers_add_cstr(&h, "Authorization", pairs[i][0]);
+        if (pairs[i][1])
+            headers_add_cstr(&h, "Stripe-Account", pairs[i][1]);
+        struct request_view v;
+        view_init(&v, "POST", HTTP_POST, "/", &h);
+        policy_scope(&p, &v, seen[i]);
+        headers_clear(&h);
+    }
+    for (int i = 0; i < 5; i++)
+        for (int j = i + 1; j < 5; j++)
+            ck_assert_msg(strcmp(seen[i], seen[j]) != 0, "%d and %d share a scope", i, j);
+    ck_assert_str_eq(seen[5], seen[0]); /* trimmed */
+    /* neither present: the anonymous scope */
+    struct header_list none;
+    headers_init(&none);
+    struct request_view v;
+    view_init(&v, "POST", HTTP_POST, "/", &none);
+    char anon[POLICY_SCOPE_HASH_LEN + 1];
+    policy_scope(&p, &v, anon);
+    ck_assert_str_eq(anon, "-");
 }
 END_TEST
 
@@ -818,15 +862,14 @@ START_TEST(test_scope_anonymous)
 {
     struct policy p;
     policy_zero(&p);
-    p.scope.kind = KEY_SOURCE_HEADER;
-    p.scope.name = "Authorization";
+    p.scopes[0] = (struct key_source){KEY_SOURCE_HEADER, "Authorization"};
+    p.nscopes = 1;
     char out[POLICY_SCOPE_HASH_LEN + 1];
 
     scope_of(&p, NULL, NULL, out);
     ck_assert_str_eq(out, "-");
 
-    p.scope.kind = KEY_SOURCE_NONE;
-    p.scope.name = NULL;
+    p.nscopes = 0;
     scope_of(&p, "Bearer alice", NULL, out);
     ck_assert_str_eq(out, "-");
 }
@@ -1070,6 +1113,7 @@ static Suite *policy_suite(void)
     tc = tcase_create("scope");
     tcase_add_test(tc, test_scope_hash);
     tcase_add_test(tc, test_scope_anonymous);
+    tcase_add_test(tc, test_scope_several_sources);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("fingerprint");
