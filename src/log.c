@@ -433,6 +433,7 @@ void log_access(const struct access_entry *e)
         line_raw(&l, ",\"upstream_ms\":null");
     else
         line_printf(&l, ",\"upstream_ms\":%" PRId64, e->upstream_ms);
-    line_printf(&l, ",\"ms\":%" PRIu64 ",\"bytes\":%" PRIu64 "}\n", e->ms, e->bytes);
+    line_printf(&l, ",\"ms\":%" PRIu64 ",\"bytes\":%" PRIu64, e->ms, e->bytes);
+    line_raw(&l, e->client_gone ? ",\"client_gone\":true}\n" : "}\n");
     write_all(fd, l.buf, l.len);
 }

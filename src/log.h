@@ -60,6 +60,8 @@ struct access_entry {
     int64_t upstream_ms;  /* -1 when the upstream was not asked */
     uint64_t ms;          /* total time in idemproxy */
     uint64_t bytes;       /* bytes of response sent to the client */
+    bool client_gone;     /* the client had left before its answer: written as
+                             "client_gone":true, absent otherwise */
 };
 
 void log_access(const struct access_entry *entry);

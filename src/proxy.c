@@ -84,8 +84,9 @@ struct exchange {
     struct client *client;
     struct http_message *req;
     char peer[64];
-    bool client_tls; /* X-Forwarded-Proto: https */
-    bool tunnel;     /* a WebSocket offer passed on: a 101 turns the connection into a tunnel */
+    bool client_tls;  /* X-Forwarded-Proto: https */
+    bool client_gone; /* the client left before its answer (access log) */
+    bool tunnel;      /* a WebSocket offer passed on: a 101 turns the connection into a tunnel */
     enum ex_state state;
 
     bool idempotent;  /* the key is claimed or being claimed */
@@ -208,9 +209,18 @@ static void log_exchange(struct exchange *ex)
         .upstream_ms = ex->upstream_ms,
         .ms = now_monotonic_ms() - ex->t_start,
         .bytes = ex->bytes,
+        .client_gone = ex->client_gone,
     };
     log_access(&e);
     metrics_request(ex->route ? ex->route : "default", ex->idem, ex->status, e.ms);
+}
+
+/* An answer begins: a client that closed its side by now may be gone (the
+ * access log's client_gone; TCP cannot tell a half-close from a close). */
+static void note_client_gone(struct exchange *ex)
+{
+    if (client_peer_closed(ex->client))
+        ex->client_gone = true;
 }
 
 /*
@@ -253,6 +263,7 @@ static void answer_problem(struct exchange *ex, enum problem_code code,
     ex->status = problem_status(code);
     if (ex->client) {
         struct problem p = {.code = code, .key = ex->key};
+        note_client_gone(ex);
         ex->bytes = client_respond_problem(ex->client, &p, extra);
         ex->client = NULL;
     }
@@ -283,6 +294,7 @@ static void start_client_response(struct exchange *ex, int64_t content_length)
     /* resp's fields are end-to-end already (on_up_head); framing is the client's. */
     if (ex->degraded)
         headers_add_cstr(&resp->headers, "Idempotency-Degraded", "true");
+    note_client_gone(ex);
     client_respond_head(ex->client, resp->status, &resp->headers, no_body ? -1 : content_length,
                         no_body);
 }
@@ -327,6 +339,7 @@ static void answer_replay(struct exchange *ex, const struct record *rec)
     if (rec->body_omitted)
         headers_add_cstr(&h, "Idempotency-Replay", "omitted");
     bool no_body = response_has_no_body(ex, rec->status);
+    note_client_gone(ex);
     client_respond_head(ex->client, rec->status, &h, (int64_t)rec->body_len, no_body);
     client_respond_body(ex->client, rec->body, rec->body_len);
     ex->bytes = client_respond_end(ex->client);
@@ -1424,6 +1437,7 @@ void proxy_request_complete(struct exchange *ex)
 void proxy_client_gone(struct exchange *ex)
 {
     ex->client = NULL;
+    ex->client_gone = true;
     if (ex->state == EX_DONE)
         return;
     if (!ex->request_complete || !ex->idempotent || ex->degraded || ex->state == EX_PARKED) {

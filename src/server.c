@@ -378,6 +378,11 @@ const char *client_peer(const struct client *c)
     return c->peer;
 }
 
+bool client_peer_closed(const struct client *c)
+{
+    return c->peer_closed;
+}
+
 bool client_tls(const struct client *c)
 {
     return c->tls;

@@ -99,6 +99,9 @@ bool client_congested(const struct client *c);
 void client_set_reading(struct client *c, bool reading);
 
 const char *client_peer(const struct client *c);
+/* Whether the client has closed its sending side (EOF seen): gone, or only
+ * half-closed and still reading; TCP cannot tell which. */
+bool client_peer_closed(const struct client *c);
 /* Did the client come in over TLS? (X-Forwarded-Proto) */
 bool client_tls(const struct client *c);
 

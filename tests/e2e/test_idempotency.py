@@ -137,6 +137,11 @@ def test_client_disconnect_still_stores_the_outcome():
         assert is_replay(r), f"retry was not a replay: {r!r}"
         assert r.json()["n"] == 1
         assert env.upstream.count(key) == 1
+        # the access log tells the answer nobody received from the ones delivered
+        lines = [e for e in env.proxy.access_log() if e.get("key") == key]
+        (first,) = [e for e in lines if e["idem"] == "miss"]
+        assert first.get("client_gone") is True and first["status"] == 201, lines
+        assert not any("client_gone" in e for e in lines if e is not first), lines
 
 
 def test_changed_body_gets_422_and_original_still_replays():
