@@ -51,6 +51,7 @@
 #include "config_lex.h"
 #include "config_policy.h"
 #include "config_value.h"
+#include "problem.h"
 
 #define PASSWORD_MAX 1024
 #define WORKERS_MAX 1024
@@ -125,6 +126,8 @@ static const char *set_fingerprint(struct setting *s);
 static const char *set_release_on(struct setting *s);
 static const char *set_on_inflight(struct setting *s);
 static const char *set_trusted_proxies(struct setting *s);
+static const char *set_error_body(struct setting *s);
+static const char *set_error_content_type(struct setting *s);
 
 /* Word lists for set_enum, in enum order. */
 static const char *const on_duplicate_words[] = {"replay", "reject", NULL};
@@ -179,6 +182,10 @@ static const struct directive directives[] = {
     {"max_request_body", set_size, POL(max_request_body), P, 1, 1, "1m", NULL, NULL},
     {"max_cached_body", set_size, POL(max_cached_body), P, 1, 1, "1m", NULL, NULL},
     {"bypass", set_bool, POL(bypass), R, 1, 1, "off", NULL, NULL},
+    {"error_body", set_error_body, POL(error_body), P, 1, 1, NULL, NULL,
+     config_policy_inherit_error_body},
+    {"error_content_type", set_error_content_type, POL(error_content_type), P, 1, 1, NULL, NULL,
+     config_policy_inherit_error_content_type},
     {"replay_header", set_header_name, CFG(replay_header), G, 1, 1, "Idempotent-Replayed", NULL,
      NULL},
     {"error_doc_url", set_url, CFG(error_doc_url), G, 1, 1, NULL, NULL, NULL},
@@ -789,6 +796,54 @@ static const char *set_password_file(struct setting *s)
     }
     explicit_bzero(buf, sizeof(buf));
     return err;
+}
+
+/* error_body FILE: the API's own error format, read and checked now. */
+static const char *set_error_body(struct setting *s)
+{
+    struct policy *p = s->base;
+    const char *path = s->argv[0];
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
+    char *text = xmalloc(PROBLEM_TEMPLATE_MAX + 2);
+    size_t n = fread(text, 1, PROBLEM_TEMPLATE_MAX + 1, f);
+    int read_errno = ferror(f) ? errno : 0;
+    fclose(f);
+    text[n] = '\0';
+    const char *err = NULL;
+    char why[256];
+    if (read_errno != 0)
+        err = phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
+    else if (n > PROBLEM_TEMPLATE_MAX)
+        err = phrase(s->ps, "\"%s\" is longer than %d bytes", path, PROBLEM_TEMPLATE_MAX);
+    else if (n == 0 || memchr(text, '\0', n) != NULL)
+        err = phrase(s->ps, "\"%s\" is empty or holds a NUL byte", path);
+    else if (problem_template_check(text, why, sizeof(why)) != NULL)
+        err = phrase(s->ps, "%s: %s", path, why);
+    if (err != NULL) {
+        free(text);
+        return err;
+    }
+    free(p->error_body);
+    p->error_body = text;
+    return NULL;
+}
+
+/* error_content_type TYPE: a media type, as it goes in Content-Type. */
+static const char *set_error_content_type(struct setting *s)
+{
+    struct policy *p = s->base;
+    const char *v = s->argv[0];
+    const char *slash = strchr(v, '/');
+    for (const char *c = v; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f)
+            return phrase(s->ps, "expected a media type like application/json, got \"%s\"", v);
+    if (slash == NULL || slash == v || slash[1] == '\0')
+        return phrase(s->ps, "expected a media type like application/json, got \"%s\"", v);
+    free(p->error_content_type);
+    p->error_content_type = xstrdup(v);
+    return NULL;
 }
 
 /*

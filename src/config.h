@@ -87,6 +87,8 @@ struct policy {
     uint64_t inflight_wait_ms;
     size_t max_request_body;
     size_t max_cached_body;
+    char *error_body;         /* error_body's text (a template), NULL: problem documents */
+    char *error_content_type; /* NULL: application/json when error_body is set */
 };
 
 struct route {

@@ -70,6 +70,22 @@ void config_policy_free(struct policy *p)
     clear_keys(p);
     clear_fp_headers(p);
     clear_scopes(p);
+    free(p->error_body);
+    p->error_body = NULL;
+    free(p->error_content_type);
+    p->error_content_type = NULL;
+}
+
+void config_policy_inherit_error_body(struct policy *dst, const struct policy *src)
+{
+    free(dst->error_body);
+    dst->error_body = src->error_body ? xstrdup(src->error_body) : NULL;
+}
+
+void config_policy_inherit_error_content_type(struct policy *dst, const struct policy *src)
+{
+    free(dst->error_content_type);
+    dst->error_content_type = src->error_content_type ? xstrdup(src->error_content_type) : NULL;
 }
 
 static struct key_source copy_source(const struct key_source *src)

@@ -51,6 +51,9 @@ void config_policy_inherit_scope(struct policy *dst, const struct policy *src);
 void config_policy_inherit_fingerprint(struct policy *dst, const struct policy *src);
 void config_policy_inherit_on_inflight(struct policy *dst, const struct policy *src);
 
+void config_policy_inherit_error_body(struct policy *dst, const struct policy *src);
+void config_policy_inherit_error_content_type(struct policy *dst, const struct policy *src);
+
 /* Frees the strings p owns and leaves them empty; p itself is not freed. */
 void config_policy_free(struct policy *p);
 

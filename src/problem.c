@@ -97,16 +97,78 @@ static size_t put_string(char *buf, size_t cap, size_t at, const char *name, con
     return at + (n > 0 ? (size_t)n : 0);
 }
 
-char *problem_render(const struct problem *p, const char *doc_url, struct header_list *h,
-                     size_t *len)
+static const char *const placeholders[] = {"status", "code", "title", "detail", "key"};
+
+/* The placeholder at s ("{name}"): its index, -1 for a name that is none of
+ * ours, -2 when s starts no placeholder at all. *n is its length. */
+static int placeholder_at(const char *s, size_t *n)
 {
-    const struct problem_kind *k = &kinds[p->code];
+    size_t i = 1;
+    while (s[i] >= 'a' && s[i] <= 'z')
+        i++;
+    if (i == 1 || s[i] != '}')
+        return -2;
+    *n = i + 1;
+    for (size_t p = 0; p < ARRAY_LEN(placeholders); p++)
+        if (strlen(placeholders[p]) == i - 1 && strncmp(s + 1, placeholders[p], i - 1) == 0)
+            return (int)p;
+    return -1;
+}
+
+const char *problem_template_check(const char *text, char *msg, size_t size)
+{
+    for (const char *s = strchr(text, '{'); s != NULL; s = strchr(s + 1, '{')) {
+        size_t n;
+        if (placeholder_at(s, &n) == -1) {
+            snprintf(msg, size,
+                     "unknown placeholder %.*s (known: {status} {code} {title} {detail} {key})",
+                     (int)n, s);
+            return msg;
+        }
+    }
+    return NULL;
+}
+
+/* The template with each placeholder replaced by its value, JSON-escaped. */
+static char *render_template(const struct problem *p, const struct problem_kind *k, size_t *len)
+{
+    char status[8];
+    snprintf(status, sizeof(status), "%d", k->status);
+    const char *values[] = {status, k->code, k->title, p->detail ? p->detail : k->detail,
+                            p->key ? p->key : ""};
+    /* First pass: the room the escaped values need (6 bytes per byte at worst). */
+    size_t cap = strlen(p->body_template) + 1;
+    for (const char *s = strchr(p->body_template, '{'); s; s = strchr(s + 1, '{')) {
+        size_t n;
+        int which = placeholder_at(s, &n);
+        if (which >= 0)
+            cap += 6 * strlen(values[which]);
+    }
+    char *buf = xmalloc(cap);
+    size_t at = 0;
+    for (const char *s = p->body_template; *s;) {
+        size_t n;
+        int which = *s == '{' ? placeholder_at(s, &n) : -2;
+        if (which < 0) {
+            buf[at++] = *s++;
+            continue;
+        }
+        at += log_json_escape(values[which], strlen(values[which]), buf + at, cap - at);
+        s += n;
+    }
+    buf[at] = '\0';
+    *len = at;
+    return buf;
+}
+
+static char *render_document(const struct problem *p, const struct problem_kind *k,
+                             const char *doc_url, size_t *len)
+{
     char type[512];
     if (doc_url)
         snprintf(type, sizeof(type), "%s#%s", doc_url, k->code);
     else
         snprintf(type, sizeof(type), "about:blank");
-
     size_t cap = 4096;
     char *buf = xmalloc(cap);
     size_t at = (size_t)snprintf(buf, cap, "{");
@@ -119,13 +181,22 @@ char *problem_render(const struct problem *p, const char *doc_url, struct header
         at = put_string(buf, cap, at, "idempotency_key", p->key);
     at += (size_t)snprintf(buf + at, cap - at, "}\n");
     *len = at < cap ? at : cap - 1;
+    return buf;
+}
 
-    headers_add_cstr(h, "Content-Type", "application/problem+json");
+char *problem_render(const struct problem *p, const char *doc_url, struct header_list *h,
+                     size_t *len)
+{
+    const struct problem_kind *k = &kinds[p->code];
+    const char *type = p->body_template == NULL  ? "application/problem+json"
+                       : p->content_type != NULL ? p->content_type
+                                                 : "application/json";
+    headers_add_cstr(h, "Content-Type", type);
     headers_add_cstr(h, "Cache-Control", "no-store");
     if (doc_url) {
         char link[600];
         snprintf(link, sizeof(link), "<%s>; rel=\"describedby\"", doc_url);
         headers_add_cstr(h, "Link", link);
     }
-    return buf;
+    return p->body_template ? render_template(p, k, len) : render_document(p, k, doc_url, len);
 }

@@ -262,7 +262,13 @@ static void answer_problem(struct exchange *ex, enum problem_code code,
 {
     ex->status = problem_status(code);
     if (ex->client) {
-        struct problem p = {.code = code, .key = ex->key};
+        struct problem p = {
+            .code = code,
+            .key = ex->key,
+            .body_template = ex->policy ? ex->policy->error_body : ex->cfg->global.error_body,
+            .content_type =
+                ex->policy ? ex->policy->error_content_type : ex->cfg->global.error_content_type,
+        };
         note_client_gone(ex);
         ex->bytes = client_respond_problem(ex->client, &p, extra);
         ex->client = NULL;

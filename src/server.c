@@ -416,7 +416,13 @@ static void client_fail(struct client *c, enum problem_code code, const char *wh
         client_close(c);
         return;
     }
-    struct problem p = {.code = code};
+    /* No route was matched: the global error format. */
+    const struct policy *g = &c->srv->rt->cfg->global;
+    struct problem p = {
+        .code = code,
+        .body_template = g->error_body,
+        .content_type = g->error_content_type,
+    };
     c->close_after = true;
     log_protocol_error(c, problem_status(code), why);
     (void)client_respond_problem(c, &p, NULL);

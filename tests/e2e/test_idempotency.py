@@ -10,7 +10,7 @@ import time
 import uuid
 
 from harness import (Env, assert_problem, background, end_to_end_headers, fnv1a64, parallel,
-                     problem, request, wait_until)
+                     problem, raw, request, run_idemproxy, wait_until)
 
 REPLAY = "Idempotent-Replayed"
 
@@ -559,3 +559,62 @@ def test_two_accounts_under_one_platform_key_are_two_scopes():
         assert again.header("Idempotent-Replayed") == "true"
         assert again.body == a.body
         assert env.upstream.count("k1") == 2
+
+
+STRIPE_TEMPLATE = ('{"error": {"type": "idempotency_error", "code": "{code}", '
+                   '"message": "{detail}", "status": {status}, "title": "{title}", '
+                   '"idempotency_key": "{key}"}}\n')
+
+
+def _stripe_error(resp, status, code):
+    assert resp.status == status, resp
+    assert resp.header("Content-Type") == "application/json", resp
+    doc = resp.json()["error"]
+    assert doc["type"] == "idempotency_error" and doc["code"] == code, doc
+    assert doc["status"] == status and doc["message"] and doc["title"], doc
+    return doc
+
+
+def test_error_body_speaks_the_apis_own_format_for_every_answer():
+    import os
+    with Env(proxy=False, expect_errors=True) as env:
+        path = os.path.join(env.tmp, "stripe.json")
+        with open(path, "w") as f:
+            f.write(STRIPE_TEMPLATE)
+        env.start_proxy(f"error_body {path}\nrequire_key on\nmax_request_body 64\n"
+                        "route /slow { lock_ttl 60s }")
+        _stripe_error(env.post("/orders"), 400, "missing-key")
+        _stripe_error(env.post("/orders", key=""), 400, "invalid-key")
+        _stripe_error(env.post("/orders", key="big", body=b"x" * 100), 413, "payload-too-large")
+        first = background(env.post, "/slow", key="c1", headers={"X-Test-Delay": "800"})
+        time.sleep(0.3)
+        doc = _stripe_error(env.post("/slow", key="c1"), 409, "conflict")
+        assert doc["idempotency_key"] == "c1", doc
+        assert first.result().status == 201
+        _stripe_error(env.post("/slow", key="c1", body=b'{"other":1}'), 422,
+                      "fingerprint-mismatch")
+        # a key with a quote and a backslash is escaped into the JSON, not spliced
+        assert env.post("/orders", key='a"b\\c', body=b"{}").status == 201
+        doc = _stripe_error(env.post("/orders", key='a"b\\c', body=b"{1}"), 422,
+                            "fingerprint-mismatch")
+        assert doc["idempotency_key"] == 'a"b\\c', doc
+        _stripe_error(env.post("/orders", key="u1", headers={"X-Test-Close": "1"}), 502,
+                      "upstream-unavailable")
+        # a malformed head is refused before any route: the global template
+        got = raw(env.proxy.port, b"GET /a\tb HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert got.startswith(b"HTTP/1.1 400") and b'"type": "idempotency_error"' in got, got
+        env.redis.stop()
+        _stripe_error(env.post("/orders", key="r1"), 503, "store-unavailable")
+
+
+def test_error_body_with_an_unknown_placeholder_is_a_config_error():
+    import os
+    with Env(proxy=False) as env:
+        path = os.path.join(env.tmp, "bad.json")
+        with open(path, "w") as f:
+            f.write('{"error": {"message": "{detial}", "x": {}}}')
+        conf = os.path.join(env.tmp, "t.conf")
+        with open(conf, "w") as f:
+            f.write(f"upstream http://127.0.0.1:1\n\nerror_body {path}\n")
+        rc, out, err = run_idemproxy(["-t", "-c", conf])
+        assert rc == 1 and f"{conf}:3: error_body: {path}: unknown placeholder {{detial}}" in err, err
