@@ -46,6 +46,7 @@
 
 #include "config.h"
 #include "forward.h"
+#include "latency.h"
 #include "log.h"
 #include "metrics.h"
 #include "policy.h"
@@ -81,6 +82,7 @@ struct exchange {
     struct store *store; /* the Redis target it began with, held across reloads */
     const struct policy *policy;
     const char *route; /* the matched route's prefix; NULL for the global policy */
+    int route_index;   /* into cfg->routes; cfg->nroutes for the global policy (latency.c) */
     struct client *client;
     struct http_message *req;
     char peer[64];
@@ -276,6 +278,8 @@ static void answer_problem(struct exchange *ex, enum problem_code code,
     ex_finish(ex);
 }
 
+/* A problem with Retry-After: the seconds of pttl_ms (a lease or window
+ * left), at least 1. */
 static void answer_retry_later(struct exchange *ex, enum problem_code code, int64_t pttl_ms)
 {
     struct header_list extra;
@@ -286,6 +290,15 @@ static void answer_retry_later(struct exchange *ex, enum problem_code code, int6
     headers_add_cstr(&extra, "Retry-After", secs);
     answer_problem(ex, code, &extra);
     headers_clear(&extra);
+}
+
+/* 409 `conflict`: Retry-After is when the first attempt is likely done
+ * (latency.c), not the whole lease it holds. */
+static void answer_conflict(struct exchange *ex, int64_t lease_left_ms)
+{
+    int64_t s =
+        latency_retry_after(ex->cfg, ex->route_index, ex->policy->lock_ttl_ms, lease_left_ms);
+    answer_retry_later(ex, PROBLEM_CONFLICT, s * 1000);
 }
 
 static bool response_has_no_body(const struct exchange *ex, int status)
@@ -577,7 +590,7 @@ static void on_wait_deadline(evutil_socket_t fd, short what, void *arg)
     log_info("request %s key=%s: still in flight after on_inflight wait; answering 409", ex->peer,
              ex->key);
     ex->idem = "inflight";
-    answer_retry_later(ex, PROBLEM_CONFLICT, ex->last_pttl_ms);
+    answer_conflict(ex, wait_pttl_left(ex));
     ex_maybe_free(ex);
 }
 
@@ -651,7 +664,7 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
             return;
         }
         ex->idem = "inflight";
-        answer_retry_later(ex, PROBLEM_CONFLICT, res->pttl_ms);
+        answer_conflict(ex, res->pttl_ms);
     } else if (res->state == KEY_STATE_UNKNOWN) {
         ex->idem = "unknown";
         answer_retry_later(ex, PROBLEM_OUTCOME_UNKNOWN, res->pttl_ms);
@@ -679,7 +692,7 @@ static void on_claimed(void *arg, const struct claim_result *res, const char *er
         log_warn("request %s key=%s: store unavailable while waiting (%s); answering 409", ex->peer,
                  ex->key, error);
         ex->idem = "inflight";
-        answer_retry_later(ex, PROBLEM_CONFLICT, wait_pttl_left(ex));
+        answer_conflict(ex, wait_pttl_left(ex));
     } else if (error) {
         on_store_unavailable(ex, error);
     } else {
@@ -970,6 +983,7 @@ static void on_up_complete(void *arg)
     ex->up = NULL;
     ex->upstream_ms = (int64_t)(now_monotonic_ms() - ex->t_upstream);
     metrics_upstream_latency((uint64_t)ex->upstream_ms);
+    latency_record(ex->cfg, ex->route_index, (uint64_t)ex->upstream_ms);
     evtimer_del(ex->timer);
     evtimer_del(ex->renew);
     int status = ex->resp->status;
@@ -1339,6 +1353,7 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
     const struct route *route = config_route_for(ex->cfg, url, path_len);
     ex->policy = route ? &route->policy : &ex->cfg->global;
     ex->route = route ? route->prefix : NULL;
+    ex->route_index = route ? (int)(route - ex->cfg->routes) : ex->cfg->nroutes;
 
     if (is_token_endpoint(ex, path_len)) {
         ex->token_endpoint = true; /* answered when the request is complete */

@@ -43,6 +43,7 @@
 
 #include "config.h"
 #include "flush.h"
+#include "latency.h"
 #include "log.h"
 #include "runtime.h"
 #include "server.h"
@@ -385,6 +386,7 @@ static void *worker_main(void *arg)
         event_base_dispatch(w->rt.base);
         teardown(w);
         metrics_thread_exit();
+        latency_thread_exit();
         char done = 'x';
         if (write(w->exit_pipe[1], &done, 1) != 1)
             log_error("worker %d: cannot report its exit: %s", w->index, strerror(errno));

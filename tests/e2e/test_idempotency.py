@@ -618,3 +618,25 @@ def test_error_body_with_an_unknown_placeholder_is_a_config_error():
             f.write(f"upstream http://127.0.0.1:1\n\nerror_body {path}\n")
         rc, out, err = run_idemproxy(["-t", "-c", conf])
         assert rc == 1 and f"{conf}:3: error_body: {path}: unknown placeholder {{detial}}" in err, err
+
+
+def test_retry_after_on_conflict_is_when_the_first_attempt_is_likely_done():
+    """A route whose requests take ~300 ms, with lock_ttl 60s: the 409's
+    Retry-After was the whole lease (59 s), which an SDK honouring it sleeps."""
+    # one worker: each keeps its own latency (no lock on the request path)
+    with Env(extra_config="workers 1\nlock_ttl 60s\nroute /fast { lock_ttl 60s }") as env:
+        delay = {"X-Test-Delay": "300"}
+        for i in range(5):  # the route's recent latency
+            assert env.post("/fast", key=f"warm-{i}", headers=delay).status == 201
+        first = background(env.post, "/fast", key="c1", headers=delay)
+        time.sleep(0.1)
+        r = env.post("/fast", key="c1", headers=delay)
+        assert r.status == 409, r
+        assert 1 <= retry_after(r) <= 2, r
+        assert first.result().status == 201
+        # a route with no history yet still answers with the lease left
+        first = background(env.post, "/orders", key="c2", headers={"X-Test-Delay": "500"})
+        time.sleep(0.1)
+        r = env.post("/orders", key="c2")
+        assert r.status == 409 and 50 <= retry_after(r) <= 60, r
+        first.result()
