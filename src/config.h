@@ -49,6 +49,7 @@ enum fingerprint_part {
     FP_PATH = 1u << 1,
     FP_QUERY = 1u << 2,
     FP_BODY = 1u << 3,
+    FP_JSON = 1u << 4, /* the body as canonical JSON (json_canon.h), else its bytes */
 };
 
 enum on_duplicate { ON_DUPLICATE_REPLAY, ON_DUPLICATE_REJECT };

@@ -232,7 +232,11 @@ const char *config_policy_set_fingerprint(struct policy *p, int argc, char *cons
     static const struct {
         const char *name;
         unsigned bit;
-    } parts[] = {{"method", FP_METHOD}, {"path", FP_PATH}, {"query", FP_QUERY}, {"body", FP_BODY}};
+    } parts[] = {{"method", FP_METHOD},
+                 {"path", FP_PATH},
+                 {"query", FP_QUERY},
+                 {"body", FP_BODY},
+                 {"json", FP_JSON}};
 
     clear_fp_headers(p);
     p->fingerprint = 0;
@@ -251,11 +255,13 @@ const char *config_policy_set_fingerprint(struct policy *p, int argc, char *cons
             p->fp_headers[p->nfp_headers++] = xstrdup(arg + 7);
         } else {
             return say(msg, size,
-                       "unknown part \"%s\" (expected method, path, query, body or "
+                       "unknown part \"%s\" (expected method, path, query, body, json or "
                        "header:NAME)",
                        arg);
         }
     }
+    if ((p->fingerprint & FP_BODY) && (p->fingerprint & FP_JSON))
+        return say(msg, size, "json is the body read as JSON: give body or json, not both");
     return NULL;
 }
 

@@ -26,6 +26,7 @@
 #include <llhttp.h>
 #include <openssl/evp.h>
 
+#include "json_canon.h"
 #include "keysource.h"
 #include "util.h"
 
@@ -404,6 +405,18 @@ void policy_fingerprint(const struct policy *p, const struct request_view *req,
     }
     if (p->fingerprint & FP_BODY)
         fp_part(ctx, FP_BODY, req->body, req->body_len);
+    if (p->fingerprint & FP_JSON) {
+        /* A client that re-serialises the same object on retry sends the
+         * same request; a body that is not JSON is its bytes. */
+        char *canon;
+        size_t n;
+        if (req->body_len > 0 && json_canonical(req->body, req->body_len, &canon, &n)) {
+            fp_part(ctx, FP_JSON, canon, n);
+            free(canon);
+        } else {
+            fp_part(ctx, FP_BODY, req->body, req->body_len);
+        }
+    }
 
     unsigned char digest[32];
     sha256_end(ctx, digest);

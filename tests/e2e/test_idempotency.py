@@ -640,3 +640,21 @@ def test_retry_after_on_conflict_is_when_the_first_attempt_is_likely_done():
         r = env.post("/orders", key="c2")
         assert r.status == 409 and 50 <= retry_after(r) <= 60, r
         first.result()
+
+
+def test_fingerprint_json_takes_a_re_serialised_retry_for_the_same_request():
+    with Env(extra_config="fingerprint method path json") as env:
+        first = env.post("/orders", key="j1", body=b'{"amount": 1000, "meta": {"a": 1, "b": [1, 2]}}')
+        assert first.status == 201
+        retry = env.post("/orders", key="j1",
+                         body=b'{"meta":{"b":[1,2],"a":1},"amount":1e3}')
+        assert retry.status == 201 and retry.header("Idempotent-Replayed") == "true", retry
+        assert retry.body == first.body
+        other = env.post("/orders", key="j1", body=b'{"amount": 1001, "meta": {"a": 1, "b": [1, 2]}}')
+        assert_problem(other, 422, "fingerprint-mismatch")
+        # not JSON: its bytes
+        assert env.post("/orders", key="j2", body=b"amount=1000").status == 201
+        assert env.post("/orders", key="j2", body=b"amount=1000").header("Idempotent-Replayed")
+        assert_problem(env.post("/orders", key="j2", body=b"amount=1001"), 422,
+                       "fingerprint-mismatch")
+        assert env.upstream.count("j1") == 1 and env.upstream.count("j2") == 1

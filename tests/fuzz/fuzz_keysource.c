@@ -9,7 +9,11 @@
  *   - as both at once, through policy_extract_key_from with every kind of source.
  * Invariants are checked and broken ones trap: validation and lookup agree,
  * a value found is NUL-terminated and no longer than its input, a key found
- * is acceptable. Everything returned is freed, so leaks show up too.
+ * is acceptable. The canonical JSON form (json_canon.c, `fingerprint json`)
+ * is itself valid JSON, canonicalises to itself, and keeps what the
+ * pointers find (a string or a number with the same value); an object whose
+ * members are listed in reverse canonicalises the same. Everything returned
+ * is freed, so leaks show up too.
  *
  * Build (from the repository root):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc -I/usr/share/include/llhttp \
@@ -20,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_canon.h"
 #include "keysource.h"
 #include "policy.h"
 
@@ -116,10 +121,73 @@ static void fuzz_policy(const char *text, size_t len, const char *pointer)
     }
 }
 
+/* The canonical form: valid, a fixed point, and invalid input has none. */
+static void fuzz_canonical(const char *doc, size_t len, bool valid)
+{
+    char *canon;
+    size_t n;
+    if (!json_canonical(doc, len, &canon, &n))
+        return;
+    CHECK(valid);
+    CHECK(canon[n] == '\0' && keysource_json_valid(canon, n));
+    char *again;
+    size_t m;
+    CHECK(json_canonical(canon, n, &again, &m));
+    CHECK(m == n && memcmp(again, canon, n) == 0);
+    free(again);
+    /* the same members in reverse order: one form (top-level objects whose
+     * members are plain "name":value pairs split at top-level commas) */
+    if (n > 2 && canon[0] == '{') {
+        size_t cuts[64], ncuts = 0;
+        int depth = 0;
+        bool in_string = false;
+        for (size_t i = 1; i + 1 < n && ncuts < 64; i++) {
+            char c = canon[i];
+            if (in_string) {
+                if (c == '\\')
+                    i++;
+                else if (c == '"')
+                    in_string = false;
+            } else if (c == '"') {
+                in_string = true;
+            } else if (c == '{' || c == '[') {
+                depth++;
+            } else if (c == '}' || c == ']') {
+                depth--;
+            } else if (c == ',' && depth == 0) {
+                cuts[ncuts++] = i;
+            }
+        }
+        if (ncuts > 0 && ncuts < 64) {
+            char *rev = malloc(n + 1);
+            CHECK(rev != NULL);
+            size_t at = 0, end = n - 1;
+            rev[at++] = '{';
+            for (size_t k = ncuts + 1; k-- > 0;) {
+                size_t start = k == 0 ? 1 : cuts[k - 1] + 1;
+                size_t stop = k == ncuts ? end : cuts[k];
+                if (at > 1)
+                    rev[at++] = ',';
+                memcpy(rev + at, canon + start, stop - start);
+                at += stop - start;
+            }
+            rev[at++] = '}';
+            char *back;
+            size_t b;
+            CHECK(json_canonical(rev, at, &back, &b));
+            CHECK(b == n && memcmp(back, canon, n) == 0);
+            free(back);
+            free(rev);
+        }
+    }
+    free(canon);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *text = (const char *)data;
     bool valid = keysource_json_valid(text, size);
+    fuzz_canonical(text, size, valid);
 
     for (size_t i = 0; i < sizeof(pointers) / sizeof(pointers[0]); i++)
         fuzz_json(text, size, pointers[i], valid);
