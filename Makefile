@@ -110,7 +110,17 @@ deps:
 unit: $(UNIT_BINS)
 	@set -e; for t in $(UNIT_BINS); do $$t; done
 
-e2e: $(BUILD)/idemproxy $(UPSTREAM_BIN)
+# Real client libraries some e2e tests drive (tests/e2e/sdk/package.json,
+# versions pinned by its package-lock.json): Node.js and npm from Debian
+# when the machine has none, the packages from the npm registry.
+SDK_DIR := tests/e2e/sdk
+$(SDK_DIR)/node_modules/.installed: $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json
+	@command -v node >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=nodejs
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=npm
+	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+e2e: $(BUILD)/idemproxy $(UPSTREAM_BIN) $(SDK_DIR)/node_modules/.installed
 	IDEMPROXY_BIN=$(BUILD)/idemproxy UPSTREAM_BIN=$(UPSTREAM_BIN) SANITIZE=$(SANITIZE) \
 		python3 tests/e2e/run.py
 
