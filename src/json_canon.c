@@ -54,10 +54,8 @@ static void skip_ws(struct reader *r)
 static unsigned hex4(const char *s)
 {
     unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        char c = s[i];
-        v = v * 16 + (unsigned)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
-    }
+    for (int i = 0; i < 4; i++) /* validated: four hex digits */
+        v = v * 16 + (unsigned)hex_digit_value((unsigned char)s[i]);
     return v;
 }
 

@@ -31,17 +31,6 @@
 
 /* ---- urlencoded text ---- */
 
-static int hex_digit(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /*
  * Decodes the byte of urlencoded text at s[*i] (*i < len) and advances past
  * it. Returns the byte, or -1 for a malformed escape.
@@ -59,8 +48,8 @@ static int url_next(const char *s, size_t len, size_t *i)
     }
     if (len - *i < 3)
         return -1;
-    int hi = hex_digit((unsigned char)s[*i + 1]);
-    int lo = hex_digit((unsigned char)s[*i + 2]);
+    int hi = hex_digit_value((unsigned char)s[*i + 1]);
+    int lo = hex_digit_value((unsigned char)s[*i + 2]);
     if (hi < 0 || lo < 0)
         return -1;
     *i += 3;
@@ -297,7 +286,7 @@ static bool read_hex4(struct json_scan *js, uint32_t *out)
         return false;
     uint32_t v = 0;
     for (int i = 0; i < 4; i++) {
-        int d = hex_digit(js->s[js->pos + (size_t)i]);
+        int d = hex_digit_value(js->s[js->pos + (size_t)i]);
         if (d < 0)
             return false;
         v = v * 16 + (uint32_t)d;

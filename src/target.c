@@ -19,17 +19,6 @@
 #include "http.h"
 #include "util.h"
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* RFC 3986 §2.3 */
 static bool is_unreserved(unsigned char c)
 {
@@ -100,8 +89,8 @@ static long copy_segment(const char *in, size_t n, char *out, struct utf8 *u, co
             out[o++] = (char)c;
             continue;
         }
-        int hi = i + 2 < n ? hex_value(in[i + 1]) : -1;
-        int lo = hi >= 0 ? hex_value(in[i + 2]) : -1;
+        int hi = i + 2 < n ? hex_digit_value((unsigned char)in[i + 1]) : -1;
+        int lo = hi >= 0 ? hex_digit_value((unsigned char)in[i + 2]) : -1;
         if (hi < 0 || lo < 0) {
             *why = "malformed percent-escape in the path";
             return -1;
@@ -253,8 +242,8 @@ bool target_is_normal(const char *path, size_t len)
         for (size_t k = 0; k < n; k++) {
             if (seg[k] != '%')
                 continue;
-            int hi = k + 2 < n ? hex_value(seg[k + 1]) : -1;
-            int lo = hi >= 0 ? hex_value(seg[k + 2]) : -1;
+            int hi = k + 2 < n ? hex_digit_value((unsigned char)seg[k + 1]) : -1;
+            int lo = hi >= 0 ? hex_digit_value((unsigned char)seg[k + 2]) : -1;
             if (hi < 0 || lo < 0 || is_unreserved((unsigned char)(hi << 4 | lo)))
                 return false;
         }

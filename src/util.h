@@ -51,6 +51,18 @@ static inline const char *trim_ows(const char *s, size_t len, size_t *out_len)
     return s;
 }
 
+/* The value of a hex digit (either case), or -1. */
+static inline int hex_digit_value(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
 /* Decimal (base 10) or lower-case hex (base 16) digits of v, without NUL,
  * at the end of out; returns where they start. Cheaper than snprintf on
  * the request path. */
