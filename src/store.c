@@ -23,11 +23,24 @@
  * `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting duplicates: a
  * claim that will wait marks the key (field w), and complete, release and
  * mark_unknown PUBLISH on the key's name only when it is marked, so keys
- * nobody waits for cost no messages. When a link is down, operations fail
- * at once (on the next loop turn) and a timer reconnects with backoff from
- * 50 ms to 1 s. Each operation has its own redis_timeout timer: when it fires the
- * operation fails and the connection is torn down, since a Redis that does
- * not answer in time cannot be trusted to answer the commands queued behind.
+ * nobody waits for cost no messages. A link is ready once its AUTH, SELECT
+ * and PING have answered; operations started while it connects wait in
+ * st->pending and go out then (never before: a refused SELECT would run them
+ * in database 0). When a link is down, operations fail on the next loop turn
+ * (never inside the call that started them) and a timer reconnects with
+ * backoff from 50 ms to 1 s; a connect that has not finished within
+ * redis_timeout is given up. Each operation has its own redis_timeout timer:
+ * when it fires the operation fails and the connection it went out on is torn
+ * down, since a Redis that does not answer in time cannot be trusted to
+ * answer the commands queued behind.
+ *
+ *   link: DOWN --connect--> CONNECTING --AUTH/SELECT/PING ok--> READY
+ *          ^                  |  set-up refused, deadline,       |
+ *          +------------------+  disconnect        <-------------+
+ *
+ * A store is one Redis target and is reference-counted (store.h): after a
+ * reload that changes the target, the exchanges that began on it keep it
+ * alive until they end.
  *
  * Ownership: an op (struct store_op) is allocated per command and freed after
  * hiredis has called its reply callback (hiredis calls every pending callback,
