@@ -649,6 +649,9 @@ bool config_trusts_peer(const struct config *cfg, const char *peer)
     if (cfg->ntrusted_proxies == 0)
         return false;
     unsigned char addr[16];
+    /* An IPv4 client on a dual-stack listener: ::ffff:a.b.c.d */
+    if (strncasecmp(peer, "::ffff:", 7) == 0 && strchr(peer + 7, ':') == NULL)
+        peer += 7;
     int family = strchr(peer, ':') ? AF_INET6 : AF_INET;
     if (inet_pton(family, peer, addr) != 1)
         return false;

@@ -330,6 +330,9 @@ static int check_framing(struct http_parser *p, const struct http_message *m)
             others += !chunked_last;
         }
     }
+    /* Upstreams that read it as a signed 64-bit number would see another length. */
+    if (m->has_content_length && m->content_length > INT64_MAX)
+        return fail_why(p, HTTP_ERROR_BAD_REQUEST, "Content-Length beyond 2^63-1");
     if (te_fields == 0)
         return 0;
     if (length)
@@ -503,6 +506,10 @@ void http_parser_resume(struct http_parser *p)
 
 enum http_feed_result http_parser_finish(struct http_parser *p)
 {
+    /* Between messages (our pause after the last one's end has llhttp still
+     * "after message complete"): a close here cuts nothing. */
+    if (!p->in_message)
+        return HTTP_FEED_OK;
     llhttp_errno_t err = llhttp_finish(&p->llhttp);
     if (err == HPE_OK || err == HPE_PAUSED)
         return HTTP_FEED_OK;

@@ -51,7 +51,8 @@ struct daemon {
     int nlisten;
     struct worker *workers[MAX_WORKERS];
     int nworkers;
-    int running; /* workers whose loop has not ended */
+    int running;                /* workers whose loop has not ended */
+    uint64_t reload_generation; /* of the last reload asked of the workers */
     bool draining;
     struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
     struct event *watchdog;
@@ -166,20 +167,36 @@ static void send_reloading(void)
  * does not turn for this long is stuck, and the reload fails. */
 #define RELOAD_PREPARE_MS 5000
 
-/* Asks every worker to prepare cfg; all of them, or none: aborts them all
- * and says why when one fails. */
+/* Every worker's word on a reload, for this generation. */
+static void decide_workers(struct daemon *d, bool commit_it)
+{
+    for (int i = 0; i < d->nworkers; i++)
+        worker_decide(d->workers[i], d->reload_generation, commit_it);
+}
+
+/* Asks every worker to prepare cfg, all within one deadline; all of them,
+ * or none: aborts them all and says why (the first reason) when one fails. */
 static int prepare_workers(struct daemon *d, struct config *cfg, struct tls *tls, const int fds[],
                            int nfds, char *err, size_t errlen)
 {
+    d->reload_generation++;
     for (int i = 0; i < d->nworkers; i++)
-        worker_prepare(d->workers[i], cfg, tls, fds, nfds);
+        worker_prepare(d->workers[i], d->reload_generation, cfg, tls, fds, nfds);
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += RELOAD_PREPARE_MS / 1000;
     int rc = IDEM_OK;
-    for (int i = 0; i < d->nworkers; i++)
-        if (worker_prepared(d->workers[i], RELOAD_PREPARE_MS, err, errlen) != IDEM_OK)
-            rc = IDEM_ERR; /* the first reason stays in err */
+    for (int i = 0; i < d->nworkers; i++) {
+        char why[256];
+        if (worker_prepared(d->workers[i], d->reload_generation, &deadline, why, sizeof(why)) ==
+            IDEM_OK)
+            continue;
+        if (rc == IDEM_OK)
+            snprintf(err, errlen, "%s", why);
+        rc = IDEM_ERR;
+    }
     if (rc != IDEM_OK)
-        for (int i = 0; i < d->nworkers; i++)
-            worker_abort(d->workers[i]);
+        decide_workers(d, false);
     return rc;
 }
 
@@ -214,12 +231,10 @@ static bool reload(struct daemon *d)
     if (prepare_workers(d, cfg, tls, fds, cfg->nlistens, err, sizeof(err)) != IDEM_OK)
         goto fail;
     if (log_configure(cfg, err, sizeof(err)) != IDEM_OK) {
-        for (int i = 0; i < d->nworkers; i++)
-            worker_abort(d->workers[i]);
+        decide_workers(d, false);
         goto fail;
     }
-    for (int i = 0; i < d->nworkers; i++)
-        worker_commit(d->workers[i]);
+    decide_workers(d, true);
 
     unbind_dropped(d->listen_fds, d->nlisten, fds, cfg->nlistens);
     memcpy(d->listen_fds, fds, sizeof(fds));

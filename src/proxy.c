@@ -418,15 +418,19 @@ static void on_unknown_then_answer(void *arg, bool applied, const char *error)
     ex_maybe_free(ex);
 }
 
-/* The upstream may or may not have executed the request: block the key. */
+/*
+ * The upstream may or may not have executed the request: block the key.
+ * When it surely executed (its answer came, but cannot be stored as whole),
+ * for as long as an answer would have been kept (ttl), else for lock_ttl.
+ */
 static void mark_unknown_then(struct exchange *ex, enum problem_code then)
 {
     ex->then_problem = then;
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     ex->store_ops++;
-    store_mark_unknown(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms,
-                       on_unknown_then_answer, ex);
+    uint64_t ms = ex->then_relay ? ex->policy->ttl_ms : ex->policy->lock_ttl_ms;
+    store_mark_unknown(ex->store, ex->rkey, ex->owner, ms, on_unknown_then_answer, ex);
 }
 
 static void on_completed(void *arg, bool applied, const char *error)

@@ -580,8 +580,6 @@ static void on_save_config(redisAsyncContext *ac, void *reply, void *privdata)
  * answers are logged (warn when the promise is at risk) and published. */
 static void check_redis_settings(struct link *l)
 {
-    atomic_store(&redis_may_evict, -1);
-    atomic_store(&redis_may_lose, -1);
     redisAsyncCommand(l->ac, on_memory_info, NULL, "INFO memory");
     redisAsyncCommand(l->ac, on_persistence_info, NULL, "INFO persistence");
     redisAsyncCommand(l->ac, on_save_config, NULL, "CONFIG GET save");
@@ -593,21 +591,26 @@ static void check_redis_settings(struct link *l)
  * this connection), and the connection is closed once the setup's replies
  * are in. It backs off like a refused connection.
  */
+static void setup_refused(struct link *l, redisAsyncContext *ac, const char *reply)
+{
+    char why[256];
+    snprintf(why, sizeof(why),
+             "setup refused (check redis_user, redis_password_file, redis_db): %s", reply);
+    l->setup_failed = true;
+    link_report_down(l, why);
+    /* The connect deadline stays armed: should the server go silent
+     * instead of closing, it drops the connection (on_reconnect_timer). */
+    link_set_state(l, LINK_DOWN);
+    redisAsyncDisconnect(ac);
+}
+
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
     redisReply *r = reply;
-    if (l == NULL || r == NULL || r->type != REDIS_REPLY_ERROR || l->setup_failed)
-        return;
-    char why[256];
-    snprintf(why, sizeof(why),
-             "setup refused (check redis_user, redis_password_file, redis_db): %s", r->str);
-    l->setup_failed = true;
-    link_report_down(l, why);
-    evtimer_del(l->reconnect_timer); /* on_disconnect schedules the next try */
-    link_set_state(l, LINK_DOWN);
-    redisAsyncDisconnect(ac);
+    if (l != NULL && r != NULL && r->type == REDIS_REPLY_ERROR && !l->setup_failed)
+        setup_refused(l, ac, r->str);
 }
 
 static void send_pending(struct store *st);
@@ -622,8 +625,12 @@ static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
     (void)privdata;
     struct link *l = link_of(ac);
     redisReply *r = reply;
-    if (l == NULL || r == NULL || r->type == REDIS_REPLY_ERROR || l->setup_failed)
+    if (l == NULL || r == NULL || l->setup_failed)
         return;
+    if (r->type == REDIS_REPLY_ERROR) { /* NOAUTH (no password given), LOADING, ... */
+        setup_refused(l, ac, r->str);
+        return;
+    }
     evtimer_del(l->reconnect_timer); /* the connect deadline */
     link_set_state(l, LINK_READY);
     l->backoff_ms = BACKOFF_MIN_MS;
@@ -691,6 +698,8 @@ static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
     struct link *l = arg;
     if (l->state == LINK_CONNECTING)
         link_drop(l, "not connected and set up within redis_timeout");
+    else if (l->ac != NULL) /* refused, and not closed by the server since */
+        link_drop(l, "closed after its set-up was refused");
     else
         link_connect(l);
 }
@@ -811,6 +820,8 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
         *pp = op->next_queued;
         if (st->pending_tail == &op->next_queued)
             st->pending_tail = pp;
+        free(op->claim_owner); /* never sent: nothing to clean up */
+        op->claim_owner = NULL;
         op_answer_error(op, "timed out waiting for the connection to Redis");
         op_free(op);
         return;
@@ -1218,8 +1229,11 @@ void store_reconfigure(struct store *st, const struct config *cfg)
 {
     st->timeout_ms = cfg->redis_timeout_ms;
     st->token_ttl_ms = cfg->token_ttl_ms;
-    if (st->cmd.state == LINK_READY) /* said again at every reload */
+    if (st->cmd.state == LINK_READY) { /* said again at every reload */
+        atomic_store(&redis_may_evict, -1);
+        atomic_store(&redis_may_lose, -1);
         check_redis_settings(&st->cmd);
+    }
 }
 
 void store_publish_readiness(struct store *st, _Atomic bool *flag)

@@ -81,6 +81,12 @@ static long copy_segment(const char *in, size_t n, char *out, struct utf8 *u, co
             *why = "backslash in the path";
             return -1;
         }
+        /* Java servers (Tomcat, Jetty, Spring) cut ";parameters" off every
+         * segment before routing: /orders;x/charge is their /orders/charge. */
+        if (c == ';') {
+            *why = "path parameter (';') in the path";
+            return -1;
+        }
         if (c != '%') {
             if (u->need > 0) {
                 *why = "percent-encoded bytes in the path that are not UTF-8";
@@ -120,14 +126,10 @@ static long copy_segment(const char *in, size_t n, char *out, struct utf8 *u, co
     return (long)o;
 }
 
-/* Whether a segment is "." or "..", or one of them with ";parameters". */
-static int dot_segment(const char *s, size_t n, bool *with_params)
+/* 1 for a "." segment, 2 for "..", else 0. */
+static int dot_segment(const char *s, size_t n)
 {
-    size_t dots = 0;
-    while (dots < n && dots < 3 && s[dots] == '.')
-        dots++;
-    *with_params = dots > 0 && dots <= 2 && dots < n && s[dots] == ';';
-    return (dots == n || *with_params) && dots <= 2 ? (int)dots : 0;
+    return (n == 1 && s[0] == '.') ? 1 : (n == 2 && s[0] == '.' && s[1] == '.') ? 2 : 0;
 }
 
 /*
@@ -152,12 +154,7 @@ static long normalise_path(const char *path, size_t len, char *out, const char *
         long w = copy_segment(seg, n, out + o, &u, why);
         if (w < 0)
             goto out;
-        bool with_params;
-        int dots = dot_segment(out + o, (size_t)w, &with_params);
-        if (with_params) {
-            *why = "dot-segment with parameters in the path";
-            goto out;
-        }
+        int dots = dot_segment(out + o, (size_t)w);
         if (w == 0 || dots == 1)
             continue; /* "//" merged, "." removed */
         if (dots == 2) {
@@ -236,8 +233,7 @@ bool target_is_normal(const char *path, size_t len)
         const char *seg = path + i;
         const char *slash = memchr(seg, '/', len - i);
         size_t n = slash ? (size_t)(slash - seg) : len - i;
-        bool params;
-        if ((n == 0 && slash != NULL) || dot_segment(seg, n, &params) != 0 || params)
+        if ((n == 0 && slash != NULL) || dot_segment(seg, n) != 0 || memchr(seg, ';', n))
             return false;
         for (size_t k = 0; k < n; k++) {
             if (seg[k] != '%')

@@ -34,8 +34,9 @@ struct target {
  * with upper-case hex, repeated slashes merged, "." and ".." segments removed.
  * Refused, as forms upstreams read differently: %2F, %5C, %00 and '\', a
  * malformed escape, escapes that decode to bytes that are not UTF-8 (overlong
- * forms included), ".." above the root, dot-segments with parameters
- * ("..;x", Tomcat's), '#', userinfo in the authority, any other form.
+ * forms included), ".." above the root, ';' (path parameters, which Java
+ * servers strip before routing: "/..;/x", "/orders;x/charge"), '#', userinfo
+ * in the authority, any other form.
  *
  * Returns NULL with *t filled (free t->url), or the reason for a 400.
  */

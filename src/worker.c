@@ -14,8 +14,9 @@
  *        waits on the handshake  <----  started (or failed, with a reason)
  *   worker_prepare()  ---- 'p' ---->    build pool and listeners, keep them aside
  *   worker_prepared() waits  <-------   ready (or failed, with a reason)
- *   worker_commit() / worker_abort()
- *                     ---- 'c'/'a' -->  swap them in / let them go
+ *   worker_decide()   ---- 'c' ---->    swap them in, or let them go
+ *   (each step names the reload's generation: late answers and decisions
+ *   about an older reload are ignored)
  *   worker_drain()    ---- 'd' ---->    ... loop ends after the drain ...
  *   on_exit on the main loop  <-------  one byte up the exit pipe
  *   worker_join()
@@ -51,10 +52,11 @@
 #include "tls.h"
 #include "upstream.h"
 
-enum { COMMAND_PREPARE = 'p', COMMAND_COMMIT = 'c', COMMAND_ABORT = 'a', COMMAND_DRAIN = 'd' };
+enum { COMMAND_PREPARE = 'p', COMMAND_DECIDE = 'c', COMMAND_DRAIN = 'd' };
 
 /* What main hands a worker to start or reload with. */
 struct worker_input {
+    uint64_t generation;               /* which reload this is (main counts them) */
     struct config *cfg;                /* referenced; parsed and resolved by main */
     struct tls *tls;                   /* built by main from the same file */
     int listen_fds[CONFIG_MAX_LISTEN]; /* our duplicates of main's, parallel to the listen lines */
@@ -63,6 +65,7 @@ struct worker_input {
 
 /* A reload built and waiting for main's word (worker thread only). */
 struct prepared {
+    uint64_t generation;
     struct config *cfg;
     struct tls *tls;
     struct upstream_pool *pool;
@@ -91,9 +94,14 @@ struct worker {
     pthread_cond_t cond;
     int started; /* 0 waiting, 1 serving, -1 failed */
     char err[256];
-    /* reload handshake, under `lock` */
-    int prepare_state; /* 0 waiting, 1 prepared, -1 failed */
+    /* Reload handshake, under `lock`. Every message names its generation:
+     * after a prepare that timed out, a late answer or a late decision
+     * about an older reload must not pass for the current one's. */
+    uint64_t reported_generation; /* the prepare answered last */
+    int prepare_state;            /* its answer: 1 prepared, -1 failed */
     char prepare_err[256];
+    uint64_t decided_generation; /* main's last decision: commit or abort that generation */
+    bool decided_commit;
 };
 
 /* ---- draining ----------------------------------------------------------- */
@@ -176,9 +184,10 @@ static void discard_prepared(struct prepared *p)
     memset(p, 0, sizeof(*p));
 }
 
-static void report_prepared(struct worker *w, int state, const char *err)
+static void report_prepared(struct worker *w, uint64_t generation, int state, const char *err)
 {
     pthread_mutex_lock(&w->lock);
+    w->reported_generation = generation;
     w->prepare_state = state;
     snprintf(w->prepare_err, sizeof(w->prepare_err), "%s", err);
     pthread_cond_broadcast(&w->cond);
@@ -192,27 +201,28 @@ static void prepare(struct worker *w)
     struct worker_input in;
     char err[256] = "";
     take_input(w, &in);
+    if (in.cfg == NULL)
+        return; /* a late 'p' whose input an earlier one took */
     discard_prepared(&w->prepared);
     struct server_listeners *listeners =
-        in.cfg == NULL
-            ? NULL
-            : server_listeners_prepare(rt->server, in.cfg, in.listen_fds, err, sizeof(err));
+        server_listeners_prepare(rt->server, in.cfg, in.listen_fds, err, sizeof(err));
     if (listeners == NULL) {
         log_error("worker %d: cannot prepare the new configuration: %s", w->index, err);
+        report_prepared(w, in.generation, -1, err);
         free_input(&in);
-        report_prepared(w, -1, err[0] ? err : "no configuration");
         return;
     }
     w->prepared = (struct prepared){
+        .generation = in.generation,
         .cfg = in.cfg,
         .tls = in.tls,
         .pool = upstream_pool_new(rt->base, rt->flusher, in.cfg, in.tls),
         .listeners = listeners,
     };
+    report_prepared(w, in.generation, 1, "");
     in.cfg = NULL;
     in.tls = NULL;
     free_input(&in);
-    report_prepared(w, 1, "");
 }
 
 /* Swaps in what prepare built. Requests in flight keep what they began with. */
@@ -244,6 +254,21 @@ static void commit(struct worker *w)
     log_debug("worker %d: configuration reloaded", w->index);
 }
 
+/* Main's word on a prepared reload: applies only to the generation it names. */
+static void decide(struct worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    uint64_t generation = w->decided_generation;
+    bool commit_it = w->decided_commit;
+    pthread_mutex_unlock(&w->lock);
+    if (w->prepared.cfg == NULL || w->prepared.generation != generation)
+        return; /* about another reload, or already applied */
+    if (commit_it && !w->rt.draining)
+        commit(w);
+    else
+        discard_prepared(&w->prepared);
+}
+
 static void on_command(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
@@ -255,10 +280,8 @@ static void on_command(evutil_socket_t fd, short what, void *arg)
             drain(w);
         else if (commands[i] == COMMAND_PREPARE)
             prepare(w);
-        else if (commands[i] == COMMAND_COMMIT && !w->rt.draining)
-            commit(w);
-        else if (commands[i] == COMMAND_COMMIT || commands[i] == COMMAND_ABORT)
-            discard_prepared(&w->prepared);
+        else if (commands[i] == COMMAND_DECIDE)
+            decide(w);
     }
 }
 
@@ -269,48 +292,40 @@ static void post(struct worker *w, char command)
         log_error("worker %d: cannot send command '%c': %s", w->index, command, strerror(errno));
 }
 
-void worker_prepare(struct worker *w, struct config *cfg, struct tls *tls, const int listen_fds[],
-                    int nlisten)
+void worker_prepare(struct worker *w, uint64_t generation, struct config *cfg, struct tls *tls,
+                    const int listen_fds[], int nlisten)
 {
     pthread_mutex_lock(&w->lock);
     set_input(&w->next, cfg, tls, listen_fds, nlisten);
-    w->prepare_state = 0;
+    w->next.generation = generation;
     pthread_mutex_unlock(&w->lock);
     post(w, COMMAND_PREPARE);
 }
 
-int worker_prepared(struct worker *w, uint64_t timeout_ms, char *err, size_t errlen)
+int worker_prepared(struct worker *w, uint64_t generation, const struct timespec *deadline,
+                    char *err, size_t errlen)
 {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    until.tv_sec += (time_t)(timeout_ms / 1000);
-    until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec++;
-        until.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&w->lock);
-    while (w->prepare_state == 0)
-        if (pthread_cond_timedwait(&w->cond, &w->lock, &until) != 0)
+    while (w->reported_generation != generation)
+        if (pthread_cond_timedwait(&w->cond, &w->lock, deadline) != 0)
             break;
-    int state = w->prepare_state;
+    bool answered = w->reported_generation == generation;
+    int state = answered ? w->prepare_state : 0;
     if (state < 0)
         snprintf(err, errlen, "worker %d: %s", w->index, w->prepare_err);
-    else if (state == 0)
-        snprintf(err, errlen, "worker %d: no answer within %llums", w->index,
-                 (unsigned long long)timeout_ms);
+    else if (!answered)
+        snprintf(err, errlen, "worker %d: no answer in time", w->index);
     pthread_mutex_unlock(&w->lock);
     return state > 0 ? IDEM_OK : IDEM_ERR;
 }
 
-void worker_commit(struct worker *w)
+void worker_decide(struct worker *w, uint64_t generation, bool commit_it)
 {
-    post(w, COMMAND_COMMIT);
-}
-
-void worker_abort(struct worker *w)
-{
-    post(w, COMMAND_ABORT);
+    pthread_mutex_lock(&w->lock);
+    w->decided_generation = generation;
+    w->decided_commit = commit_it;
+    pthread_mutex_unlock(&w->lock);
+    post(w, COMMAND_DECIDE);
 }
 
 void worker_drain(struct worker *w)

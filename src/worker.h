@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "metrics.h"
 #include "util.h"
@@ -34,19 +35,21 @@ struct worker *worker_start(int index, const char *config_path, struct config *c
                             void (*on_exit)(void *arg), void *arg, char *err, size_t errlen);
 
 /*
- * A reload, in two steps so that it is all or nothing across workers:
+ * A reload, in two steps so that it is all or nothing across workers, each
+ * naming the reload's generation (a number main increases every time):
  * worker_prepare hands the worker the same inputs as worker_start and asks
- * it to build what they need beside what runs; worker_prepared waits (at most
- * timeout_ms) for its answer: IDEM_OK, or IDEM_ERR with a phrase in err.
- * Then worker_commit (every worker prepared) swaps it in, or worker_abort
- * lets it go. Connections and requests in flight carry on with what they
+ * it to build what they need beside what runs; worker_prepared waits (until
+ * the CLOCK_REALTIME deadline) for its answer to that generation: IDEM_OK,
+ * or IDEM_ERR with a phrase in err. Then worker_decide commits (every worker
+ * prepared) or aborts that generation; a decision about an older one is
+ * ignored. Connections and requests in flight carry on with what they
  * started with.
  */
-void worker_prepare(struct worker *w, struct config *cfg, struct tls *tls, const int listen_fds[],
-                    int nlisten);
-int worker_prepared(struct worker *w, uint64_t timeout_ms, char *err, size_t errlen) MUST_CHECK;
-void worker_commit(struct worker *w);
-void worker_abort(struct worker *w);
+void worker_prepare(struct worker *w, uint64_t generation, struct config *cfg, struct tls *tls,
+                    const int listen_fds[], int nlisten);
+int worker_prepared(struct worker *w, uint64_t generation, const struct timespec *deadline,
+                    char *err, size_t errlen) MUST_CHECK;
+void worker_decide(struct worker *w, uint64_t generation, bool commit_it);
 
 /* Asks the worker to stop accepting, finish what is in flight and end. */
 void worker_drain(struct worker *w);

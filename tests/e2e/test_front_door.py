@@ -48,7 +48,8 @@ PAYMENT_ALIASES = ["http://t/payments", "HTTP://T/payments", "https://t/payments
 AMBIGUOUS = ["/%2Fpayments", "/public/..%2Fpayments", "/public/..%2fpayments",
              "/public/..%5Cpayments", "/public\\..\\payments", "/..;/payments",
              "/public/..;/payments", "/%C0%AE%C0%AE/payments", "/public/%C0%AE%C0%AE/payments",
-             "/%E0%80%AE/payments", "/public/%00/../payments", "/../payments",
+             "/%E0%80%AE/payments", "/public/%00/../payments", "/../payments", "/payments;x",
+             "/payments;jsessionid=1",
              "/public/../../payments", "payments", "*", "http://u@t/payments"]
 
 

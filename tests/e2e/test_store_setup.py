@@ -135,6 +135,9 @@ def test_a_close_delimited_answer_is_relayed_but_never_replayed_as_whole():
             r = env.post("/orders", key="cd-1")
             assert_problem(r, 409, "outcome-unknown")
             assert up.requests == 1
+            # it surely executed: blocked as long as an answer would be kept (ttl)
+            (rkey,) = env.redis.keys("idem:*")
+            assert env.redis.cmd("PTTL", rkey) > 3600 * 1000, env.redis.cmd("PTTL", rkey)
             assert "ended its answer by closing the connection" in env.proxy.error_log()
 
 
@@ -289,3 +292,17 @@ def test_soak_reloads_and_redis_restarts_under_load_never_crash_or_execute_twice
             env.proxy.stop()  # before its second Redis goes; checks sanitizer output
         finally:
             other.close()
+
+
+def test_a_redis_that_wants_a_password_we_do_not_have_is_said_at_once():
+    """NOAUTH comes as the answer to the set-up's PING: it must be reported
+    as what it is, not waited out until redis_timeout."""
+    with Env(proxy=False) as env:
+        env.redis.cmd("CONFIG", "SET", "requirepass", "s3cret")
+        env.start_proxy("redis_timeout 5s", expect_errors=True)
+        t0 = time.monotonic()
+        r = env.post("/orders", key="k1")
+        assert r.status == 503 and time.monotonic() - t0 < 2 * SLOW, r
+        wait_until(lambda: "setup refused" in env.proxy.error_log() and
+                   "NOAUTH" in env.proxy.error_log(), 3 * SLOW, what="the NOAUTH line")
+        assert env.upstream.count() == 0
