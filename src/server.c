@@ -432,14 +432,21 @@ static void client_fail(struct client *c, enum problem_code code, const char *wh
 
 /*
  * Request heads http.c lets through that a proxy must not forward (RFC 9112
- * §3.2): an HTTP/1.1 request without exactly one Host. Returns the reason,
- * or NULL when the head is acceptable.
+ * §3.2): an HTTP/1.1 request without exactly one Host, or a Host that is not
+ * host[:port] (an upstream that builds its URL from Host and the target
+ * would route "Host: a/payments?" to /payments). Returns the reason, or NULL
+ * when the head is acceptable.
  */
 static const char *unacceptable_head(const struct http_message *req)
 {
     int hosts = headers_count(&req->headers, "Host");
     if (hosts > 1 || (hosts == 0 && req->minor >= 1))
         return hosts > 1 ? "more than one Host field" : "no Host field in an HTTP/1.1 request";
+    const struct header *host = headers_find(&req->headers, "Host");
+    size_t n;
+    const char *v = host ? trim_ows(host->value, host->value_len, &n) : NULL;
+    if (host && !target_host_valid(v, n))
+        return "a Host that is no host[:port]";
     return NULL;
 }
 

@@ -269,3 +269,36 @@ const char *target_rewrite_request(struct http_message *req)
     req->url_len = t.url_len;
     return NULL;
 }
+
+bool target_host_valid(const char *v, size_t len)
+{
+    size_t i = 0;
+    if (len > 0 && v[0] == '[') { /* IP-literal: hex, ':', '.', and IPvFuture's sub-delims */
+        for (i = 1; i < len && v[i] != ']'; i++)
+            if (!is_unreserved((unsigned char)v[i]) && v[i] != ':' && !strchr("!$&'()*+,;=", v[i]))
+                return false;
+        if (i == len || i == 1)
+            return false;
+        i++;
+    } else {
+        for (; i < len && v[i] != ':'; i++) {
+            unsigned char c = (unsigned char)v[i];
+            if (c == '%') {
+                if (i + 2 >= len || hex_digit_value((unsigned char)v[i + 1]) < 0 ||
+                    hex_digit_value((unsigned char)v[i + 2]) < 0)
+                    return false;
+                i += 2;
+            } else if (!is_unreserved(c) && (c == 0 || !strchr("!$&'()*+,;=", c))) {
+                return false;
+            }
+        }
+    }
+    if (i == len)
+        return true;
+    if (v[i] != ':')
+        return false;
+    for (i++; i < len; i++) /* port: digits, possibly none */
+        if (v[i] < '0' || v[i] > '9')
+            return false;
+    return true;
+}

@@ -54,6 +54,16 @@ struct http_message;
 const char *target_rewrite_request(struct http_message *req);
 
 /*
+ * Whether a Host field value (blanks around it already trimmed) is
+ * `uri-host [":" port]` (RFC 9110 §7.2, RFC 3986 §3.2.2): a registered name
+ * of unreserved characters, percent-escapes and sub-delims, an IPv4 address,
+ * or an IP literal in brackets, then digits after a ':'. An empty value is
+ * accepted (RFC 9112 §3.2). Anything else, "a/payments?" for one, is a Host
+ * that an upstream building its URL from Host and target would route on.
+ */
+bool target_host_valid(const char *value, size_t len);
+
+/*
  * Normalising twice changes nothing; the result never holds "//", a "." or
  * ".." segment, or an escape of an unreserved character. Exposed for the
  * fuzz target (tests/fuzz/fuzz_target.c).

@@ -91,6 +91,18 @@ def test_absolute_form_with_another_host_is_refused():
         assert target == "/public/x" and dict(fields)["Host"] == "api.example", (target, fields)
 
 
+def test_a_host_that_is_no_host_is_refused():
+    """Upstreams that build their URL from Host and target (Bun, Deno, the
+    new URL('http://' + host + url) pattern) ran /payments for
+    `POST /public/x` with `Host: a/payments?`."""
+    with _with_tap(ROUTES) as (env, tap):
+        for host in ("a/payments?", "a/payments#", "a b", "x@evil", "a\\b", "a:80x"):
+            assert_rejected_and_closed(env.proxy.port, _raw("POST", "/public/x", host=host))
+        time.sleep(0.2)
+        assert tap.data() == b""
+        assert _status(env.proxy.port, _raw("GET", "/public/x", host="api.example:8443")).status == 200
+
+
 def test_aliases_cannot_reach_token_routes_or_skip_the_token_endpoint():
     with _with_tap(ROUTES) as (env, tap):
         for target in ("http://t/tokened", "//tokened", "/public/../tokened", "/%74okened"):

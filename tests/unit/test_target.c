@@ -147,6 +147,20 @@ START_TEST(test_normalising_twice_changes_nothing)
 }
 END_TEST
 
+START_TEST(test_host_values)
+{
+    const char *good[] = {"",           "api.example", "api.example:8443",      "127.0.0.1:80",
+                          "[::1]:8080", "[::1]",       "xn--bcher-kva.example", "a%41b",
+                          "h:"};
+    const char *bad[] = {"a/payments?", "a/payments#", "a b", "a@b", "a\\b", "[::1",
+                         "a:80x",       "a:80:90",     "a%4", "[]",  "a?b",  "a\"b"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        ck_assert_msg(target_host_valid(good[i], strlen(good[i])), "refused: %s", good[i]);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(!target_host_valid(bad[i], strlen(bad[i])), "accepted: %s", bad[i]);
+}
+END_TEST
+
 static Suite *target_suite(void)
 {
     Suite *s = suite_create("target");
@@ -157,6 +171,7 @@ static Suite *target_suite(void)
     tcase_add_test(tc, test_absolute_form_becomes_origin_form);
     tcase_add_test(tc, test_asterisk_form_for_options_only);
     tcase_add_test(tc, test_normalising_twice_changes_nothing);
+    tcase_add_test(tc, test_host_values);
     suite_add_tcase(s, tc);
     return s;
 }
