@@ -133,7 +133,15 @@ struct exchange {
     /* What to answer once a release or mark-unknown has landed in Redis. */
     bool then_send_response;
     enum problem_code then_problem;
-    bool then_relay;   /* after mark_unknown: the upstream's answer, not then_problem */
+    bool then_relay; /* after mark_unknown: the upstream's answer, not then_problem */
+    /* The lease: surely ours until lease_until_ms (monotonic), counted from
+     * when the claim or the last applied renewal was sent. */
+    uint64_t lease_until_ms;
+    uint64_t renew_sent_ms;
+    /* A completion that failed is sent again while the lease lasts. */
+    char *record;
+    size_t record_len;
+    uint64_t complete_retry_ms;
     bool upstream_tls; /* the upstream connection is TLS: a close after close_notify is an end */
     uint64_t t_start;
     uint64_t t_upstream;
@@ -177,6 +185,7 @@ static void ex_free(struct exchange *ex)
     http_message_free(ex->req);
     http_message_free(ex->resp);
     free(ex->key);
+    free(ex->record);
     free(ex->rkey);
     free(ex->token_key);
     upstream_pool_unref(ex->pool);
@@ -433,19 +442,62 @@ static void mark_unknown_then(struct exchange *ex, enum problem_code then)
     store_mark_unknown(ex->store, ex->rkey, ex->owner, ms, on_unknown_then_answer, ex);
 }
 
+static void send_complete(struct exchange *ex);
+
+/* The retry timer: the hold taken in on_completed becomes the operation. */
+static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct exchange *ex = arg;
+    ex->store_ops--;
+    send_complete(ex);
+}
+
+/*
+ * A Redis that failed to answer (a timeout, a lost connection, a failover)
+ * may well take the completion a moment later: the lease is ours until
+ * lease_until_ms, and the key stays in flight until then, so the owner-checked
+ * completion is sent again (250 ms, doubling to 2 s) while it lasts. Giving
+ * up early would leave the key to expire and the retry to run again. The
+ * client has its answer at the first attempt either way.
+ */
 static void on_completed(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
-    if (error)
-        log_error("request %s key=%s: storing the response failed (%s); the key stays locked "
-                  "until its lease expires, then a retry executes again",
+    uint64_t now = now_monotonic_ms();
+    uint64_t delay = ex->complete_retry_ms ? ex->complete_retry_ms * 2 : 250;
+    delay = delay > 2000 ? 2000 : delay;
+    bool retry = error != NULL && now + delay + 100 < ex->lease_until_ms;
+    if (retry)
+        log_warn("request %s key=%s: storing the response failed (%s); sending it again while "
+                 "the lease lasts (%llu ms left)",
+                 ex->peer, ex->key, error, (unsigned long long)(ex->lease_until_ms - now));
+    else if (error)
+        log_error("request %s key=%s: storing the response failed (%s) until the lease ran out; "
+                  "the key stays locked until it expires, then a retry executes again",
                   ex->peer, ex->key, error);
     else if (!applied)
         log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
                  ex->peer, ex->key);
-    answer_buffered(ex);
+    if (ex->state != EX_DONE)
+        answer_buffered(ex); /* ends the exchange's timers: the retry's is armed after */
+    if (retry) {
+        ex->complete_retry_ms = delay;
+        ex->store_ops++; /* held by the timer: the exchange lives until it fires */
+        evtimer_assign(ex->wait_timer, ex->rt->base, on_complete_retry, ex);
+        struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000};
+        evtimer_add(ex->wait_timer, &tv);
+    }
     ex_maybe_free(ex);
+}
+
+static void send_complete(struct exchange *ex)
+{
+    ex->store_ops++;
+    store_complete(ex->store, ex->rkey, ex->owner, ex->record, ex->record_len, ex->policy->ttl_ms,
+                   on_completed, ex);
 }
 
 static void store_response(struct exchange *ex)
@@ -465,15 +517,23 @@ static void store_response(struct exchange *ex)
         mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
         return;
     }
-    ex->store_ops++;
-    store_complete(ex->store, ex->rkey, ex->owner, rec, len, ex->policy->ttl_ms, on_completed, ex);
-    free(rec);
+    ex->record = rec;
+    ex->record_len = len;
+    send_complete(ex);
 }
 
 static void on_renewed(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
+    if (applied)
+        ex->lease_until_ms = ex->renew_sent_ms + ex->policy->lock_ttl_ms;
+    if (error && ex->owns_key && (ex->state == EX_CONNECTING || ex->state == EX_WAITING)) {
+        /* Again soon, not in lock_ttl/3: the lease runs out meanwhile. */
+        uint64_t ms = ex->policy->lock_ttl_ms / 10 < 1000 ? ex->policy->lock_ttl_ms / 10 : 1000;
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        evtimer_add(ex->renew, &tv);
+    }
     if (error)
         log_warn("request %s key=%s: lease renewal failed: %s", ex->peer, ex->key, error);
     else if (!applied)
@@ -510,6 +570,7 @@ static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
     if (!ex->owns_key || (ex->state != EX_CONNECTING && ex->state != EX_WAITING))
         return;
     ex->store_ops++;
+    ex->renew_sent_ms = now_monotonic_ms();
     store_renew(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, on_renewed, ex);
     arm_renew(ex);
 }
@@ -564,7 +625,8 @@ static void send_claim(struct exchange *ex)
     }
     ex->claim_outstanding = true;
     ex->store_ops++;
-    store_claim(ex->store, &req, on_claimed, ex); /* copies what it sends */
+    ex->lease_until_ms = now_monotonic_ms() + ex->policy->lock_ttl_ms; /* if it claims */
+    store_claim(ex->store, &req, on_claimed, ex);                      /* copies what it sends */
     free(quota_key);
 }
 

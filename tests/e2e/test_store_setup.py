@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from harness import SANITIZE, SLOW, Env, ScriptedUpstream, assert_problem, wait_until
+from harness import SANITIZE, SLOW, Env, ScriptedUpstream, assert_problem, background, wait_until
 
 
 def _hammer(env, seconds, threads=16, prefix="h"):
@@ -306,3 +306,23 @@ def test_a_redis_that_wants_a_password_we_do_not_have_is_said_at_once():
         wait_until(lambda: "setup refused" in env.proxy.error_log() and
                    "NOAUTH" in env.proxy.error_log(), 3 * SLOW, what="the NOAUTH line")
         assert env.upstream.count() == 0
+
+
+def test_a_redis_stall_at_completion_is_ridden_out_while_the_lease_lasts():
+    """Redis paused for 1.5 s as the answer is stored: the completion timed
+    out, was never sent again, the key lapsed with its lease, and the retry
+    executed a second time. Found by an attack run."""
+    with Env(extra_config="lock_ttl 4s\nupstream_timeout 2s\nworkers 1",
+             expect_errors=True) as env:
+        first = background(env.post, "/orders", key="stall",
+                           headers={"X-Test-Delay": "500"})
+        time.sleep(0.3)
+        env.redis.cmd("CLIENT", "PAUSE", "1500", "ALL")
+        r = first.result(10 * SLOW)
+        assert r.status == 201, r
+        wait_until(lambda: "sending it again while the lease lasts" in env.proxy.error_log(),
+                   5 * SLOW, what="the retried completion")
+        time.sleep(4.5)  # past the lease: only a stored answer protects the key now
+        again = env.post("/orders", key="stall", headers={"X-Test-Delay": "500"})
+        assert again.status == 201 and again.header("Idempotent-Replayed") == "true", again
+        assert env.upstream.count("stall") == 1
