@@ -1213,7 +1213,9 @@ def strict_requests(stream):
             while True:
                 size_line, sep, rest = rest.partition(b"\r\n")
                 assert sep, "unterminated chunk size"
-                size = int(size_line.split(b";")[0], 16)
+                size_hex = size_line.split(b";")[0]
+                assert re.fullmatch(rb"[0-9a-fA-F]+", size_hex), f"chunk size {size_line!r}"
+                size = int(size_hex, 16)
                 if size == 0:
                     trailer, sep, rest = rest.partition(b"\r\n")
                     assert sep and trailer == b"", f"trailer {trailer!r}"
