@@ -34,13 +34,27 @@ static void put_joined_field(struct http_head_writer *w, const char *name,
     http_head_add(w, "\r\n", 2);
 }
 
-/* Fields that say where a request came from: whoever sent them is trusted
- * to tell the truth, or they are not passed on. */
+/* Fields that override what the request says it is (its method, its
+ * target) in frameworks that honour them: Symfony and IIS route on
+ * X-Original-URL, method-override middlewares run X-HTTP-Method-Override.
+ * idemproxy judged the request line, so only a trusted proxy may send them. */
+static const char *const override_fields[] = {
+    "X-Original-URL", "X-Rewrite-URL",     "X-HTTP-Method-Override",
+    "X-HTTP-Method",  "X-Method-Override",
+};
+
+/* Fields that say where a request came from, or what it really is:
+ * whoever sent them is trusted to tell the truth, or they are not passed on. */
 static bool is_forwarding_field(const struct header *h)
 {
-    return (h->name_len > 12 && strncasecmp(h->name, "X-Forwarded-", 12) == 0) ||
-           strn_case_equal(h->name, h->name_len, "Forwarded") ||
-           strn_case_equal(h->name, h->name_len, "X-Real-IP");
+    if ((h->name_len > 12 && strncasecmp(h->name, "X-Forwarded-", 12) == 0) ||
+        strn_case_equal(h->name, h->name_len, "Forwarded") ||
+        strn_case_equal(h->name, h->name_len, "X-Real-IP"))
+        return true;
+    for (size_t i = 0; i < ARRAY_LEN(override_fields); i++)
+        if (strn_case_equal(h->name, h->name_len, override_fields[i]))
+            return true;
+    return false;
 }
 
 void forward_request_head(const struct forward_head *f, struct evbuffer *out)

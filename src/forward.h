@@ -41,12 +41,12 @@ struct forward_head {
  * the framing field, and the empty line. Hop-by-hop fields (SPEC §5) and the
  * client's framing fields are not forwarded.
  *
- * Forwarding fields (SPEC §13): from a trusted peer, Forwarded, X-Real-IP and
- * X-Forwarded-* pass as they came, every X-Forwarded-For field joined in
- * order with the peer appended, and its X-Forwarded-Proto/-Host kept. From
- * any other peer they are dropped and ours written: X-Forwarded-For the
- * peer, X-Forwarded-Proto ours, X-Forwarded-Host the Host. Via: every field
- * joined, ours appended.
+ * Forwarding fields (SPEC §13): from a trusted peer, Forwarded, X-Real-IP,
+ * X-Forwarded-* and the override fields (X-Original-URL, X-Rewrite-URL,
+ * X-HTTP-Method-Override, X-HTTP-Method, X-Method-Override) pass as they came, every
+ * X-Forwarded-For field joined in order with the peer appended, and its X-Forwarded-Proto/-Host
+ * kept. From any other peer they are dropped and ours written: X-Forwarded-For the peer,
+ * X-Forwarded-Proto ours, X-Forwarded-Host the Host. Via: every field joined, ours appended.
  */
 void forward_request_head(const struct forward_head *f, struct evbuffer *out);
 

@@ -178,13 +178,15 @@ def test_forwarding_fields_from_untrusted_clients_are_replaced():
     spoof = (b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\nX-Real-IP: 6.6.6.6\r\n"
              b"Forwarded: for=6.6.6.6\r\nX-Forwarded-Host: evil\r\nX-Forwarded-Port: 1\r\n"
              b"X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: on\r\nX-Forwarded-Prefix: /x\r\n"
-             b"X-Forwarded-Scheme: https\r\nVia: 1.1 a\r\nVia: 1.1 b\r\n")
+             b"X-Forwarded-Scheme: https\r\nVia: 1.1 a\r\nVia: 1.1 b\r\n"
+             b"X-Original-URL: /payments\r\nX-HTTP-Method-Override: DELETE\r\n")
     with _with_tap() as (env, tap):
         r = _status(env.proxy.port, _raw("GET", "/x", host="api.example", extra=spoof))
         assert r.status == 200
         (_, _, fields, _), = strict_requests(tap.data())
         names = [n.lower() for n, _ in fields]
         assert "x-real-ip" not in names and "forwarded" not in names, fields
+        assert "x-original-url" not in names and "x-http-method-override" not in names, fields
         got = {n.lower(): v for n, v in fields if n.lower().startswith(("x-forwarded", "via"))}
         assert got == {"x-forwarded-for": "127.0.0.1", "x-forwarded-proto": "http",
                        "x-forwarded-host": "api.example", "via": "1.1 a, 1.1 b, 1.1 idemproxy"}, got
@@ -198,6 +200,7 @@ def test_forwarding_fields_from_untrusted_clients_are_replaced():
         assert d["x-forwarded-for"] == ["6.6.6.6, 7.7.7.7, 127.0.0.1"], d
         assert d["x-real-ip"] == ["6.6.6.6"] and d["forwarded"] == ["for=6.6.6.6"], d
         assert d["x-forwarded-host"] == ["evil"] and d["x-forwarded-proto"] == ["https"], d
+        assert d["x-original-url"] == ["/payments"], d
 
 
 def test_scope_values_are_trimmed():

@@ -178,7 +178,10 @@ static bool named(const struct header *h, const char *name)
 static bool rewritten(const struct header *h, const struct forward_head *f)
 {
     bool forwarding = (h->name_len > 12 && strncasecmp(h->name, "X-Forwarded-", 12) == 0) ||
-                      named(h, "Forwarded") || named(h, "X-Real-IP");
+                      named(h, "Forwarded") || named(h, "X-Real-IP") ||
+                      named(h, "X-Original-URL") || named(h, "X-Rewrite-URL") ||
+                      named(h, "X-HTTP-Method-Override") || named(h, "X-HTTP-Method") ||
+                      named(h, "X-Method-Override");
     return named(h, "Host") || named(h, "X-Forwarded-For") || named(h, "Via") ||
            named(h, "Content-Length") || (named(h, "Expect") && !f->pass_expect) ||
            (forwarding && !f->trusted_peer);
