@@ -1125,9 +1125,8 @@ class Tap(_Listener):
     def __init__(self, target_port):
         super().__init__()
         self.target_port = target_port
-        self._chunks = []  # (connection number, bytes) in arrival order
+        self._chunks = []  # bytes in arrival order, every connection
         self._lock = threading.Lock()
-        self._n = 0
 
     def _on_accept(self, down):
         try:
@@ -1137,11 +1136,10 @@ class Tap(_Listener):
             return
         up.settimeout(None)
         self._conns.append(up)
-        self._n += 1
-        threading.Thread(target=self._pipe, args=(down, up, self._n), daemon=True).start()
-        threading.Thread(target=self._pipe, args=(up, down, None), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(down, up, True), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(up, down, False), daemon=True).start()
 
-    def _pipe(self, src, dst, record_as):
+    def _pipe(self, src, dst, record):
         while True:
             try:
                 data = src.recv(65536)
@@ -1154,9 +1152,9 @@ class Tap(_Listener):
                     except OSError:
                         pass
                 return
-            if record_as is not None:
+            if record:
                 with self._lock:
-                    self._chunks.append((record_as, data))
+                    self._chunks.append(data)
             try:
                 dst.sendall(data)
             except OSError:
@@ -1165,15 +1163,7 @@ class Tap(_Listener):
     def data(self):
         """Every byte forwarded so far, all connections in arrival order."""
         with self._lock:
-            return b"".join(d for _, d in self._chunks)
-
-    def streams(self):
-        """The bytes of each connection, in the order connections opened."""
-        with self._lock:
-            out = {}
-            for n, d in self._chunks:
-                out[n] = out.get(n, b"") + d
-        return [out[n] for n in sorted(out)]
+            return b"".join(self._chunks)
 
 
 def strict_requests(stream):

@@ -9,7 +9,7 @@ import re
 import socket
 import uuid
 
-from harness import SLOW, Env, Proxy, free_port, request, run_idemproxy, wait_until
+from harness import SLOW, Env, Proxy, free_port, raw, request, run_idemproxy, wait_until
 
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -187,16 +187,9 @@ def test_head_on_the_admin_listener_has_no_body_and_keeps_the_connection_in_step
     with admin_env() as env:
         port = env.admin_port
         wait_admin(env, "/healthz", 200)
-        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-            s.sendall(b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
-                      b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
-                      b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-            data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        data = raw(port, b"HEAD /metrics HTTP/1.1\r\nHost: a\r\n\r\n"
+                         b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                         b"GET /healthz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
         heads = data.split(b"\r\n\r\n")
         assert len(heads) == 4 and heads[-1] == b"ok\n", data[:600]
         assert all(h.startswith(b"HTTP/1.1 200") for h in heads[:3]), data[:600]

@@ -18,8 +18,8 @@ uses harness.ScriptedUpstream to send malformed heads to idemproxy.
 import contextlib
 import time
 
-from harness import (SLOW, Client, Env, ScriptedUpstream, Tap, assert_problem, read_response,
-                     strict_requests, wait_until)
+from harness import (SLOW, Client, Env, ScriptedUpstream, Tap, assert_problem, strict_requests,
+                     wait_until)
 from test_http import assert_rejected_and_closed, exchange, parse_responses
 
 SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n"
