@@ -168,6 +168,8 @@ static const struct directive directives[] = {
     {"require_token", set_bool, POL(require_token), R, 1, 1, "off", NULL, NULL},
     {"ttl", set_duration, POL(ttl_ms), P, 1, 1, "24h", NULL, NULL},
     {"lock_ttl", set_duration, POL(lock_ttl_ms), P, 1, 1, "60s", NULL, NULL},
+    /* no default: a policy's own ttl (follow_ttl) */
+    {"unknown_ttl", set_duration, POL(unknown_ttl_ms), P, 1, 1, NULL, NULL, NULL},
     {"scope", set_scope, POL(scopes), P, 1, CONFIG_MAX_SCOPE_SOURCES, "header:Authorization", NULL,
      config_policy_inherit_scope},
     {"fingerprint", set_fingerprint, POL(fingerprint), P, 1, -1, "method path body", NULL,
@@ -1107,6 +1109,14 @@ static int compare_routes(const void *a, const void *b)
     return strcmp(ra->prefix, rb->prefix);
 }
 
+/* unknown_ttl not given (here or globally): as long as the policy's ttl,
+ * the time a done answer would have been kept (SPEC §4.6). */
+static void follow_ttl(struct policy *p)
+{
+    if (p->unknown_ttl_ms == 0)
+        p->unknown_ttl_ms = p->ttl_ms;
+}
+
 /*
  * After EOF: defaults, derived keys, inheritance and cross-checks. A field
  * whose directive failed to parse is left zero; the cross-checks skip zero
@@ -1154,7 +1164,9 @@ static void finish(struct parser *ps)
         if (ps->route_seen[r][lock] != 0)
             check_lock_ttl(ps, ps->route_seen[r][lock], dst->lock_ttl_ms);
         check_token_source(ps, &cfg->routes[r], dst);
+        follow_ttl(dst);
     }
+    follow_ttl(&cfg->global); /* after the routes: they inherit "not given" */
     if (cfg->nroutes > 1)
         qsort(cfg->routes, (size_t)cfg->nroutes, sizeof(*cfg->routes), compare_routes);
     check_tls(ps);

@@ -77,6 +77,7 @@ struct policy {
     bool bypass;
     uint64_t ttl_ms;
     uint64_t lock_ttl_ms;
+    uint64_t unknown_ttl_ms; /* an outcome not known blocks its key this long */
     struct key_source scopes[CONFIG_MAX_SCOPE_SOURCES]; /* headers; none: nscopes 0 */
     int nscopes;
     unsigned fingerprint; /* enum fingerprint_part bits */

@@ -32,9 +32,11 @@ static const struct problem_kind kinds[] = {
                           "A request with this idempotency key is still being processed; "
                           "retry later."},
     [PROBLEM_OUTCOME_UNKNOWN] = {"outcome-unknown", 409, "Outcome unknown",
-                                 "A request with this idempotency key failed in a way that "
-                                 "leaves its outcome unknown; it is not executed again until "
-                                 "the lock expires."},
+                                 "A request with this idempotency key may or may not have "
+                                 "been executed (it failed after it was sent, or the proxy "
+                                 "handling it stopped); it is not executed again with this "
+                                 "key until its outcome has been checked or the key "
+                                 "expires."},
     [PROBLEM_ALREADY_COMPLETED] = {"already-completed", 409, "Request already completed",
                                    "already completed"},
     [PROBLEM_FINGERPRINT_MISMATCH] = {"fingerprint-mismatch", 422,

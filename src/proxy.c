@@ -340,9 +340,9 @@ static void on_unknown_then_answer(void *arg, bool applied, const char *error)
 }
 
 /*
- * The upstream may or may not have executed the request: block the key.
- * When it surely executed (its answer came, but cannot be stored as whole),
- * for as long as an answer would have been kept (ttl), else for lock_ttl.
+ * The upstream may or may not have executed the request: block the key for
+ * unknown_ttl. When it surely executed (its answer came, but cannot be
+ * stored as whole), for at least as long as an answer would have been kept.
  */
 void mark_unknown_then(struct exchange *ex, enum problem_code then)
 {
@@ -350,8 +350,11 @@ void mark_unknown_then(struct exchange *ex, enum problem_code then)
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
     ex->store_ops++;
-    uint64_t ms = ex->then_relay ? ex->policy->ttl_ms : ex->policy->lock_ttl_ms;
-    store_mark_unknown(ex->store, ex->rkey, ex->owner, ms, on_unknown_then_answer, ex);
+    uint64_t ms = ex->then_relay && ex->policy->ttl_ms > ex->policy->unknown_ttl_ms
+                      ? ex->policy->ttl_ms
+                      : ex->policy->unknown_ttl_ms;
+    store_mark_unknown(ex->store, ex->rkey, ex->owner, ex->fingerprint, ms, on_unknown_then_answer,
+                       ex);
 }
 
 static void send_complete(struct exchange *ex);
@@ -366,12 +369,17 @@ static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
     send_complete(ex);
 }
 
+/* How long after its lease a completion is still sent again (at most
+ * unknown_ttl): the process keeps the response in memory meanwhile. */
+#define COMPLETE_LATE_MAX_MS (5 * 60 * 1000)
+
 /*
  * A Redis that failed to answer (a timeout, a lost connection, a failover)
- * may well take the completion a moment later: the lease is ours until
- * lease_until_ms, and the key stays in flight until then, so the owner-checked
- * completion is sent again (250 ms, doubling to 2 s) while it lasts. Giving
- * up early would leave the key to expire and the retry to run again. The
+ * may well take the completion a moment later, so the owner-checked
+ * completion is sent again (250 ms, doubling to 2 s). Past the lease the key
+ * reads as unknown, but it still holds our owner token until unknown_ttl
+ * has passed, so a late completion still stores the response (SPEC §4.6):
+ * it is sent while the lease lasts and COMPLETE_LATE_MAX_MS after. The
  * client has its answer at the first attempt either way.
  */
 static void on_completed(void *arg, bool applied, const char *error)
@@ -381,14 +389,18 @@ static void on_completed(void *arg, bool applied, const char *error)
     uint64_t now = now_monotonic_ms();
     uint64_t delay = ex->complete_retry_ms ? ex->complete_retry_ms * 2 : 250;
     delay = delay > 2000 ? 2000 : delay;
-    bool retry = error != NULL && now + delay + 100 < ex->lease_until_ms;
+    uint64_t late = ex->policy->unknown_ttl_ms < COMPLETE_LATE_MAX_MS ? ex->policy->unknown_ttl_ms
+                                                                      : COMPLETE_LATE_MAX_MS;
+    uint64_t until = ex->lease_until_ms + late;
+    bool retry = error != NULL && now + delay + 100 < until;
     if (retry)
-        log_warn("request %s key=%s: storing the response failed (%s); sending it again while "
-                 "the lease lasts (%llu ms left)",
-                 ex->peer, ex->key, error, (unsigned long long)(ex->lease_until_ms - now));
+        log_warn("request %s key=%s: storing the response failed (%s); sending it again "
+                 "(%llu ms more at most)",
+                 ex->peer, ex->key, error, (unsigned long long)(until - now));
     else if (error)
-        log_error("request %s key=%s: storing the response failed (%s) until the lease ran out; "
-                  "the key stays locked until it expires, then a retry executes again",
+        log_error("request %s key=%s: storing the response failed (%s) until the lease ran out "
+                  "and beyond; the key reads unknown until unknown_ttl passes, then a retry "
+                  "executes again",
                   ex->peer, ex->key, error);
     else if (!applied)
         log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
@@ -408,8 +420,8 @@ static void on_completed(void *arg, bool applied, const char *error)
 static void send_complete(struct exchange *ex)
 {
     ex->store_ops++;
-    store_complete(ex->store, ex->rkey, ex->owner, ex->record, ex->record_len, ex->policy->ttl_ms,
-                   on_completed, ex);
+    store_complete(ex->store, ex->rkey, ex->owner, ex->fingerprint, ex->record, ex->record_len,
+                   ex->policy->ttl_ms, on_completed, ex);
 }
 
 void store_response(struct exchange *ex)
@@ -483,7 +495,8 @@ static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
         return;
     ex->store_ops++;
     ex->renew_sent_ms = now_monotonic_ms();
-    store_renew(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, on_renewed, ex);
+    store_renew(ex->store, ex->rkey, ex->owner, ex->policy->lock_ttl_ms, ex->policy->unknown_ttl_ms,
+                on_renewed, ex);
     arm_renew(ex);
 }
 
@@ -522,6 +535,7 @@ static void send_claim(struct exchange *ex)
         .fingerprint = ex->fingerprint,
         .owner = ex->owner,
         .lock_ttl_ms = ex->policy->lock_ttl_ms,
+        .unknown_ttl_ms = ex->policy->unknown_ttl_ms,
         .will_wait = ex->policy->on_inflight == ON_INFLIGHT_WAIT,
         .token_key = ex->token_key,
     };

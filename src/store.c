@@ -1,27 +1,16 @@
 /*
- * store.c - hiredis async client and the Lua scripts that own the life of a
- * key.
+ * store.c - the Redis connections of a store and the operations that go out
+ * on them; what each operation says (values, scripts) is store_keys.c's.
  *
- * A key is a Redis hash: s = state, f = fingerprint, o = owner token (while in
- * flight; emptied when the key leaves that state, since no token is empty),
- * r = encoded record (when done), w = a duplicate waits for it. Scripts
- * make as few redis.call()s as they can: each costs Redis a few
- * microseconds, more than the rest of a script. Its expiry is the lease while in
- * flight or unknown, and the retention ttl when done.
- *
- *              claim                complete (owner)
- *   absent ----------> inflight -------------------> done --(ttl)--> absent
- *     ^                 |  |  \ renew (owner) extends the lease
- *     |   release(owner)|  |   \
- *     +-----------------+  |    mark_unknown (owner)
- *     +--(lock_ttl)--------+-------> unknown --(lock_ttl)--> absent
- *
+ * An operation (struct store_op) is one state change of a key: usually one
+ * command, sometimes a few in turn (op_next_step: a script Redis has not
+ * cached, a claim that takes its slow path), answered once at the end.
  * Scripts run by EVALSHA; a NOSCRIPT answer (a restarted or flushed Redis)
  * re-sends that command once as EVAL, which also caches the script again.
  *
- * Connections: two redisAsyncContexts ("links"). `cmd` runs the scripts;
+ * Connections: two redisAsyncContexts ("links"). `cmd` runs the operations;
  * `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting duplicates: a
- * claim that will wait marks the key (field w), and complete, release and
+ * claim that will wait marks the key, and complete, release and
  * mark_unknown PUBLISH on the key's name only when it is marked, so keys
  * nobody waits for cost no messages. A link is ready once its AUTH, SELECT
  * and PING have answered; operations started while it connects wait in
@@ -65,70 +54,8 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis_events.h"
+#include "store_keys.h"
 
-enum script_id {
-    SCRIPT_CLAIM,
-    SCRIPT_COMPLETE,
-    SCRIPT_RELEASE,
-    SCRIPT_RENEW,
-    SCRIPT_UNKNOWN,
-    SCRIPT_TOKEN
-};
-
-static const char *const script_source[] = {
-    [SCRIPT_CLAIM] =
-        "local v = redis.call('HMGET', KEYS[1], 's', 'f', 'r')\n"
-        "local s = v[1]\n"
-        "if not s then\n"
-        /* the quota key, when max_keys_per_scope is on, is the last key;
-         * a token key is KEYS[2] */
-        "  local quota = tonumber(ARGV[5])\n"
-        "  local qk = quota > 0 and KEYS[#KEYS] or nil\n"
-        "  if qk and tonumber(redis.call('GET', qk) or '0') >= quota then\n"
-        "    return {'quota', '', redis.call('PTTL', qk)}\n"
-        "  end\n"
-        "  local tk = KEYS[2] ~= qk and KEYS[2] or nil\n"
-        "  if tk and redis.call('DEL', tk) == 0 then return {'invalid'} end\n"
-        "  redis.call('HSET', KEYS[1], 's', 'inflight', 'f', ARGV[1], 'o', ARGV[2])\n"
-        "  redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-        "  if qk and redis.call('INCR', qk) == 1 then redis.call('PEXPIRE', qk, ARGV[6]) end\n"
-        "  return {'claimed'}\n"
-        "end\n"
-        "if s == 'inflight' and ARGV[4] == '1' then redis.call('HSET', KEYS[1], 'w', '1') end\n"
-        "local f = v[2] or ''\n"
-        "local ttl = redis.call('PTTL', KEYS[1])\n"
-        "if s == 'done' and f == ARGV[1] then return {s, f, ttl, v[3] or ''} end\n"
-        "return {s, f, ttl}\n",
-    /* Emptying o instead of deleting it saves a call; no token is empty. */
-    [SCRIPT_COMPLETE] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
-                        "if ow[1] ~= ARGV[1] then return 0 end\n"
-                        "redis.call('HSET', KEYS[1], 's', 'done', 'r', ARGV[2], 'o', '')\n"
-                        "redis.call('PEXPIRE', KEYS[1], ARGV[3])\n"
-                        "if ow[2] then redis.call('PUBLISH', KEYS[1], 'done') end\n"
-                        "return 1\n",
-    /* A released one-time token (KEYS[2]) is given back for another try. */
-    [SCRIPT_RELEASE] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
-                       "if ow[1] ~= ARGV[1] then return 0 end\n"
-                       "redis.call('DEL', KEYS[1])\n"
-                       "if KEYS[2] then redis.call('SET', KEYS[2], '1', 'PX', ARGV[2]) end\n"
-                       "if ow[2] then redis.call('PUBLISH', KEYS[1], 'released') end\n"
-                       "return 1\n",
-    [SCRIPT_RENEW] = "if redis.call('HGET', KEYS[1], 'o') ~= ARGV[1] then return 0 end\n"
-                     "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-                     "return 1\n",
-    [SCRIPT_UNKNOWN] = "local ow = redis.call('HMGET', KEYS[1], 'o', 'w')\n"
-                       "if ow[1] ~= ARGV[1] then return 0 end\n"
-                       "redis.call('HSET', KEYS[1], 's', 'unknown', 'o', '')\n"
-                       "redis.call('PEXPIRE', KEYS[1], ARGV[2])\n"
-                       "if ow[2] then redis.call('PUBLISH', KEYS[1], 'unknown') end\n"
-                       "return 1\n",
-    [SCRIPT_TOKEN] = "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1\n",
-};
-
-static const char *const script_name[] = {"claim", "complete", "release",
-                                          "renew", "unknown",  "token"};
-
-#define SCRIPT_COUNT ((int)ARRAY_LEN(script_source))
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
 
@@ -210,6 +137,13 @@ static void bytes_add_bulk(struct bytes *b, const char *data, size_t n)
 struct store_op {
     struct store *st;
     enum script_id script;
+    /* A claim's first step is the native SET NX GET (script unused then);
+     * its slow path and legacy reads are scripts (op_next_step). */
+    bool native;
+    int steps;         /* sends so far: a bound on redirections */
+    char *claim_value; /* native claims: the in-flight value */
+    uint64_t claim_px; /* and its expiry */
+    bool claim_will_wait;
     store_claim_cb on_claim;
     store_update_cb on_update;
     void *arg;
@@ -224,14 +158,13 @@ struct store_op {
     const redisAsyncContext *sent_on; /* the connection its command went out on */
     int nargs;                        /* bulk strings in args */
     struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
-    size_t rkey_at;                   /* KEYS[1] within args */
-    size_t rkey_len;
+    char *rkey;                       /* KEYS[1] */
 };
 
 /*
  * A claim whose reply never came (timeout, connection lost) may still run
  * in Redis later, leaving a lease that nobody owns and that would block the
- * key for lock_ttl. Its owner token is kept here and released (owner-checked,
+ * key for lock_ttl and then unknown_ttl. Its owner token is kept here and released (owner-checked,
  * so harmless if it never ran) a few times once Redis answers again.
  */
 struct orphan {
@@ -295,48 +228,133 @@ static void op_free(struct store_op *op)
 {
     free(op->claim_owner);
     free(op->claim_token_key);
+    free(op->claim_value);
+    free(op->rkey);
     if (event_initialized(op->timer)) /* in op's own allocation (op_new) */
         evtimer_del(op->timer);
     free(op->args.p);
     free(op);
 }
 
-static void answer_claim(struct store_op *op, redisReply *r)
+/* The native claim's answer: nil (claimed) or the key's value. */
+static int read_native_claim(const redisReply *r, struct claim_result *res)
 {
+    if (r->type == REDIS_REPLY_NIL) {
+        memset(res, 0, sizeof(*res));
+        res->state = KEY_STATE_CLAIMED;
+        res->pttl_ms = -1;
+        return IDEM_OK;
+    }
+    if (r->type != REDIS_REPLY_STRING)
+        return IDEM_ERR;
+    return keys_read_value(r->str, r->len, -1, res);
+}
+
+/* SCRIPT_CLAIM's answer: {'claimed'}, {'invalid'}, {'quota', '', pttl} or
+ * {value, pttl}. */
+static int read_script_claim(const redisReply *r, struct claim_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->pttl_ms = -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
-        r->element[0]->type != REDIS_REPLY_STRING) {
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return IDEM_ERR;
+    const redisReply *first = r->element[0];
+    if (r->elements == 1 && strcmp(first->str, "claimed") == 0) {
+        res->state = KEY_STATE_CLAIMED;
+        return IDEM_OK;
+    }
+    if (r->elements == 1 && strcmp(first->str, "invalid") == 0) {
+        res->state = KEY_STATE_TOKEN_INVALID;
+        return IDEM_OK;
+    }
+    if (r->elements == 3 && strcmp(first->str, "quota") == 0 &&
+        r->element[2]->type == REDIS_REPLY_INTEGER) {
+        res->state = KEY_STATE_QUOTA;
+        res->pttl_ms = r->element[2]->integer;
+        return IDEM_OK;
+    }
+    if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_INTEGER)
+        return keys_read_value(first->str, first->len, r->element[1]->integer, res);
+    return IDEM_ERR;
+}
+
+/* SCRIPT_LEGACY's answer: {state, fingerprint, pttl, record}. */
+static int read_legacy_claim(const redisReply *r, struct claim_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[2]->type != REDIS_REPLY_INTEGER || r->element[3]->type != REDIS_REPLY_STRING ||
+        keys_read_legacy_state(r->element[0]->str, &res->state) != IDEM_OK)
+        return IDEM_ERR;
+    res->fingerprint = r->element[1]->str;
+    res->fingerprint_len = r->element[1]->len;
+    res->pttl_ms = r->element[2]->integer;
+    if (res->state == KEY_STATE_DONE) {
+        res->record = r->element[3]->str;
+        res->record_len = r->element[3]->len;
+    }
+    return IDEM_OK;
+}
+
+static void answer_claim(struct store_op *op, const redisReply *r)
+{
+    struct claim_result res;
+    int rc = op->native                   ? read_native_claim(r, &res)
+             : op->script == SCRIPT_CLAIM ? read_script_claim(r, &res)
+                                          : read_legacy_claim(r, &res);
+    if (rc != IDEM_OK) {
+        log_error("redis: %s: unexpected answer to a claim (not a key of this idemproxy?)",
+                  op->rkey);
         op_answer_error(op, "unexpected reply to claim");
         return;
     }
-    struct claim_result res = {.pttl_ms = -1};
-    const char *s = r->element[0]->str;
-    if (strcmp(s, "claimed") == 0)
-        res.state = KEY_STATE_CLAIMED;
-    else if (strcmp(s, "inflight") == 0)
-        res.state = KEY_STATE_INFLIGHT;
-    else if (strcmp(s, "done") == 0)
-        res.state = KEY_STATE_DONE;
-    else if (strcmp(s, "unknown") == 0)
-        res.state = KEY_STATE_UNKNOWN;
-    else if (strcmp(s, "invalid") == 0)
-        res.state = KEY_STATE_TOKEN_INVALID;
-    else if (strcmp(s, "quota") == 0)
-        res.state = KEY_STATE_QUOTA;
-    else {
-        op_answer_error(op, "unexpected key state in Redis");
-        return;
-    }
-    if (r->elements >= 3) {
-        res.fingerprint = r->element[1]->str;
-        res.fingerprint_len = r->element[1]->len;
-        res.pttl_ms = r->element[2]->integer;
-    }
-    if (r->elements >= 4) {
-        res.record = r->element[3]->str;
-        res.record_len = r->element[3]->len;
-    }
     op->answered = true;
     op->on_claim(op->arg, &res, NULL);
+}
+
+/* Builds SCRIPT_LEGACY's arguments in place of the claim script's. */
+static void op_args_for_legacy(struct store_op *op);
+
+/*
+ * Whether the reply asks for the operation to go out again in another form,
+ * which op is switched to: a script Redis has not cached (NOSCRIPT) as EVAL;
+ * a native claim that found a key in flight or unknown, through the claim
+ * script (which reads the lease left and marks a waiting duplicate); a key
+ * of the hash layout (WRONGTYPE), through the legacy read; a legacy read
+ * that found no hash any more, natively again. At most four sends.
+ */
+static bool op_next_step(struct store_op *op, const redisReply *r)
+{
+    if (op->answered || ++op->steps >= 4)
+        return false;
+    bool is_error = r->type == REDIS_REPLY_ERROR;
+    if (is_error && !op->native && !op->resent_as_eval && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        log_debug("redis: script %s not cached, sending it again", keys_script_name(op->script));
+        op->resent_as_eval = true;
+        return true;
+    }
+    if (op->on_claim == NULL)
+        return false;
+    if (is_error && op->script != SCRIPT_LEGACY && strstr(r->str, "WRONGTYPE") != NULL) {
+        op->native = false;
+        op->script = SCRIPT_LEGACY;
+        op->resent_as_eval = false;
+        op_args_for_legacy(op);
+        return true;
+    }
+    if (op->native && r->type == REDIS_REPLY_STRING && r->len > 0 && r->str[0] != 'd') {
+        op->native = false; /* SCRIPT_CLAIM, whose arguments are ready */
+        return true;
+    }
+    if (op->script == SCRIPT_LEGACY && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "retry") == 0 &&
+        op->claim_value != NULL) {
+        op->native = true;
+        return true;
+    }
+    return false;
 }
 
 static void op_send(struct store_op *op);
@@ -380,25 +398,27 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
     (void)ac;
     struct store_op *op = privdata;
     redisReply *r = reply;
-    if (r != NULL && r->type != REDIS_REPLY_ERROR && !op->answered)
-        metrics_redis_latency(now_us() - op->started_us);
     if (r == NULL) {
         op_answer_error(op, "connection to Redis lost");
-    } else if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0 &&
-               !op->resent_as_eval && !op->answered) {
-        op->resent_as_eval = true;
-        log_debug("redis: script %s not cached, sending it again", script_name[op->script]);
+        op_free(op);
+        return;
+    }
+    if (op_next_step(op, r)) {
         op_send(op);
         return;
-    } else if (r->type == REDIS_REPLY_ERROR) {
+    }
+    if (r->type != REDIS_REPLY_ERROR && !op->answered)
+        metrics_redis_latency(now_us() - op->started_us);
+    if (r->type == REDIS_REPLY_ERROR) {
         if (strncmp(r->str, "OOM", 3) == 0)
             note_oom(r->str);
         else
-            log_error("redis: %s script failed: %s", script_name[op->script], r->str);
-        free(op->claim_owner); /* the script did not run: nothing to clean up */
+            log_error("redis: %s failed: %s", op->native ? "claim" : keys_script_name(op->script),
+                      r->str);
+        free(op->claim_owner); /* it did not run: nothing to clean up */
         op->claim_owner = NULL;
         op_answer_error(op, r->str);
-    } else if (!op->answered && op->script == SCRIPT_CLAIM) {
+    } else if (!op->answered && op->on_claim) {
         answer_claim(op, r);
     } else if (!op->answered) {
         op->answered = true;
@@ -862,15 +882,30 @@ static void op_send(struct store_op *op)
         op_fail_later(op); /* a resend after the link went down */
         return;
     }
-    const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
-    const char *body = op->resent_as_eval ? script_source[op->script] : st->sha[op->script];
     /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */
     struct bytes *cmd = &st->command;
     cmd->len = 0;
-    bytes_add_header(cmd, '*', (uint64_t)op->nargs + 2);
-    bytes_add_bulk(cmd, verb, strlen(verb));
-    bytes_add_bulk(cmd, body, strlen(body));
-    bytes_add(cmd, op->args.p, op->args.len);
+    if (op->native) {
+        /* SET key value NX PX ms GET: claims an absent key, returns a present one */
+        char digits[UINT64_DIGITS];
+        char *px = format_u64(op->claim_px, 10, digits);
+        bytes_add_header(cmd, '*', 7);
+        bytes_add_bulk(cmd, "SET", 3);
+        bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+        bytes_add_bulk(cmd, op->claim_value, strlen(op->claim_value));
+        bytes_add_bulk(cmd, "NX", 2);
+        bytes_add_bulk(cmd, "PX", 2);
+        bytes_add_bulk(cmd, px, (size_t)(digits + sizeof(digits) - px));
+        bytes_add_bulk(cmd, "GET", 3);
+    } else {
+        const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
+        const char *body =
+            op->resent_as_eval ? keys_script_source(op->script) : st->sha[op->script];
+        bytes_add_header(cmd, '*', (uint64_t)op->nargs + 2);
+        bytes_add_bulk(cmd, verb, strlen(verb));
+        bytes_add_bulk(cmd, body, strlen(body));
+        bytes_add(cmd, op->args.p, op->args.len);
+    }
     if (redisAsyncFormattedCommand(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != REDIS_OK) {
         op_fail_later(op);
         return;
@@ -937,11 +972,9 @@ static struct store_op *op_new(struct store *st, enum script_id script, const ch
     op->timer = (struct event *)(op + 1);
     op->st = st;
     op->script = script;
+    op->rkey = xstrdup(rkey);
     op_arg(op, "1", 1); /* numkeys */
-    size_t rkey_len = strlen(rkey);
-    op_arg(op, rkey, rkey_len);
-    op->rkey_len = rkey_len;
-    op->rkey_at = op->args.len - 2 - rkey_len;
+    op_arg(op, rkey, strlen(rkey));
     return op;
 }
 
@@ -959,18 +992,35 @@ static void op_arg_u64(struct store_op *op, uint64_t v)
     op_arg(op, p, (size_t)(digits + sizeof(digits) - p));
 }
 
+static void op_args_for_legacy(struct store_op *op)
+{
+    op->args.len = 0;
+    op->nargs = 0;
+    op_arg(op, "1", 1);
+    op_arg(op, op->rkey, strlen(op->rkey));
+    op_arg(op, op->claim_will_wait ? "1" : "0", 1);
+}
+
+/*
+ * Natively unless a token or a quota must be checked in the same atomic
+ * step: then through the claim script at once. The script's arguments are
+ * built either way, for the slow path (op_next_step).
+ */
 void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg)
 {
     struct store_op *op = op_new(st, SCRIPT_CLAIM, req->rkey);
     op->on_claim = cb;
     op->arg = arg;
+    op->claim_value = keys_inflight_value(req->owner, req->fingerprint, req->unknown_ttl_ms);
+    op->claim_px = req->lock_ttl_ms + req->unknown_ttl_ms;
+    op->claim_will_wait = req->will_wait;
+    op->native = req->token_key == NULL && req->quota_key == NULL;
     if (req->token_key)
         op_extra_key(op, req->token_key);
     if (req->quota_key)
         op_extra_key(op, req->quota_key);
-    op_arg(op, req->fingerprint, strlen(req->fingerprint));
-    op_arg(op, req->owner, strlen(req->owner));
-    op_arg_u64(op, req->lock_ttl_ms);
+    op_arg(op, op->claim_value, strlen(op->claim_value));
+    op_arg_u64(op, op->claim_px);
     op_arg(op, req->will_wait ? "1" : "0", 1);
     op_arg_u64(op, req->quota_key ? req->max_keys : 0);
     op_arg_u64(op, req->quota_window_ms);
@@ -1000,11 +1050,20 @@ static struct store_op *owner_op(struct store *st, enum script_id script, const 
     return op;
 }
 
-void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
-                    size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg)
+void store_complete(struct store *st, const char *rkey, const char *owner, const char *fingerprint,
+                    const char *record, size_t record_len, uint64_t ttl_ms, store_update_cb cb,
+                    void *arg)
 {
     struct store_op *op = owner_op(st, SCRIPT_COMPLETE, rkey, owner, cb, arg);
-    op_arg(op, record, record_len);
+    /* the done value, "d:" fingerprint ":" record, written as one bulk string */
+    char *prefix = xmalloc(keys_done_prefix_cap(fingerprint));
+    size_t n = keys_done_prefix(fingerprint, prefix);
+    bytes_add_header(&op->args, '$', n + record_len);
+    bytes_add(&op->args, prefix, n);
+    bytes_add(&op->args, record, record_len);
+    bytes_add(&op->args, "\r\n", 2);
+    op->nargs++;
+    free(prefix);
     op_arg_u64(op, ttl_ms);
     op_start(st, op);
 }
@@ -1022,25 +1081,23 @@ void store_release(struct store *st, const char *rkey, const char *owner, const 
     op_start(st, op);
 }
 
-static void owner_op_with_lease(struct store *st, enum script_id script, const char *rkey,
-                                const char *owner, uint64_t lock_ttl_ms, store_update_cb cb,
-                                void *arg)
+void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                 uint64_t unknown_ttl_ms, store_update_cb cb, void *arg)
 {
-    struct store_op *op = owner_op(st, script, rkey, owner, cb, arg);
-    op_arg_u64(op, lock_ttl_ms);
+    struct store_op *op = owner_op(st, SCRIPT_RENEW, rkey, owner, cb, arg);
+    op_arg_u64(op, lock_ttl_ms + unknown_ttl_ms);
     op_start(st, op);
 }
 
-void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
-                 store_update_cb cb, void *arg)
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
+                        const char *fingerprint, uint64_t unknown_ms, store_update_cb cb, void *arg)
 {
-    owner_op_with_lease(st, SCRIPT_RENEW, rkey, owner, lock_ttl_ms, cb, arg);
-}
-
-void store_mark_unknown(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
-                        store_update_cb cb, void *arg)
-{
-    owner_op_with_lease(st, SCRIPT_UNKNOWN, rkey, owner, lock_ttl_ms, cb, arg);
+    struct store_op *op = owner_op(st, SCRIPT_UNKNOWN, rkey, owner, cb, arg);
+    char *value = keys_unknown_value(fingerprint);
+    op_arg(op, value, strlen(value));
+    free(value);
+    op_arg_u64(op, unknown_ms);
+    op_start(st, op);
 }
 
 /* ---- claims left behind ------------------------------------------------- */
@@ -1048,13 +1105,13 @@ void store_mark_unknown(struct store *st, const char *rkey, const char *owner, u
 static void orphan_add(struct store *st, const struct store_op *op)
 {
     if (st->norphans >= ORPHAN_MAX) {
-        log_warn("redis: too many unanswered claims to clean up; %.*s stays locked until its "
-                 "lease expires",
-                 (int)op->rkey_len, op->args.p + op->rkey_at);
+        log_warn("redis: too many unanswered claims to clean up; %s, if it was claimed, reads "
+                 "as in flight, then unknown until unknown_ttl passes",
+                 op->rkey);
         return;
     }
     struct orphan *o = xcalloc(1, sizeof(*o));
-    o->rkey = xstrndup(op->args.p + op->rkey_at, op->rkey_len);
+    o->rkey = xstrdup(op->rkey);
     o->owner = xstrdup(op->claim_owner);
     o->token_key = op->claim_token_key ? xstrdup(op->claim_token_key) : NULL;
     o->next = st->orphans;
@@ -1203,7 +1260,7 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     st->base = base;
     st->flusher = flusher;
     for (int i = 0; i < SCRIPT_COUNT; i++)
-        sha1_hex(script_source[i], st->sha[i]);
+        sha1_hex(keys_script_source((enum script_id)i), st->sha[i]);
     take_settings(st, cfg);
     st->refs = 1;
     st->free_event = event_new(base, -1, 0, on_free_event, st);

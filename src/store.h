@@ -1,7 +1,8 @@
 /*
- * store.h - the Redis side of idempotency (SPEC §4.2): one atomic Lua script
- * per state change of a key, over one persistent hiredis connection per event
- * loop that reconnects by itself with backoff.
+ * store.h - the Redis side of idempotency (SPEC §4.2, §4.6): one atomic
+ * Redis operation per state change of a key (store_keys.h says which), over
+ * one persistent hiredis connection per event loop that reconnects by itself
+ * with backoff.
  *
  * Every operation's callback runs exactly once, never synchronously from the
  * call that started it: with the reply, or with an error when Redis is
@@ -85,6 +86,8 @@ struct claim_request {
     const char *fingerprint;
     const char *owner;
     uint64_t lock_ttl_ms;
+    /* How long the key stays unknown after its lease ran out unfinished. */
+    uint64_t unknown_ttl_ms;
     /* The caller parks if the key is in flight: the key is marked so that its
      * next state change is published for store_watch(). */
     bool will_wait;
@@ -98,25 +101,29 @@ struct claim_request {
     uint64_t quota_window_ms;
 };
 
-/* absent -> in flight (owner, fingerprint, lease); present -> its state. */
+/* absent -> in flight (owner, fingerprint, lease); present -> its state. An
+ * in-flight key whose lease ran out reads as unknown. */
 void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg);
 
 /* Stores a one-time token key for ttl_ms (SPEC §4.3). */
 void store_new_token(struct store *st, const char *token_key, uint64_t ttl_ms, store_update_cb cb,
                      void *arg);
-/* in flight (owned) -> done with record, kept ttl_ms. */
-void store_complete(struct store *st, const char *rkey, const char *owner, const char *record,
-                    size_t record_len, uint64_t ttl_ms, store_update_cb cb, void *arg);
+/* in flight (owned, lease alive or run out) -> done with record, kept ttl_ms. */
+void store_complete(struct store *st, const char *rkey, const char *owner, const char *fingerprint,
+                    const char *record, size_t record_len, uint64_t ttl_ms, store_update_cb cb,
+                    void *arg);
 /* in flight (owned) -> absent; a consumed token_key (or NULL) is restored for
  * token_ttl_ms, so the client may retry with the same token. */
 void store_release(struct store *st, const char *rkey, const char *owner, const char *token_key,
                    uint64_t token_ttl_ms, store_update_cb cb, void *arg);
-/* in flight (owned) -> lease extended to lock_ttl_ms. */
+/* in flight (owned) -> lease alive for lock_ttl_ms again (then unknown for
+ * unknown_ttl_ms, as at the claim). */
 void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
-                 store_update_cb cb, void *arg);
-/* in flight (owned) -> unknown for lock_ttl_ms: the outcome cannot be known. */
-void store_mark_unknown(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
-                        store_update_cb cb, void *arg);
+                 uint64_t unknown_ttl_ms, store_update_cb cb, void *arg);
+/* in flight (owned) -> unknown for unknown_ms: the outcome cannot be known. */
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
+                        const char *fingerprint, uint64_t unknown_ms, store_update_cb cb,
+                        void *arg);
 
 /*
  * Waiting duplicates (SPEC §4.4): cb runs (never re-entrantly from this

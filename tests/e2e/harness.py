@@ -247,10 +247,13 @@ def resp_read(reader):
 
 
 class Redis:
-    """A private redis-server on 127.0.0.1 with no persistence."""
+    """A private redis-server on 127.0.0.1, without persistence unless asked."""
 
-    def __init__(self, port=None, tmpdir=None):
+    def __init__(self, port=None, tmpdir=None, persistent=False):
         self.port = port or free_port()
+        # persistent: every write on disk before it is acknowledged (AOF,
+        # fsync always), so a SIGKILLed Redis started again keeps them all.
+        self.persistent = persistent
         self._own_tmp = tmpdir is None
         self.dir = tmpdir or tempfile.mkdtemp(prefix="idem-redis-")
         self.proc = None
@@ -263,7 +266,8 @@ class Redis:
             return
         binary = os.environ.get("REDIS_BIN", "redis-server")
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", self.dir,
+                "--save", "", "--dir", self.dir,
+                "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
                 "--daemonize", "no", "--logfile", self.log_path]
         try:
             self.proc = _spawn(argv, stdin=subprocess.DEVNULL,
@@ -301,6 +305,13 @@ class Redis:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    def kill(self):
+        """SIGKILL: no chance to write anything more."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(5)
+            self.proc = None
+
     def cmd(self, *args, timeout=3.0):
         """Sends one command; returns the decoded reply (str for simple
         strings, int, bytes for bulk, list, None for nil). An error reply
@@ -314,6 +325,28 @@ class Redis:
 
     def keys(self, pattern="*"):
         return sorted(k.decode() for k in self.cmd("KEYS", pattern))
+
+    def key_state(self, name):
+        """An idempotency key as Redis holds it (src/store_keys.h), or None:
+        {"state": inflight|unknown|done, "fingerprint", "owner" and
+        "waiting" (in flight), "unknown_ms" (in flight), "record" (done),
+        "pttl"}."""
+        v = self.cmd("GET", name)
+        if v is None:
+            return None
+        out = {"pttl": self.cmd("PTTL", name)}
+        if v[:1] == b"i":
+            _, owner, fp, ms = v.split(b":")
+            out.update(state="inflight", waiting=v[1:2] == b"1", owner=owner,
+                       fingerprint=fp, unknown_ms=int(ms))
+        elif v[:2] == b"u:":
+            out.update(state="unknown", fingerprint=v[2:])
+        elif v[:2] == b"d:":
+            fp, record = v[2:].split(b":", 1)
+            out.update(state="done", fingerprint=fp, record=record)
+        else:
+            raise AssertionError(f"{name}: not a key value: {v[:40]!r}")
+        return out
 
     def close(self):
         self.stop()

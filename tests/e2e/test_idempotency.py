@@ -296,8 +296,9 @@ def test_upstream_down_is_502_and_key_released():
         assert env.upstream.count(key) == 1
 
 
-def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
-    with Env(extra_config="upstream_timeout 1s\nlock_ttl 3s", expect_errors=True) as env:
+def test_upstream_timeout_is_504_then_outcome_unknown_until_unknown_ttl():
+    with Env(extra_config="upstream_timeout 1s\nlock_ttl 3s\nunknown_ttl 3s",
+             expect_errors=True) as env:
         key = new_key()
         r = env.post("/orders", key=key, body=b"{}", headers={"X-Test-Delay": "2500"})
         assert_problem(r, 504, "upstream-timeout")
@@ -305,7 +306,7 @@ def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
         dup = env.post("/orders", key=key, body=b"{}")
         assert_problem(dup, 409, "outcome-unknown")
         ra = retry_after(dup)
-        assert 1 <= ra <= 3, f"Retry-After {ra} beyond lock_ttl"
+        assert 1 <= ra <= 3, f"Retry-After {ra} beyond unknown_ttl"
 
         def free():
             resp = env.post("/orders", key=key, body=b"{}")
@@ -314,16 +315,17 @@ def test_upstream_timeout_is_504_then_outcome_unknown_until_lock_ttl():
                 return None
             return resp
 
-        r = wait_until(free, 5, interval=0.2, what="the key to be free after lock_ttl")
+        r = wait_until(free, 5, interval=0.2, what="the key to be free after unknown_ttl")
         assert r.status == 201 and not is_replay(r), r
-        assert time.monotonic() - failed_at >= 1.5, "unknown state ended long before lock_ttl"
+        assert time.monotonic() - failed_at >= 1.5, "unknown state ended long before unknown_ttl"
         assert env.upstream.count(key) == 2
 
 
 def test_upstream_reset_after_send_is_outcome_unknown():
     # X-Test-Close: the upstream received the request (and executed it), then
     # dropped the connection without an answer.
-    with Env(extra_config="upstream_timeout 1s\nlock_ttl 2s", expect_errors=True) as env:
+    with Env(extra_config="upstream_timeout 1s\nlock_ttl 2s\nunknown_ttl 2s",
+             expect_errors=True) as env:
         key = new_key()
         r = env.post("/orders", key=key, body=b"{}", headers={"X-Test-Close": "1"})
         assert r.status in (502, 504), r
@@ -337,7 +339,7 @@ def test_upstream_reset_after_send_is_outcome_unknown():
             resp = env.post("/orders", key=key, body=b"{}")
             return resp if resp.status != 409 else None
 
-        r = wait_until(free, 4, interval=0.2, what="the key to be free after lock_ttl")
+        r = wait_until(free, 4, interval=0.2, what="the key to be free after unknown_ttl")
         assert r.status == 201 and not is_replay(r), r
         assert env.upstream.count(key) == 2
 
@@ -442,7 +444,8 @@ def test_redis_holds_one_key_with_ttl():
         assert len(keys) == 1, f"expected one idem: key, found {keys}"
         pttl = env.redis.cmd("PTTL", keys[0])
         assert 3_500_000 <= pttl <= 3_600_000, f"PTTL {pttl} of a finished record is not ~1h"
-        # in flight: the lease, about lock_ttl (renewed every lock_ttl/3)
+        # in flight: the lease, about lock_ttl (renewed every lock_ttl/3), then
+        # unknown_ttl (the ttl by default) should the lease run out
         slow = new_key()
         job = background(env.post, "/orders", key=slow, body=b"{}",
                          headers={"X-Test-Delay": "1500"})
@@ -450,8 +453,10 @@ def test_redis_holds_one_key_with_ttl():
         now = env.redis.keys("idem:*")
         new = [k for k in now if k not in keys]
         assert len(new) == 1, f"expected one new key while in flight, found {now}"
-        pttl = env.redis.cmd("PTTL", new[0])
-        assert 3000 <= pttl <= 6000, f"PTTL {pttl} of an in-flight key is not ~lock_ttl 6s"
+        k = env.redis.key_state(new[0])
+        assert k["state"] == "inflight" and k["unknown_ms"] == 3_600_000, k
+        lease = k["pttl"] - k["unknown_ms"]
+        assert 3000 <= lease <= 6000, f"lease {lease} of an in-flight key is not ~lock_ttl 6s"
         assert job.result(10).status == 201
         pttl = env.redis.cmd("PTTL", new[0])
         assert 3_500_000 <= pttl <= 3_600_000, f"PTTL {pttl} after completion is not ~1h"
@@ -468,15 +473,17 @@ def test_lease_is_renewed_while_the_upstream_works():
         time.sleep(2.2)
         keys = env.redis.keys("idem:*")
         assert len(keys) == 1, keys
-        assert env.redis.cmd("HGET", keys[0], "s") == b"inflight"
-        owner = env.redis.cmd("HGET", keys[0], "o")
-        assert owner is not None and len(owner) == 32, owner
-        pttl = env.redis.cmd("PTTL", keys[0])
-        assert pttl > 1500, f"lease not renewed: PTTL {pttl}ms after 2.2s of a 3s lock"
+        k = env.redis.key_state(keys[0])
+        assert k["state"] == "inflight", k
+        assert len(k["owner"]) == 32, k
+        # the expiry is the lease left plus unknown_ttl (ttl: 24h by default)
+        lease_left = k["pttl"] - k["unknown_ms"]
+        assert k["unknown_ms"] == 24 * 3600 * 1000, k
+        assert lease_left > 1500, f"lease not renewed: {lease_left}ms left after 2.2s of a 3s lock"
         assert job.result(10).status == 201
-        assert env.redis.cmd("HGET", keys[0], "s") == b"done"
-        # Done, the owner token is emptied: no owner-checked script matches it again.
-        assert env.redis.cmd("HGET", keys[0], "o") == b""
+        k = env.redis.key_state(keys[0])
+        # Done, no owner token is left: no owner-checked script matches it again.
+        assert k["state"] == "done" and "owner" not in k, k
 
 
 def test_owner_tokens_are_fresh_for_every_claim():
@@ -488,7 +495,7 @@ def test_owner_tokens_are_fresh_for_every_claim():
                            headers={"X-Test-Delay": "1000"}) for k in keys]
         wait_until(lambda: all(env.upstream.count(k) == 1 for k in keys), 5,
                    what="every request at the upstream")
-        owners = [env.redis.cmd("HGET", rk, "o") for rk in env.redis.keys("idem:*")]
+        owners = [env.redis.key_state(rk)["owner"] for rk in env.redis.keys("idem:*")]
         assert len(owners) == 40, owners
         for o in owners:
             assert o is not None and re.fullmatch(rb"[0-9a-f]{32}", o), o

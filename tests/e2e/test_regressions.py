@@ -281,8 +281,8 @@ class ScriptedUpstream:
 
 def has_waiter(env):
     """True once a claim found a key in flight and parked (the claim script
-    marks the key's hash with w=1)."""
-    return any(env.redis.cmd("HGET", k, "w") == b"1" for k in env.redis.keys("idem:*"))
+    marks the key's value as waited for)."""
+    return any((env.redis.key_state(k) or {}).get("waiting") for k in env.redis.keys("idem:*"))
 
 
 def test_f1_parked_duplicate_never_degrades_when_the_store_stalls():
