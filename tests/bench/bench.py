@@ -14,7 +14,11 @@ reverse proxy to the same upstream. Then:
   2. runs wrk (-t BENCH_THREADS, --latency) for BENCH_DURATION seconds per
      scenario and connection count: GET passthrough and POST passthrough
      (idemproxy and nginx), POST with a unique Idempotency-Key per request and
-     POST replay (idemproxy only);
+     POST replay (idemproxy only), and both of these again paced to a modest
+     fixed rate (BENCH_PACED_CONNECTIONS (10) connections that each wait
+     BENCH_PACED_DELAY_MS (3) between requests: ~3k requests/s); for every
+     idemproxy row, what Redis paid per request (its CPU, and `INFO
+     commandstats`: commands per request and µs per call);
   3. with TLS (scenario "tls"): makes a self-signed P-256 certificate in the
      temporary directory, starts a second idemproxy with a `listen ... tls`
      listener and an nginx `listen ... ssl` proxy with the same certificate
@@ -78,6 +82,12 @@ OUT = env("BENCH_OUT", os.path.join(ROOT, "build", "bench-results.md"))
 REDIS_BIN = env("REDIS_BIN", "redis-server")
 NGINX_BIN = env("NGINX_BIN", "nginx")
 WRK_BIN = env("WRK_BIN", "wrk")
+# The paced rows: unique keys and replays at a modest fixed rate (~3k
+# requests/s, where most deployments live), not at saturation.
+PACED_UNIQUE = "POST unique key, paced"
+PACED_REPLAY = "POST replay, paced"
+PACED_CONNECTIONS = int(env("BENCH_PACED_CONNECTIONS", "10"))
+PACED_DELAY_MS = int(env("BENCH_PACED_DELAY_MS", "3"))
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
 SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay tls").replace(",", " ").split()
 TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
@@ -230,6 +240,36 @@ def redis_cmd(port, *args):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(msg.encode())
         return s.recv(4096).decode().split("\r\n")[0]
+
+
+def redis_commandstats(port):
+    """INFO commandstats as {command: (calls, usec)}."""
+    msg = b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(msg)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, rest = data.partition(b"\r\n")
+            if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
+                break
+    out = {}
+    for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)", data.decode()):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+
+
+def commandstats_per_request(before, after, requests):
+    """{command: (calls per request, usec per call)} for what ran meanwhile."""
+    out = {}
+    for cmd, (calls, usec) in after.items():
+        c0, u0 = before.get(cmd, (0, 0))
+        if calls - c0 > 0 and cmd not in ("info", "dbsize", "ping"):
+            out[cmd] = ((calls - c0) / requests, (usec - u0) / (calls - c0))
+    return out
 
 
 # ---- TLS ----------------------------------------------------------------------
@@ -687,6 +727,10 @@ def main():
              "unique", False, CONNECTIONS),
             ("POST replay (same key)", "/orders", "post_replay.lua", (), False, "replay", False,
              CONNECTIONS),
+            (PACED_UNIQUE, "/orders", "post_unique.lua", (), False, "unique", False,
+             [PACED_CONNECTIONS]),
+            (PACED_REPLAY, "/orders", "post_replay.lua", (), False, "replay", False,
+             [PACED_CONNECTIONS]),
             (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
              (), True, "tls", True, [TLS_FULL_CLIENTS]),
             ("TLS handshakes, wrk (Connection: close)", "/get", None, ("Connection: close",),
@@ -701,11 +745,15 @@ def main():
             for name, path, script, headers, with_nginx, _, tls, conn_list in scenarios:
                 for conns in conn_list:
                     extra = {}
+                    if name in (PACED_UNIQUE, PACED_REPLAY):
+                        extra["BENCH_DELAY_MS"] = str(PACED_DELAY_MS)
                     if script == "post_unique.lua":
                         extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}"
                     if script == "post_replay.lua":
                         key = f"bench-replay-{run_id}-c{conns}"
-                        extra["BENCH_REPLAY_KEY"] = key
+                        extra["BENCH_REPLAY_KEY"] = key + ("-paced" if name == PACED_REPLAY
+                                                           else "")
+                        key = extra["BENCH_REPLAY_KEY"]
                         hdr = {"Content-Type": "application/json", "Idempotency-Key": key}
                         st, h, _ = http(idem_port, "POST", "/orders", hdr, BODY)
                         if st != 201 or "idempotent-replayed" in h:
@@ -735,6 +783,8 @@ def main():
                             f"{'idemproxy' if tname == 'idem' else 'nginx'}: "
                             f"{TLS_DURATION if tls else DURATION}s")
                         keys_before = None
+                        stats0 = redis_commandstats(redis_port) if tname == "idem" and not tls \
+                            else None
                         if script == "post_unique.lua" and tname == "idem":
                             keys_before = int(redis_cmd(redis_port, "DBSIZE")[1:])
                         if script == "s_time":
@@ -749,6 +799,9 @@ def main():
                             children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                             r["budget"] = {k: (cpu_seconds(v) - others0[k]) * 1e6 / r["requests"]
                                            for k, v in others}
+                            if stats0 is not None:
+                                r["redis_cmds"] = commandstats_per_request(
+                                    stats0, redis_commandstats(redis_port), r["requests"])
                             r["budget"]["load generator"] = (
                                 children1.ru_utime + children1.ru_stime
                                 - children0.ru_utime - children0.ru_stime) * 1e6 / r["requests"]
@@ -889,6 +942,25 @@ def main():
                 lines.append(f"| {name} | {conns} | "
                              + " | ".join(f"{v:.1f}" for v in parts)
                              + f" | {sum(parts):.1f} |")
+            lines.append("")
+        redis_rows = [(n, c, r) for n, c, r in budget_rows if r.get("redis_cmds")]
+        if redis_rows:
+            lines.append("What Redis paid per request (SPEC §8.1): its process CPU (user + "
+                         "system, as `INFO cpu` counts it) per request, and from `INFO "
+                         "commandstats` the commands per request with Redis' own µs per call "
+                         "(commands run by a script are counted too, inside the script's "
+                         "time). Paced rows: "
+                         f"{PACED_CONNECTIONS} connections, each waiting {PACED_DELAY_MS} ms "
+                         "between requests (a modest fixed rate).")
+            lines.append("")
+            lines.append("| scenario | conns | req/s | Redis CPU µs/req | commands per request "
+                         "(µs per call) |")
+            lines.append("|---|---:|---:|---:|---|")
+            for name, conns, r in redis_rows:
+                cmds = ", ".join(f"{cmd} {per:.2f} ({usec:.1f})" for cmd, (per, usec)
+                                 in sorted(r["redis_cmds"].items(), key=lambda kv: -kv[1][0]))
+                lines.append(f"| {name} | {conns} | {f_rps(r['rps'])} | "
+                             f"{r['budget']['redis']:.1f} | {cmds} |")
             lines.append("")
         if idle:
             lines.append(f"Idle keep-alive connections: {idle['count']} open to idemproxy "

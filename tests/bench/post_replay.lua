@@ -6,3 +6,11 @@ wrk.method = "POST"
 wrk.body = '{"amount":100}'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Idempotency-Key"] = key
+
+-- BENCH_DELAY_MS paces each connection (a modest fixed rate, not saturation).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+    function delay()
+        return pause
+    end
+end

@@ -30,3 +30,11 @@ function request()
     counter = counter + 1
     return head .. counter .. tail
 end
+
+-- BENCH_DELAY_MS paces each connection (a modest fixed rate, not saturation).
+local pause = tonumber(os.getenv("BENCH_DELAY_MS") or "")
+if pause then
+    function delay()
+        return pause
+    end
+end
