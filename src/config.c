@@ -102,6 +102,8 @@ static const char *set_listen(struct setting *s);
 static const char *set_upstream(struct setting *s);
 static const char *set_redis(struct setting *s);
 static const char *set_password_file(struct setting *s);
+static const char *set_redis_sentinel(struct setting *s);
+static const char *set_min_replicas(struct setting *s);
 static const char *set_duration(struct setting *s);
 static const char *set_size(struct setting *s);
 static const char *set_bool(struct setting *s);
@@ -159,6 +161,12 @@ static const struct directive directives[] = {
     {"redis_user", set_string, CFG(redis_user), G, 1, 1, NULL, NULL, NULL},
     {"redis_password_file", set_password_file, CFG(redis_password_file), G, 1, 1, NULL, NULL, NULL},
     {"redis_timeout", set_duration, CFG(redis_timeout_ms), G, 1, 1, "1s", NULL, NULL},
+    {"redis_sentinel", set_redis_sentinel, CFG(sentinel_master), G, 2, 1 + CONFIG_MAX_SENTINELS,
+     NULL, NULL, NULL},
+    {"sentinel_user", set_string, CFG(sentinel_user), G, 1, 1, NULL, NULL, NULL},
+    {"sentinel_password_file", set_password_file, CFG(sentinel_password_file), G, 1, 1, NULL, NULL,
+     NULL},
+    {"redis_min_replicas", set_min_replicas, CFG(redis_min_replicas), G, 1, 2, "0", NULL, NULL},
     {"key_prefix", set_string, CFG(key_prefix), G, 1, 1, "idem:", NULL, NULL},
     {"key_header", set_header_name, CFG(key_header), G, 1, 1, "Idempotency-Key", NULL, NULL},
     {"methods", set_methods, POL(methods), P, 1, -1, "POST PUT PATCH DELETE", NULL, NULL},
@@ -794,13 +802,62 @@ static const char *set_password_file(struct setting *s)
     else if (memchr(buf, '\0', n) != NULL)
         err = phrase(s->ps, "\"%s\" contains a NUL byte", path);
     if (err == NULL) {
-        free(cfg->redis_password_file);
-        cfg->redis_password_file = xstrdup(path);
-        free(cfg->redis_password);
-        cfg->redis_password = xstrndup(buf, n);
+        /* the path's field; the secret's follows it in struct config */
+        bool sentinel = s->field == (void *)&cfg->sentinel_password_file;
+        char **secret = sentinel ? &cfg->sentinel_password : &cfg->redis_password;
+        free(*(char **)s->field);
+        *(char **)s->field = xstrdup(path);
+        free(*secret);
+        *secret = xstrndup(buf, n);
     }
     explicit_bzero(buf, sizeof(buf));
     return err;
+}
+
+/* redis_sentinel MASTER HOST:PORT...: names are resolved by store_resolve(). */
+static const char *set_redis_sentinel(struct setting *s)
+{
+    struct config *cfg = s->base;
+    struct sentinel_addr addrs[CONFIG_MAX_SENTINELS] = {{0}};
+    int n = 0;
+    const char *err = NULL;
+    for (int i = 1; i < s->argc && err == NULL; i++, n++) {
+        bool bracketed = false;
+        err = split_host_port(s, s->argv[i], NULL, &addrs[n].host, &addrs[n].port, &bracketed);
+        if (err == NULL && !valid_host(addrs[n].host, bracketed))
+            err = phrase(s->ps, "invalid host in \"%s\"", s->argv[i]);
+        if (err == NULL && addrs[n].port == NULL)
+            err = phrase(s->ps, "expected HOST:PORT, got \"%s\"", s->argv[i]);
+    }
+    if (err != NULL) {
+        for (int i = 0; i <= n && i < CONFIG_MAX_SENTINELS; i++) {
+            free(addrs[i].host);
+            free(addrs[i].port);
+        }
+        return err;
+    }
+    free(cfg->sentinel_master);
+    cfg->sentinel_master = xstrdup(s->argv[0]);
+    memcpy(cfg->sentinels, addrs, sizeof(addrs));
+    cfg->nsentinels = n;
+    return NULL;
+}
+
+/* redis_min_replicas N [TIMEOUT] */
+static const char *set_min_replicas(struct setting *s)
+{
+    struct config *cfg = s->base;
+    char *end;
+    errno = 0;
+    long n = strtol(s->argv[0], &end, 10);
+    if (errno != 0 || *end != '\0' || end == s->argv[0] || n < 0 || n > 16)
+        return phrase(s->ps, "expected a number of replicas from 0 to 16, got \"%s\"", s->argv[0]);
+    uint64_t ms = 50;
+    if (s->argc > 1 && (config_parse_duration(s->argv[1], &ms) != IDEM_OK || ms == 0))
+        return phrase(s->ps, "expected a timeout like 50ms, got \"%s\"", s->argv[1]);
+    cfg->redis_min_replicas = (int)n;
+    cfg->redis_min_replicas_timeout_ms = ms;
+    return NULL;
 }
 
 /* error_body FILE: the API's own error format, read and checked now. */
@@ -1144,6 +1201,11 @@ static void finish(struct parser *ps)
         cfg->global.nkeys = 1;
     }
 
+    int sentinel = directive_index("redis_sentinel");
+    if (ps->global_seen[sentinel] != 0 && ps->global_seen[directive_index("redis")] != 0)
+        report(ps, ps->global_seen[sentinel],
+               "redis_sentinel: the store is named twice (redis, line %d): keep one",
+               ps->global_seen[directive_index("redis")]);
     if (ps->global_seen[lock] != 0)
         check_lock_ttl(ps, ps->global_seen[lock], cfg->global.lock_ttl_ms);
     else if (cfg->global.lock_ttl_ms <= cfg->upstream_timeout_ms)
@@ -1301,6 +1363,17 @@ void config_unref(struct config *cfg)
     if (cfg->redis_password != NULL)
         explicit_bzero(cfg->redis_password, strlen(cfg->redis_password));
     free(cfg->redis_password);
+    free(cfg->sentinel_master);
+    for (int i = 0; i < cfg->nsentinels; i++) {
+        free(cfg->sentinels[i].host);
+        free(cfg->sentinels[i].port);
+        free(cfg->sentinels[i].ip);
+    }
+    free(cfg->sentinel_user);
+    free(cfg->sentinel_password_file);
+    if (cfg->sentinel_password != NULL)
+        explicit_bzero(cfg->sentinel_password, strlen(cfg->sentinel_password));
+    free(cfg->sentinel_password);
     free(cfg->key_prefix);
     free(cfg->key_header);
     free(cfg->replay_header);

@@ -29,6 +29,7 @@
 #define CONFIG_MAX_FP_HEADERS 8
 #define CONFIG_MAX_SCOPE_SOURCES 4
 #define CONFIG_MAX_STATUS 600
+#define CONFIG_MAX_SENTINELS 8
 
 enum key_source_kind {
     KEY_SOURCE_NONE = 0, /* scope none */
@@ -139,6 +140,19 @@ struct config {
     char *redis_password_file;
     char *redis_password; /* read from redis_password_file at load; never logged */
     uint64_t redis_timeout_ms;
+    /* redis_sentinel (SPEC §8): the primary is asked of these; NULL: off */
+    char *sentinel_master;
+    struct sentinel_addr {
+        char *host; /* as written */
+        char *port;
+        char *ip; /* numeric, filled by store_resolve() in the main thread */
+    } sentinels[CONFIG_MAX_SENTINELS];
+    int nsentinels;
+    char *sentinel_user;
+    char *sentinel_password_file;
+    char *sentinel_password; /* never logged */
+    int redis_min_replicas;  /* a claim counts once WAIT says this many replicas have it */
+    uint64_t redis_min_replicas_timeout_ms;
 
     char *key_prefix;
     char *key_header; /* also global.keys[0] unless a `key` directive is added */

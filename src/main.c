@@ -34,6 +34,7 @@
 #include "sdnotify.h"
 #include "server.h"
 #include "store.h"
+#include "store_sentinel.h"
 #include "tls.h"
 #include "upstream.h"
 #include "worker.h"
@@ -319,7 +320,7 @@ static int check_log_path(const char *name, const char *path, char *err, size_t 
  */
 static int check_environment(struct config *cfg, char *err, size_t errlen)
 {
-    if (upstream_resolve(cfg, err, errlen) != IDEM_OK)
+    if (upstream_resolve(cfg, err, errlen) != IDEM_OK || store_resolve(cfg, err, errlen) != IDEM_OK)
         return IDEM_ERR;
     if (check_log_path("error_log", cfg->error_log, err, errlen) != IDEM_OK ||
         check_log_path("access_log", cfg->access_log, err, errlen) != IDEM_OK)
@@ -447,6 +448,7 @@ static int run(struct daemon *d)
     if ((d->admin == NULL && err[0] != '\0') ||
         server_bind(d->cfg, d->listen_fds, &d->nlisten, err, sizeof(err)) != IDEM_OK ||
         upstream_resolve(d->cfg, err, sizeof(err)) != IDEM_OK ||
+        store_resolve(d->cfg, err, sizeof(err)) != IDEM_OK ||
         start_workers(d, err, sizeof(err)) != IDEM_OK) {
         log_error("cannot start: %s", err);
         teardown(d, true);

@@ -147,10 +147,12 @@ static const struct histogram_def histograms[NHIST] = {
 struct thread_state {
     _Alignas(CACHE_LINE) struct histogram hist[NHIST];
     uint64_t redis_errors;
-    uint64_t folded[MAX_FOLDED]; /* route="other", by outcome * NCLASSES + class */
-    size_t nnamed;               /* named[0..nnamed) are published */
-    bool retired;                /* metrics_thread_exit() was called; nobody counts here */
-    bool shared;                 /* the overflow state: many writers, named[] unused */
+    uint64_t redis_failovers;
+    uint64_t redis_shortfalls[2]; /* claims, completions */
+    uint64_t folded[MAX_FOLDED];  /* route="other", by outcome * NCLASSES + class */
+    size_t nnamed;                /* named[0..nnamed) are published */
+    bool retired;                 /* metrics_thread_exit() was called; nobody counts here */
+    bool shared;                  /* the overflow state: many writers, named[] unused */
     struct series named[METRICS_MAX_SERIES];
 };
 
@@ -344,6 +346,16 @@ void metrics_redis_error(void)
     counter_add(&state_self()->redis_errors, 1);
 }
 
+void metrics_redis_failover(void)
+{
+    counter_add(&state_self()->redis_failovers, 1);
+}
+
+void metrics_redis_shortfall(bool completion)
+{
+    counter_add(&state_self()->redis_shortfalls[completion ? 1 : 0], 1);
+}
+
 /* ---- merging ------------------------------------------------------------ */
 
 /*
@@ -530,7 +542,7 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
 {
     struct snapshot sn;
     struct merge mg;
-    uint64_t redis_errors = 0;
+    uint64_t redis_errors = 0, failovers = 0, shortfalls[2] = {0, 0};
 
     snapshot_take(&sn);
     merge_series(&mg, &sn);
@@ -544,11 +556,26 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     render_histogram(out, &sn, HIST_UPSTREAM);
     render_histogram(out, &sn, HIST_REDIS);
 
-    for (size_t i = 0; i < sn.n; i++)
+    for (size_t i = 0; i < sn.n; i++) {
         redis_errors += counter_load(&sn.states[i]->redis_errors);
+        failovers += counter_load(&sn.states[i]->redis_failovers);
+        shortfalls[0] += counter_load(&sn.states[i]->redis_shortfalls[0]);
+        shortfalls[1] += counter_load(&sn.states[i]->redis_shortfalls[1]);
+    }
     family(out, "idemproxy_redis_errors_total", "counter",
            "Redis commands that failed: error reply, timeout or lost connection.");
     evbuffer_add_printf(out, "idemproxy_redis_errors_total %" PRIu64 "\n", redis_errors);
+    family(out, "idemproxy_redis_failovers_total", "counter",
+           "Times the sentinels named another primary (redis_sentinel).");
+    evbuffer_add_printf(out, "idemproxy_redis_failovers_total %" PRIu64 "\n", failovers);
+    family(out, "idemproxy_redis_replica_shortfalls_total", "counter",
+           "Writes that fewer than redis_min_replicas replicas confirmed within its timeout: "
+           "a claim is then given back and answered 503; a completion is kept.");
+    evbuffer_add_printf(out, "idemproxy_redis_replica_shortfalls_total{op=\"claim\"} %" PRIu64 "\n",
+                        shortfalls[0]);
+    evbuffer_add_printf(out,
+                        "idemproxy_redis_replica_shortfalls_total{op=\"complete\"} %" PRIu64 "\n",
+                        shortfalls[1]);
 
     gauge(out, "idemproxy_inflight_requests", "Requests in flight.", g->inflight);
     gauge(out, "idemproxy_parked_requests", "Duplicates waiting for a key in flight.", g->parked);

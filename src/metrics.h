@@ -101,6 +101,10 @@ void metrics_redis_latency(uint64_t us);
 
 /* A Redis command failed: error reply, timeout or lost connection. */
 void metrics_redis_error(void);
+/* The sentinels named another primary (once per process and failover). */
+void metrics_redis_failover(void);
+/* redis_min_replicas not reached for a claim (false) or a completion. */
+void metrics_redis_shortfall(bool completion);
 
 /*
  * Appends the whole exposition to out: every family with its # HELP and

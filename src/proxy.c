@@ -290,21 +290,81 @@ static void answer_replay(struct exchange *ex, const struct record *rec)
 
 /* ---- store continuations ------------------------------------------------ */
 
+/* How long after its lease an owner's change is still sent again (at most
+ * unknown_ttl): the process keeps the exchange, response included, in
+ * memory meanwhile. */
+#define OWNER_LATE_MAX_MS (5 * 60 * 1000)
+
+/*
+ * A Redis that failed to answer (a timeout, a lost connection, a failover)
+ * may well take the owner's change of the key (its completion, or its
+ * release) a moment later, and a new primary has the claim with the same
+ * owner token (SPEC §8), so the change is sent again (250 ms, doubling to
+ * 2 s). Past the lease the key reads as unknown, but it still holds our
+ * token until unknown_ttl has passed, so a late change still lands (SPEC
+ * §4.6): it is sent while the lease lasts and OWNER_LATE_MAX_MS after.
+ * Returns whether `again` was scheduled; the exchange lives until it runs.
+ */
+static bool retry_owner_change(struct exchange *ex, const char *what, const char *error,
+                               event_callback_fn again)
+{
+    uint64_t now = now_monotonic_ms();
+    uint64_t delay = ex->complete_retry_ms ? ex->complete_retry_ms * 2 : 250;
+    delay = delay > 2000 ? 2000 : delay;
+    uint64_t late = ex->policy->unknown_ttl_ms < OWNER_LATE_MAX_MS ? ex->policy->unknown_ttl_ms
+                                                                   : OWNER_LATE_MAX_MS;
+    uint64_t until = ex->lease_until_ms + late;
+    if (now + delay + 100 >= until) {
+        log_error("request %s key=%s: %s failed (%s) until the lease ran out and beyond; the key "
+                  "reads unknown until unknown_ttl passes, then a retry executes again",
+                  ex->peer, ex->key, what, error);
+        return false;
+    }
+    log_warn("request %s key=%s: %s failed (%s); sending it again (%llu ms more at most)", ex->peer,
+             ex->key, what, error, (unsigned long long)(until - now));
+    ex->complete_retry_ms = delay;
+    ex->store_ops++; /* held by the timer: the exchange lives until it fires */
+    evtimer_assign(ex->wait_timer, ex->rt->base, again, ex);
+    struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000};
+    evtimer_add(ex->wait_timer, &tv);
+    return true;
+}
+
+static void send_release(struct exchange *ex);
+
+static void on_release_retry(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct exchange *ex = arg;
+    ex->store_ops--; /* the timer's hold becomes the operation's */
+    send_release(ex);
+}
+
+/* The client is answered at the first attempt; a release that failed is
+ * sent again, or the key would read unknown for unknown_ttl though nothing
+ * was executed. */
 static void on_released_then_answer(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
-    if (error)
-        log_error("request %s key=%s: releasing the key failed (%s); it stays locked until "
-                  "its lease expires",
-                  ex->peer, ex->key, error);
-    else if (!applied)
+    if (!error && !applied)
         log_warn("request %s key=%s: lease was lost before release", ex->peer, ex->key);
-    if (ex->then_send_response)
-        answer_buffered(ex);
-    else
+    bool first = ex->state != EX_DONE;
+    if (first && ex->then_send_response)
+        answer_buffered(ex); /* ends the exchange's timers: the retry's is armed after */
+    else if (first)
         answer_problem(ex, ex->then_problem, NULL);
+    if (error)
+        retry_owner_change(ex, "releasing the key", error, on_release_retry);
     ex_maybe_free(ex);
+}
+
+static void send_release(struct exchange *ex)
+{
+    ex->store_ops++;
+    store_release(ex->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
+                  on_released_then_answer, ex);
 }
 
 /* Releases the key; then answers with the buffered response or a problem. */
@@ -314,9 +374,7 @@ void release_then(struct exchange *ex, bool send_response, enum problem_code pro
     ex->then_problem = problem;
     ex->owns_key = false;
     ex_set_state(ex, EX_FINISHING);
-    ex->store_ops++;
-    store_release(ex->store, ex->rkey, ex->owner, ex->token_key, ex->cfg->token_ttl_ms,
-                  on_released_then_answer, ex);
+    send_release(ex);
 }
 
 static void on_unknown_then_answer(void *arg, bool applied, const char *error)
@@ -359,61 +417,27 @@ void mark_unknown_then(struct exchange *ex, enum problem_code then)
 
 static void send_complete(struct exchange *ex);
 
-/* The retry timer: the hold taken in on_completed becomes the operation. */
 static void on_complete_retry(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct exchange *ex = arg;
-    ex->store_ops--;
+    ex->store_ops--; /* the timer's hold becomes the operation's */
     send_complete(ex);
 }
 
-/* How long after its lease a completion is still sent again (at most
- * unknown_ttl): the process keeps the response in memory meanwhile. */
-#define COMPLETE_LATE_MAX_MS (5 * 60 * 1000)
-
-/*
- * A Redis that failed to answer (a timeout, a lost connection, a failover)
- * may well take the completion a moment later, so the owner-checked
- * completion is sent again (250 ms, doubling to 2 s). Past the lease the key
- * reads as unknown, but it still holds our owner token until unknown_ttl
- * has passed, so a late completion still stores the response (SPEC §4.6):
- * it is sent while the lease lasts and COMPLETE_LATE_MAX_MS after. The
- * client has its answer at the first attempt either way.
- */
+/* The client has its answer at the first attempt either way. */
 static void on_completed(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
-    uint64_t now = now_monotonic_ms();
-    uint64_t delay = ex->complete_retry_ms ? ex->complete_retry_ms * 2 : 250;
-    delay = delay > 2000 ? 2000 : delay;
-    uint64_t late = ex->policy->unknown_ttl_ms < COMPLETE_LATE_MAX_MS ? ex->policy->unknown_ttl_ms
-                                                                      : COMPLETE_LATE_MAX_MS;
-    uint64_t until = ex->lease_until_ms + late;
-    bool retry = error != NULL && now + delay + 100 < until;
-    if (retry)
-        log_warn("request %s key=%s: storing the response failed (%s); sending it again "
-                 "(%llu ms more at most)",
-                 ex->peer, ex->key, error, (unsigned long long)(until - now));
-    else if (error)
-        log_error("request %s key=%s: storing the response failed (%s) until the lease ran out "
-                  "and beyond; the key reads unknown until unknown_ttl passes, then a retry "
-                  "executes again",
-                  ex->peer, ex->key, error);
-    else if (!applied)
+    if (!error && !applied)
         log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
                  ex->peer, ex->key);
     if (ex->state != EX_DONE)
         answer_buffered(ex); /* ends the exchange's timers: the retry's is armed after */
-    if (retry) {
-        ex->complete_retry_ms = delay;
-        ex->store_ops++; /* held by the timer: the exchange lives until it fires */
-        evtimer_assign(ex->wait_timer, ex->rt->base, on_complete_retry, ex);
-        struct timeval tv = {(time_t)(delay / 1000), (suseconds_t)(delay % 1000) * 1000};
-        evtimer_add(ex->wait_timer, &tv);
-    }
+    if (error)
+        retry_owner_change(ex, "storing the response", error, on_complete_retry);
     ex_maybe_free(ex);
 }
 

@@ -45,6 +45,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -55,6 +56,7 @@
 #include "metrics.h"
 #include "redis_events.h"
 #include "store_keys.h"
+#include "store_sentinel.h"
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
@@ -153,7 +155,10 @@ struct store_op {
     char *claim_token_key;
     bool answered;
     bool resent_as_eval;
-    bool queued; /* on st->pending: waits for the link to be ready */
+    int replies_due;      /* commands sent whose callbacks have not run: freed at 0 */
+    bool confirm_pending; /* claimed: answered once the WAIT after it says enough replicas */
+    bool applied;         /* an owner-checked change was made */
+    bool queued;          /* on st->pending: waits for the link to be ready */
     struct store_op *next_queued;
     const redisAsyncContext *sent_on; /* the connection its command went out on */
     int nargs;                        /* bulk strings in args */
@@ -188,7 +193,12 @@ struct store {
     int norphans;
     struct event *orphan_timer;
     uint64_t token_ttl_ms;
-    _Atomic bool *ready_flag; /* mirrors cmd's state for other threads; may be NULL */
+    _Atomic bool *ready_flag; /* mirrors readiness for other threads; may be NULL */
+    /* redis_min_replicas: a claim lately reached too few replicas; until
+     * then claims fail at once instead of each waiting WAIT's timeout (which
+     * would hold up every command behind it), and /readyz says 503. */
+    bool replicas_short;
+    struct event *replicas_timer;
     struct link cmd;
     struct link sub;
     /* Operations started while cmd is connecting: sent, in order, once its
@@ -198,8 +208,14 @@ struct store {
     struct bytes command; /* op_send's buffer, reused */
     struct store_watch *watches;
 
+    /* The primary: fixed (redis), or where the sentinels say it is
+     * (redis_sentinel: NULL until they have said). */
     char *host, *port, *unix_path, *user, *password, *pattern;
-    char where[300]; /* "host:port", for messages */
+    char where[300];           /* "host:port", for messages */
+    struct sentinel *sentinel; /* redis_sentinel: where the primary is; else NULL */
+    char *master;              /* its master name */
+    int min_replicas;          /* redis_min_replicas */
+    uint64_t min_replicas_timeout_ms;
     int db;
     uint64_t timeout_ms;
 
@@ -310,6 +326,10 @@ static void answer_claim(struct store_op *op, const redisReply *r)
         op_answer_error(op, "unexpected reply to claim");
         return;
     }
+    if (res.state == KEY_STATE_CLAIMED && op->st->min_replicas > 0) {
+        op->confirm_pending = true; /* the WAIT sent after it decides */
+        return;
+    }
     op->answered = true;
     op->on_claim(op->arg, &res, NULL);
 }
@@ -393,26 +413,128 @@ bool store_refusing_writes(void)
     return last != 0 && now_monotonic_ms() - last < OOM_SIGNAL_MS;
 }
 
+static void link_drop(struct link *l, const char *why);
+
+/* How long claims fail at once after one reached too few replicas. */
+#define REPLICAS_SHORT_MS 1000
+
+static void publish_ready(struct store *st);
+
+static void replicas_short(struct store *st)
+{
+    if (!st->replicas_short)
+        log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get "
+                 "503 and /readyz says 503; checking again every %d ms",
+                 st->min_replicas, REPLICAS_SHORT_MS);
+    st->replicas_short = true;
+    publish_ready(st);
+    struct timeval tv = {REPLICAS_SHORT_MS / 1000, (REPLICAS_SHORT_MS % 1000) * 1000};
+    evtimer_add(st->replicas_timer, &tv);
+}
+
+/* Time to let a claim try WAIT again. */
+static void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store *st = arg;
+    st->replicas_short = false;
+    publish_ready(st);
+}
+
+/* Frees op once it has been answered and no reply is due (hiredis keeps
+ * its pointer until then). */
+static void op_maybe_free(struct store_op *op)
+{
+    if (op->replies_due == 0 && op->answered)
+        op_free(op);
+}
+
+static void orphans_release_soon(struct store *st);
+
+/*
+ * WAIT's answer, after a claim or a completion (redis_min_replicas): a
+ * claim that fewer replicas have is one a failover could lose, so it is
+ * given back (owner-checked) and the caller answers 503; a completion is
+ * kept (the upstream has executed), the shortfall logged and counted.
+ */
+static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store_op *op = privdata;
+    const redisReply *r = reply;
+    struct store *st = op->st;
+    op->replies_due--;
+    long long replicas = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    bool enough = replicas >= st->min_replicas;
+    if (op->confirm_pending && !op->answered) {
+        op->confirm_pending = false;
+        if (enough) {
+            struct claim_result res = {.state = KEY_STATE_CLAIMED, .pttl_ms = -1};
+            if (st->replicas_short) {
+                log_warn("redis: claims reach redis_min_replicas (%d) replicas again",
+                         st->min_replicas);
+                st->replicas_short = false;
+                evtimer_del(st->replicas_timer);
+                publish_ready(st);
+            }
+            op->answered = true;
+            op->on_claim(op->arg, &res, NULL);
+        } else {
+            char why[160];
+            snprintf(why, sizeof(why),
+                     "the claim reached %lld of the %d replicas redis_min_replicas wants within "
+                     "%llu ms",
+                     replicas < 0 ? 0 : replicas, st->min_replicas,
+                     (unsigned long long)st->min_replicas_timeout_ms);
+            log_warn("redis: %s: %s; giving it back", op->rkey, why);
+            metrics_redis_shortfall(false);
+            op_answer_error(op, why); /* the claim is an orphan now: released at once */
+            orphans_release_soon(st);
+            replicas_short(st);
+        }
+    } else if (op->script == SCRIPT_COMPLETE && op->applied && !enough && r != NULL) {
+        log_warn("redis: %s: the stored response reached %lld of the %d replicas "
+                 "redis_min_replicas wants within %llu ms; a failover now could lose it",
+                 op->rkey, replicas, st->min_replicas,
+                 (unsigned long long)st->min_replicas_timeout_ms);
+        metrics_redis_shortfall(true);
+    }
+    op_maybe_free(op);
+}
+
+/* A failover under way: this server takes no writes (a demoted primary, a
+ * replica loading its data, a primary that lost its replicas' quorum). */
+static bool not_the_primary(const char *error)
+{
+    return strncmp(error, "READONLY", 8) == 0 || strncmp(error, "LOADING", 7) == 0 ||
+           strncmp(error, "MASTERDOWN", 10) == 0;
+}
+
 static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct store_op *op = privdata;
     redisReply *r = reply;
+    op->replies_due--;
     if (r == NULL) {
         op_answer_error(op, "connection to Redis lost");
-        op_free(op);
+        op_maybe_free(op);
         return;
     }
     if (op_next_step(op, r)) {
         op_send(op);
+        op_maybe_free(op); /* a resend that could not go out has failed it */
         return;
     }
     if (r->type != REDIS_REPLY_ERROR && !op->answered)
         metrics_redis_latency(now_us() - op->started_us);
     if (r->type == REDIS_REPLY_ERROR) {
+        if (not_the_primary(r->str) && op->sent_on == op->st->cmd.ac)
+            link_drop(&op->st->cmd, r->str); /* and, with sentinels, asks them again */
         if (strncmp(r->str, "OOM", 3) == 0)
             note_oom(r->str);
-        else
+        else if (!not_the_primary(r->str))
             log_error("redis: %s failed: %s", op->native ? "claim" : keys_script_name(op->script),
                       r->str);
         free(op->claim_owner); /* it did not run: nothing to clean up */
@@ -422,20 +544,27 @@ static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
         answer_claim(op, r);
     } else if (!op->answered) {
         op->answered = true;
-        op->on_update(op->arg, r->type == REDIS_REPLY_INTEGER && r->integer == 1, NULL);
+        op->applied = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        op->on_update(op->arg, op->applied, NULL);
     }
-    op_free(op);
+    op_maybe_free(op);
 }
 
 /* ---- connection --------------------------------------------------------- */
 
 static void fail_pending(struct store *st);
 
+static void publish_ready(struct store *st)
+{
+    if (st->ready_flag != NULL)
+        *st->ready_flag = st->cmd.state == LINK_READY && !st->replicas_short;
+}
+
 static void link_set_state(struct link *l, enum link_state state)
 {
     l->state = state;
-    if (l == &l->st->cmd && l->st->ready_flag)
-        *l->st->ready_flag = state == LINK_READY;
+    if (l == &l->st->cmd)
+        publish_ready(l->st);
     if (l == &l->st->cmd && state == LINK_DOWN)
         fail_pending(l->st);
 }
@@ -444,6 +573,8 @@ static void link_schedule_reconnect(struct link *l)
 {
     link_set_state(l, LINK_DOWN);
     l->ac = NULL;
+    if (l->st->sentinel != NULL) /* it may have moved */
+        sentinel_rediscover(l->st->sentinel);
     struct timeval tv = {(time_t)(l->backoff_ms / 1000),
                          (suseconds_t)(l->backoff_ms % 1000) * 1000};
     evtimer_add(l->reconnect_timer, &tv);
@@ -611,17 +742,22 @@ static void check_redis_settings(struct link *l)
  * this connection), and the connection is closed once the setup's replies
  * are in. It backs off like a refused connection.
  */
-static void setup_refused(struct link *l, redisAsyncContext *ac, const char *reply)
+static void setup_failed(struct link *l, redisAsyncContext *ac, const char *why)
 {
-    char why[256];
-    snprintf(why, sizeof(why),
-             "setup refused (check redis_user, redis_password_file, redis_db): %s", reply);
     l->setup_failed = true;
     link_report_down(l, why);
     /* The connect deadline stays armed: should the server go silent
      * instead of closing, it drops the connection (on_reconnect_timer). */
     link_set_state(l, LINK_DOWN);
     redisAsyncDisconnect(ac);
+}
+
+static void setup_refused(struct link *l, redisAsyncContext *ac, const char *reply)
+{
+    char why[256];
+    snprintf(why, sizeof(why),
+             "setup refused (check redis_user, redis_password_file, redis_db): %s", reply);
+    setup_failed(l, ac, why);
 }
 
 static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -631,6 +767,26 @@ static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
     redisReply *r = reply;
     if (l != NULL && r != NULL && r->type == REDIS_REPLY_ERROR && !l->setup_failed)
         setup_refused(l, ac, r->str);
+}
+
+/* ROLE (sentinel set-ups): anything but "master" is not where writes go. */
+static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct link *l = link_of(ac);
+    const redisReply *r = reply;
+    if (l == NULL || r == NULL || l->setup_failed || r->type == REDIS_REPLY_ERROR)
+        return; /* an error reply: on_link_ready's PING says it too */
+    if (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "master") == 0)
+        return;
+    char why[128];
+    snprintf(why, sizeof(why), "not the primary (ROLE says %s); asking the sentinels again",
+             r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                     r->element[0]->type == REDIS_REPLY_STRING
+                 ? r->element[0]->str
+                 : "something else");
+    setup_failed(l, ac, why);
 }
 
 static void send_pending(struct store *st);
@@ -674,6 +830,10 @@ static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
 static void link_connect(struct link *l)
 {
     struct store *st = l->st;
+    if (st->host == NULL && st->unix_path == NULL) {
+        link_set_state(l, LINK_DOWN); /* on_primary connects it */
+        return;
+    }
     redisAsyncContext *ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
                                           : redisAsyncConnect(st->host, atoi(st->port));
     if (ac == NULL || ac->err) {
@@ -700,13 +860,13 @@ static void link_connect(struct link *l)
         redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", st->password);
     if (st->db != 0)
         redisAsyncCommand(ac, on_setup_reply, NULL, "SELECT %d", st->db);
+    if (st->sentinel != NULL) /* the address the sentinels gave must be the primary's */
+        redisAsyncCommand(ac, on_role_reply, NULL, "ROLE");
     redisAsyncCommand(ac, on_link_ready, NULL, "PING");
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(l->reconnect_timer, &tv); /* the connect deadline */
 }
-
-static void link_drop(struct link *l, const char *why);
 
 /* While down: time to connect again. While connecting: the connection and
  * its setup did not finish within redis_timeout (a host that drops SYNs
@@ -860,8 +1020,10 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     struct store_op *op = arg;
     free(op->claim_owner); /* never sent: nothing to clean up */
     op->claim_owner = NULL;
-    op_answer_error(op, "Redis is unreachable");
-    op_free(op);
+    op_answer_error(op, op->on_claim != NULL && op->st->replicas_short
+                            ? "fewer replicas than redis_min_replicas confirm claims"
+                            : "Redis is unreachable");
+    op_maybe_free(op); /* a resend's: the replies to what went before may be due */
 }
 
 /* Fails op on the next loop turn: a caller never sees its callback run
@@ -910,7 +1072,13 @@ static void op_send(struct store_op *op)
         op_fail_later(op);
         return;
     }
+    op->replies_due++;
     op->sent_on = st->cmd.ac;
+    /* redis_min_replicas: in the same write, so one round trip */
+    if (st->min_replicas > 0 && (op->on_claim != NULL || op->script == SCRIPT_COMPLETE) &&
+        redisAsyncCommand(st->cmd.ac, on_wait_reply, op, "WAIT %d %llu", st->min_replicas,
+                          (unsigned long long)st->min_replicas_timeout_ms) == REDIS_OK)
+        op->replies_due++;
 }
 
 /* The cmd link is ready: what waited for it goes out, in order. */
@@ -940,7 +1108,8 @@ static void fail_pending(struct store *st)
 
 static void op_start(struct store *st, struct store_op *op)
 {
-    if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN) {
+    if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN ||
+        (op->on_claim != NULL && st->replicas_short)) {
         op_fail_later(op);
         return;
     }
@@ -1135,6 +1304,15 @@ static void on_orphan_released(void *arg, bool applied, const char *error)
         log_info("redis: released a claim whose reply was lost (the key is free again)");
 }
 
+/* Orphans are released on the next loop turn when the link is up, else
+ * when it is up again. */
+static void orphans_release_soon(struct store *st)
+{
+    struct timeval zero = {0, 0};
+    if (st->cmd.state == LINK_READY)
+        evtimer_add(st->orphan_timer, &zero);
+}
+
 /* Sends a release for every orphan; drops those tried ORPHAN_ATTEMPTS times. */
 static void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
 {
@@ -1197,6 +1375,15 @@ static void take_settings(struct store *st, const struct config *cfg)
     memcpy(st->pattern + n, "*", 2);
     st->db = cfg->redis_db;
     st->timeout_ms = cfg->redis_timeout_ms;
+    st->min_replicas = cfg->redis_min_replicas;
+    st->min_replicas_timeout_ms = cfg->redis_min_replicas_timeout_ms;
+    if (cfg->sentinel_master != NULL) { /* the sentinels will say */
+        free(st->host);
+        free(st->port);
+        free(st->unix_path);
+        st->host = st->port = st->unix_path = NULL;
+        st->master = xstrdup(cfg->sentinel_master);
+    }
     st->token_ttl_ms = cfg->token_ttl_ms;
     snprintf(st->where, sizeof(st->where), "%s:%s", st->host ? st->host : "",
              st->port ? st->port : "");
@@ -1208,6 +1395,57 @@ static bool str_differs(const char *a, const char *b)
 }
 
 static void store_free(struct store *st);
+
+/* The last primary address said in the log, process-wide: a failover is
+ * logged and counted once, not once per worker. */
+static pthread_mutex_t primary_lock = PTHREAD_MUTEX_INITIALIZER;
+static char primary_said[300];
+
+static void say_primary(const struct store *st, const char *where)
+{
+    pthread_mutex_lock(&primary_lock);
+    if (strcmp(primary_said, where) != 0) {
+        if (primary_said[0] != '\0') {
+            log_warn("redis: primary %s moved %s -> %s", st->master, primary_said, where);
+            metrics_redis_failover();
+        } else {
+            log_info("redis: primary %s is at %s", st->master, where);
+        }
+        snprintf(primary_said, sizeof(primary_said), "%s", where);
+    }
+    pthread_mutex_unlock(&primary_lock);
+}
+
+/*
+ * The sentinels said where the primary is. A new address: both links go
+ * there now (what was sent to the old one fails, and owners send their
+ * completions again). The same address: links that are down keep their
+ * backoff (the primary may be down, not yet replaced).
+ */
+static void on_primary(void *arg, const char *ip, const char *port)
+{
+    struct store *st = arg;
+    char where[300];
+    snprintf(where, sizeof(where), "%s:%s", ip, port);
+    say_primary(st, where);
+    bool moved = st->host == NULL || strcmp(where, st->where) != 0;
+    if (moved) {
+        free(st->host);
+        free(st->port);
+        st->host = xstrdup(ip);
+        st->port = xstrdup(port);
+        snprintf(st->where, sizeof(st->where), "%s", where);
+    }
+    if (!moved)
+        return;
+    struct link *links[] = {&st->cmd, &st->sub};
+    for (size_t i = 0; i < ARRAY_LEN(links); i++) {
+        struct link *l = links[i];
+        link_close(l);
+        l->backoff_ms = BACKOFF_MIN_MS;
+        link_connect(l);
+    }
+}
 
 /* Stores of this thread whose last reference went, not yet freed. */
 static _Thread_local struct store *released_stores;
@@ -1265,9 +1503,12 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     st->refs = 1;
     st->free_event = event_new(base, -1, 0, on_free_event, st);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
+    st->replicas_timer = evtimer_new(base, on_replicas_timer, st);
     st->pending_tail = &st->pending;
     link_init(st, &st->cmd, "redis", NULL);
     link_init(st, &st->sub, "redis pubsub", on_sub_ready);
+    if (cfg->sentinel_master != NULL)
+        st->sentinel = sentinel_new(base, flusher, cfg, on_primary, st);
     link_connect(&st->cmd);
     link_connect(&st->sub);
     return st;
@@ -1275,8 +1516,16 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
 
 bool store_target_differs(const struct store *st, const struct config *cfg)
 {
-    return str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
-           str_differs(st->unix_path, cfg->redis_unix) || str_differs(st->user, cfg->redis_user) ||
+    if ((st->sentinel != NULL) != (cfg->sentinel_master != NULL) ||
+        (st->sentinel != NULL && sentinel_differs(st->sentinel, cfg)) ||
+        st->min_replicas != cfg->redis_min_replicas ||
+        st->min_replicas_timeout_ms != cfg->redis_min_replicas_timeout_ms)
+        return true;
+    if (st->sentinel == NULL &&
+        (str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
+         str_differs(st->unix_path, cfg->redis_unix)))
+        return true;
+    return str_differs(st->user, cfg->redis_user) ||
            str_differs(st->password, cfg->redis_password) || st->db != cfg->redis_db ||
            strncmp(st->pattern, cfg->key_prefix, strlen(st->pattern) - 1) != 0 ||
            strlen(st->pattern) - 1 != strlen(cfg->key_prefix);
@@ -1296,8 +1545,7 @@ void store_reconfigure(struct store *st, const struct config *cfg)
 void store_publish_readiness(struct store *st, _Atomic bool *flag)
 {
     st->ready_flag = flag;
-    if (flag != NULL)
-        *flag = st->cmd.state == LINK_READY;
+    publish_ready(st);
 }
 
 static void store_free(struct store *st)
@@ -1319,6 +1567,7 @@ static void store_free(struct store *st)
     while (st->watches)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
+    event_free(st->replicas_timer);
     event_free(st->free_event);
     while (st->orphans) {
         struct orphan *o = st->orphans;
@@ -1331,7 +1580,9 @@ static void store_free(struct store *st)
     free(st->user);
     free(st->password);
     free(st->pattern);
+    free(st->master);
     free(st->command.p);
+    sentinel_free(st->sentinel);
     free(st);
 }
 

@@ -249,8 +249,9 @@ def resp_read(reader):
 class Redis:
     """A private redis-server on 127.0.0.1, without persistence unless asked."""
 
-    def __init__(self, port=None, tmpdir=None, persistent=False):
+    def __init__(self, port=None, tmpdir=None, persistent=False, extra_args=()):
         self.port = port or free_port()
+        self.extra_args = list(extra_args)  # e.g. ["--replicaof", "127.0.0.1", "6379"]
         # persistent: every write on disk before it is acknowledged (AOF,
         # fsync always), so a SIGKILLed Redis started again keeps them all.
         self.persistent = persistent
@@ -268,7 +269,7 @@ class Redis:
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--dir", self.dir,
                 "--appendonly", "yes" if self.persistent else "no", "--appendfsync", "always",
-                "--daemonize", "no", "--logfile", self.log_path]
+                "--daemonize", "no", "--logfile", self.log_path] + self.extra_args
         try:
             self.proc = _spawn(argv, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL,
@@ -352,6 +353,117 @@ class Redis:
         self.stop()
         if self._own_tmp and os.environ.get("KEEP_TMP") != "1":
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Sentinel:
+    """One redis-server --sentinel on 127.0.0.1 watching MASTER."""
+
+    def __init__(self, tmpdir, master, primary_port, down_after_ms=1000):
+        self.port = free_port()
+        self.dir = tmpdir
+        os.makedirs(tmpdir, exist_ok=True)
+        self.conf = os.path.join(tmpdir, "sentinel.conf")
+        self.log_path = os.path.join(tmpdir, "sentinel.log")
+        with open(self.conf, "w") as f:
+            f.write(f"port {self.port}\nbind 127.0.0.1\ndaemonize no\ndir {tmpdir}\n"
+                    f"logfile {self.log_path}\n"
+                    f"sentinel monitor {master} 127.0.0.1 {primary_port} 2\n"
+                    f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
+                    f"sentinel failover-timeout {master} 10000\n"
+                    f"sentinel parallel-syncs {master} 1\n")
+        self.proc = None
+        self.start()
+
+    def start(self):
+        binary = os.environ.get("REDIS_BIN", "redis-server")
+        self.proc = _spawn([binary, self.conf, "--sentinel"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(lambda: self._pong(), 5 * SLOW, what=f"sentinel on port {self.port}")
+
+    def _pong(self):
+        try:
+            return self.cmd("PING") == "PONG"
+        except OSError:
+            return False
+
+    def cmd(self, *args, timeout=3.0):
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(resp_encode(*args))
+            reply = resp_read(_Reader(s))
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+class SentinelSet:
+    """A primary, its replicas and three sentinels, on free loopback ports,
+    in tmpdir: what SPEC §8's redis_sentinel talks to.
+
+        s = SentinelSet(tmp); s.directive() -> "redis_sentinel mymaster 127.0.0.1:A ..."
+        s.primary_port() asks a sentinel; s.servers maps ports to Redis objects."""
+
+    def __init__(self, tmpdir, replicas=1, master="mymaster", down_after_ms=1000):
+        self.master = master
+        os.makedirs(os.path.join(tmpdir, "r0"), exist_ok=True)
+        primary = Redis(tmpdir=os.path.join(tmpdir, "r0"))
+        self.servers = {primary.port: primary}
+        self.sentinels = []
+        try:
+            for i in range(replicas):
+                d = os.path.join(tmpdir, f"r{i + 1}")
+                os.makedirs(d, exist_ok=True)
+                r = Redis(tmpdir=d, extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+                self.servers[r.port] = r
+            wait_until(lambda: primary.cmd("INFO", "replication").count(b"state=online")
+                       == replicas, 10 * SLOW, what=f"{replicas} replica(s) in sync")
+            for i in range(3):
+                self.sentinels.append(Sentinel(os.path.join(tmpdir, f"s{i}"), master,
+                                               primary.port, down_after_ms))
+            wait_until(self._settled, 15 * SLOW, what="sentinels to see each other and the replicas")
+        except BaseException:
+            self.close()
+            raise
+
+    def _settled(self):
+        for s in self.sentinels:
+            try:
+                if (len(s.cmd("SENTINEL", "replicas", self.master)) < len(self.servers) - 1
+                        or len(s.cmd("SENTINEL", "sentinels", self.master)) < 2):
+                    return False
+            except (OSError, RedisError):
+                return False
+        return True
+
+    def directive(self):
+        return f"redis_sentinel {self.master} " + " ".join(
+            f"127.0.0.1:{s.port}" for s in self.sentinels)
+
+    def primary_port(self):
+        for s in self.sentinels:
+            try:
+                return int(s.cmd("SENTINEL", "get-master-addr-by-name", self.master)[1])
+            except (OSError, RedisError, TypeError):
+                continue
+        return None
+
+    def primary(self):
+        return self.servers[self.primary_port()]
+
+    def close(self):
+        for s in self.sentinels:
+            s.stop()
+        for r in self.servers.values():
+            r.close()
 
 
 # ---------------------------------------------------------------- HTTP client
@@ -832,6 +944,8 @@ class Proxy:
             if depth == 0 and name and name != "route":
                 overridden.add(name)
             depth += line.count("{") - line.count("}")
+        if "redis_sentinel" in overridden:  # names the store in place of redis
+            overridden.add("redis")
         base = [line for line in self.base_config() if _directive_name(line) not in overridden]
         return "\n".join(["# generated by tests/e2e/harness.py"] + base + extra_lines) + "\n"
 

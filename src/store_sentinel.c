@@ -1,0 +1,431 @@
+/*
+ * store_sentinel.c - finds the primary of a Redis Sentinel set-up and
+ * follows its failovers (SPEC §8). One per store, so per worker loop.
+ *
+ *   ask:    sentinel[i] --connect, AUTH?, SENTINEL get-master-addr-by-name M--> ip, port
+ *           an error, nil or no answer within redis_timeout: sentinel[i+1]; after a
+ *           whole round without an answer, the next round after a backoff (250 ms
+ *           doubling to 2 s)
+ *   watch:  one link to a sentinel SUBSCRIBEd to +switch-master; a message for M
+ *           names the new primary. When the link drops, the next sentinel is
+ *           watched and the primary asked for again: a switch may have been missed.
+ *
+ * Either way the answer goes to the store (sentinel_primary_fn), which checks
+ * with ROLE that the address really is the primary before it sends anything
+ * there; a primary that says otherwise, READONLY, LOADING or MASTERDOWN makes
+ * the store call sentinel_rediscover().
+ *
+ * hiredis contexts carry the sentinel in their data pointer; a context let go
+ * on purpose has its data cleared first, so its remaining callbacks (hiredis
+ * answers pending replies with NULL) find no sentinel and do nothing.
+ */
+#include "store_sentinel.h"
+
+#include <event2/event.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "log.h"
+#include "redis_events.h"
+
+#define ASK_BACKOFF_MIN_MS 250
+#define ASK_BACKOFF_MAX_MS 2000
+
+struct sentinel {
+    struct event_base *base;
+    struct flusher *flusher;
+    char *master;
+    int n;
+    char **ips, **ports;
+    char *user, *password;
+    uint64_t timeout_ms;
+    sentinel_primary_fn on_primary;
+    void *arg;
+
+    redisAsyncContext *ask; /* the sentinel being asked, or NULL */
+    int ask_next;           /* the sentinel to ask next */
+    int ask_failures;       /* in a row, this round */
+    uint64_t backoff_ms;
+    struct event *ask_timer; /* the answer's deadline, or the next attempt */
+    bool asking;             /* an attempt runs or is scheduled */
+    uint64_t answered_at_ms; /* monotonic: the last answer */
+    bool ask_failed_logged;  /* said once until a sentinel answers */
+
+    redisAsyncContext *watch; /* SUBSCRIBEd to +switch-master, or NULL */
+    int watch_next;
+    bool watch_lost_logged; /* said once per outage */
+    uint64_t watch_backoff_ms;
+    struct event *watch_timer; /* reconnects the watch */
+};
+
+int store_resolve(struct config *cfg, char *err, size_t errlen)
+{
+    for (int i = 0; i < cfg->nsentinels; i++) {
+        struct sentinel_addr *a = &cfg->sentinels[i];
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        int rc = getaddrinfo(a->host, a->port, &hints, &res);
+        char ip[NI_MAXHOST];
+        if (rc == 0)
+            rc =
+                getnameinfo(res->ai_addr, res->ai_addrlen, ip, sizeof(ip), NULL, 0, NI_NUMERICHOST);
+        if (res != NULL)
+            freeaddrinfo(res);
+        if (rc != 0) {
+            snprintf(err, errlen, "redis_sentinel: cannot resolve %s: %s", a->host,
+                     gai_strerror(rc));
+            return IDEM_ERR;
+        }
+        free(a->ip);
+        a->ip = xstrdup(ip);
+    }
+    return IDEM_OK;
+}
+
+static void auth(const struct sentinel *s, redisAsyncContext *ac)
+{
+    if (s->password && s->user)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", s->user, s->password);
+    else if (s->password)
+        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", s->password);
+}
+
+/* A context's data is its sentinel; cleared when we let it go. */
+static struct sentinel *owner_of(const redisAsyncContext *ac)
+{
+    return ac->data;
+}
+
+static redisAsyncContext *connect_to(struct sentinel *s, int i)
+{
+    redisAsyncContext *ac = redisAsyncConnect(s->ips[i], atoi(s->ports[i]));
+    if (ac == NULL)
+        return NULL;
+    if (ac->err) {
+        log_warn("redis sentinel %s:%s: %s", s->ips[i], s->ports[i], ac->errstr);
+        redisAsyncFree(ac);
+        return NULL;
+    }
+    ac->data = s;
+    redis_events_attach(ac, s->base, s->flusher);
+    return ac;
+}
+
+/* Inside one of its callbacks hiredis frees a context once the callback
+ * returns; outside, at once (a sentinel that does not answer must not keep
+ * it). Its remaining callbacks find no sentinel. */
+static void let_go(redisAsyncContext *ac)
+{
+    ac->data = NULL;
+    if (ac->c.flags & REDIS_IN_CALLBACK)
+        redisAsyncDisconnect(ac);
+    else
+        redisAsyncFree(ac);
+}
+
+/* ---- asking ------------------------------------------------------------- */
+
+static void ask_schedule(struct sentinel *s, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(s->ask_timer, &tv);
+}
+
+/* This attempt failed: the next sentinel now, or the next round later. */
+static void ask_failed(struct sentinel *s, const char *why)
+{
+    int i = (s->ask_next + s->n - 1) % s->n;
+    if (!s->ask_failed_logged)
+        log_warn("redis sentinel %s:%s: no primary for %s from it: %s; asking the others",
+                 s->ips[i], s->ports[i], s->master, why);
+    else
+        log_debug("redis sentinel %s:%s: no primary for %s from it: %s", s->ips[i], s->ports[i],
+                  s->master, why);
+    s->ask_failed_logged = true;
+    if (s->ask != NULL) {
+        redisAsyncContext *ac = s->ask;
+        s->ask = NULL;
+        let_go(ac);
+    }
+    if (++s->ask_failures < s->n) {
+        ask_schedule(s, 0);
+        return;
+    }
+    s->ask_failures = 0;
+    ask_schedule(s, s->backoff_ms);
+    s->backoff_ms = s->backoff_ms * 2 > ASK_BACKOFF_MAX_MS ? ASK_BACKOFF_MAX_MS : s->backoff_ms * 2;
+}
+
+static void on_master_addr(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct sentinel *s = owner_of(ac);
+    const redisReply *r = reply;
+    if (s == NULL || s->ask != ac)
+        return;
+    if (r == NULL) {
+        ask_failed(s, ac->errstr[0] ? ac->errstr : "connection lost");
+        return;
+    }
+    if (r->type == REDIS_REPLY_ERROR) {
+        ask_failed(s, r->str);
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING) {
+        ask_failed(s, "it does not know the master name");
+        return;
+    }
+    char ip[256], port[16];
+    snprintf(ip, sizeof(ip), "%s", r->element[0]->str);
+    snprintf(port, sizeof(port), "%s", r->element[1]->str);
+    evtimer_del(s->ask_timer);
+    s->ask = NULL;
+    s->asking = false;
+    s->answered_at_ms = now_monotonic_ms();
+    s->ask_failed_logged = false;
+    s->ask_failures = 0;
+    s->backoff_ms = ASK_BACKOFF_MIN_MS;
+    let_go(ac);
+    s->on_primary(s->arg, ip, port);
+}
+
+static void on_ask_connect(const redisAsyncContext *ac, int status)
+{
+    struct sentinel *s = owner_of(ac);
+    if (s == NULL || status == REDIS_OK || s->ask != ac)
+        return;
+    /* hiredis frees the context after this callback */
+    ((redisAsyncContext *)ac)->data = NULL;
+    s->ask = NULL;
+    ask_failed(s, ac->errstr[0] ? ac->errstr : "cannot connect");
+}
+
+static void on_ask_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    struct sentinel *s = owner_of(ac);
+    if (s == NULL || s->ask != ac)
+        return;
+    s->ask = NULL;
+    ask_failed(s, ac->errstr[0] ? ac->errstr : "disconnected");
+}
+
+static void ask_start(struct sentinel *s)
+{
+    int i = s->ask_next;
+    s->ask_next = (i + 1) % s->n;
+    redisAsyncContext *ac = connect_to(s, i);
+    if (ac == NULL) {
+        ask_failed(s, "cannot connect");
+        return;
+    }
+    s->ask = ac;
+    redisAsyncSetConnectCallback(ac, on_ask_connect);
+    redisAsyncSetDisconnectCallback(ac, on_ask_disconnect);
+    auth(s, ac);
+    redisAsyncCommand(ac, on_master_addr, NULL, "SENTINEL get-master-addr-by-name %s", s->master);
+    ask_schedule(s, s->timeout_ms); /* the deadline */
+}
+
+static void on_ask_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct sentinel *s = arg;
+    if (s->ask != NULL) {
+        ask_failed(s, "no answer within redis_timeout");
+        return;
+    }
+    ask_start(s);
+}
+
+/* At most one round of asking per ASK_BACKOFF_MIN_MS: a primary that is
+ * down, and not yet replaced, fails every reconnect, and each failure asks. */
+void sentinel_rediscover(struct sentinel *s)
+{
+    if (s->asking)
+        return;
+    s->asking = true;
+    s->ask_failures = 0;
+    uint64_t since = now_monotonic_ms() - s->answered_at_ms;
+    ask_schedule(s, since >= ASK_BACKOFF_MIN_MS ? 0 : ASK_BACKOFF_MIN_MS - since);
+}
+
+/* ---- watching ----------------------------------------------------------- */
+
+static void watch_schedule(struct sentinel *s, uint64_t ms)
+{
+    struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+    evtimer_add(s->watch_timer, &tv);
+}
+
+static void watch_lost(struct sentinel *s, const char *why)
+{
+    int i = (s->watch_next + s->n - 1) % s->n;
+    if (!s->watch_lost_logged)
+        log_warn("redis sentinel %s:%s: watch for +switch-master lost (%s); watching another and "
+                 "asking for the primary again",
+                 s->ips[i], s->ports[i], why);
+    else
+        log_debug("redis sentinel %s:%s: cannot watch +switch-master: %s", s->ips[i], s->ports[i],
+                  why);
+    s->watch_lost_logged = true;
+    s->watch = NULL;
+    watch_schedule(s, s->watch_backoff_ms);
+    s->watch_backoff_ms =
+        s->watch_backoff_ms * 2 > ASK_BACKOFF_MAX_MS ? ASK_BACKOFF_MAX_MS : s->watch_backoff_ms * 2;
+    sentinel_rediscover(s);
+}
+
+/* SUBSCRIBE's confirmation: the watch is up. */
+static void watch_up(struct sentinel *s)
+{
+    int i = (s->watch_next + s->n - 1) % s->n;
+    if (s->watch_lost_logged)
+        log_warn("redis sentinel %s:%s: watching +switch-master again", s->ips[i], s->ports[i]);
+    s->watch_lost_logged = false;
+    s->watch_backoff_ms = ASK_BACKOFF_MIN_MS;
+}
+
+/* "+switch-master" payload: "MASTER OLD-IP OLD-PORT NEW-IP NEW-PORT". */
+static void on_switch(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)privdata;
+    struct sentinel *s = owner_of(ac);
+    const redisReply *r = reply;
+    if (s == NULL || s->watch != ac || r == NULL || r->type != REDIS_REPLY_ARRAY ||
+        r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(r->element[0]->str, "subscribe") == 0) {
+        watch_up(s);
+        return;
+    }
+    if (strcmp(r->element[0]->str, "message") != 0 || r->element[2]->type != REDIS_REPLY_STRING)
+        return;
+    char name[256], old_ip[256], old_port[16], ip[256], port[16];
+    if (sscanf(r->element[2]->str, "%255s %255s %15s %255s %15s", name, old_ip, old_port, ip,
+               port) != 5 ||
+        strcmp(name, s->master) != 0)
+        return;
+    s->on_primary(s->arg, ip, port);
+}
+
+static void on_watch_connect(const redisAsyncContext *ac, int status)
+{
+    struct sentinel *s = owner_of(ac);
+    if (s == NULL || status == REDIS_OK || s->watch != ac)
+        return;
+    ((redisAsyncContext *)ac)->data = NULL;
+    watch_lost(s, ac->errstr[0] ? ac->errstr : "cannot connect");
+}
+
+static void on_watch_disconnect(const redisAsyncContext *ac, int status)
+{
+    (void)status;
+    struct sentinel *s = owner_of(ac);
+    if (s == NULL || s->watch != ac)
+        return;
+    watch_lost(s, ac->errstr[0] ? ac->errstr : "disconnected");
+}
+
+static void on_watch_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct sentinel *s = arg;
+    int i = s->watch_next;
+    s->watch_next = (i + 1) % s->n;
+    redisAsyncContext *ac = connect_to(s, i);
+    if (ac == NULL) {
+        watch_schedule(s, ASK_BACKOFF_MAX_MS);
+        return;
+    }
+    s->watch = ac;
+    redisAsyncSetConnectCallback(ac, on_watch_connect);
+    redisAsyncSetDisconnectCallback(ac, on_watch_disconnect);
+    auth(s, ac);
+    redisAsyncCommand(ac, on_switch, NULL, "SUBSCRIBE +switch-master");
+}
+
+/* ---- lifecycle ---------------------------------------------------------- */
+
+struct sentinel *sentinel_new(struct event_base *base, struct flusher *flusher,
+                              const struct config *cfg, sentinel_primary_fn on_primary, void *arg)
+{
+    struct sentinel *s = xcalloc(1, sizeof(*s));
+    s->base = base;
+    s->flusher = flusher;
+    s->master = xstrdup(cfg->sentinel_master);
+    s->n = cfg->nsentinels;
+    s->ips = xcalloc((size_t)s->n, sizeof(*s->ips));
+    s->ports = xcalloc((size_t)s->n, sizeof(*s->ports));
+    for (int i = 0; i < s->n; i++) {
+        const struct sentinel_addr *a = &cfg->sentinels[i];
+        s->ips[i] = xstrdup(a->ip ? a->ip : a->host);
+        s->ports[i] = xstrdup(a->port);
+    }
+    s->user = cfg->sentinel_user ? xstrdup(cfg->sentinel_user) : NULL;
+    s->password = cfg->sentinel_password ? xstrdup(cfg->sentinel_password) : NULL;
+    s->timeout_ms = cfg->redis_timeout_ms;
+    s->on_primary = on_primary;
+    s->arg = arg;
+    s->backoff_ms = ASK_BACKOFF_MIN_MS;
+    s->watch_backoff_ms = ASK_BACKOFF_MIN_MS;
+    s->ask_timer = evtimer_new(base, on_ask_timer, s);
+    s->watch_timer = evtimer_new(base, on_watch_timer, s);
+    sentinel_rediscover(s);
+    watch_schedule(s, 0);
+    return s;
+}
+
+static bool str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+bool sentinel_differs(const struct sentinel *s, const struct config *cfg)
+{
+    if (cfg->sentinel_master == NULL || strcmp(s->master, cfg->sentinel_master) != 0 ||
+        s->n != cfg->nsentinels || str_differs(s->user, cfg->sentinel_user) ||
+        str_differs(s->password, cfg->sentinel_password))
+        return true;
+    for (int i = 0; i < s->n; i++) {
+        const struct sentinel_addr *a = &cfg->sentinels[i];
+        if (str_differs(s->ips[i], a->ip ? a->ip : a->host) || strcmp(s->ports[i], a->port) != 0)
+            return true;
+    }
+    return false;
+}
+
+void sentinel_free(struct sentinel *s)
+{
+    if (s == NULL)
+        return;
+    redisAsyncContext *contexts[] = {s->ask, s->watch};
+    for (size_t i = 0; i < ARRAY_LEN(contexts); i++) {
+        if (contexts[i] != NULL) {
+            contexts[i]->data = NULL;
+            redisAsyncFree(contexts[i]);
+        }
+    }
+    event_free(s->ask_timer);
+    event_free(s->watch_timer);
+    for (int i = 0; i < s->n; i++) {
+        free(s->ips[i]);
+        free(s->ports[i]);
+    }
+    free(s->ips);
+    free(s->ports);
+    free(s->master);
+    free(s->user);
+    if (s->password != NULL)
+        explicit_bzero(s->password, strlen(s->password));
+    free(s->password);
+    free(s);
+}

@@ -1,0 +1,170 @@
+"""Production Redis (SPEC §8): a primary with a replica behind three
+sentinels (redis-server --sentinel), claims confirmed by WAIT
+(redis_min_replicas), and the promise through a failover: the primary
+SIGKILLed under load executes nothing twice, stored keys replay on the new
+primary, a request in flight still has its answer stored, and /readyz
+follows the window.
+"""
+import os
+import signal
+import threading
+import time
+import uuid
+
+from harness import (SLOW, Env, Redis, SentinelSet, assert_problem, background, free_port,
+                     problem, request, wait_until)
+
+
+def new_key():
+    return "s-" + uuid.uuid4().hex
+
+
+def _metric(port, name):
+    r = request(port, "GET", "/metrics")
+    for line in r.body.decode().splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return line
+    return None
+
+
+def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
+    """Clients retry their keys while the primary is SIGKILLed: the sentinels
+    promote the replica, idemproxy follows (one log line), requests in the
+    window get 503 (never another error, never a second execution), a key
+    stored before the failover replays after it, a request in flight when the
+    primary died has its answer stored on the new one, and /readyz is 503
+    for the window only."""
+    admin = free_port()
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        # two replicas: after the failover one is left to confirm claims
+        sentinels = SentinelSet(os.path.join(env.tmp, "redis"), replicas=2)
+        try:
+            cfg = (f"{sentinels.directive()}\nredis_min_replicas 1 200ms\nredis_timeout 300ms\n"
+                   f"lock_ttl 10s\nupstream_timeout 8s\nadmin_listen 127.0.0.1:{admin}")
+            proxy = env.start_proxy(cfg)
+            first_primary = sentinels.primary_port()
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 5 * SLOW,
+                       what="/readyz 200 on the sentinels' primary")
+            assert f"redis: primary mymaster is at 127.0.0.1:{first_primary}" in proxy.error_log()
+
+            stored = new_key()
+            before = env.post("/orders", key=stored, body=b'{"n":1}')
+            assert before.status == 201, before
+            slow = new_key()
+            in_flight = background(env.post, "/orders", key=slow,
+                                   headers={"X-Test-Delay": "2500"}, timeout=20)
+            wait_until(lambda: env.upstream.count(slow) == 1, 3, what="the slow request upstream")
+
+            statuses, keys, lock, stop = [], [], threading.Lock(), threading.Event()
+
+            def client():
+                while not stop.is_set():
+                    key = new_key()
+                    with lock:
+                        keys.append(key)
+                    for _ in range(200):
+                        try:
+                            r = env.post("/orders", key=key, timeout=5)
+                        except OSError:
+                            code = "conn"
+                        else:
+                            code = r.status if r.status != 409 else problem(r).get("code")
+                        with lock:
+                            statuses.append(code)
+                        if code == 201 or stop.is_set():
+                            break
+                        time.sleep(0.05)
+
+            readyz = []
+
+            def probe():
+                while not stop.is_set():
+                    try:
+                        readyz.append(request(admin, "GET", "/readyz", timeout=2).status)
+                    except OSError:
+                        readyz.append("conn")
+                    time.sleep(0.05)
+
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+            threads.append(threading.Thread(target=probe, daemon=True))
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            sentinels.servers[first_primary].kill()
+            wait_until(lambda: sentinels.primary_port() not in (None, first_primary), 20 * SLOW,
+                       what="the sentinels to promote the replica")
+            new_primary = sentinels.primary_port()
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 on the new primary")
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join(30)
+
+            assert f"redis: primary mymaster moved 127.0.0.1:{first_primary} -> " \
+                   f"127.0.0.1:{new_primary}" in proxy.error_log()
+            assert 503 in readyz and readyz[-1] == 200, readyz
+            unexpected = [c for c in statuses if c not in (201, 503, "conflict")]
+            assert not unexpected, f"answers other than 201/503/409 conflict: {unexpected[:20]}"
+            twice = [k for k in keys if env.upstream.count(k) > 1]
+            assert not twice, f"executed twice: {twice}"
+
+            r = env.post("/orders", key=stored, body=b'{"n":1}')
+            assert r.status == 201 and r.header("Idempotent-Replayed") == "true", r
+            assert r.body == before.body
+            assert in_flight.result(20).status == 201
+            wait_until(lambda: env.post("/orders", key=slow).header("Idempotent-Replayed")
+                       == "true", 10 * SLOW, what="the in-flight request's answer, replayed")
+            assert env.upstream.count(slow) == 1
+            assert "1" in _metric(admin, "idemproxy_redis_failovers_total")
+            proxy.stop()
+        finally:
+            sentinels.close()
+
+
+def test_min_replicas_without_the_replica_is_503_and_executes_nothing():
+    """redis_min_replicas 1 with the replica frozen: the claim is given back,
+    the client gets 503 store-unavailable, the upstream sees nothing; once
+    the replica is back the same key executes once."""
+    admin = free_port()
+    with Env(proxy=False, expect_errors=True) as env:
+        os.makedirs(os.path.join(env.tmp, "replica"))
+        replica = Redis(tmpdir=os.path.join(env.tmp, "replica"), extra_args=[
+            "--replicaof", "127.0.0.1", str(env.redis_port)])
+        try:
+            wait_until(lambda: b"state=online" in env.redis.cmd("INFO", "replication"),
+                       10 * SLOW, what="the replica in sync")
+            proxy = env.start_proxy(f"redis_min_replicas 1 100ms\nadmin_listen 127.0.0.1:{admin}")
+            key = new_key()
+            assert env.post("/orders", key=new_key()).status == 201  # with the replica: fine
+            replica.proc.send_signal(signal.SIGSTOP)
+            try:
+                r = env.post("/orders", key=key)
+                assert_problem(r, 503, "store-unavailable")
+                assert env.upstream.count(key) == 0
+                wait_until(lambda: not env.redis.keys(f"*{key}"), 3 * SLOW,
+                           what="the claim given back")
+            finally:
+                replica.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: env.post("/orders", key=key).status == 201, 5 * SLOW,
+                       what="the key to execute once the replica is back")
+            assert env.upstream.count(key) == 1
+            assert "giving it back" in proxy.error_log()
+            line = _metric(admin, 'idemproxy_redis_replica_shortfalls_total{op="claim"}')
+            assert line and int(line.split()[-1]) >= 1, line
+        finally:
+            replica.close()
+
+
+def test_sentinel_configuration_errors():
+    from harness import run_idemproxy
+    import tempfile
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "c.conf")
+        with open(path, "w") as f:
+            f.write("upstream http://127.0.0.1:9\nredis 127.0.0.1:6379\n"
+                    "redis_sentinel m 127.0.0.1:26379\nredis_min_replicas 99\n")
+        code, _, err = run_idemproxy(["-t", "-c", path])
+        assert code != 0
+        assert f"{path}:3: redis_sentinel: the store is named twice (redis, line 2)" in err, err
+        assert f"{path}:4: redis_min_replicas: expected a number of replicas" in err, err
