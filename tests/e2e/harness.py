@@ -466,6 +466,51 @@ class SentinelSet:
             r.close()
 
 
+def retrying_client(proxies, rnd, stop, stats, lock):
+    """A client as SDKs are (tests that kill things under load): fresh keys
+    one after another at random proxies; each is retried (503, 409
+    conflict, 502, 504, refused connections) until it gets a 201 (a first
+    answer), then once more for its replay, is found unknown, or 15 s pass.
+    stats (under lock): "keys" (a list), counts by outcome "done",
+    "unknown", "gave_up", "different_body" (a repeat after the 201 that is
+    not its replay), and "replayed"."""
+    while not stop.is_set():
+        key = "c-" + os.urandom(16).hex()
+        delay = str(rnd.choice((0, 0, 50, 200, 600)))
+        body = b'{"amount":%d}' % rnd.randrange(1000)
+        deadline = time.monotonic() + 15 * SLOW
+        outcome = "gave_up"
+        first_body = None
+        while time.monotonic() < deadline:
+            proxy = rnd.choice(proxies)
+            try:
+                r = proxy.request("POST", "/charges",
+                                  {"Idempotency-Key": key, "X-Test-Delay": delay}, body,
+                                  timeout=5)
+            except OSError:
+                time.sleep(0.1)
+                continue
+            if r.status == 201 and first_body is None:
+                # once more, as a client whose answer was lost would: a replay
+                first_body = r.body
+                outcome = "done"
+                continue
+            if r.status == 201:
+                if r.body != first_body or r.header("Idempotent-Replayed") != "true":
+                    outcome = "different_body"
+                else:
+                    with lock:
+                        stats["replayed"] += 1
+                break
+            if r.status == 409 and (problem(r) or {}).get("code") == "outcome-unknown":
+                outcome = "unknown" if first_body is None else outcome
+                break
+            time.sleep(rnd.uniform(0.05, 0.2))  # 503, 409 conflict, 502, 504: retry
+        with lock:
+            stats[outcome] += 1
+            stats["keys"].append(key)
+
+
 # ---------------------------------------------------------------- HTTP client
 
 

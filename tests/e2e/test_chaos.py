@@ -12,45 +12,8 @@ import random
 import signal
 import threading
 import time
-import uuid
 
-from harness import SLOW, Env, Proxy, Redis, problem
-
-
-def _client(proxies, rnd, stop, stats, lock):
-    """Fresh keys one after another; each is retried until it gets a 201 (a
-    first answer or a replay), is found unknown, or 15 s pass."""
-    while not stop.is_set():
-        key = "c-" + uuid.uuid4().hex
-        delay = str(rnd.choice((0, 0, 50, 200, 600)))
-        body = b'{"amount":%d}' % rnd.randrange(1000)
-        deadline = time.monotonic() + 15 * SLOW
-        outcome = "gave_up"
-        first_body = None
-        while time.monotonic() < deadline:
-            proxy = rnd.choice(proxies)
-            try:
-                r = proxy.request("POST", "/charges",
-                                  {"Idempotency-Key": key, "X-Test-Delay": delay}, body,
-                                  timeout=5)
-            except OSError:
-                time.sleep(0.1)
-                continue
-            if r.status == 201:
-                if first_body is not None and r.body != first_body:
-                    outcome = "different_body"
-                else:
-                    outcome = "done"
-                    if r.header("Idempotent-Replayed") == "true":
-                        stats["replayed"] += 1
-                break
-            if r.status == 409 and (problem(r) or {}).get("code") == "outcome-unknown":
-                outcome = "unknown"
-                break
-            time.sleep(rnd.uniform(0.05, 0.2))  # 503, 409 conflict, 502, 504: retry
-        with lock:
-            stats[outcome] += 1
-            stats["keys"].append(key)
+from harness import SLOW, Env, Proxy, Redis, retrying_client
 
 
 def test_kills_under_load_never_execute_a_key_twice():
@@ -67,7 +30,7 @@ def test_kills_under_load_never_execute_a_key_twice():
         kills = {"redis": 0, "idemproxy": 0}
         lock = threading.Lock()
         stop = threading.Event()
-        clients = [threading.Thread(target=_client,
+        clients = [threading.Thread(target=retrying_client,
                                     args=(proxies, random.Random(rnd.random()), stop, stats,
                                           lock), daemon=True) for _ in range(8)]
         try:

@@ -168,3 +168,64 @@ def test_sentinel_configuration_errors():
         assert code != 0
         assert f"{path}:3: redis_sentinel: the store is named twice (redis, line 2)" in err, err
         assert f"{path}:4: redis_min_replicas: expected a number of replicas" in err, err
+
+
+def test_failover_soak_executes_nothing_twice():
+    """Retrying clients on two instances while the primary is SIGKILLed
+    again and again (each time the sentinels promote a replica, and the old
+    primary comes back as a replica of the new one): with
+    redis_min_replicas 1 no key executes twice. FAILOVER_MIN_REPLICAS=0
+    and FAILOVER_SECONDS measure the other setting (the issue's note)."""
+    import random
+    from harness import Proxy, retrying_client
+    seconds = float(os.environ.get("FAILOVER_SECONDS", "20"))
+    min_replicas = int(os.environ.get("FAILOVER_MIN_REPLICAS", "1"))
+    seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
+    rnd = random.Random(seed)
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        sentinels = SentinelSet(os.path.join(env.tmp, "redis"), replicas=2)
+        proxies = []
+        try:
+            cfg = (f"{sentinels.directive()}\nredis_min_replicas {min_replicas} 200ms\n"
+                   "redis_timeout 300ms\nlock_ttl 3s\nupstream_timeout 2s")
+            proxies = [Proxy(env.upstream_port, env.redis_port, cfg, expect_errors=True)
+                       for _ in range(2)]
+            stats = {"keys": [], "done": 0, "unknown": 0, "gave_up": 0, "different_body": 0,
+                     "replayed": 0}
+            lock, stop = threading.Lock(), threading.Event()
+            clients = [threading.Thread(target=retrying_client,
+                                        args=(proxies, random.Random(rnd.random()), stop, stats,
+                                              lock), daemon=True) for _ in range(6)]
+            for c in clients:
+                c.start()
+            failovers = 0
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                time.sleep(rnd.uniform(1.0, 2.0))
+                old = sentinels.primary_port()
+                sentinels.servers[old].kill()
+                wait_until(lambda: sentinels.primary_port() not in (None, old), 20 * SLOW,
+                           what="a failover")
+                sentinels.servers[old].start()  # back, as a replica once the sentinels see it
+                failovers += 1
+            time.sleep(2.0)
+            stop.set()
+            for c in clients:
+                c.join(30 * SLOW)
+            twice = [k for k in stats["keys"] if env.upstream.count(k) > 1]
+            summary = (f"failover soak seed={seed} min_replicas={min_replicas} {seconds:.0f}s: "
+                       f"{failovers} failovers, {len(stats['keys'])} keys, {stats['done']} done "
+                       f"({stats['replayed']} replays checked), {stats['unknown']} unknown, "
+                       f"{stats['gave_up']} gave up; executed twice: {len(twice)}")
+            print(summary)
+            if min_replicas > 0:
+                assert not twice, f"{summary}: {twice[:10]}"
+            assert stats["different_body"] == 0, summary
+            assert failovers >= 2 and stats["done"] > 20, summary
+        finally:
+            stop_all = [p.close for p in proxies] + [sentinels.close]
+            for f in stop_all:
+                try:
+                    f()
+                except Exception:  # the first failure is the one to report
+                    pass
