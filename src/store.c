@@ -52,6 +52,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "flush.h"
 #include "log.h"
 #include "metrics.h"
 #include "redis_events.h"
@@ -199,6 +200,8 @@ struct store {
      * would hold up every command behind it), and /readyz says 503. */
     bool replicas_short;
     struct event *replicas_timer;
+    struct wait_batch *wait_batch; /* this turn's writes that wait for one WAIT */
+    struct flush_job wait_job;
     struct link cmd;
     struct link sub;
     /* Operations started while cmd is connecting: sent, in order, once its
@@ -458,13 +461,9 @@ static void orphans_release_soon(struct store *st);
  * given back (owner-checked) and the caller answers 503; a completion is
  * kept (the upstream has executed), the shortfall logged and counted.
  */
-static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void op_wait_result(struct store_op *op, const redisReply *r)
 {
-    (void)ac;
-    struct store_op *op = privdata;
-    const redisReply *r = reply;
     struct store *st = op->st;
-    op->replies_due--;
     long long replicas = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
     bool enough = replicas >= st->min_replicas;
     if (op->confirm_pending && !op->answered) {
@@ -500,7 +499,62 @@ static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
                  (unsigned long long)st->min_replicas_timeout_ms);
         metrics_redis_shortfall(true);
     }
-    op_maybe_free(op);
+}
+
+/*
+ * One WAIT covers every write its connection sent before it, so the claims
+ * and completions sent in one turn of the loop share one WAIT, sent at the
+ * end of that turn (WAIT holds up the commands behind it on the connection:
+ * one per request would make every request wait for the ones before).
+ */
+struct wait_batch {
+    int n, cap;
+    struct store_op **ops;
+};
+
+static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct wait_batch *b = privdata;
+    for (int i = 0; i < b->n; i++) {
+        struct store_op *op = b->ops[i];
+        op->replies_due--;
+        op_wait_result(op, reply);
+        op_maybe_free(op);
+    }
+    free(b->ops);
+    free(b);
+}
+
+/* The end of the turn: the batch's WAIT goes out after its writes. */
+static void send_wait_batch(struct flush_job *job)
+{
+    struct store *st = (struct store *)((char *)job - offsetof(struct store, wait_job));
+    struct wait_batch *b = st->wait_batch;
+    st->wait_batch = NULL;
+    if (b == NULL)
+        return;
+    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY ||
+        redisAsyncCommand(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
+                          (unsigned long long)st->min_replicas_timeout_ms) != REDIS_OK)
+        on_wait_reply(NULL, NULL, b); /* their writes went with that connection */
+}
+
+/* op's write, just sent, waits for the turn's WAIT. */
+static void op_join_wait(struct store_op *op)
+{
+    struct store *st = op->st;
+    struct wait_batch *b = st->wait_batch;
+    if (b == NULL) {
+        b = st->wait_batch = xcalloc(1, sizeof(*b));
+        flush_schedule(st->flusher, &st->wait_job);
+    }
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 16;
+        b->ops = xrealloc(b->ops, (size_t)b->cap * sizeof(*b->ops));
+    }
+    b->ops[b->n++] = op;
+    op->replies_due++;
 }
 
 /* A failover under way: this server takes no writes (a demoted primary, a
@@ -1074,11 +1128,9 @@ static void op_send(struct store_op *op)
     }
     op->replies_due++;
     op->sent_on = st->cmd.ac;
-    /* redis_min_replicas: in the same write, so one round trip */
-    if (st->min_replicas > 0 && (op->on_claim != NULL || op->script == SCRIPT_COMPLETE) &&
-        redisAsyncCommand(st->cmd.ac, on_wait_reply, op, "WAIT %d %llu", st->min_replicas,
-                          (unsigned long long)st->min_replicas_timeout_ms) == REDIS_OK)
-        op->replies_due++;
+    /* redis_min_replicas: WAIT at the end of this turn, in the same round trip */
+    if (st->min_replicas > 0 && (op->on_claim != NULL || op->script == SCRIPT_COMPLETE))
+        op_join_wait(op);
 }
 
 /* The cmd link is ready: what waited for it goes out, in order. */
@@ -1504,6 +1556,7 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     st->free_event = event_new(base, -1, 0, on_free_event, st);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
     st->replicas_timer = evtimer_new(base, on_replicas_timer, st);
+    st->wait_job.run = send_wait_batch;
     st->pending_tail = &st->pending;
     link_init(st, &st->cmd, "redis", NULL);
     link_init(st, &st->sub, "redis pubsub", on_sub_ready);
@@ -1568,6 +1621,12 @@ static void store_free(struct store *st)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
     event_free(st->replicas_timer);
+    flush_cancel(st->flusher, &st->wait_job);
+    if (st->wait_batch != NULL) {
+        struct wait_batch *b = st->wait_batch;
+        st->wait_batch = NULL;
+        on_wait_reply(NULL, NULL, b);
+    }
     event_free(st->free_event);
     while (st->orphans) {
         struct orphan *o = st->orphans;

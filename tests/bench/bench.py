@@ -39,7 +39,9 @@ and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
 WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory),
-BENCH_SCENARIOS ["get post unique replay tls"] (a subset runs only those),
+BENCH_SCENARIOS ["get post unique replay replicated tls"] (a subset runs only
+those; "replicated": unique keys through a second idemproxy with
+`redis_min_replicas 1 50ms`, on a second Redis with one replica),
 BENCH_TLS_CONNECTIONS ["50"], BENCH_TLS_DURATION [8, at most BENCH_DURATION],
 BENCH_TLS_FULL_CLIENTS [4], BENCH_ONLY [] ("tls": only the TLS rows, no
 idle-connection step, no plain proxies; the same as BENCH_SCENARIOS=tls
@@ -89,7 +91,8 @@ PACED_REPLAY = "POST replay, paced"
 PACED_CONNECTIONS = int(env("BENCH_PACED_CONNECTIONS", "10"))
 PACED_DELAY_MS = int(env("BENCH_PACED_DELAY_MS", "3"))
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
-SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay tls").replace(",", " ").split()
+SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated tls").replace(",",
+                                                                             " ").split()
 TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
 TLS_DURATION = int(env("BENCH_TLS_DURATION", str(min(DURATION, 8))))
 TLS_FULL_CLIENTS = int(env("BENCH_TLS_FULL_CLIENTS", "4"))
@@ -100,7 +103,10 @@ if ONLY == "tls":
     IDLE_CONNS = 0
 elif ONLY:
     raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: only \"tls\" is known")
-PLAIN_SCENARIOS = ("get", "post", "unique", "replay")
+PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated")
+# The replicated row: a second idemproxy with redis_min_replicas 1, on a
+# second Redis with one replica of its own.
+REPLICATED = "POST unique key, redis_min_replicas 1"
 BODY = b'{"amount":100}'
 
 
@@ -260,6 +266,23 @@ def redis_commandstats(port):
     for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)", data.decode()):
         out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
     return out
+
+
+def redis_info(port, section):
+    """INFO SECTION as text."""
+    msg = f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(msg)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            head, _, rest = data.partition(b"\r\n")
+            if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
+                break
+    return data.decode(errors="replace")
 
 
 def commandstats_per_request(before, after, requests):
@@ -593,7 +616,9 @@ def main():
 
         plain = IDLE_CONNS > 0 or any(sc in SCENARIOS for sc in PLAIN_SCENARIOS)
         with_tls = "tls" in SCENARIOS
-        idem = nginx_proxy = idem_tls = nginx_tls = openssl = None
+        idem = nginx_proxy = idem_tls = nginx_tls = openssl = idem_rep = None
+        rep_redis_port = idem_rep_port = None
+        rep_procs = {}
         idem_port = px_port = idem_tls_port = ngx_tls_port = None
         idem_log = os.path.join(tmp, "idemproxy.log")
         idem_tls_log = os.path.join(tmp, "idemproxy-tls.log")
@@ -616,6 +641,34 @@ def main():
                         [nginx, "-p", tmp, "-e", os.path.join(tmp, "nginx-proxy.error.log"),
                          "-c", conf, "-g", f"daemon off; pid {tmp}/nginx-proxy.pid;"],
                         os.path.join(tmp, "nginx-proxy.out"), px_port)
+            if "replicated" in SCENARIOS:
+                rep_redis_port, rep_replica_port = free_port(), free_port()
+                rep_procs = {}
+                for label, port, extra in (("redis (replicated primary)", rep_redis_port, []),
+                                           ("redis (replica)", rep_replica_port,
+                                            ["--replicaof", "127.0.0.1", str(rep_redis_port)])):
+                    d = os.path.join(tmp, f"redis-{port}")
+                    os.makedirs(d)
+                    rep_procs[port] = procs.start(label, [redis, "--port", str(port), "--bind", "127.0.0.1",
+                                        "--save", "", "--appendonly", "no", "--dir", d,
+                                        "--daemonize", "no", "--logfile",
+                                        os.path.join(d, "redis.log")] + extra,
+                                os.path.join(d, "redis.out"), port)
+                deadline = time.monotonic() + 10
+                while "state=online" not in redis_info(rep_redis_port, "replication"):
+                    if time.monotonic() > deadline:
+                        raise BenchError("the replica did not come online")
+                    time.sleep(0.1)
+                idem_rep_port = free_port()
+                conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy-rep.conf"),
+                              DIR=tmp + "/rep", PORT=idem_rep_port, UPSTREAM_PORT=up_port,
+                              REDIS_PORT=rep_redis_port, WORKERS=WORKERS)
+                os.makedirs(tmp + "/rep")
+                with open(conf, "a") as f:
+                    f.write("redis_min_replicas 1 50ms\n")
+                idem_rep = procs.start("idemproxy (redis_min_replicas 1)",
+                                       [IDEMPROXY_BIN, "-c", conf],
+                                       os.path.join(tmp, "idemproxy-rep.out"), idem_rep_port)
             say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
                 f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
 
@@ -729,6 +782,8 @@ def main():
              CONNECTIONS),
             (PACED_UNIQUE, "/orders", "post_unique.lua", (), False, "unique", False,
              [PACED_CONNECTIONS]),
+            (REPLICATED, "/orders", "post_unique.lua", (), False, "replicated", False,
+             CONNECTIONS),
             (PACED_REPLAY, "/orders", "post_replay.lua", (), False, "replay", False,
              [PACED_CONNECTIONS]),
             (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
@@ -763,6 +818,9 @@ def main():
                     if tls:
                         targets = [("idem", "https", idem_tls_port, idem_tls, idem_tls_log),
                                    ("nginx", "https", ngx_tls_port, nginx_tls, None)]
+                    elif name == REPLICATED:
+                        targets = [("idem", "http", idem_rep_port, idem_rep,
+                                    os.path.join(tmp, "rep", "idemproxy.log"))]
                     else:
                         targets = [("idem", "http", idem_port, idem, idem_log)]
                         if with_nginx:
@@ -775,7 +833,9 @@ def main():
                         cpu0 = cpu_seconds(pids)
                         # Where the machine's CPU went (idemproxy's plain rows): the
                         # proxy, Redis, the upstream and wrk share the same cores.
-                        others = [("redis", [redis_proc.pid]),
+                        redis_pid = rep_procs[rep_redis_port].pid if name == REPLICATED \
+                            else redis_proc.pid
+                        others = [("redis", [redis_pid]),
                                   ("upstream", proc_tree(upstream_proc.pid))]
                         others0 = {k: cpu_seconds(v) for k, v in others}
                         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -783,10 +843,11 @@ def main():
                             f"{'idemproxy' if tname == 'idem' else 'nginx'}: "
                             f"{TLS_DURATION if tls else DURATION}s")
                         keys_before = None
-                        stats0 = redis_commandstats(redis_port) if tname == "idem" and not tls \
+                        stats_port = rep_redis_port if name == REPLICATED else redis_port
+                        stats0 = redis_commandstats(stats_port) if tname == "idem" and not tls \
                             else None
                         if script == "post_unique.lua" and tname == "idem":
-                            keys_before = int(redis_cmd(redis_port, "DBSIZE")[1:])
+                            keys_before = int(redis_cmd(stats_port, "DBSIZE")[1:])
                         if script == "s_time":
                             r = run_s_time(openssl, port, conns, TLS_DURATION, wrk_log)
                         else:
@@ -801,14 +862,14 @@ def main():
                                            for k, v in others}
                             if stats0 is not None:
                                 r["redis_cmds"] = commandstats_per_request(
-                                    stats0, redis_commandstats(redis_port), r["requests"])
+                                    stats0, redis_commandstats(stats_port), r["requests"])
                             r["budget"]["load generator"] = (
                                 children1.ru_utime + children1.ru_stime
                                 - children0.ru_utime - children0.ru_stime) * 1e6 / r["requests"]
                         say(f"  {f_rps(r['rps'])} req/s, p50 {f_ms(r['p50'])}, "
                             f"p99 {f_ms(r['p99'])}, non-2xx {f_err(r)}")
                         if keys_before is not None and r["requests"] is not None:
-                            stored = int(redis_cmd(redis_port, "DBSIZE")[1:]) - keys_before
+                            stored = int(redis_cmd(stats_port, "DBSIZE")[1:]) - keys_before
                             ok_2xx = r["requests"] - r["non2xx"]
                             unique_2xx += ok_2xx
                             r["keys_stored"] = stored
