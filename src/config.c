@@ -167,6 +167,13 @@ static const struct directive directives[] = {
     {"sentinel_password_file", set_password_file, CFG(sentinel_password_file), G, 1, 1, NULL, NULL,
      NULL},
     {"redis_min_replicas", set_min_replicas, CFG(redis_min_replicas), G, 1, 2, "0", NULL, NULL},
+    {"redis_tls", set_bool, CFG(redis_tls), G, 1, 1, "off", NULL, NULL},
+    {"redis_tls_ca", set_string, CFG(redis_tls_ca), G, 1, 1, "system", NULL, NULL},
+    {"redis_tls_server_name", set_server_name, CFG(redis_tls_server_name), G, 1, 1, NULL, NULL,
+     NULL},
+    {"redis_tls_certificate", set_string, CFG(redis_tls_certificate), G, 1, 1, NULL, NULL, NULL},
+    {"redis_tls_certificate_key", set_string, CFG(redis_tls_certificate_key), G, 1, 1, NULL, NULL,
+     NULL},
     {"key_prefix", set_string, CFG(key_prefix), G, 1, 1, "idem:", NULL, NULL},
     {"key_header", set_header_name, CFG(key_header), G, 1, 1, "Idempotency-Key", NULL, NULL},
     {"methods", set_methods, POL(methods), P, 1, -1, "POST PUT PATCH DELETE", NULL, NULL},
@@ -1153,6 +1160,14 @@ static void check_tls(struct parser *ps)
     if ((cert != 0) != (key != 0))
         report(ps, cert != 0 ? cert : key,
                "upstream_tls_certificate and upstream_tls_certificate_key go together");
+    cert = ps->global_seen[directive_index("redis_tls_certificate")];
+    key = ps->global_seen[directive_index("redis_tls_certificate_key")];
+    if ((cert != 0) != (key != 0))
+        report(ps, cert != 0 ? cert : key,
+               "redis_tls_certificate and redis_tls_certificate_key go together");
+    if (cfg->redis_tls && cfg->redis_unix != NULL)
+        report(ps, ps->global_seen[directive_index("redis_tls")],
+               "redis_tls: not over a unix socket (redis unix:...)");
 }
 
 static int compare_routes(const void *a, const void *b)
@@ -1386,6 +1401,11 @@ void config_unref(struct config *cfg)
     free(cfg->tls_certificate_key);
     free(cfg->tls_ciphers);
     free(cfg->tls_ciphersuites);
+    free(cfg->redis_tls_ca);
+    free(cfg->redis_tls_server_name);
+    free(cfg->redis_tls_certificate);
+    free(cfg->redis_tls_certificate_key);
+    free(cfg->redis_ip);
     free(cfg->upstream_tls_ca);
     free(cfg->upstream_tls_server_name);
     free(cfg->upstream_tls_certificate);

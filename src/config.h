@@ -152,6 +152,12 @@ struct config {
     char *sentinel_password_file;
     char *sentinel_password; /* never logged */
     int redis_min_replicas;  /* a claim counts once WAIT says this many replicas have it */
+    bool redis_tls;          /* to Redis and the sentinels (tls.c builds the context) */
+    char *redis_tls_ca;      /* "system" or a path */
+    char *redis_tls_server_name;
+    char *redis_tls_certificate;
+    char *redis_tls_certificate_key;
+    char *redis_ip; /* redis_host, numeric: filled by store_resolve() in the main thread */
     uint64_t redis_min_replicas_timeout_ms;
 
     char *key_prefix;

@@ -8,7 +8,7 @@
  * Scripts run by EVALSHA; a NOSCRIPT answer (a restarted or flushed Redis)
  * re-sends that command once as EVAL, which also caches the script again.
  *
- * Connections: two redisAsyncContexts ("links"). `cmd` runs the operations;
+ * Connections: two redis_conns ("links"; TCP, unix or TLS). `cmd` runs the operations;
  * `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting duplicates: a
  * claim that will wait marks the key, and complete, release and
  * mark_unknown PUBLISH on the key's name only when it is marked, so keys
@@ -40,7 +40,6 @@
 #include "store.h"
 
 #include <event2/event.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -55,9 +54,10 @@
 #include "flush.h"
 #include "log.h"
 #include "metrics.h"
-#include "redis_events.h"
+#include "redis_conn.h"
 #include "store_keys.h"
 #include "store_sentinel.h"
+#include "tls.h"
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
@@ -65,14 +65,17 @@
 enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
 
 /*
- * One hiredis connection with its own reconnect timer and backoff. The
+ * One connection with its own reconnect timer and backoff. The
  * store has two: `cmd` runs the scripts; `sub` holds one PSUBSCRIBE on
  * "<key_prefix>*" and wakes parked duplicates (SPEC §4.4).
  */
 struct link {
     struct store *st;
     const char *role;
-    redisAsyncContext *ac; /* the current connection; its data is a struct conn */
+    /* The current connection. Its data is this link until it is let go
+     * (link_close) or ends (on_conn_ended): then NULL, so that the replies
+     * answered NULL afterwards find no link. */
+    struct redis_conn *ac;
     enum link_state state;
     struct event *reconnect_timer;
     uint64_t backoff_ms;
@@ -80,20 +83,6 @@ struct link {
     bool setup_failed; /* this connection's AUTH or SELECT was refused */
     bool aof_enabled;  /* INFO persistence said so (cmd link, at each connection) */
     void (*on_ready)(struct link *l);
-};
-
-/*
- * Who a hiredis context belongs to (its data pointer), so that a callback
- * can tell its link's current connection from one it has let go. hiredis
- * ends a context with one last callback (on_connect failing, or
- * on_disconnect) and then answers every reply still pending with NULL: the
- * conn is freed in that last callback and the context's data cleared, so the
- * replies that follow find no link. A context freed on purpose (link_close)
- * has its data cleared first.
- */
-struct conn {
-    struct link *link;
-    redisAsyncContext *ac;
 };
 
 struct store_watch {
@@ -161,7 +150,7 @@ struct store_op {
     bool applied;         /* an owner-checked change was made */
     bool queued;          /* on st->pending: waits for the link to be ready */
     struct store_op *next_queued;
-    const redisAsyncContext *sent_on; /* the connection its command went out on */
+    const struct redis_conn *sent_on; /* the connection its command went out on */
     int nargs;                        /* bulk strings in args */
     struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
     char *rkey;                       /* KEYS[1] */
@@ -214,7 +203,10 @@ struct store {
     /* The primary: fixed (redis), or where the sentinels say it is
      * (redis_sentinel: NULL until they have said). */
     char *host, *port, *unix_path, *user, *password, *pattern;
-    char where[300];           /* "host:port", for messages */
+    char *ip;        /* host's numeric address (store_resolve): connected to */
+    char where[300]; /* "host:port", for messages */
+    struct tls *tls; /* redis_tls: to Redis and the sentinels */
+    bool tls_on;
     struct sentinel *sentinel; /* redis_sentinel: where the primary is; else NULL */
     char *master;              /* its master name */
     int min_replicas;          /* redis_min_replicas */
@@ -512,7 +504,7 @@ struct wait_batch {
     struct store_op **ops;
 };
 
-static void on_wait_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct wait_batch *b = privdata;
@@ -535,8 +527,8 @@ static void send_wait_batch(struct flush_job *job)
     if (b == NULL)
         return;
     if (st->cmd.ac == NULL || st->cmd.state != LINK_READY ||
-        redisAsyncCommand(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
-                          (unsigned long long)st->min_replicas_timeout_ms) != REDIS_OK)
+        redis_conn_command(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
+                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
         on_wait_reply(NULL, NULL, b); /* their writes went with that connection */
 }
 
@@ -565,7 +557,7 @@ static bool not_the_primary(const char *error)
            strncmp(error, "MASTERDOWN", 10) == 0;
 }
 
-static void on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct store_op *op = privdata;
@@ -652,44 +644,22 @@ static void link_report_down(struct link *l, const char *why)
 }
 
 /* The link whose current connection ac is, or NULL (retired, or dropped). */
-static struct link *link_of(const redisAsyncContext *ac)
+static struct link *link_of(const struct redis_conn *ac)
 {
-    const struct conn *c = ac->data;
-    return c != NULL && c->link != NULL && c->link->ac == ac ? c->link : NULL;
+    struct link *l = redis_conn_data(ac);
+    return l != NULL && l->ac == ac ? l : NULL;
 }
 
-/* A connection's last callback (see struct conn). */
-static void conn_end(struct conn *c)
+/* The connection failed or was closed by the server: its pending replies
+ * come next, with NULL, and find no link. */
+static void on_conn_ended(struct redis_conn *ac, const char *why)
 {
-    c->ac->data = NULL;
-    free(c);
-}
-
-static void on_connect(const redisAsyncContext *ac, int status)
-{
-    struct conn *c = ac->data;
-    if (c == NULL || status == REDIS_OK)
-        return; /* connected at the TCP level only: ready when the setup's PING answers */
     struct link *l = link_of(ac);
-    if (l != NULL)
-        link_report_down(l, ac->errstr[0] ? ac->errstr : "cannot connect");
-    conn_end(c);
-    if (l != NULL)
-        link_schedule_reconnect(l);
-}
-
-static void on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct conn *c = ac->data;
-    if (c == NULL)
-        return; /* freed on purpose (link_close): the closer schedules what follows */
-    struct link *l = link_of(ac);
-    if (l != NULL)
-        link_report_down(l, status == REDIS_OK ? "disconnected"
-                                               : (ac->errstr[0] ? ac->errstr : "disconnected"));
-    conn_end(c);
-    if (l != NULL)
-        link_schedule_reconnect(l);
+    redis_conn_set_data(ac, NULL);
+    if (l == NULL)
+        return;
+    link_report_down(l, why);
+    link_schedule_reconnect(l);
 }
 
 /* What the Redis of the last connection said of itself: -1 not known yet,
@@ -728,7 +698,7 @@ static bool info_field(const redisReply *r, const char *name, char *out, size_t 
  * The promise lives in Redis: a key it evicts or forgets (a restart without
  * persistence) is a request that can run again. Said at every connection.
  */
-static void on_memory_info(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_memory_info(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
@@ -746,7 +716,7 @@ static void on_memory_info(redisAsyncContext *ac, void *reply, void *privdata)
 }
 
 /* INFO persistence: with AOF on, a restart keeps what was acknowledged. */
-static void on_persistence_info(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_persistence_info(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
@@ -757,7 +727,7 @@ static void on_persistence_info(redisAsyncContext *ac, void *reply, void *privda
 
 /* CONFIG GET save (after INFO persistence): snapshots, or none. Managed
  * Redis often refuses CONFIG: then only AOF can be known. */
-static void on_save_config(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_save_config(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
@@ -785,9 +755,9 @@ static void on_save_config(redisAsyncContext *ac, void *reply, void *privdata)
  * answers are logged (warn when the promise is at risk) and published. */
 static void check_redis_settings(struct link *l)
 {
-    redisAsyncCommand(l->ac, on_memory_info, NULL, "INFO memory");
-    redisAsyncCommand(l->ac, on_persistence_info, NULL, "INFO persistence");
-    redisAsyncCommand(l->ac, on_save_config, NULL, "CONFIG GET save");
+    redis_conn_command(l->ac, on_memory_info, NULL, "INFO memory");
+    redis_conn_command(l->ac, on_persistence_info, NULL, "INFO persistence");
+    redis_conn_command(l->ac, on_save_config, NULL, "CONFIG GET save");
 }
 
 /*
@@ -796,35 +766,31 @@ static void check_redis_settings(struct link *l)
  * this connection), and the connection is closed once the setup's replies
  * are in. It backs off like a refused connection.
  */
-static void setup_failed(struct link *l, redisAsyncContext *ac, const char *why)
+static void setup_failed(struct link *l, const char *why)
 {
     l->setup_failed = true;
-    link_report_down(l, why);
-    /* The connect deadline stays armed: should the server go silent
-     * instead of closing, it drops the connection (on_reconnect_timer). */
-    link_set_state(l, LINK_DOWN);
-    redisAsyncDisconnect(ac);
+    link_drop(l, why); /* backs off like a refused connection */
 }
 
-static void setup_refused(struct link *l, redisAsyncContext *ac, const char *reply)
+static void setup_refused(struct link *l, const char *reply)
 {
     char why[256];
     snprintf(why, sizeof(why),
              "setup refused (check redis_user, redis_password_file, redis_db): %s", reply);
-    setup_failed(l, ac, why);
+    setup_failed(l, why);
 }
 
-static void on_setup_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_setup_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
     redisReply *r = reply;
     if (l != NULL && r != NULL && r->type == REDIS_REPLY_ERROR && !l->setup_failed)
-        setup_refused(l, ac, r->str);
+        setup_refused(l, r->str);
 }
 
 /* ROLE (sentinel set-ups): anything but "master" is not where writes go. */
-static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_role_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
@@ -840,7 +806,7 @@ static void on_role_reply(redisAsyncContext *ac, void *reply, void *privdata)
                      r->element[0]->type == REDIS_REPLY_STRING
                  ? r->element[0]->str
                  : "something else");
-    setup_failed(l, ac, why);
+    setup_failed(l, why);
 }
 
 static void send_pending(struct store *st);
@@ -850,7 +816,7 @@ static void send_pending(struct store *st);
  * Only now is the link ready and its backoff reset, so a refused AUTH backs
  * off like a refused connection.
  */
-static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_link_ready(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct link *l = link_of(ac);
@@ -858,7 +824,7 @@ static void on_link_ready(redisAsyncContext *ac, void *reply, void *privdata)
     if (l == NULL || r == NULL || l->setup_failed)
         return;
     if (r->type == REDIS_REPLY_ERROR) { /* NOAUTH (no password given), LOADING, ... */
-        setup_refused(l, ac, r->str);
+        setup_refused(l, r->str);
         return;
     }
     evtimer_del(l->reconnect_timer); /* the connect deadline */
@@ -888,35 +854,31 @@ static void link_connect(struct link *l)
         link_set_state(l, LINK_DOWN); /* on_primary connects it */
         return;
     }
-    redisAsyncContext *ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
-                                          : redisAsyncConnect(st->host, atoi(st->port));
-    if (ac == NULL || ac->err) {
-        link_report_down(l, ac ? ac->errstr : "cannot allocate a connection");
-        if (ac)
-            redisAsyncFree(ac);
+    struct redis_endpoint ep = {.ip = st->ip,
+                                .port = st->port,
+                                .unix_path = st->unix_path,
+                                .tls = st->tls_on ? st->tls : NULL};
+    char why[256];
+    struct redis_conn *ac =
+        redis_conn_new(st->base, st->flusher, &ep, NULL, on_conn_ended, l, why, sizeof(why));
+    if (ac == NULL) {
+        link_report_down(l, why);
         link_schedule_reconnect(l);
         return;
     }
-    struct conn *c = xcalloc(1, sizeof(*c));
-    c->link = l;
-    c->ac = ac;
-    ac->data = c;
     l->ac = ac;
     l->setup_failed = false;
     link_set_state(l, LINK_CONNECTING);
-    redis_events_attach(ac, st->base, st->flusher);
-    redisAsyncSetConnectCallback(ac, on_connect);
-    redisAsyncSetDisconnectCallback(ac, on_disconnect);
     /* Queued before any operation, so every script runs authenticated in the right db. */
     if (st->password && st->user)
-        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s %s", st->user, st->password);
+        redis_conn_command(ac, on_setup_reply, NULL, "AUTH %s %s", st->user, st->password);
     else if (st->password)
-        redisAsyncCommand(ac, on_setup_reply, NULL, "AUTH %s", st->password);
+        redis_conn_command(ac, on_setup_reply, NULL, "AUTH %s", st->password);
     if (st->db != 0)
-        redisAsyncCommand(ac, on_setup_reply, NULL, "SELECT %d", st->db);
+        redis_conn_command(ac, on_setup_reply, NULL, "SELECT %d", st->db);
     if (st->sentinel != NULL) /* the address the sentinels gave must be the primary's */
-        redisAsyncCommand(ac, on_role_reply, NULL, "ROLE");
-    redisAsyncCommand(ac, on_link_ready, NULL, "PING");
+        redis_conn_command(ac, on_role_reply, NULL, "ROLE");
+    redis_conn_command(ac, on_link_ready, NULL, "PING");
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(l->reconnect_timer, &tv); /* the connect deadline */
@@ -932,24 +894,22 @@ static void on_reconnect_timer(evutil_socket_t fd, short what, void *arg)
     struct link *l = arg;
     if (l->state == LINK_CONNECTING)
         link_drop(l, "not connected and set up within redis_timeout");
-    else if (l->ac != NULL) /* refused, and not closed by the server since */
-        link_drop(l, "closed after its set-up was refused");
     else
         link_connect(l);
 }
 
-/* Frees the context now; hiredis answers every pending callback with NULL. */
+/* Lets the connection go now: its pending callbacks are answered NULL
+ * (after the current callback, if inside one of its own). */
 static void link_close(struct link *l)
 {
-    redisAsyncContext *ac = l->ac;
+    struct redis_conn *ac = l->ac;
     evtimer_del(l->reconnect_timer);
     if (ac == NULL)
         return;
-    free(ac->data);
-    ac->data = NULL;
+    redis_conn_set_data(ac, NULL);
     l->ac = NULL;
     link_set_state(l, LINK_DOWN);
-    redisAsyncFree(ac);
+    redis_conn_close(ac);
 }
 
 static void link_drop(struct link *l, const char *why)
@@ -987,7 +947,7 @@ static void run_pending_wakes(struct store *st)
     }
 }
 
-static void on_pmessage(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_pmessage(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct store *st = privdata;
@@ -1005,7 +965,7 @@ static void on_pmessage(redisAsyncContext *ac, void *reply, void *privdata)
 static void on_sub_ready(struct link *l)
 {
     struct store *st = l->st;
-    redisAsyncCommand(l->ac, on_pmessage, st, "PSUBSCRIBE %s", st->pattern);
+    redis_conn_subscribe(l->ac, on_pmessage, st, "PSUBSCRIBE %s", st->pattern);
     /* Completions published while we were away are lost: let every parked
      * request look again. */
     for (struct store_watch *w = st->watches; w; w = w->next)
@@ -1122,7 +1082,7 @@ static void op_send(struct store_op *op)
         bytes_add_bulk(cmd, body, strlen(body));
         bytes_add(cmd, op->args.p, op->args.len);
     }
-    if (redisAsyncFormattedCommand(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != REDIS_OK) {
+    if (redis_conn_send(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
         op_fail_later(op);
         return;
     }
@@ -1410,13 +1370,17 @@ static char *dup_or_null(const char *s)
 
 static void take_settings(struct store *st, const struct config *cfg)
 {
+    free(st->ip);
+    tls_unref(st->tls);
     free(st->host);
     free(st->port);
     free(st->unix_path);
     free(st->user);
     free(st->password);
     free(st->pattern);
+    free(st->ip);
     st->host = dup_or_null(cfg->redis_host);
+    st->ip = dup_or_null(cfg->redis_ip ? cfg->redis_ip : cfg->redis_host);
     st->port = dup_or_null(cfg->redis_port);
     st->unix_path = dup_or_null(cfg->redis_unix);
     st->user = dup_or_null(cfg->redis_user);
@@ -1431,12 +1395,14 @@ static void take_settings(struct store *st, const struct config *cfg)
     st->min_replicas_timeout_ms = cfg->redis_min_replicas_timeout_ms;
     if (cfg->sentinel_master != NULL) { /* the sentinels will say */
         free(st->host);
+        free(st->ip);
         free(st->port);
         free(st->unix_path);
-        st->host = st->port = st->unix_path = NULL;
+        st->host = st->ip = st->port = st->unix_path = NULL;
         st->master = xstrdup(cfg->sentinel_master);
     }
     st->token_ttl_ms = cfg->token_ttl_ms;
+    st->tls_on = cfg->redis_tls;
     snprintf(st->where, sizeof(st->where), "%s:%s", st->host ? st->host : "",
              st->port ? st->port : "");
 }
@@ -1483,8 +1449,10 @@ static void on_primary(void *arg, const char *ip, const char *port)
     bool moved = st->host == NULL || strcmp(where, st->where) != 0;
     if (moved) {
         free(st->host);
+        free(st->ip);
         free(st->port);
         st->host = xstrdup(ip);
+        st->ip = xstrdup(ip);
         st->port = xstrdup(port);
         snprintf(st->where, sizeof(st->where), "%s", where);
     }
@@ -1544,11 +1512,13 @@ void store_free_released(void)
     }
 }
 
-struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg)
+struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg,
+                        struct tls *tls)
 {
     struct store *st = xcalloc(1, sizeof(*st));
     st->base = base;
     st->flusher = flusher;
+    st->tls = tls != NULL ? tls_ref(tls) : NULL;
     for (int i = 0; i < SCRIPT_COUNT; i++)
         sha1_hex(keys_script_source((enum script_id)i), st->sha[i]);
     take_settings(st, cfg);
@@ -1561,7 +1531,8 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     link_init(st, &st->cmd, "redis", NULL);
     link_init(st, &st->sub, "redis pubsub", on_sub_ready);
     if (cfg->sentinel_master != NULL)
-        st->sentinel = sentinel_new(base, flusher, cfg, on_primary, st);
+        st->sentinel =
+            sentinel_new(base, flusher, cfg, st->tls_on ? st->tls : NULL, on_primary, st);
     link_connect(&st->cmd);
     link_connect(&st->sub);
     return st;
@@ -1569,7 +1540,8 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
 
 bool store_target_differs(const struct store *st, const struct config *cfg)
 {
-    if ((st->sentinel != NULL) != (cfg->sentinel_master != NULL) ||
+    /* With TLS, every reload reconnects: its files may have been rotated. */
+    if (st->tls_on || cfg->redis_tls || (st->sentinel != NULL) != (cfg->sentinel_master != NULL) ||
         (st->sentinel != NULL && sentinel_differs(st->sentinel, cfg)) ||
         st->min_replicas != cfg->redis_min_replicas ||
         st->min_replicas_timeout_ms != cfg->redis_min_replicas_timeout_ms)

@@ -55,7 +55,10 @@ typedef void (*store_update_cb)(void *arg, bool applied, const char *error);
  * still reach the Redis where its key lives. The last store_unref frees it
  * on the next loop turn (never inside its own callbacks).
  */
-struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg);
+struct tls;
+/* tls: the process's contexts (its Redis one is used with redis_tls on). */
+struct store *store_new(struct event_base *base, struct flusher *flusher, const struct config *cfg,
+                        struct tls *tls);
 struct store *store_ref(struct store *st);
 void store_unref(struct store *st);
 /* At a worker's end, after its loop: frees the stores whose last reference

@@ -15,14 +15,13 @@
  * there; a primary that says otherwise, READONLY, LOADING or MASTERDOWN makes
  * the store call sentinel_rediscover().
  *
- * hiredis contexts carry the sentinel in their data pointer; a context let go
- * on purpose has its data cleared first, so its remaining callbacks (hiredis
- * answers pending replies with NULL) find no sentinel and do nothing.
+ * Connections (redis_conn, TLS with redis_tls) carry the sentinel in their
+ * data pointer; one let go on purpose has it cleared first, so its
+ * remaining callbacks (pending replies are answered NULL) do nothing.
  */
 #include "store_sentinel.h"
 
 #include <event2/event.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <netdb.h>
 #include <stdio.h>
@@ -31,7 +30,7 @@
 #include <sys/socket.h>
 
 #include "log.h"
-#include "redis_events.h"
+#include "redis_conn.h"
 
 #define ASK_BACKOFF_MIN_MS 250
 #define ASK_BACKOFF_MAX_MS 2000
@@ -39,6 +38,7 @@
 struct sentinel {
     struct event_base *base;
     struct flusher *flusher;
+    struct tls *tls; /* redis_tls: sentinels speak TLS too; else NULL */
     char *master;
     int n;
     char **ips, **ports;
@@ -47,7 +47,7 @@ struct sentinel {
     sentinel_primary_fn on_primary;
     void *arg;
 
-    redisAsyncContext *ask; /* the sentinel being asked, or NULL */
+    struct redis_conn *ask; /* the sentinel being asked, or NULL */
     int ask_next;           /* the sentinel to ask next */
     int ask_failures;       /* in a row, this round */
     uint64_t backoff_ms;
@@ -56,76 +56,86 @@ struct sentinel {
     uint64_t answered_at_ms; /* monotonic: the last answer */
     bool ask_failed_logged;  /* said once until a sentinel answers */
 
-    redisAsyncContext *watch; /* SUBSCRIBEd to +switch-master, or NULL */
+    struct redis_conn *watch; /* SUBSCRIBEd to +switch-master, or NULL */
     int watch_next;
     bool watch_lost_logged; /* said once per outage */
     uint64_t watch_backoff_ms;
     struct event *watch_timer; /* reconnects the watch */
 };
 
+/* host:port's first address, numeric, into *out (replacing it). */
+static int resolve_numeric(const char *what, const char *host, const char *port, char **out,
+                           char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(host, port, &hints, &res);
+    char ip[NI_MAXHOST];
+    if (rc == 0)
+        rc = getnameinfo(res->ai_addr, res->ai_addrlen, ip, sizeof(ip), NULL, 0, NI_NUMERICHOST);
+    if (res != NULL)
+        freeaddrinfo(res);
+    if (rc != 0) {
+        snprintf(err, errlen, "%s: cannot resolve %s: %s", what, host, gai_strerror(rc));
+        return IDEM_ERR;
+    }
+    free(*out);
+    *out = xstrdup(ip);
+    return IDEM_OK;
+}
+
 int store_resolve(struct config *cfg, char *err, size_t errlen)
 {
+    if (cfg->redis_host != NULL && cfg->sentinel_master == NULL &&
+        resolve_numeric("redis", cfg->redis_host, cfg->redis_port, &cfg->redis_ip, err, errlen) !=
+            IDEM_OK)
+        return IDEM_ERR;
     for (int i = 0; i < cfg->nsentinels; i++) {
         struct sentinel_addr *a = &cfg->sentinels[i];
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        struct addrinfo *res = NULL;
-        int rc = getaddrinfo(a->host, a->port, &hints, &res);
-        char ip[NI_MAXHOST];
-        if (rc == 0)
-            rc =
-                getnameinfo(res->ai_addr, res->ai_addrlen, ip, sizeof(ip), NULL, 0, NI_NUMERICHOST);
-        if (res != NULL)
-            freeaddrinfo(res);
-        if (rc != 0) {
-            snprintf(err, errlen, "redis_sentinel: cannot resolve %s: %s", a->host,
-                     gai_strerror(rc));
+        if (resolve_numeric("redis_sentinel", a->host, a->port, &a->ip, err, errlen) != IDEM_OK)
             return IDEM_ERR;
-        }
-        free(a->ip);
-        a->ip = xstrdup(ip);
     }
     return IDEM_OK;
 }
 
-static void auth(const struct sentinel *s, redisAsyncContext *ac)
+static void ignore_reply(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    (void)reply;
+    (void)privdata;
+}
+
+static void auth(const struct sentinel *s, struct redis_conn *ac)
 {
     if (s->password && s->user)
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", s->user, s->password);
+        redis_conn_command(ac, ignore_reply, NULL, "AUTH %s %s", s->user, s->password);
     else if (s->password)
-        redisAsyncCommand(ac, NULL, NULL, "AUTH %s", s->password);
+        redis_conn_command(ac, ignore_reply, NULL, "AUTH %s", s->password);
 }
 
-/* A context's data is its sentinel; cleared when we let it go. */
-static struct sentinel *owner_of(const redisAsyncContext *ac)
+/* A connection's data is its sentinel; cleared when we let it go. */
+static struct sentinel *owner_of(const struct redis_conn *ac)
 {
-    return ac->data;
+    return redis_conn_data(ac);
 }
 
-static redisAsyncContext *connect_to(struct sentinel *s, int i)
+static struct redis_conn *connect_to(struct sentinel *s, int i, redis_event_fn on_ended)
 {
-    redisAsyncContext *ac = redisAsyncConnect(s->ips[i], atoi(s->ports[i]));
+    struct redis_endpoint ep = {.ip = s->ips[i], .port = s->ports[i], .tls = s->tls};
+    char why[256];
+    struct redis_conn *ac =
+        redis_conn_new(s->base, s->flusher, &ep, NULL, on_ended, s, why, sizeof(why));
     if (ac == NULL)
-        return NULL;
-    if (ac->err) {
-        log_warn("redis sentinel %s:%s: %s", s->ips[i], s->ports[i], ac->errstr);
-        redisAsyncFree(ac);
-        return NULL;
-    }
-    ac->data = s;
-    redis_events_attach(ac, s->base, s->flusher);
+        log_warn("redis sentinel %s:%s: %s", s->ips[i], s->ports[i], why);
     return ac;
 }
 
-/* Inside one of its callbacks hiredis frees a context once the callback
- * returns; outside, at once (a sentinel that does not answer must not keep
- * it). Its remaining callbacks find no sentinel. */
-static void let_go(redisAsyncContext *ac)
+/* Closed now (or when the current callback returns); its remaining
+ * callbacks find no sentinel. */
+static void let_go(struct redis_conn *ac)
 {
-    ac->data = NULL;
-    if (ac->c.flags & REDIS_IN_CALLBACK)
-        redisAsyncDisconnect(ac);
-    else
-        redisAsyncFree(ac);
+    redis_conn_set_data(ac, NULL);
+    redis_conn_close(ac);
 }
 
 /* ---- asking ------------------------------------------------------------- */
@@ -148,7 +158,7 @@ static void ask_failed(struct sentinel *s, const char *why)
                   s->master, why);
     s->ask_failed_logged = true;
     if (s->ask != NULL) {
-        redisAsyncContext *ac = s->ask;
+        struct redis_conn *ac = s->ask;
         s->ask = NULL;
         let_go(ac);
     }
@@ -161,7 +171,7 @@ static void ask_failed(struct sentinel *s, const char *why)
     s->backoff_ms = s->backoff_ms * 2 > ASK_BACKOFF_MAX_MS ? ASK_BACKOFF_MAX_MS : s->backoff_ms * 2;
 }
 
-static void on_master_addr(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_master_addr(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct sentinel *s = owner_of(ac);
@@ -169,7 +179,7 @@ static void on_master_addr(redisAsyncContext *ac, void *reply, void *privdata)
     if (s == NULL || s->ask != ac)
         return;
     if (r == NULL) {
-        ask_failed(s, ac->errstr[0] ? ac->errstr : "connection lost");
+        ask_failed(s, "connection lost");
         return;
     }
     if (r->type == REDIS_REPLY_ERROR) {
@@ -195,41 +205,28 @@ static void on_master_addr(redisAsyncContext *ac, void *reply, void *privdata)
     s->on_primary(s->arg, ip, port);
 }
 
-static void on_ask_connect(const redisAsyncContext *ac, int status)
+static void on_ask_ended(struct redis_conn *ac, const char *why)
 {
     struct sentinel *s = owner_of(ac);
-    if (s == NULL || status == REDIS_OK || s->ask != ac)
-        return;
-    /* hiredis frees the context after this callback */
-    ((redisAsyncContext *)ac)->data = NULL;
-    s->ask = NULL;
-    ask_failed(s, ac->errstr[0] ? ac->errstr : "cannot connect");
-}
-
-static void on_ask_disconnect(const redisAsyncContext *ac, int status)
-{
-    (void)status;
-    struct sentinel *s = owner_of(ac);
+    redis_conn_set_data(ac, NULL); /* it frees itself after this */
     if (s == NULL || s->ask != ac)
         return;
     s->ask = NULL;
-    ask_failed(s, ac->errstr[0] ? ac->errstr : "disconnected");
+    ask_failed(s, why);
 }
 
 static void ask_start(struct sentinel *s)
 {
     int i = s->ask_next;
     s->ask_next = (i + 1) % s->n;
-    redisAsyncContext *ac = connect_to(s, i);
+    struct redis_conn *ac = connect_to(s, i, on_ask_ended);
     if (ac == NULL) {
         ask_failed(s, "cannot connect");
         return;
     }
     s->ask = ac;
-    redisAsyncSetConnectCallback(ac, on_ask_connect);
-    redisAsyncSetDisconnectCallback(ac, on_ask_disconnect);
     auth(s, ac);
-    redisAsyncCommand(ac, on_master_addr, NULL, "SENTINEL get-master-addr-by-name %s", s->master);
+    redis_conn_command(ac, on_master_addr, NULL, "SENTINEL get-master-addr-by-name %s", s->master);
     ask_schedule(s, s->timeout_ms); /* the deadline */
 }
 
@@ -294,7 +291,7 @@ static void watch_up(struct sentinel *s)
 }
 
 /* "+switch-master" payload: "MASTER OLD-IP OLD-PORT NEW-IP NEW-PORT". */
-static void on_switch(redisAsyncContext *ac, void *reply, void *privdata)
+static void on_switch(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)privdata;
     struct sentinel *s = owner_of(ac);
@@ -316,22 +313,13 @@ static void on_switch(redisAsyncContext *ac, void *reply, void *privdata)
     s->on_primary(s->arg, ip, port);
 }
 
-static void on_watch_connect(const redisAsyncContext *ac, int status)
+static void on_watch_ended(struct redis_conn *ac, const char *why)
 {
     struct sentinel *s = owner_of(ac);
-    if (s == NULL || status == REDIS_OK || s->watch != ac)
-        return;
-    ((redisAsyncContext *)ac)->data = NULL;
-    watch_lost(s, ac->errstr[0] ? ac->errstr : "cannot connect");
-}
-
-static void on_watch_disconnect(const redisAsyncContext *ac, int status)
-{
-    (void)status;
-    struct sentinel *s = owner_of(ac);
+    redis_conn_set_data(ac, NULL); /* it frees itself after this */
     if (s == NULL || s->watch != ac)
         return;
-    watch_lost(s, ac->errstr[0] ? ac->errstr : "disconnected");
+    watch_lost(s, why);
 }
 
 static void on_watch_timer(evutil_socket_t fd, short what, void *arg)
@@ -341,26 +329,26 @@ static void on_watch_timer(evutil_socket_t fd, short what, void *arg)
     struct sentinel *s = arg;
     int i = s->watch_next;
     s->watch_next = (i + 1) % s->n;
-    redisAsyncContext *ac = connect_to(s, i);
+    struct redis_conn *ac = connect_to(s, i, on_watch_ended);
     if (ac == NULL) {
         watch_schedule(s, ASK_BACKOFF_MAX_MS);
         return;
     }
     s->watch = ac;
-    redisAsyncSetConnectCallback(ac, on_watch_connect);
-    redisAsyncSetDisconnectCallback(ac, on_watch_disconnect);
     auth(s, ac);
-    redisAsyncCommand(ac, on_switch, NULL, "SUBSCRIBE +switch-master");
+    redis_conn_subscribe(ac, on_switch, NULL, "SUBSCRIBE +switch-master");
 }
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
 struct sentinel *sentinel_new(struct event_base *base, struct flusher *flusher,
-                              const struct config *cfg, sentinel_primary_fn on_primary, void *arg)
+                              const struct config *cfg, struct tls *tls,
+                              sentinel_primary_fn on_primary, void *arg)
 {
     struct sentinel *s = xcalloc(1, sizeof(*s));
     s->base = base;
     s->flusher = flusher;
+    s->tls = tls;
     s->master = xstrdup(cfg->sentinel_master);
     s->n = cfg->nsentinels;
     s->ips = xcalloc((size_t)s->n, sizeof(*s->ips));
@@ -407,13 +395,10 @@ void sentinel_free(struct sentinel *s)
 {
     if (s == NULL)
         return;
-    redisAsyncContext *contexts[] = {s->ask, s->watch};
-    for (size_t i = 0; i < ARRAY_LEN(contexts); i++) {
-        if (contexts[i] != NULL) {
-            contexts[i]->data = NULL;
-            redisAsyncFree(contexts[i]);
-        }
-    }
+    struct redis_conn *conns[] = {s->ask, s->watch};
+    for (size_t i = 0; i < ARRAY_LEN(conns); i++)
+        if (conns[i] != NULL)
+            let_go(conns[i]);
     event_free(s->ask_timer);
     event_free(s->watch_timer);
     for (int i = 0; i < s->n; i++) {

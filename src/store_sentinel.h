@@ -24,8 +24,12 @@ typedef void (*sentinel_primary_fn)(void *arg, const char *ip, const char *port)
 int store_resolve(struct config *cfg, char *err, size_t errlen) MUST_CHECK;
 
 /* Starts asking at once and watching for switches. */
+struct tls;
+/* tls: TLS to the sentinels (redis_tls), else NULL; the caller keeps it
+ * alive for as long as s. */
 struct sentinel *sentinel_new(struct event_base *base, struct flusher *flusher,
-                              const struct config *cfg, sentinel_primary_fn on_primary, void *arg);
+                              const struct config *cfg, struct tls *tls,
+                              sentinel_primary_fn on_primary, void *arg);
 /* The primary's link failed, or it said READONLY / LOADING / MASTERDOWN:
  * asks the sentinels again (once, if already asking). */
 void sentinel_rediscover(struct sentinel *s);

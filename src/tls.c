@@ -59,8 +59,10 @@ static const unsigned char alpn_http11[] = "\x08http/1.1";
 
 struct tls {
     int refcount;
-    SSL_CTX *server;   /* NULL without a tls listener */
-    SSL_CTX *client;   /* NULL without an https upstream */
+    SSL_CTX *server; /* NULL without a tls listener */
+    SSL_CTX *client; /* NULL without an https upstream */
+    SSL_CTX *redis;  /* NULL without redis_tls on */
+    char *redis_server_name;
     bool verify;       /* upstream_tls_verify */
     char *server_name; /* upstream_tls_server_name, NULL: each upstream's host */
 };
@@ -337,6 +339,35 @@ static SSL_CTX *client_ctx_new(const struct config *cfg, struct reporter *r)
     return ctx;
 }
 
+/* TLS to Redis and sentinels (SPEC §8): always verified. */
+static SSL_CTX *redis_ctx_new(const struct config *cfg, struct reporter *r)
+{
+    char why[256];
+    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        report(r, "redis_tls", "cannot create a TLS context: %s", openssl_reason(why, sizeof(why)));
+        return NULL;
+    }
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_options(ctx, TLS_OPTIONS);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    if (strcmp(cfg->redis_tls_ca, "system") == 0) {
+        if (SSL_CTX_set_default_verify_paths(ctx) != 1)
+            report(r, "redis_tls_ca", "cannot load the system certificate store: %s",
+                   openssl_reason(why, sizeof(why)));
+    } else if (readable(r, "redis_tls_ca", cfg->redis_tls_ca) &&
+               SSL_CTX_load_verify_file(ctx, cfg->redis_tls_ca) != 1) {
+        report(r, "redis_tls_ca", "cannot load %s: %s", cfg->redis_tls_ca,
+               openssl_reason(why, sizeof(why)));
+    }
+    if (cfg->redis_tls_certificate != NULL)
+        load_pair(r, ctx, "redis_tls_certificate", cfg->redis_tls_certificate,
+                  "redis_tls_certificate_key", cfg->redis_tls_certificate_key);
+    return ctx;
+}
+
 struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *arg)
 {
     struct reporter r = {cfg, on_error, arg, 0};
@@ -350,6 +381,11 @@ struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *ar
         tls->server = server_ctx_new(cfg, &r);
     if (config_tls_upstream(cfg))
         tls->client = client_ctx_new(cfg, &r);
+    if (cfg->redis_tls) {
+        tls->redis = redis_ctx_new(cfg, &r);
+        if (cfg->redis_tls_server_name != NULL)
+            tls->redis_server_name = xstrdup(cfg->redis_tls_server_name);
+    }
     if (r.nerrors != 0) {
         tls_unref(tls);
         return NULL;
@@ -393,7 +429,9 @@ void tls_unref(struct tls *tls)
         return;
     SSL_CTX_free(tls->server);
     SSL_CTX_free(tls->client);
+    SSL_CTX_free(tls->redis);
     free(tls->server_name);
+    free(tls->redis_server_name);
     free(tls);
 }
 
@@ -424,21 +462,18 @@ struct bufferevent *tls_accept_bufferevent(struct tls *tls, struct event_base *b
     return ssl_bufferevent(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, options);
 }
 
-struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base *base,
-                                             const char *host, bool https)
+/* A client SSL for name (SNI unless an address; checked when verify). */
+static SSL *client_ssl(SSL_CTX *ctx, const char *name, bool verify)
 {
-    if (!https)
-        return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    SSL *ssl = tls != NULL && tls->client != NULL ? SSL_new(tls->client) : NULL;
+    SSL *ssl = ctx != NULL ? SSL_new(ctx) : NULL;
     if (ssl == NULL)
         return NULL;
-    const char *name = tls->server_name != NULL ? tls->server_name : host;
     unsigned char addr[16];
     bool ip = inet_pton(AF_INET, name, addr) == 1 || inet_pton(AF_INET6, name, addr) == 1;
     /* SNI carries names only (RFC 6066 §3); an address is checked as one. */
     if (!ip)
         SSL_set_tlsext_host_name(ssl, name);
-    if (tls->verify) {
+    if (verify) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
         if ((ip ? X509_VERIFY_PARAM_set1_ip_asc(param, name)
@@ -447,6 +482,29 @@ struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base 
             return NULL;
         }
     }
+    return ssl;
+}
+
+struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base *base,
+                                             const char *host, bool https)
+{
+    if (!https)
+        return bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (tls == NULL)
+        return NULL;
+    SSL *ssl =
+        client_ssl(tls->client, tls->server_name != NULL ? tls->server_name : host, tls->verify);
+    if (ssl == NULL)
+        return NULL;
+    return ssl_bufferevent(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+}
+
+struct bufferevent *tls_redis_bufferevent(struct tls *tls, struct event_base *base,
+                                          const char *host)
+{
+    SSL *ssl = client_ssl(tls->redis, tls->redis_server_name ? tls->redis_server_name : host, true);
+    if (ssl == NULL)
+        return NULL;
     return ssl_bufferevent(base, -1, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
 }
 

@@ -52,6 +52,11 @@ struct bufferevent *tls_accept_bufferevent(struct tls *tls, struct event_base *b
 struct bufferevent *tls_upstream_bufferevent(struct tls *tls, struct event_base *base,
                                              const char *host, bool https);
 
+/* A not yet connected bufferevent for Redis or a sentinel at host (an
+ * address, or redis_tls_server_name): TLS, verified against redis_tls_ca.
+ * NULL on failure (also when redis_tls is off). */
+struct bufferevent *tls_redis_bufferevent(struct tls *tls, struct event_base *base,
+                                          const char *host);
 /* What kind of failure tls_error_reason() found. */
 enum tls_failure {
     TLS_FAILURE_SOCKET,  /* not TLS: a socket error or a plain close */

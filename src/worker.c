@@ -239,7 +239,7 @@ static void commit(struct worker *w)
         log_info("worker %d: redis settings changed; new requests use the new target", w->index);
         store_publish_readiness(rt->store, NULL);
         store_unref(rt->store);
-        rt->store = store_new(rt->base, rt->flusher, p->cfg);
+        rt->store = store_new(rt->base, rt->flusher, p->cfg, p->tls);
         store_publish_readiness(rt->store, &w->redis_up);
     } else {
         store_reconfigure(rt->store, p->cfg);
@@ -360,7 +360,7 @@ static int setup(struct worker *w)
     if (listeners == NULL)
         return IDEM_ERR;
     server_listeners_commit(rt->server, listeners);
-    rt->store = store_new(rt->base, rt->flusher, rt->cfg);
+    rt->store = store_new(rt->base, rt->flusher, rt->cfg, rt->tls);
     store_publish_readiness(rt->store, &w->redis_up);
     return IDEM_OK;
 }

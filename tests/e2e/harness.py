@@ -249,9 +249,14 @@ def resp_read(reader):
 class Redis:
     """A private redis-server on 127.0.0.1, without persistence unless asked."""
 
-    def __init__(self, port=None, tmpdir=None, persistent=False, extra_args=()):
+    def __init__(self, port=None, tmpdir=None, persistent=False, extra_args=(), tls=None):
         self.port = port or free_port()
         self.extra_args = list(extra_args)  # e.g. ["--replicaof", "127.0.0.1", "6379"]
+        # tls=dict(cert, key, ca[, auth_clients]): also a TLS port (self.tls_port); the
+        # plain one stays for the harness
+        self.tls_port = free_port() if tls else None
+        if tls:
+            self.extra_args += redis_tls_args(tls) + ["--tls-port", str(self.tls_port)]
         # persistent: every write on disk before it is acknowledged (AOF,
         # fsync always), so a SIGKILLed Redis started again keeps them all.
         self.persistent = persistent
@@ -355,11 +360,21 @@ class Redis:
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class Sentinel:
-    """One redis-server --sentinel on 127.0.0.1 watching MASTER."""
+def redis_tls_args(tls):
+    """redis-server arguments for TLS with tls=dict(cert, key, ca[, auth_clients])."""
+    return ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"],
+            "--tls-ca-cert-file", tls["ca"],
+            "--tls-auth-clients", "yes" if tls.get("auth_clients") else "no",
+            "--tls-replication", "yes"]
 
-    def __init__(self, tmpdir, master, primary_port, down_after_ms=1000):
+
+class Sentinel:
+    """One redis-server --sentinel on 127.0.0.1 watching MASTER (over TLS,
+    with a TLS port of its own, when tls is given)."""
+
+    def __init__(self, tmpdir, master, primary_port, down_after_ms=1000, tls=None):
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.dir = tmpdir
         os.makedirs(tmpdir, exist_ok=True)
         self.conf = os.path.join(tmpdir, "sentinel.conf")
@@ -371,6 +386,11 @@ class Sentinel:
                     f"sentinel down-after-milliseconds {master} {down_after_ms}\n"
                     f"sentinel failover-timeout {master} 10000\n"
                     f"sentinel parallel-syncs {master} 1\n")
+            if tls:
+                f.write(f"tls-port {self.tls_port}\ntls-cert-file {tls['cert']}\n"
+                        f"tls-key-file {tls['key']}\ntls-ca-cert-file {tls['ca']}\n"
+                        f"tls-auth-clients {'yes' if tls.get('auth_clients') else 'no'}\n"
+                        "tls-replication yes\n")
         self.proc = None
         self.start()
 
@@ -412,23 +432,30 @@ class SentinelSet:
         s = SentinelSet(tmp); s.directive() -> "redis_sentinel mymaster 127.0.0.1:A ..."
         s.primary_port() asks a sentinel; s.servers maps ports to Redis objects."""
 
-    def __init__(self, tmpdir, replicas=1, master="mymaster", down_after_ms=1000):
+    def __init__(self, tmpdir, replicas=1, master="mymaster", down_after_ms=1000, tls=None):
+        """tls=dict(cert, key, ca[, auth_clients]): replication, sentinels and
+        clients speak TLS on the tls ports (the plain ones stay for the
+        harness); the sentinels then name the primary's TLS port."""
         self.master = master
+        self.tls = tls
         os.makedirs(os.path.join(tmpdir, "r0"), exist_ok=True)
-        primary = Redis(tmpdir=os.path.join(tmpdir, "r0"))
+        primary = Redis(tmpdir=os.path.join(tmpdir, "r0"), tls=tls)
         self.servers = {primary.port: primary}
         self.sentinels = []
         try:
             for i in range(replicas):
                 d = os.path.join(tmpdir, f"r{i + 1}")
                 os.makedirs(d, exist_ok=True)
-                r = Redis(tmpdir=d, extra_args=["--replicaof", "127.0.0.1", str(primary.port)])
+                target = primary.tls_port if tls else primary.port
+                r = Redis(tmpdir=d, tls=tls,
+                          extra_args=["--replicaof", "127.0.0.1", str(target)])
                 self.servers[r.port] = r
             wait_until(lambda: primary.cmd("INFO", "replication").count(b"state=online")
                        == replicas, 10 * SLOW, what=f"{replicas} replica(s) in sync")
             for i in range(3):
                 self.sentinels.append(Sentinel(os.path.join(tmpdir, f"s{i}"), master,
-                                               primary.port, down_after_ms))
+                                               primary.tls_port if tls else primary.port,
+                                               down_after_ms, tls=tls))
             wait_until(self._settled, 15 * SLOW, what="sentinels to see each other and the replicas")
         except BaseException:
             self.close()
@@ -446,7 +473,7 @@ class SentinelSet:
 
     def directive(self):
         return f"redis_sentinel {self.master} " + " ".join(
-            f"127.0.0.1:{s.port}" for s in self.sentinels)
+            f"127.0.0.1:{s.tls_port if self.tls else s.port}" for s in self.sentinels)
 
     def primary_port(self):
         for s in self.sentinels:
@@ -457,7 +484,8 @@ class SentinelSet:
         return None
 
     def primary(self):
-        return self.servers[self.primary_port()]
+        port = self.primary_port()
+        return next(r for r in self.servers.values() if port in (r.port, r.tls_port))
 
     def close(self):
         for s in self.sentinels:

@@ -1085,13 +1085,17 @@ START_TEST(test_sample_examples_parse)
                     cfg = parse_raw(stmt, &e);
                 }
                 /* Directives that only make sense with a partner get it. */
+                bool redis = strncmp(name, "redis_", 6) == 0;
                 const char *partner =
                     errors_have(&e, "a tls listener needs")
                         ? "tls_certificate /c.pem\ntls_certificate_key /k.pem\n"
                     : errors_have(&e, "go together") && strstr(name, "_key") != NULL
-                        ? "upstream_tls_certificate /c.pem\n"
-                    : errors_have(&e, "go together") ? "upstream_tls_certificate_key /k.pem\n"
-                                                     : NULL;
+                        ? (redis ? "redis_tls_certificate /c.pem\n"
+                                 : "upstream_tls_certificate /c.pem\n")
+                    : errors_have(&e, "go together")
+                        ? (redis ? "redis_tls_certificate_key /k.pem\n"
+                                 : "upstream_tls_certificate_key /k.pem\n")
+                        : NULL;
                 if (cfg == NULL && partner != NULL) {
                     errors_free(&e);
                     snprintf(stmt, sizeof(stmt), "%.*s" UPSTREAM_LINE "%s",
