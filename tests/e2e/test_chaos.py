@@ -5,7 +5,7 @@ SIGKILLed at random and started again. Whatever the clients see (503, 409,
 
 Redis runs with appendfsync always, as production Redis that holds the
 promise must (operations.md): what it acknowledged survives its SIGKILL.
-CHAOS_SECONDS (default 20) and CHAOS_SEED replay a run.
+CHAOS_SECONDS (default 15) and CHAOS_SEED replay a run.
 """
 import os
 import random
@@ -18,7 +18,7 @@ from harness import SLOW, Env, Proxy, Redis, retrying_client
 
 def test_kills_under_load_never_execute_a_key_twice():
     seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
-    seconds = float(os.environ.get("CHAOS_SECONDS", "20"))
+    seconds = float(os.environ.get("CHAOS_SECONDS", "15"))
     rnd = random.Random(seed)
     cfg = "lock_ttl 2s\nupstream_timeout 1500ms\nredis_timeout 300ms\nworkers 2"
     with Env(proxy=False, redis=False, expect_errors=True) as env:
