@@ -1216,6 +1216,12 @@ static void finish(struct parser *ps)
         cfg->global.nkeys = 1;
     }
 
+    if (cfg->redis_min_replicas > 0 &&
+        cfg->redis_min_replicas_timeout_ms * 2 > cfg->redis_timeout_ms)
+        report(ps, ps->global_seen[directive_index("redis_min_replicas")],
+               "redis_min_replicas: its timeout must be at most half of redis_timeout (%s): WAIT "
+               "holds up the commands behind it",
+               config_format_duration(cfg->redis_timeout_ms, a));
     int sentinel = directive_index("redis_sentinel");
     if (ps->global_seen[sentinel] != 0 && ps->global_seen[directive_index("redis")] != 0)
         report(ps, ps->global_seen[sentinel],

@@ -320,8 +320,11 @@ static bool retry_owner_change(struct exchange *ex, const char *what, const char
                   ex->peer, ex->key, what, error);
         return false;
     }
-    log_warn("request %s key=%s: %s failed (%s); sending it again (%llu ms more at most)", ex->peer,
-             ex->key, what, error, (unsigned long long)(until - now));
+    if (ex->complete_retry_ms == 0) /* the first time; the rest at debug */
+        log_warn("request %s key=%s: %s failed (%s); sending it again (%llu ms more at most)",
+                 ex->peer, ex->key, what, error, (unsigned long long)(until - now));
+    else
+        log_debug("request %s key=%s: %s failed again (%s)", ex->peer, ex->key, what, error);
     ex->complete_retry_ms = delay;
     ex->store_ops++; /* held by the timer: the exchange lives until it fires */
     evtimer_assign(ex->wait_timer, ex->rt->base, again, ex);
@@ -431,7 +434,11 @@ static void on_completed(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
-    if (!error && !applied)
+    if (!error && !applied && ex->complete_retry_ms != 0)
+        log_info("request %s key=%s: the response was not stored again: an earlier attempt "
+                 "stored it, or the key was freed meanwhile",
+                 ex->peer, ex->key);
+    else if (!error && !applied)
         log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
                  ex->peer, ex->key);
     if (ex->state != EX_DONE)
@@ -626,6 +633,15 @@ static void park(struct exchange *ex)
     send_claim(ex);
 }
 
+static void answer_store_unavailable(struct exchange *ex)
+{
+    struct header_list extra;
+    headers_init(&extra);
+    headers_add_cstr(&extra, "Retry-After", "1");
+    answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, &extra);
+    headers_clear(&extra);
+}
+
 static void on_store_unavailable(struct exchange *ex, const char *error)
 {
     ex->idem = "store_error";
@@ -640,11 +656,7 @@ static void on_store_unavailable(struct exchange *ex, const char *error)
     }
     log_warn("request %s key=%s: store unavailable (%s); answering 503 (on_store_error reject)",
              ex->peer, ex->key, error);
-    struct header_list extra;
-    headers_init(&extra);
-    headers_add_cstr(&extra, "Retry-After", "1");
-    answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, &extra);
-    headers_clear(&extra);
+    answer_store_unavailable(ex);
 }
 
 static void handle_claim(struct exchange *ex, const struct claim_result *res)
@@ -652,6 +664,14 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
     if (res->state == KEY_STATE_TOKEN_INVALID) {
         ex->idem = "token_invalid";
         answer_problem(ex, PROBLEM_TOKEN_INVALID, NULL);
+    } else if (res->state == KEY_STATE_REPLICAS_SHORT) {
+        /* Redis answers, but a failover could lose the claim: never
+         * forwarded, whatever on_store_error says (the store logs it). */
+        ex->idem = "store_error";
+        log_info("request %s key=%s: claim not confirmed by redis_min_replicas replicas; "
+                 "answering 503",
+                 ex->peer, ex->key);
+        answer_store_unavailable(ex);
     } else if (res->state == KEY_STATE_QUOTA) {
         ex->idem = "quota";
         log_info("request %s key=%s: scope %s has max_keys_per_scope (%d) keys; answering 429",

@@ -132,6 +132,7 @@ struct store_op {
     /* A claim's first step is the native SET NX GET (script unused then);
      * its slow path and legacy reads are scripts (op_next_step). */
     bool native;
+    bool native_first; /* how it started (a retry after a legacy read starts again) */
     int steps;         /* sends so far: a bound on redirections */
     char *claim_value; /* native claims: the in-flight value */
     uint64_t claim_px; /* and its expiry */
@@ -329,9 +330,6 @@ static void answer_claim(struct store_op *op, const redisReply *r)
     op->on_claim(op->arg, &res, NULL);
 }
 
-/* Builds SCRIPT_LEGACY's arguments in place of the claim script's. */
-static void op_args_for_legacy(struct store_op *op);
-
 /*
  * Whether the reply asks for the operation to go out again in another form,
  * which op is switched to: a script Redis has not cached (NOSCRIPT) as EVAL;
@@ -354,9 +352,8 @@ static bool op_next_step(struct store_op *op, const redisReply *r)
         return false;
     if (is_error && op->script != SCRIPT_LEGACY && strstr(r->str, "WRONGTYPE") != NULL) {
         op->native = false;
-        op->script = SCRIPT_LEGACY;
+        op->script = SCRIPT_LEGACY; /* op_send builds its arguments: the claim's stay */
         op->resent_as_eval = false;
-        op_args_for_legacy(op);
         return true;
     }
     if (op->native && r->type == REDIS_REPLY_STRING && r->len > 0 && r->str[0] != 'd') {
@@ -364,9 +361,11 @@ static bool op_next_step(struct store_op *op, const redisReply *r)
         return true;
     }
     if (op->script == SCRIPT_LEGACY && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
-        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "retry") == 0 &&
-        op->claim_value != NULL) {
-        op->native = true;
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "retry") == 0) {
+        /* as at the start: a token or quota claim goes through the script */
+        op->script = SCRIPT_CLAIM;
+        op->native = op->native_first;
+        op->resent_as_eval = false;
         return true;
     }
     return false;
@@ -415,26 +414,58 @@ static void link_drop(struct link *l, const char *why);
 
 static void publish_ready(struct store *st);
 
-static void replicas_short(struct store *st)
+static void arm_replicas_probe(struct store *st)
 {
-    if (!st->replicas_short)
-        log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get "
-                 "503 and /readyz says 503; checking again every %d ms",
-                 st->min_replicas, REPLICAS_SHORT_MS);
-    st->replicas_short = true;
-    publish_ready(st);
     struct timeval tv = {REPLICAS_SHORT_MS / 1000, (REPLICAS_SHORT_MS % 1000) * 1000};
     evtimer_add(st->replicas_timer, &tv);
 }
 
-/* Time to let a claim try WAIT again. */
+/* A claim reached too few replicas: claims fail at once (and /readyz says
+ * 503) until a probe's WAIT says enough replicas have the connection's
+ * writes again. Said once per outage. */
+static void replicas_short(struct store *st)
+{
+    if (st->replicas_short)
+        return;
+    log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get 503 "
+             "and /readyz says 503 until they do (checked every %d ms)",
+             st->min_replicas, REPLICAS_SHORT_MS);
+    st->replicas_short = true;
+    publish_ready(st);
+    arm_replicas_probe(st);
+}
+
+static void replicas_back(struct store *st)
+{
+    if (!st->replicas_short)
+        return;
+    log_warn("redis: claims reach redis_min_replicas (%d) replicas again", st->min_replicas);
+    st->replicas_short = false;
+    evtimer_del(st->replicas_timer);
+    publish_ready(st);
+}
+
+static void on_replicas_probe(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store *st = privdata;
+    const redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= st->min_replicas)
+        replicas_back(st);
+    else if (st->replicas_short)
+        arm_replicas_probe(st);
+}
+
+/* Replicas short: do they have this connection's writes now? */
 static void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
     struct store *st = arg;
-    st->replicas_short = false;
-    publish_ready(st);
+    if (st->cmd.state != LINK_READY ||
+        redis_conn_command(st->cmd.ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
+                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
+        arm_replicas_probe(st);
 }
 
 /* Frees op once it has been answered and no reply is due (hiredis keeps
@@ -456,35 +487,35 @@ static void orphans_release_soon(struct store *st);
 static void op_wait_result(struct store_op *op, const redisReply *r)
 {
     struct store *st = op->st;
-    long long replicas = r != NULL && r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
-    bool enough = replicas >= st->min_replicas;
+    bool counted = r != NULL && r->type == REDIS_REPLY_INTEGER;
+    long long replicas = counted ? r->integer : -1;
+    bool enough = counted && replicas >= st->min_replicas;
     if (op->confirm_pending && !op->answered) {
         op->confirm_pending = false;
         if (enough) {
             struct claim_result res = {.state = KEY_STATE_CLAIMED, .pttl_ms = -1};
-            if (st->replicas_short) {
-                log_warn("redis: claims reach redis_min_replicas (%d) replicas again",
-                         st->min_replicas);
-                st->replicas_short = false;
-                evtimer_del(st->replicas_timer);
-                publish_ready(st);
-            }
+            replicas_back(st);
             op->answered = true;
             op->on_claim(op->arg, &res, NULL);
+        } else if (!counted) {
+            /* the connection went (a failover): no verdict on the replicas */
+            op_answer_error(op, r == NULL ? "connection to Redis lost" : r->str);
+            orphans_release_soon(st);
         } else {
-            char why[160];
-            snprintf(why, sizeof(why),
-                     "the claim reached %lld of the %d replicas redis_min_replicas wants within "
-                     "%llu ms",
-                     replicas < 0 ? 0 : replicas, st->min_replicas,
-                     (unsigned long long)st->min_replicas_timeout_ms);
-            log_warn("redis: %s: %s; giving it back", op->rkey, why);
+            if (!st->replicas_short)
+                log_warn("redis: %s: the claim reached %lld of the %d replicas "
+                         "redis_min_replicas wants within %llu ms; giving it back",
+                         op->rkey, replicas, st->min_replicas,
+                         (unsigned long long)st->min_replicas_timeout_ms);
             metrics_redis_shortfall(false);
-            op_answer_error(op, why); /* the claim is an orphan now: released at once */
+            struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+            op->answered = true;
+            orphan_add(st, op); /* given back (owner-checked) at once */
             orphans_release_soon(st);
             replicas_short(st);
+            op->on_claim(op->arg, &res, NULL);
         }
-    } else if (op->script == SCRIPT_COMPLETE && op->applied && !enough && r != NULL) {
+    } else if (op->script == SCRIPT_COMPLETE && op->applied && counted && !enough) {
         log_warn("redis: %s: the stored response reached %lld of the %d replicas "
                  "redis_min_replicas wants within %llu ms; a failover now could lose it",
                  op->rkey, replicas, st->min_replicas,
@@ -1006,6 +1037,8 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct store_op *op = arg;
     struct store *st = op->st;
+    if (op->answered)
+        return;       /* waiting for its batch's WAIT only: WAIT has its own timeout */
     if (op->queued) { /* never sent: the connection is not to blame */
         op->queued = false;
         struct store_op **pp = &st->pending;
@@ -1034,9 +1067,13 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     struct store_op *op = arg;
     free(op->claim_owner); /* never sent: nothing to clean up */
     op->claim_owner = NULL;
-    op_answer_error(op, op->on_claim != NULL && op->st->replicas_short
-                            ? "fewer replicas than redis_min_replicas confirm claims"
-                            : "Redis is unreachable");
+    if (op->on_claim != NULL && op->st->replicas_short && !op->answered) {
+        struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+        op->answered = true;
+        op->on_claim(op->arg, &res, NULL);
+    } else {
+        op_answer_error(op, "Redis is unreachable");
+    }
     op_maybe_free(op); /* a resend's: the replies to what went before may be due */
 }
 
@@ -1077,10 +1114,17 @@ static void op_send(struct store_op *op)
         const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
         const char *body =
             op->resent_as_eval ? keys_script_source(op->script) : st->sha[op->script];
-        bytes_add_header(cmd, '*', (uint64_t)op->nargs + 2);
+        bool legacy = op->script == SCRIPT_LEGACY; /* its own arguments: the key, will wait */
+        bytes_add_header(cmd, '*', legacy ? 5 : (uint64_t)op->nargs + 2);
         bytes_add_bulk(cmd, verb, strlen(verb));
         bytes_add_bulk(cmd, body, strlen(body));
-        bytes_add(cmd, op->args.p, op->args.len);
+        if (legacy) {
+            bytes_add_bulk(cmd, "1", 1);
+            bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+            bytes_add_bulk(cmd, op->claim_will_wait ? "1" : "0", 1);
+        } else {
+            bytes_add(cmd, op->args.p, op->args.len);
+        }
     }
     if (redis_conn_send(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
         op_fail_later(op);
@@ -1173,15 +1217,6 @@ static void op_arg_u64(struct store_op *op, uint64_t v)
     op_arg(op, p, (size_t)(digits + sizeof(digits) - p));
 }
 
-static void op_args_for_legacy(struct store_op *op)
-{
-    op->args.len = 0;
-    op->nargs = 0;
-    op_arg(op, "1", 1);
-    op_arg(op, op->rkey, strlen(op->rkey));
-    op_arg(op, op->claim_will_wait ? "1" : "0", 1);
-}
-
 /*
  * Natively unless a token or a quota must be checked in the same atomic
  * step: then through the claim script at once. The script's arguments are
@@ -1195,7 +1230,7 @@ void store_claim(struct store *st, const struct claim_request *req, store_claim_
     op->claim_value = keys_inflight_value(req->owner, req->fingerprint, req->unknown_ttl_ms);
     op->claim_px = req->lock_ttl_ms + req->unknown_ttl_ms;
     op->claim_will_wait = req->will_wait;
-    op->native = req->token_key == NULL && req->quota_key == NULL;
+    op->native = op->native_first = req->token_key == NULL && req->quota_key == NULL;
     if (req->token_key)
         op_extra_key(op, req->token_key);
     if (req->quota_key)

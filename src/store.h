@@ -31,6 +31,10 @@ enum key_state {
     KEY_STATE_UNKNOWN,
     KEY_STATE_TOKEN_INVALID, /* a token claim found neither the token nor its key */
     KEY_STATE_QUOTA,         /* absent, but the scope has max_keys_per_scope new keys */
+    /* claimed, but fewer replicas than redis_min_replicas confirmed it: given
+     * back. Not a store error: Redis answers, and the request must not go
+     * out unprotected even with on_store_error pass (SPEC §8). */
+    KEY_STATE_REPLICAS_SHORT,
 };
 
 struct claim_result {

@@ -296,8 +296,15 @@ static void on_switch(struct redis_conn *ac, void *reply, void *privdata)
     (void)privdata;
     struct sentinel *s = owner_of(ac);
     const redisReply *r = reply;
-    if (s == NULL || s->watch != ac || r == NULL || r->type != REDIS_REPLY_ARRAY ||
-        r->elements != 3 || r->element[0]->type != REDIS_REPLY_STRING)
+    if (s == NULL || s->watch != ac || r == NULL)
+        return;
+    if (r->type == REDIS_REPLY_ERROR) { /* SUBSCRIBE refused (sentinel ACLs) */
+        let_go(ac);
+        watch_lost(s, r->str);
+        return;
+    }
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
         return;
     if (strcmp(r->element[0]->str, "subscribe") == 0) {
         watch_up(s);

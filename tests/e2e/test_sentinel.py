@@ -39,7 +39,7 @@ def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
         # two replicas: after the failover one is left to confirm claims
         sentinels = SentinelSet(os.path.join(env.tmp, "redis"), replicas=2)
         try:
-            cfg = (f"{sentinels.directive()}\nredis_min_replicas 1 200ms\nredis_timeout 300ms\n"
+            cfg = (f"{sentinels.directive()}\nredis_min_replicas 1 200ms\nredis_timeout 500ms\n"
                    f"lock_ttl 10s\nupstream_timeout 8s\nadmin_listen 127.0.0.1:{admin}")
             proxy = env.start_proxy(cfg)
             first_primary = sentinels.primary_port()
@@ -124,8 +124,10 @@ def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
 
 def test_min_replicas_without_the_replica_is_503_and_executes_nothing():
     """redis_min_replicas 1 with the replica frozen: the claim is given back,
-    the client gets 503 store-unavailable, the upstream sees nothing; once
-    the replica is back the same key executes once."""
+    the client gets 503 store-unavailable even with on_store_error pass (Redis
+    answers; a claim a failover could lose is never acted on), the upstream
+    sees nothing, /readyz says 503 for as long as the replica is away (said
+    once in the log, and its return once); then the same key executes once."""
     admin = free_port()
     with Env(proxy=False, expect_errors=True) as env:
         os.makedirs(os.path.join(env.tmp, "replica"))
@@ -134,22 +136,35 @@ def test_min_replicas_without_the_replica_is_503_and_executes_nothing():
         try:
             wait_until(lambda: b"state=online" in env.redis.cmd("INFO", "replication"),
                        10 * SLOW, what="the replica in sync")
-            proxy = env.start_proxy(f"redis_min_replicas 1 100ms\nadmin_listen 127.0.0.1:{admin}")
+            proxy = env.start_proxy(f"redis_min_replicas 1 100ms\non_store_error pass\n"
+                                    f"admin_listen 127.0.0.1:{admin}")
             key = new_key()
             assert env.post("/orders", key=new_key()).status == 201  # with the replica: fine
             replica.proc.send_signal(signal.SIGSTOP)
             try:
                 r = env.post("/orders", key=key)
                 assert_problem(r, 503, "store-unavailable")
+                assert r.header("Idempotency-Degraded") is None
                 assert env.upstream.count(key) == 0
                 wait_until(lambda: not env.redis.keys(f"*{key}"), 3 * SLOW,
                            what="the claim given back")
+                time.sleep(1.5)  # past the probe interval: still short, still 503
+                assert request(admin, "GET", "/readyz").status == 503
+                assert_problem(env.post("/orders", key=key), 503, "store-unavailable")
+                assert env.upstream.count(key) == 0
             finally:
                 replica.proc.send_signal(signal.SIGCONT)
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 5 * SLOW,
+                       what="/readyz 200 once the replica is back")
             wait_until(lambda: env.post("/orders", key=key).status == 201, 5 * SLOW,
                        what="the key to execute once the replica is back")
             assert env.upstream.count(key) == 1
-            assert "giving it back" in proxy.error_log()
+            log = proxy.error_log()
+            assert "giving it back" in log
+            # said once per outage, not once per request (it may flap as the replica catches up)
+            short = log.count("fewer replicas than redis_min_replicas (1) confirm claims")
+            back = log.count("claims reach redis_min_replicas (1) replicas again")
+            assert 1 <= short <= 3 and short - 1 <= back <= short, log
             line = _metric(admin, 'idemproxy_redis_replica_shortfalls_total{op="claim"}')
             assert line and int(line.split()[-1]) >= 1, line
         finally:
@@ -164,10 +179,17 @@ def test_sentinel_configuration_errors():
         with open(path, "w") as f:
             f.write("upstream http://127.0.0.1:9\nredis 127.0.0.1:6379\n"
                     "redis_sentinel m 127.0.0.1:26379\nredis_min_replicas 99\n")
+        path2 = os.path.join(d, "c2.conf")
+        with open(path2, "w") as f:
+            f.write("upstream http://127.0.0.1:9\nredis_min_replicas 1 600ms\n")
         code, _, err = run_idemproxy(["-t", "-c", path])
         assert code != 0
         assert f"{path}:3: redis_sentinel: the store is named twice (redis, line 2)" in err, err
         assert f"{path}:4: redis_min_replicas: expected a number of replicas" in err, err
+        code, _, err = run_idemproxy(["-t", "-c", path2])
+        assert code != 0
+        assert f"{path2}:2: redis_min_replicas: its timeout must be at most half of " \
+               "redis_timeout (1s)" in err, err
 
 
 def test_failover_soak_executes_nothing_twice():
@@ -187,7 +209,7 @@ def test_failover_soak_executes_nothing_twice():
         proxies = []
         try:
             cfg = (f"{sentinels.directive()}\nredis_min_replicas {min_replicas} 200ms\n"
-                   "redis_timeout 300ms\nlock_ttl 3s\nupstream_timeout 2s")
+                   "redis_timeout 500ms\nlock_ttl 3s\nupstream_timeout 2s")
             proxies = [Proxy(env.upstream_port, env.redis_port, cfg, expect_errors=True)
                        for _ in range(2)]
             stats = {"keys": [], "done": 0, "unknown": 0, "gave_up": 0, "different_body": 0,
