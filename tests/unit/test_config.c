@@ -181,6 +181,27 @@ START_TEST(test_defaults)
 }
 END_TEST
 
+/* unknown_ttl: a policy's own ttl unless given (SPEC §4.6); a global one is
+ * inherited like any other, a route's own wins. */
+START_TEST(test_unknown_ttl_follows_ttl)
+{
+    struct config *cfg = parse_ok("ttl 2h\nroute /a { ttl 3h }\nroute /b { unknown_ttl 5m }\n");
+    ck_assert_uint_eq(cfg->global.unknown_ttl_ms, 2 * 3600 * 1000);
+    for (int i = 0; i < cfg->nroutes; i++) {
+        const struct policy *p = &cfg->routes[i].policy;
+        if (strcmp(cfg->routes[i].prefix, "/a") == 0)
+            ck_assert_uint_eq(p->unknown_ttl_ms, 3 * 3600 * 1000);
+        else
+            ck_assert_uint_eq(p->unknown_ttl_ms, 5 * 60 * 1000);
+    }
+    config_unref(cfg);
+    cfg = parse_ok("unknown_ttl 1h\nroute /a { ttl 3h }\n");
+    ck_assert_uint_eq(cfg->routes[0].policy.unknown_ttl_ms, 3600 * 1000);
+    config_unref(cfg);
+    expect_error("unknown_ttl 0s\n", "unknown_ttl: must be greater than 0");
+}
+END_TEST
+
 START_TEST(test_listen_replaces_default)
 {
     struct config *cfg = parse_ok("listen 0.0.0.0:80\nlisten [::1]:8443\n");
@@ -1139,6 +1160,7 @@ Suite *config_suite(void)
     TCase *sample = tcase_create("sample");
 
     tcase_add_test(tc, test_defaults);
+    tcase_add_test(tc, test_unknown_ttl_follows_ttl);
     tcase_add_test(tc, test_listen_replaces_default);
     tcase_add_test(tc, test_global_directives);
     tcase_add_test(tc, test_enum_values);
