@@ -1405,8 +1405,6 @@ static char *dup_or_null(const char *s)
 
 static void take_settings(struct store *st, const struct config *cfg)
 {
-    free(st->ip);
-    tls_unref(st->tls);
     free(st->host);
     free(st->port);
     free(st->unix_path);
@@ -1641,6 +1639,7 @@ static void store_free(struct store *st)
         orphan_free(o);
     }
     free(st->host);
+    free(st->ip);
     free(st->port);
     free(st->unix_path);
     free(st->user);
@@ -1648,7 +1647,8 @@ static void store_free(struct store *st)
     free(st->pattern);
     free(st->master);
     free(st->command.p);
-    sentinel_free(st->sentinel);
+    sentinel_free(st->sentinel); /* before the TLS context its connections use */
+    tls_unref(st->tls);
     free(st);
 }
 
