@@ -1217,10 +1217,10 @@ static void finish(struct parser *ps)
     }
 
     if (cfg->redis_min_replicas > 0 &&
-        cfg->redis_min_replicas_timeout_ms * 2 > cfg->redis_timeout_ms)
+        cfg->redis_min_replicas_timeout_ms * 3 > cfg->redis_timeout_ms)
         report(ps, ps->global_seen[directive_index("redis_min_replicas")],
-               "redis_min_replicas: its timeout must be at most half of redis_timeout (%s): WAIT "
-               "holds up the commands behind it",
+               "redis_min_replicas: its timeout must be at most a third of redis_timeout (%s): "
+               "WAIT holds up the commands behind it",
                config_format_duration(cfg->redis_timeout_ms, a));
     int sentinel = directive_index("redis_sentinel");
     if (ps->global_seen[sentinel] != 0 && ps->global_seen[directive_index("redis")] != 0)

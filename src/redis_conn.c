@@ -81,6 +81,8 @@ static void fail_pending(struct redis_conn *c)
         c->head = p->next;
         if (c->head == NULL)
             c->tail = &c->head;
+        if (p->fn == c->push_fn && p->privdata == c->push_privdata)
+            c->push_fn = NULL; /* a subscription never confirmed: told once, here */
         p->fn(c, NULL, p->privdata);
         free(p);
     }
@@ -143,10 +145,8 @@ static void on_read(struct bufferevent *bev, void *arg)
         void *reply = NULL;
         while (!c->closing && !c->ended) {
             if (redisReaderGetReply(c->reader, &reply) != REDIS_OK) {
-                c->depth--;
-                end(c, "protocol error in a Redis reply");
-                c->depth++;
-                break;
+                end(c, "protocol error in a Redis reply (is this a Redis server?)");
+                break; /* freed by the settle() below, once depth is 0 */
             }
             if (reply == NULL)
                 break;
@@ -243,7 +243,7 @@ struct redis_conn *redis_conn_new(struct event_base *base, struct flusher *flush
     struct redis_conn *c = xcalloc(1, sizeof(*c));
     c->flusher = flusher;
     c->tls = ep->tls != NULL;
-    c->bev = c->tls ? tls_redis_bufferevent(ep->tls, base, ep->ip)
+    c->bev = c->tls ? tls_redis_bufferevent(ep->tls, base, ep->name ? ep->name : ep->ip)
                     : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->reader = redisReaderCreate();
     c->early = evtimer_new(base, on_early, c);

@@ -31,7 +31,8 @@ typedef void (*redis_reply_fn)(struct redis_conn *c, void *reply, void *privdata
 typedef void (*redis_event_fn)(struct redis_conn *c, const char *why);
 
 struct redis_endpoint {
-    const char *ip; /* numeric; NULL with unix_path */
+    const char *ip;   /* numeric; NULL with unix_path */
+    const char *name; /* TLS: SNI and what the certificate must name; NULL: ip */
     const char *port;
     const char *unix_path;
     struct tls *tls; /* TLS (its redis context) when not NULL */

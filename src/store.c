@@ -190,7 +190,8 @@ struct store {
      * would hold up every command behind it), and /readyz says 503. */
     bool replicas_short;
     struct event *replicas_timer;
-    struct wait_batch *wait_batch; /* this turn's writes that wait for one WAIT */
+    struct wait_batch *wait_batch; /* writes that wait for the next WAIT */
+    struct wait_batch *wait_sent;  /* the one WAIT in flight, or NULL */
     struct flush_job wait_job;
     struct link cmd;
     struct link sub;
@@ -230,7 +231,14 @@ static void op_answer_error(struct store_op *op, const char *error)
     metrics_redis_error();
     if (op->claim_owner)
         orphan_add(op->st, op);
-    if (op->on_claim)
+    if (op->confirm_pending) {
+        /* Claimed, and the replicas' verdict lost (timeout, connection):
+         * a claim a failover could lose is never acted on, not even under
+         * on_store_error pass. Given back as an orphan. */
+        struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+        op->confirm_pending = false;
+        op->on_claim(op->arg, &res, NULL);
+    } else if (op->on_claim)
         op->on_claim(op->arg, NULL, error);
     else
         op->on_update(op->arg, false, error);
@@ -462,7 +470,7 @@ static void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store *st = arg;
-    if (st->cmd.state != LINK_READY ||
+    if (st->cmd.state != LINK_READY || st->wait_sent != NULL ||
         redis_conn_command(st->cmd.ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
                            (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
         arm_replicas_probe(st);
@@ -498,7 +506,9 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
             op->answered = true;
             op->on_claim(op->arg, &res, NULL);
         } else if (!counted) {
-            /* the connection went (a failover): no verdict on the replicas */
+            /* the connection went (a failover): no verdict on the replicas,
+             * and no shortfall counted; the claim is not acted on */
+            op->confirm_pending = true;
             op_answer_error(op, r == NULL ? "connection to Redis lost" : r->str);
             orphans_release_soon(st);
         } else {
@@ -531,14 +541,28 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
  * one per request would make every request wait for the ones before).
  */
 struct wait_batch {
+    struct store *st;
     int n, cap;
     struct store_op **ops;
 };
 
+/*
+ * Redis runs a connection's commands in order, and a blocked WAIT holds up
+ * the ones behind it: two WAITs in flight would make the second's claims
+ * wait for both timeouts. So one WAIT is in flight per store (it covers
+ * every write sent before it); what is written meanwhile waits in the open
+ * batch, sent when that WAIT answers.
+ */
 static void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct wait_batch *b = privdata;
+    struct store *st = b->st;
+    if (st->wait_sent == b) {
+        st->wait_sent = NULL;
+        if (st->wait_batch != NULL)
+            flush_schedule(st->flusher, &st->wait_job);
+    }
     for (int i = 0; i < b->n; i++) {
         struct store_op *op = b->ops[i];
         op->replies_due--;
@@ -549,18 +573,22 @@ static void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
     free(b);
 }
 
-/* The end of the turn: the batch's WAIT goes out after its writes. */
+/* The end of the turn (or the previous WAIT answered): the open batch's
+ * WAIT goes out after its writes. */
 static void send_wait_batch(struct flush_job *job)
 {
     struct store *st = (struct store *)((char *)job - offsetof(struct store, wait_job));
     struct wait_batch *b = st->wait_batch;
+    if (b == NULL || st->wait_sent != NULL)
+        return; /* sent when the WAIT in flight answers */
     st->wait_batch = NULL;
-    if (b == NULL)
-        return;
     if (st->cmd.ac == NULL || st->cmd.state != LINK_READY ||
         redis_conn_command(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
-                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
+                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK) {
         on_wait_reply(NULL, NULL, b); /* their writes went with that connection */
+        return;
+    }
+    st->wait_sent = b;
 }
 
 /* op's write, just sent, waits for the turn's WAIT. */
@@ -570,6 +598,7 @@ static void op_join_wait(struct store_op *op)
     struct wait_batch *b = st->wait_batch;
     if (b == NULL) {
         b = st->wait_batch = xcalloc(1, sizeof(*b));
+        b->st = st;
         flush_schedule(st->flusher, &st->wait_job);
     }
     if (b->n == b->cap) {
@@ -885,7 +914,10 @@ static void link_connect(struct link *l)
         link_set_state(l, LINK_DOWN); /* on_primary connects it */
         return;
     }
+    /* TLS checks the name as configured (a managed service's host name),
+     * not the address it resolved to */
     struct redis_endpoint ep = {.ip = st->ip,
+                                .name = st->host,
                                 .port = st->port,
                                 .unix_path = st->unix_path,
                                 .tls = st->tls_on ? st->tls : NULL};
@@ -983,6 +1015,13 @@ static void on_pmessage(struct redis_conn *ac, void *reply, void *privdata)
     (void)ac;
     struct store *st = privdata;
     redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && st->sub.ac == ac) {
+        /* PSUBSCRIBE refused (an ACL without &channels): no wake-ups */
+        char why[256];
+        snprintf(why, sizeof(why), "PSUBSCRIBE refused: %s", r->str);
+        link_drop(&st->sub, why);
+        return;
+    }
     if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
         r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "pmessage") != 0)
         return;

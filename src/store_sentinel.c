@@ -42,6 +42,7 @@ struct sentinel {
     char *master;
     int n;
     char **ips, **ports;
+    char **names; /* as configured: what TLS checks */
     char *user, *password;
     uint64_t timeout_ms;
     sentinel_primary_fn on_primary;
@@ -121,7 +122,8 @@ static struct sentinel *owner_of(const struct redis_conn *ac)
 
 static struct redis_conn *connect_to(struct sentinel *s, int i, redis_event_fn on_ended)
 {
-    struct redis_endpoint ep = {.ip = s->ips[i], .port = s->ports[i], .tls = s->tls};
+    struct redis_endpoint ep = {
+        .ip = s->ips[i], .name = s->names[i], .port = s->ports[i], .tls = s->tls};
     char why[256];
     struct redis_conn *ac =
         redis_conn_new(s->base, s->flusher, &ep, NULL, on_ended, s, why, sizeof(why));
@@ -360,10 +362,12 @@ struct sentinel *sentinel_new(struct event_base *base, struct flusher *flusher,
     s->n = cfg->nsentinels;
     s->ips = xcalloc((size_t)s->n, sizeof(*s->ips));
     s->ports = xcalloc((size_t)s->n, sizeof(*s->ports));
+    s->names = xcalloc((size_t)s->n, sizeof(*s->names));
     for (int i = 0; i < s->n; i++) {
         const struct sentinel_addr *a = &cfg->sentinels[i];
         s->ips[i] = xstrdup(a->ip ? a->ip : a->host);
         s->ports[i] = xstrdup(a->port);
+        s->names[i] = xstrdup(a->host);
     }
     s->user = cfg->sentinel_user ? xstrdup(cfg->sentinel_user) : NULL;
     s->password = cfg->sentinel_password ? xstrdup(cfg->sentinel_password) : NULL;
@@ -411,9 +415,11 @@ void sentinel_free(struct sentinel *s)
     for (int i = 0; i < s->n; i++) {
         free(s->ips[i]);
         free(s->ports[i]);
+        free(s->names[i]);
     }
     free(s->ips);
     free(s->ports);
+    free(s->names);
     free(s->master);
     free(s->user);
     if (s->password != NULL)

@@ -326,3 +326,18 @@ def test_a_redis_stall_at_completion_is_ridden_out_while_the_lease_lasts():
         again = env.post("/orders", key="stall", headers={"X-Test-Delay": "500"})
         assert again.status == 201 and again.header("Idempotent-Replayed") == "true", again
         assert env.upstream.count("stall") == 1
+
+
+def test_redis_pointed_at_something_that_is_not_redis_is_503_and_never_crashes():
+    """`redis` names an HTTP server by mistake: its answer is no RESP. The
+    connection is dropped with a line that says so, keyed requests get 503,
+    and the process stays up (a reply the reader refuses once freed the
+    connection twice)."""
+    with Env(proxy=False, expect_errors=True) as env:
+        proxy = env.start_proxy(f"redis 127.0.0.1:{env.upstream_port}")
+        for _ in range(3):
+            assert_problem(env.post("/orders", key="not-redis"), 503, "store-unavailable")
+        wait_until(lambda: "protocol error in a Redis reply" in proxy.error_log(), 3 * SLOW,
+                   what="the reason in the error log")
+        assert proxy.running()
+        assert env.upstream.count("not-redis") == 0
