@@ -149,10 +149,11 @@ struct thread_state {
     uint64_t redis_errors;
     uint64_t redis_failovers;
     uint64_t redis_shortfalls[2]; /* claims, completions */
-    uint64_t folded[MAX_FOLDED];  /* route="other", by outcome * NCLASSES + class */
-    size_t nnamed;                /* named[0..nnamed) are published */
-    bool retired;                 /* metrics_thread_exit() was called; nobody counts here */
-    bool shared;                  /* the overflow state: many writers, named[] unused */
+    uint64_t lease_losses;
+    uint64_t folded[MAX_FOLDED]; /* route="other", by outcome * NCLASSES + class */
+    size_t nnamed;               /* named[0..nnamed) are published */
+    bool retired;                /* metrics_thread_exit() was called; nobody counts here */
+    bool shared;                 /* the overflow state: many writers, named[] unused */
     struct series named[METRICS_MAX_SERIES];
 };
 
@@ -351,6 +352,11 @@ void metrics_redis_failover(void)
     counter_add(&state_self()->redis_failovers, 1);
 }
 
+void metrics_lease_lost(void)
+{
+    counter_add(&state_self()->lease_losses, 1);
+}
+
 void metrics_redis_shortfall(bool completion)
 {
     counter_add(&state_self()->redis_shortfalls[completion ? 1 : 0], 1);
@@ -542,7 +548,7 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
 {
     struct snapshot sn;
     struct merge mg;
-    uint64_t redis_errors = 0, failovers = 0, shortfalls[2] = {0, 0};
+    uint64_t redis_errors = 0, failovers = 0, shortfalls[2] = {0, 0}, lease_losses = 0;
 
     snapshot_take(&sn);
     merge_series(&mg, &sn);
@@ -561,6 +567,7 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
         failovers += counter_load(&sn.states[i]->redis_failovers);
         shortfalls[0] += counter_load(&sn.states[i]->redis_shortfalls[0]);
         shortfalls[1] += counter_load(&sn.states[i]->redis_shortfalls[1]);
+        lease_losses += counter_load(&sn.states[i]->lease_losses);
     }
     family(out, "idemproxy_redis_errors_total", "counter",
            "Redis commands that failed: error reply, timeout or lost connection.");
@@ -576,6 +583,10 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     evbuffer_add_printf(out,
                         "idemproxy_redis_replica_shortfalls_total{op=\"complete\"} %" PRIu64 "\n",
                         shortfalls[1]);
+    family(out, "idemproxy_lease_losses_total", "counter",
+           "Renewals, completions and releases that found the key no longer theirs (freed by an "
+           "operator or unknown_ttl, and claimed again): the request may have run twice.");
+    evbuffer_add_printf(out, "idemproxy_lease_losses_total %" PRIu64 "\n", lease_losses);
 
     gauge(out, "idemproxy_inflight_requests", "Requests in flight.", g->inflight);
     gauge(out, "idemproxy_parked_requests", "Duplicates waiting for a key in flight.", g->parked);

@@ -351,8 +351,10 @@ static void on_released_then_answer(void *arg, bool applied, const char *error)
 {
     struct exchange *ex = arg;
     ex->store_ops--;
-    if (!error && !applied)
+    if (!error && !applied && ex->complete_retry_ms == 0) {
         log_warn("request %s key=%s: lease was lost before release", ex->peer, ex->key);
+        metrics_lease_lost();
+    }
     bool first = ex->state != EX_DONE;
     if (first && ex->then_send_response)
         answer_buffered(ex); /* ends the exchange's timers: the retry's is armed after */
@@ -438,9 +440,11 @@ static void on_completed(void *arg, bool applied, const char *error)
         log_info("request %s key=%s: the response was not stored again: an earlier attempt "
                  "stored it, or the key was freed meanwhile",
                  ex->peer, ex->key);
-    else if (!error && !applied)
+    else if (!error && !applied) {
         log_warn("request %s key=%s: lease was lost (expired and taken); response not stored",
                  ex->peer, ex->key);
+        metrics_lease_lost();
+    }
     if (ex->state != EX_DONE)
         answer_buffered(ex); /* ends the exchange's timers: the retry's is armed after */
     if (error)
@@ -491,10 +495,12 @@ static void on_renewed(void *arg, bool applied, const char *error)
     }
     if (error)
         log_warn("request %s key=%s: lease renewal failed: %s", ex->peer, ex->key, error);
-    else if (!applied)
+    else if (!applied) {
         log_warn("request %s key=%s: lease lost while the upstream works; the response will "
                  "not be stored",
                  ex->peer, ex->key);
+        metrics_lease_lost();
+    }
     ex_maybe_free(ex);
 }
 
