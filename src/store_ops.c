@@ -1,0 +1,817 @@
+/*
+ * store_ops.c - the store's operations: one state change of a key each
+ * (store.h's store_claim, store_complete, ...), what it sends on the cmd
+ * link (formatted once, RESP), how its replies are read and when it goes out
+ * again in another form (op_next_step), its timeouts, the WAIT batches of
+ * redis_min_replicas, and the claims left behind (orphans). store.c owns
+ * the links these go out on.
+ *
+ *   store_claim() --op_new/op_start--> [pending while connecting] --op_send-->
+ *       on_reply --op_next_step?--> op_send again (NOSCRIPT, slow path, legacy)
+ *                --answer_claim---> [WAIT batch: confirm] --> caller's callback
+ *   timeout / link lost --> op_answer_error (a claim: its owner becomes an orphan)
+ */
+#include "store_private.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "metrics.h"
+#include "redis_conn.h"
+#include "store_health.h"
+
+static void bytes_add(struct bytes *b, const void *data, size_t n)
+{
+    if (b->cap - b->len < n) {
+        b->cap = b->cap * 2 > b->len + n ? b->cap * 2 : b->len + n + 256;
+        b->p = xrealloc(b->p, b->cap);
+    }
+    memcpy(b->p + b->len, data, n);
+    b->len += n;
+}
+
+/* "<prefix><decimal>\r\n": an array or bulk string header. */
+static void bytes_add_header(struct bytes *b, char prefix, uint64_t v)
+{
+    char digits[UINT64_DIGITS];
+    char *p = format_u64(v, 10, digits);
+    bytes_add(b, &prefix, 1);
+    bytes_add(b, p, (size_t)(digits + sizeof(digits) - p));
+    bytes_add(b, "\r\n", 2);
+}
+
+static void bytes_add_bulk(struct bytes *b, const char *data, size_t n)
+{
+    bytes_add_header(b, '$', n);
+    bytes_add(b, data, n);
+    bytes_add(b, "\r\n", 2);
+}
+
+/* ---- answering ---------------------------------------------------------- */
+
+static void orphan_add(struct store *st, const struct store_op *op);
+
+void op_answer_error(struct store_op *op, const char *error)
+{
+    if (op->answered)
+        return;
+    op->answered = true;
+    metrics_redis_error();
+    if (op->claim_owner)
+        orphan_add(op->st, op);
+    if (op->confirm_pending) {
+        /* Claimed, and the replicas' verdict lost (timeout, connection):
+         * a claim a failover could lose is never acted on, not even under
+         * on_store_error pass. Given back as an orphan. */
+        struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+        op->confirm_pending = false;
+        op->on_claim(op->arg, &res, NULL);
+    } else if (op->on_claim)
+        op->on_claim(op->arg, NULL, error);
+    else
+        op->on_update(op->arg, false, error);
+}
+
+void op_free(struct store_op *op)
+{
+    free(op->claim_owner);
+    free(op->claim_token_key);
+    free(op->claim_value);
+    free(op->rkey);
+    if (event_initialized(op->timer)) /* in op's own allocation (op_new) */
+        evtimer_del(op->timer);
+    free(op->args.p);
+    free(op);
+}
+
+/* The native claim's answer: nil (claimed) or the key's value. */
+static int read_native_claim(const redisReply *r, struct claim_result *res)
+{
+    if (r->type == REDIS_REPLY_NIL) {
+        memset(res, 0, sizeof(*res));
+        res->state = KEY_STATE_CLAIMED;
+        res->pttl_ms = -1;
+        return IDEM_OK;
+    }
+    if (r->type != REDIS_REPLY_STRING)
+        return IDEM_ERR;
+    return keys_read_value(r->str, r->len, -1, res);
+}
+
+/* SCRIPT_CLAIM's answer: {'claimed'}, {'invalid'}, {'quota', '', pttl} or
+ * {value, pttl}. */
+static int read_script_claim(const redisReply *r, struct claim_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->pttl_ms = -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return IDEM_ERR;
+    const redisReply *first = r->element[0];
+    if (r->elements == 1 && strcmp(first->str, "claimed") == 0) {
+        res->state = KEY_STATE_CLAIMED;
+        return IDEM_OK;
+    }
+    if (r->elements == 1 && strcmp(first->str, "invalid") == 0) {
+        res->state = KEY_STATE_TOKEN_INVALID;
+        return IDEM_OK;
+    }
+    if (r->elements == 3 && strcmp(first->str, "quota") == 0 &&
+        r->element[2]->type == REDIS_REPLY_INTEGER) {
+        res->state = KEY_STATE_QUOTA;
+        res->pttl_ms = r->element[2]->integer;
+        return IDEM_OK;
+    }
+    if (r->elements == 2 && r->element[1]->type == REDIS_REPLY_INTEGER)
+        return keys_read_value(first->str, first->len, r->element[1]->integer, res);
+    return IDEM_ERR;
+}
+
+/* SCRIPT_LEGACY's answer: {state, fingerprint, pttl, record}. */
+static int read_legacy_claim(const redisReply *r, struct claim_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
+        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
+        r->element[2]->type != REDIS_REPLY_INTEGER || r->element[3]->type != REDIS_REPLY_STRING ||
+        keys_read_legacy_state(r->element[0]->str, &res->state) != IDEM_OK)
+        return IDEM_ERR;
+    res->fingerprint = r->element[1]->str;
+    res->fingerprint_len = r->element[1]->len;
+    res->pttl_ms = r->element[2]->integer;
+    if (res->state == KEY_STATE_DONE) {
+        res->record = r->element[3]->str;
+        res->record_len = r->element[3]->len;
+    }
+    return IDEM_OK;
+}
+
+static void answer_claim(struct store_op *op, const redisReply *r)
+{
+    struct claim_result res;
+    int rc = op->native                   ? read_native_claim(r, &res)
+             : op->script == SCRIPT_CLAIM ? read_script_claim(r, &res)
+                                          : read_legacy_claim(r, &res);
+    if (rc != IDEM_OK) {
+        log_error("redis: %s: unexpected answer to a claim (not a key of this idemproxy?)",
+                  op->rkey);
+        op_answer_error(op, "unexpected reply to claim");
+        return;
+    }
+    if (res.state == KEY_STATE_CLAIMED && op->st->min_replicas > 0) {
+        op->confirm_pending = true; /* the WAIT sent after it decides */
+        return;
+    }
+    op->answered = true;
+    op->on_claim(op->arg, &res, NULL);
+}
+
+/*
+ * Whether the reply asks for the operation to go out again in another form,
+ * which op is switched to: a script Redis has not cached (NOSCRIPT) as EVAL;
+ * a native claim that found a key in flight or unknown, through the claim
+ * script (which reads the lease left and marks a waiting duplicate); a key
+ * of the hash layout (WRONGTYPE), through the legacy read; a legacy read
+ * that found no hash any more, natively again. At most four sends.
+ */
+static bool op_next_step(struct store_op *op, const redisReply *r)
+{
+    if (op->answered || ++op->steps >= 4)
+        return false;
+    bool is_error = r->type == REDIS_REPLY_ERROR;
+    if (is_error && !op->native && !op->resent_as_eval && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        log_debug("redis: script %s not cached, sending it again", keys_script_name(op->script));
+        op->resent_as_eval = true;
+        return true;
+    }
+    if (op->on_claim == NULL)
+        return false;
+    if (is_error && op->script != SCRIPT_LEGACY && strstr(r->str, "WRONGTYPE") != NULL) {
+        op->native = false;
+        op->script = SCRIPT_LEGACY; /* op_send builds its arguments: the claim's stay */
+        op->resent_as_eval = false;
+        return true;
+    }
+    if (op->native && r->type == REDIS_REPLY_STRING && r->len > 0 && r->str[0] != 'd') {
+        op->native = false; /* SCRIPT_CLAIM, whose arguments are ready */
+        return true;
+    }
+    if (op->script == SCRIPT_LEGACY && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
+        r->element[0]->type == REDIS_REPLY_STRING && strcmp(r->element[0]->str, "retry") == 0) {
+        /* as at the start: a token or quota claim goes through the script */
+        op->script = SCRIPT_CLAIM;
+        op->native = op->native_first;
+        op->resent_as_eval = false;
+        return true;
+    }
+    return false;
+}
+
+static void op_send(struct store_op *op);
+
+uint64_t now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+/* How long claims fail at once after one reached too few replicas. */
+#define REPLICAS_SHORT_MS 1000
+
+static void arm_replicas_probe(struct store *st)
+{
+    struct timeval tv = {REPLICAS_SHORT_MS / 1000, (REPLICAS_SHORT_MS % 1000) * 1000};
+    evtimer_add(st->replicas_timer, &tv);
+}
+
+/* A claim reached too few replicas: claims fail at once (and /readyz says
+ * 503) until a probe's WAIT says enough replicas have the connection's
+ * writes again. Said once per outage. */
+static void replicas_short(struct store *st)
+{
+    if (st->replicas_short)
+        return;
+    log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get 503 "
+             "and /readyz says 503 until they do (checked every %d ms)",
+             st->min_replicas, REPLICAS_SHORT_MS);
+    st->replicas_short = true;
+    publish_ready(st);
+    arm_replicas_probe(st);
+}
+
+static void replicas_back(struct store *st)
+{
+    if (!st->replicas_short)
+        return;
+    log_warn("redis: claims reach redis_min_replicas (%d) replicas again", st->min_replicas);
+    st->replicas_short = false;
+    evtimer_del(st->replicas_timer);
+    publish_ready(st);
+}
+
+static void on_replicas_probe(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store *st = privdata;
+    const redisReply *r = reply;
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= st->min_replicas)
+        replicas_back(st);
+    else if (st->replicas_short)
+        arm_replicas_probe(st);
+}
+
+/* Replicas short: do they have this connection's writes now? */
+void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store *st = arg;
+    if (st->cmd.state != LINK_READY || st->wait_sent != NULL ||
+        redis_conn_command(st->cmd.ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
+                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
+        arm_replicas_probe(st);
+}
+
+/* Frees op once it has been answered and no reply is due (hiredis keeps
+ * its pointer until then). */
+static void op_maybe_free(struct store_op *op)
+{
+    if (op->replies_due == 0 && op->answered)
+        op_free(op);
+}
+
+static void orphans_release_soon(struct store *st);
+
+/*
+ * WAIT's answer, after a claim or a completion (redis_min_replicas): a
+ * claim that fewer replicas have is one a failover could lose, so it is
+ * given back (owner-checked) and the caller answers 503; a completion is
+ * kept (the upstream has executed), the shortfall logged and counted.
+ */
+static void op_wait_result(struct store_op *op, const redisReply *r)
+{
+    struct store *st = op->st;
+    bool counted = r != NULL && r->type == REDIS_REPLY_INTEGER;
+    long long replicas = counted ? r->integer : -1;
+    bool enough = counted && replicas >= st->min_replicas;
+    if (op->confirm_pending && !op->answered) {
+        op->confirm_pending = false;
+        if (enough) {
+            struct claim_result res = {.state = KEY_STATE_CLAIMED, .pttl_ms = -1};
+            replicas_back(st);
+            op->answered = true;
+            op->on_claim(op->arg, &res, NULL);
+        } else if (!counted) {
+            /* the connection went (a failover): no verdict on the replicas,
+             * and no shortfall counted; the claim is not acted on */
+            op->confirm_pending = true;
+            op_answer_error(op, r == NULL ? "connection to Redis lost" : r->str);
+            orphans_release_soon(st);
+        } else {
+            if (!st->replicas_short)
+                log_warn("redis: %s: the claim reached %lld of the %d replicas "
+                         "redis_min_replicas wants within %llu ms; giving it back",
+                         op->rkey, replicas, st->min_replicas,
+                         (unsigned long long)st->min_replicas_timeout_ms);
+            metrics_redis_shortfall(false);
+            struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+            op->answered = true;
+            orphan_add(st, op); /* given back (owner-checked) at once */
+            orphans_release_soon(st);
+            replicas_short(st);
+            op->on_claim(op->arg, &res, NULL);
+        }
+    } else if (op->script == SCRIPT_COMPLETE && op->applied && counted && !enough) {
+        log_warn("redis: %s: the stored response reached %lld of the %d replicas "
+                 "redis_min_replicas wants within %llu ms; a failover now could lose it",
+                 op->rkey, replicas, st->min_replicas,
+                 (unsigned long long)st->min_replicas_timeout_ms);
+        metrics_redis_shortfall(true);
+    }
+}
+
+/*
+ * One WAIT covers every write its connection sent before it, so the claims
+ * and completions sent in one turn of the loop share one WAIT, sent at the
+ * end of that turn (WAIT holds up the commands behind it on the connection:
+ * one per request would make every request wait for the ones before).
+ */
+struct wait_batch {
+    struct store *st;
+    int n, cap;
+    struct store_op **ops;
+};
+
+/*
+ * Redis runs a connection's commands in order, and a blocked WAIT holds up
+ * the ones behind it: two WAITs in flight would make the second's claims
+ * wait for both timeouts. So one WAIT is in flight per store (it covers
+ * every write sent before it); what is written meanwhile waits in the open
+ * batch, sent when that WAIT answers.
+ */
+void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct wait_batch *b = privdata;
+    struct store *st = b->st;
+    if (st->wait_sent == b) {
+        st->wait_sent = NULL;
+        if (st->wait_batch != NULL)
+            flush_schedule(st->flusher, &st->wait_job);
+    }
+    for (int i = 0; i < b->n; i++) {
+        struct store_op *op = b->ops[i];
+        op->replies_due--;
+        op_wait_result(op, reply);
+        op_maybe_free(op);
+    }
+    free(b->ops);
+    free(b);
+}
+
+/* The end of the turn (or the previous WAIT answered): the open batch's
+ * WAIT goes out after its writes. */
+void send_wait_batch(struct flush_job *job)
+{
+    struct store *st = (struct store *)((char *)job - offsetof(struct store, wait_job));
+    struct wait_batch *b = st->wait_batch;
+    if (b == NULL || st->wait_sent != NULL)
+        return; /* sent when the WAIT in flight answers */
+    st->wait_batch = NULL;
+    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY ||
+        redis_conn_command(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
+                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK) {
+        on_wait_reply(NULL, NULL, b); /* their writes went with that connection */
+        return;
+    }
+    st->wait_sent = b;
+}
+
+/* op's write, just sent, waits for the turn's WAIT. */
+static void op_join_wait(struct store_op *op)
+{
+    struct store *st = op->st;
+    struct wait_batch *b = st->wait_batch;
+    if (b == NULL) {
+        b = st->wait_batch = xcalloc(1, sizeof(*b));
+        b->st = st;
+        flush_schedule(st->flusher, &st->wait_job);
+    }
+    if (b->n == b->cap) {
+        b->cap = b->cap ? b->cap * 2 : 16;
+        b->ops = xrealloc(b->ops, (size_t)b->cap * sizeof(*b->ops));
+    }
+    b->ops[b->n++] = op;
+    op->replies_due++;
+}
+
+/* A failover under way: this server takes no writes (a demoted primary, a
+ * replica loading its data, a primary that lost its replicas' quorum). */
+static bool not_the_primary(const char *error)
+{
+    return strncmp(error, "READONLY", 8) == 0 || strncmp(error, "LOADING", 7) == 0 ||
+           strncmp(error, "MASTERDOWN", 10) == 0;
+}
+
+static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    struct store_op *op = privdata;
+    redisReply *r = reply;
+    op->replies_due--;
+    if (r == NULL) {
+        op_answer_error(op, "connection to Redis lost");
+        op_maybe_free(op);
+        return;
+    }
+    if (op_next_step(op, r)) {
+        op_send(op);
+        op_maybe_free(op); /* a resend that could not go out has failed it */
+        return;
+    }
+    if (r->type != REDIS_REPLY_ERROR && !op->answered)
+        metrics_redis_latency(now_us() - op->started_us);
+    if (r->type == REDIS_REPLY_ERROR) {
+        if (not_the_primary(r->str) && op->sent_on == op->st->cmd.ac)
+            link_drop(&op->st->cmd, r->str); /* and, with sentinels, asks them again */
+        if (strncmp(r->str, "OOM", 3) == 0)
+            store_health_note_oom(r->str);
+        else if (!not_the_primary(r->str))
+            log_error("redis: %s failed: %s", op->native ? "claim" : keys_script_name(op->script),
+                      r->str);
+        free(op->claim_owner); /* it did not run: nothing to clean up */
+        op->claim_owner = NULL;
+        op_answer_error(op, r->str);
+    } else if (!op->answered && op->on_claim) {
+        answer_claim(op, r);
+    } else if (!op->answered) {
+        op->answered = true;
+        op->applied = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
+        op->on_update(op->arg, op->applied, NULL);
+    }
+    op_maybe_free(op);
+}
+
+/* ---- operations --------------------------------------------------------- */
+
+static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_op *op = arg;
+    struct store *st = op->st;
+    if (op->answered)
+        return;       /* waiting for its batch's WAIT only: WAIT has its own timeout */
+    if (op->queued) { /* never sent: the connection is not to blame */
+        op->queued = false;
+        struct store_op **pp = &st->pending;
+        while (*pp != op)
+            pp = &(*pp)->next_queued;
+        *pp = op->next_queued;
+        if (st->pending_tail == &op->next_queued)
+            st->pending_tail = pp;
+        free(op->claim_owner); /* never sent: nothing to clean up */
+        op->claim_owner = NULL;
+        op_answer_error(op, "timed out waiting for the connection to Redis");
+        op_free(op);
+        return;
+    }
+    op_answer_error(op, "timed out");
+    /* Only the connection it went out on is to blame: after a reload that
+     * is a retired one, which ends by itself. */
+    if (op->sent_on != NULL && op->sent_on == st->cmd.ac)
+        link_drop(&st->cmd, "a command timed out (redis_timeout)");
+}
+
+static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store_op *op = arg;
+    free(op->claim_owner); /* never sent: nothing to clean up */
+    op->claim_owner = NULL;
+    if (op->on_claim != NULL && op->st->replicas_short && !op->answered) {
+        struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
+        op->answered = true;
+        op->on_claim(op->arg, &res, NULL);
+    } else {
+        op_answer_error(op, "Redis is unreachable");
+    }
+    op_maybe_free(op); /* a resend's: the replies to what went before may be due */
+}
+
+/* Fails op on the next loop turn: a caller never sees its callback run
+ * inside the call that started the operation. */
+static void op_fail_later(struct store_op *op)
+{
+    if (event_initialized(op->timer))
+        evtimer_del(op->timer);
+    evtimer_assign(op->timer, op->st->base, on_op_unreachable, op);
+    struct timeval zero = {0, 0};
+    evtimer_add(op->timer, &zero);
+}
+
+static void op_send(struct store_op *op)
+{
+    struct store *st = op->st;
+    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY) {
+        op_fail_later(op); /* a resend after the link went down */
+        return;
+    }
+    /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */
+    struct bytes *cmd = &st->command;
+    cmd->len = 0;
+    if (op->native) {
+        /* SET key value NX PX ms GET: claims an absent key, returns a present one */
+        char digits[UINT64_DIGITS];
+        char *px = format_u64(op->claim_px, 10, digits);
+        bytes_add_header(cmd, '*', 7);
+        bytes_add_bulk(cmd, "SET", 3);
+        bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+        bytes_add_bulk(cmd, op->claim_value, strlen(op->claim_value));
+        bytes_add_bulk(cmd, "NX", 2);
+        bytes_add_bulk(cmd, "PX", 2);
+        bytes_add_bulk(cmd, px, (size_t)(digits + sizeof(digits) - px));
+        bytes_add_bulk(cmd, "GET", 3);
+    } else {
+        const char *verb = op->resent_as_eval ? "EVAL" : "EVALSHA";
+        const char *body =
+            op->resent_as_eval ? keys_script_source(op->script) : st->sha[op->script];
+        bool legacy = op->script == SCRIPT_LEGACY; /* its own arguments: the key, will wait */
+        bytes_add_header(cmd, '*', legacy ? 5 : (uint64_t)op->nargs + 2);
+        bytes_add_bulk(cmd, verb, strlen(verb));
+        bytes_add_bulk(cmd, body, strlen(body));
+        if (legacy) {
+            bytes_add_bulk(cmd, "1", 1);
+            bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+            bytes_add_bulk(cmd, op->claim_will_wait ? "1" : "0", 1);
+        } else {
+            bytes_add(cmd, op->args.p, op->args.len);
+        }
+    }
+    if (redis_conn_send(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
+        op_fail_later(op);
+        return;
+    }
+    op->replies_due++;
+    op->sent_on = st->cmd.ac;
+    /* redis_min_replicas: WAIT at the end of this turn, in the same round trip */
+    if (st->min_replicas > 0 && (op->on_claim != NULL || op->script == SCRIPT_COMPLETE))
+        op_join_wait(op);
+}
+
+/* The cmd link is ready: what waited for it goes out, in order. */
+void send_pending(struct store *st)
+{
+    while (st->pending && st->cmd.state == LINK_READY) {
+        struct store_op *op = st->pending;
+        st->pending = op->next_queued;
+        op->queued = false;
+        op_send(op);
+    }
+    if (st->pending == NULL)
+        st->pending_tail = &st->pending;
+}
+
+/* The cmd link went down: what waited for it fails (next loop turn). */
+void fail_pending(struct store *st)
+{
+    while (st->pending) {
+        struct store_op *op = st->pending;
+        st->pending = op->next_queued;
+        op->queued = false;
+        op_fail_later(op);
+    }
+    st->pending_tail = &st->pending;
+}
+
+static void op_start(struct store *st, struct store_op *op)
+{
+    if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN ||
+        (op->on_claim != NULL && st->replicas_short)) {
+        op_fail_later(op);
+        return;
+    }
+    evtimer_assign(op->timer, st->base, on_op_timeout, op);
+    op->started_us = now_us();
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000),
+                         (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    evtimer_add(op->timer, &tv);
+    if (st->cmd.state == LINK_CONNECTING) {
+        op->queued = true;
+        op->next_queued = NULL;
+        *st->pending_tail = op;
+        st->pending_tail = &op->next_queued;
+        return;
+    }
+    op_send(op);
+}
+
+static void op_arg(struct store_op *op, const char *data, size_t len)
+{
+    bytes_add_bulk(&op->args, data, len);
+    op->nargs++;
+}
+
+static struct store_op *op_new(struct store *st, enum script_id script, const char *rkey)
+{
+    /* One allocation for the op and its timer. */
+    struct store_op *op = xcalloc(1, sizeof(*op) + event_get_struct_event_size());
+    op->timer = (struct event *)(op + 1);
+    op->st = st;
+    op->script = script;
+    op->rkey = xstrdup(rkey);
+    op_arg(op, "1", 1); /* numkeys */
+    op_arg(op, rkey, strlen(rkey));
+    return op;
+}
+
+/* One more key (before any argument): the script sees KEYS[2], KEYS[3]... */
+static void op_extra_key(struct store_op *op, const char *key)
+{
+    op->args.p[4]++; /* numkeys, the first bulk string: "$1\r\nN\r\n", N < 9 */
+    op_arg(op, key, strlen(key));
+}
+
+static void op_arg_u64(struct store_op *op, uint64_t v)
+{
+    char digits[UINT64_DIGITS];
+    char *p = format_u64(v, 10, digits);
+    op_arg(op, p, (size_t)(digits + sizeof(digits) - p));
+}
+
+/*
+ * Natively unless a token or a quota must be checked in the same atomic
+ * step: then through the claim script at once. The script's arguments are
+ * built either way, for the slow path (op_next_step).
+ */
+void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_CLAIM, req->rkey);
+    op->on_claim = cb;
+    op->arg = arg;
+    op->claim_value = keys_inflight_value(req->owner, req->fingerprint, req->unknown_ttl_ms);
+    op->claim_px = req->lock_ttl_ms + req->unknown_ttl_ms;
+    op->claim_will_wait = req->will_wait;
+    op->native = op->native_first = req->token_key == NULL && req->quota_key == NULL;
+    if (req->token_key)
+        op_extra_key(op, req->token_key);
+    if (req->quota_key)
+        op_extra_key(op, req->quota_key);
+    op_arg(op, op->claim_value, strlen(op->claim_value));
+    op_arg_u64(op, op->claim_px);
+    op_arg(op, req->will_wait ? "1" : "0", 1);
+    op_arg_u64(op, req->quota_key ? req->max_keys : 0);
+    op_arg_u64(op, req->quota_window_ms);
+    op->claim_owner = xstrdup(req->owner);
+    op->claim_token_key = req->token_key ? xstrdup(req->token_key) : NULL;
+    op_start(st, op);
+}
+
+void store_new_token(struct store *st, const char *token_key, uint64_t ttl_ms, store_update_cb cb,
+                     void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_TOKEN, token_key);
+    op->on_update = cb;
+    op->arg = arg;
+    op_arg_u64(op, ttl_ms);
+    op_start(st, op);
+}
+
+/* An owner-checked script: argv is the owner token, then the extra args. */
+static struct store_op *owner_op(struct store *st, enum script_id script, const char *rkey,
+                                 const char *owner, store_update_cb cb, void *arg)
+{
+    struct store_op *op = op_new(st, script, rkey);
+    op->on_update = cb;
+    op->arg = arg;
+    op_arg(op, owner, strlen(owner));
+    return op;
+}
+
+void store_complete(struct store *st, const char *rkey, const char *owner, const char *fingerprint,
+                    const char *record, size_t record_len, uint64_t ttl_ms, store_update_cb cb,
+                    void *arg)
+{
+    struct store_op *op = owner_op(st, SCRIPT_COMPLETE, rkey, owner, cb, arg);
+    /* the done value, "d:" fingerprint ":" record, written as one bulk string */
+    char *prefix = xmalloc(keys_done_prefix_cap(fingerprint));
+    size_t n = keys_done_prefix(fingerprint, prefix);
+    bytes_add_header(&op->args, '$', n + record_len);
+    bytes_add(&op->args, prefix, n);
+    bytes_add(&op->args, record, record_len);
+    bytes_add(&op->args, "\r\n", 2);
+    op->nargs++;
+    free(prefix);
+    op_arg_u64(op, ttl_ms);
+    op_start(st, op);
+}
+
+void store_release(struct store *st, const char *rkey, const char *owner, const char *token_key,
+                   uint64_t token_ttl_ms, store_update_cb cb, void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_RELEASE, rkey);
+    op->on_update = cb;
+    op->arg = arg;
+    if (token_key)
+        op_extra_key(op, token_key);
+    op_arg(op, owner, strlen(owner));
+    op_arg_u64(op, token_ttl_ms);
+    op_start(st, op);
+}
+
+void store_renew(struct store *st, const char *rkey, const char *owner, uint64_t lock_ttl_ms,
+                 uint64_t unknown_ttl_ms, store_update_cb cb, void *arg)
+{
+    struct store_op *op = owner_op(st, SCRIPT_RENEW, rkey, owner, cb, arg);
+    op_arg_u64(op, lock_ttl_ms + unknown_ttl_ms);
+    op_start(st, op);
+}
+
+void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
+                        const char *fingerprint, uint64_t unknown_ms, store_update_cb cb, void *arg)
+{
+    struct store_op *op = owner_op(st, SCRIPT_UNKNOWN, rkey, owner, cb, arg);
+    char *value = keys_unknown_value(fingerprint);
+    op_arg(op, value, strlen(value));
+    free(value);
+    op_arg_u64(op, unknown_ms);
+    op_start(st, op);
+}
+
+/* ---- claims left behind ------------------------------------------------- */
+
+static void orphan_add(struct store *st, const struct store_op *op)
+{
+    if (st->norphans >= ORPHAN_MAX) {
+        log_warn("redis: too many unanswered claims to clean up; %s, if it was claimed, reads "
+                 "as in flight, then unknown until unknown_ttl passes",
+                 op->rkey);
+        return;
+    }
+    struct orphan *o = xcalloc(1, sizeof(*o));
+    o->rkey = xstrdup(op->rkey);
+    o->owner = xstrdup(op->claim_owner);
+    o->token_key = op->claim_token_key ? xstrdup(op->claim_token_key) : NULL;
+    o->next = st->orphans;
+    st->orphans = o;
+    st->norphans++;
+}
+
+void orphan_free(struct orphan *o)
+{
+    free(o->rkey);
+    free(o->owner);
+    free(o->token_key);
+    free(o);
+}
+
+static void on_orphan_released(void *arg, bool applied, const char *error)
+{
+    (void)arg;
+    (void)error;
+    if (applied)
+        log_info("redis: released a claim whose reply was lost (the key is free again)");
+}
+
+/* Orphans are released on the next loop turn when the link is up, else
+ * when it is up again. */
+static void orphans_release_soon(struct store *st)
+{
+    struct timeval zero = {0, 0};
+    if (st->cmd.state == LINK_READY)
+        evtimer_add(st->orphan_timer, &zero);
+}
+
+/* Sends a release for every orphan; drops those tried ORPHAN_ATTEMPTS times. */
+void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store *st = arg;
+    if (st->cmd.state != LINK_READY)
+        return; /* the next ready link re-arms us */
+    struct orphan **pp = &st->orphans;
+    while (*pp) {
+        struct orphan *o = *pp;
+        store_release(st, o->rkey, o->owner, o->token_key, st->token_ttl_ms, on_orphan_released,
+                      NULL);
+        if (++o->attempts >= ORPHAN_ATTEMPTS) {
+            *pp = o->next;
+            st->norphans--;
+            orphan_free(o);
+        } else {
+            pp = &o->next;
+        }
+    }
+    /* Again later: the lost claim may still sit in Redis' input behind us. */
+    if (st->orphans) {
+        struct timeval tv = {1, 0};
+        evtimer_add(st->orphan_timer, &tv);
+    }
+}

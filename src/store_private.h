@@ -1,0 +1,178 @@
+/*
+ * store_private.h - what store.c (the store's links and life) and
+ * store_ops.c (its operations: sending, replies, WAIT batches, orphans)
+ * share. Not an interface: store.h is.
+ */
+#ifndef IDEM_STORE_PRIVATE_H
+#define IDEM_STORE_PRIVATE_H
+
+#include <event2/event.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "flush.h"
+#include "store.h"
+#include "store_keys.h"
+
+struct redis_conn;
+
+#define BACKOFF_MIN_MS 50
+#define BACKOFF_MAX_MS 1000
+
+enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
+
+/*
+ * One connection with its own reconnect timer and backoff. The
+ * store has two: `cmd` runs the scripts; `sub` holds one PSUBSCRIBE on
+ * "<key_prefix>*" and wakes parked duplicates (SPEC §4.4).
+ */
+struct link {
+    struct store *st;
+    const char *role;
+    /* The current connection. Its data is this link until it is let go
+     * (link_close) or ends (on_conn_ended): then NULL, so that the replies
+     * answered NULL afterwards find no link. */
+    struct redis_conn *ac;
+    enum link_state state;
+    struct event *reconnect_timer;
+    uint64_t backoff_ms;
+    bool down_logged;
+    bool setup_failed; /* this connection's AUTH or SELECT was refused */
+    void (*on_ready)(struct link *l);
+};
+
+struct store_watch {
+    char *rkey;
+    store_wake_cb cb;
+    void *arg;
+    bool wake_pending;
+    struct store_watch *prev, *next;
+};
+
+/* A growable byte string: RESP being composed. */
+struct bytes {
+    char *p;
+    size_t len, cap;
+};
+
+struct store_op {
+    struct store *st;
+    enum script_id script;
+    /* A claim's first step is the native SET NX GET (script unused then);
+     * its slow path and legacy reads are scripts (op_next_step). */
+    bool native;
+    bool native_first; /* how it started (a retry after a legacy read starts again) */
+    int steps;         /* sends so far: a bound on redirections */
+    char *claim_value; /* native claims: the in-flight value */
+    uint64_t claim_px; /* and its expiry */
+    bool claim_will_wait;
+    store_claim_cb on_claim;
+    store_update_cb on_update;
+    void *arg;
+    struct event *timer;
+    uint64_t started_us;
+    char *claim_owner; /* claims: what an orphan release needs */
+    char *claim_token_key;
+    bool answered;
+    bool resent_as_eval;
+    int replies_due;      /* commands sent whose callbacks have not run: freed at 0 */
+    bool confirm_pending; /* claimed: answered once the WAIT after it says enough replicas */
+    bool applied;         /* an owner-checked change was made */
+    bool queued;          /* on st->pending: waits for the link to be ready */
+    struct store_op *next_queued;
+    const struct redis_conn *sent_on; /* the connection its command went out on */
+    int nargs;                        /* bulk strings in args */
+    struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
+    char *rkey;                       /* KEYS[1] */
+};
+
+/*
+ * A claim whose reply never came (timeout, connection lost) may still run
+ * in Redis later, leaving a lease that nobody owns and that would block the
+ * key for lock_ttl and then unknown_ttl. Its owner token is kept here and released (owner-checked,
+ * so harmless if it never ran) a few times once Redis answers again.
+ */
+struct orphan {
+    char *rkey;
+    char *owner;
+    char *token_key;
+    int attempts;
+    struct orphan *next;
+};
+
+#define ORPHAN_MAX 4096
+#define ORPHAN_ATTEMPTS 3
+
+struct store {
+    int refs;
+    struct event *free_event;    /* the last reference went: freed on the next turn */
+    struct store *next_released; /* released_stores */
+    struct event_base *base;
+    struct flusher *flusher; /* the loop's: commands written first-hand */
+    struct orphan *orphans;
+    int norphans;
+    struct event *orphan_timer;
+    uint64_t token_ttl_ms;
+    _Atomic bool *ready_flag; /* mirrors readiness for other threads; may be NULL */
+    /* redis_min_replicas: a claim lately reached too few replicas; until
+     * then claims fail at once instead of each waiting WAIT's timeout (which
+     * would hold up every command behind it), and /readyz says 503. */
+    bool replicas_short;
+    struct event *replicas_timer;
+    struct wait_batch *wait_batch; /* writes that wait for the next WAIT */
+    struct wait_batch *wait_sent;  /* the one WAIT in flight, or NULL */
+    struct flush_job wait_job;
+    struct link cmd;
+    struct link sub;
+    /* Operations started while cmd is connecting: sent, in order, once its
+     * AUTH, SELECT and PING have answered (never before: a refused SELECT
+     * would run them in database 0), failed if it goes down instead. */
+    struct store_op *pending, **pending_tail;
+    struct bytes command; /* op_send's buffer, reused */
+    struct store_watch *watches;
+
+    /* The primary: fixed (redis), or where the sentinels say it is
+     * (redis_sentinel: NULL until they have said). */
+    char *host, *port, *unix_path, *user, *password, *pattern;
+    char *ip;        /* host's numeric address (store_resolve): connected to */
+    char where[300]; /* "host:port", for messages */
+    struct tls *tls; /* redis_tls: to Redis and the sentinels */
+    bool tls_on;
+    struct sentinel *sentinel; /* redis_sentinel: where the primary is; else NULL */
+    char *master;              /* its master name */
+    int min_replicas;          /* redis_min_replicas */
+    uint64_t min_replicas_timeout_ms;
+    int db;
+    uint64_t timeout_ms;
+
+    char sha[SCRIPT_COUNT][41];
+};
+
+/* store.c */
+void link_drop(struct link *l, const char *why);
+/* store.c */
+void publish_ready(struct store *st);
+/* store_ops.c */
+void send_pending(struct store *st);
+/* store_ops.c */
+void fail_pending(struct store *st);
+/* store_ops.c */
+void op_answer_error(struct store_op *op, const char *error);
+/* store_ops.c */
+void op_free(struct store_op *op);
+/* store_ops.c */
+void orphan_free(struct orphan *o);
+/* store_ops.c */
+void on_orphan_timer(evutil_socket_t fd, short what, void *arg);
+/* store_ops.c */
+void on_replicas_timer(evutil_socket_t fd, short what, void *arg);
+/* store_ops.c */
+void send_wait_batch(struct flush_job *job);
+/* store_ops.c */
+void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata);
+/* store_ops.c */
+uint64_t now_us(void);
+
+#endif
