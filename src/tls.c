@@ -309,63 +309,55 @@ static SSL_CTX *server_ctx_new(const struct config *cfg, struct reporter *r)
     return ctx;
 }
 
-static SSL_CTX *client_ctx_new(const struct config *cfg, struct reporter *r)
+/* A client context (for upstreams or for Redis): TLS 1.2 or later, the CA
+ * file or "system", peer verification when verify, an optional client
+ * certificate; problems reported under the directives named. */
+static SSL_CTX *client_ctx_common(struct reporter *r, bool verify, const char *ca_directive,
+                                  const char *ca, const char *cert_directive, const char *cert,
+                                  const char *key_directive, const char *key)
 {
     char why[256];
     SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == NULL) {
-        report(r, "upstream", "cannot create a TLS context: %s", openssl_reason(why, sizeof(why)));
+        report(r, ca_directive, "cannot create a TLS context: %s",
+               openssl_reason(why, sizeof(why)));
         return NULL;
     }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_options(ctx, TLS_OPTIONS);
     SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-    SSL_CTX_set_alpn_protos(ctx, alpn_http11, sizeof(alpn_http11) - 1);
-    if (cfg->upstream_tls_verify)
+    if (verify)
         SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    if (strcmp(cfg->upstream_tls_ca, "system") == 0) {
+    if (strcmp(ca, "system") == 0) {
         if (SSL_CTX_set_default_verify_paths(ctx) != 1)
-            report(r, "upstream_tls_ca", "cannot load the system certificate store: %s",
+            report(r, ca_directive, "cannot load the system certificate store: %s",
                    openssl_reason(why, sizeof(why)));
-    } else if (readable(r, "upstream_tls_ca", cfg->upstream_tls_ca) &&
-               SSL_CTX_load_verify_file(ctx, cfg->upstream_tls_ca) != 1) {
-        report(r, "upstream_tls_ca", "cannot load %s: %s", cfg->upstream_tls_ca,
-               openssl_reason(why, sizeof(why)));
+    } else if (readable(r, ca_directive, ca) && SSL_CTX_load_verify_file(ctx, ca) != 1) {
+        report(r, ca_directive, "cannot load %s: %s", ca, openssl_reason(why, sizeof(why)));
     }
-    if (cfg->upstream_tls_certificate != NULL)
-        load_pair(r, ctx, "upstream_tls_certificate", cfg->upstream_tls_certificate,
-                  "upstream_tls_certificate_key", cfg->upstream_tls_certificate_key);
+    if (cert != NULL)
+        load_pair(r, ctx, cert_directive, cert, key_directive, key);
+    return ctx;
+}
+
+static SSL_CTX *client_ctx_new(const struct config *cfg, struct reporter *r)
+{
+    SSL_CTX *ctx =
+        client_ctx_common(r, cfg->upstream_tls_verify, "upstream_tls_ca", cfg->upstream_tls_ca,
+                          "upstream_tls_certificate", cfg->upstream_tls_certificate,
+                          "upstream_tls_certificate_key", cfg->upstream_tls_certificate_key);
+    if (ctx != NULL)
+        SSL_CTX_set_alpn_protos(ctx, alpn_http11, sizeof(alpn_http11) - 1);
     return ctx;
 }
 
 /* TLS to Redis and sentinels (SPEC §8): always verified. */
 static SSL_CTX *redis_ctx_new(const struct config *cfg, struct reporter *r)
 {
-    char why[256];
-    SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-    if (ctx == NULL) {
-        report(r, "redis_tls", "cannot create a TLS context: %s", openssl_reason(why, sizeof(why)));
-        return NULL;
-    }
-    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-    SSL_CTX_set_options(ctx, TLS_OPTIONS);
-    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-    SSL_CTX_set_default_passwd_cb(ctx, no_passphrase);
-    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    if (strcmp(cfg->redis_tls_ca, "system") == 0) {
-        if (SSL_CTX_set_default_verify_paths(ctx) != 1)
-            report(r, "redis_tls_ca", "cannot load the system certificate store: %s",
-                   openssl_reason(why, sizeof(why)));
-    } else if (readable(r, "redis_tls_ca", cfg->redis_tls_ca) &&
-               SSL_CTX_load_verify_file(ctx, cfg->redis_tls_ca) != 1) {
-        report(r, "redis_tls_ca", "cannot load %s: %s", cfg->redis_tls_ca,
-               openssl_reason(why, sizeof(why)));
-    }
-    if (cfg->redis_tls_certificate != NULL)
-        load_pair(r, ctx, "redis_tls_certificate", cfg->redis_tls_certificate,
-                  "redis_tls_certificate_key", cfg->redis_tls_certificate_key);
-    return ctx;
+    return client_ctx_common(r, true, "redis_tls_ca", cfg->redis_tls_ca, "redis_tls_certificate",
+                             cfg->redis_tls_certificate, "redis_tls_certificate_key",
+                             cfg->redis_tls_certificate_key);
 }
 
 struct tls *tls_new(const struct config *cfg, config_error_fn on_error, void *arg)

@@ -248,26 +248,6 @@ def redis_cmd(port, *args):
         return s.recv(4096).decode().split("\r\n")[0]
 
 
-def redis_commandstats(port):
-    """INFO commandstats as {command: (calls, usec)}."""
-    msg = b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n"
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(msg)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            head, _, rest = data.partition(b"\r\n")
-            if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
-                break
-    out = {}
-    for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)", data.decode()):
-        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-    return out
-
-
 def redis_info(port, section):
     """INFO SECTION as text."""
     msg = f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode()
@@ -283,6 +263,15 @@ def redis_info(port, section):
             if head.startswith(b"$") and len(rest) >= int(head[1:]) + 2:
                 break
     return data.decode(errors="replace")
+
+
+def redis_commandstats(port):
+    """INFO commandstats as {command: (calls, usec)}."""
+    out = {}
+    for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)",
+                         redis_info(port, "commandstats")):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
 
 
 def commandstats_per_request(before, after, requests):

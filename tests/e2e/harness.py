@@ -246,6 +246,18 @@ def resp_read(reader):
     raise ConnectionError(f"unknown RESP type {line!r}")
 
 
+def redis_command(port, *args, timeout=3.0):
+    """Sends one command to 127.0.0.1:port; returns the decoded reply (str
+    for simple strings, int, bytes for bulk, list, None for nil). An error
+    reply raises RedisError."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(resp_encode(*args))
+        reply = resp_read(_Reader(s))
+    if isinstance(reply, RedisError):
+        raise reply
+    return reply
+
+
 class Redis:
     """A private redis-server on 127.0.0.1, without persistence unless asked."""
 
@@ -319,15 +331,7 @@ class Redis:
             self.proc = None
 
     def cmd(self, *args, timeout=3.0):
-        """Sends one command; returns the decoded reply (str for simple
-        strings, int, bytes for bulk, list, None for nil). An error reply
-        raises RedisError."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(resp_encode(*args))
-            reply = resp_read(_Reader(s))
-        if isinstance(reply, RedisError):
-            raise reply
-        return reply
+        return redis_command(self.port, *args, timeout=timeout)
 
     def keys(self, pattern="*"):
         return sorted(k.decode() for k in self.cmd("KEYS", pattern))
@@ -407,12 +411,7 @@ class Sentinel:
             return False
 
     def cmd(self, *args, timeout=3.0):
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(resp_encode(*args))
-            reply = resp_read(_Reader(s))
-        if isinstance(reply, RedisError):
-            raise reply
-        return reply
+        return redis_command(self.port, *args, timeout=timeout)
 
     def stop(self):
         if self.proc is not None and self.proc.poll() is None:
