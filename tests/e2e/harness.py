@@ -65,11 +65,44 @@ def upstream_bin():
     return _bin("UPSTREAM_BIN", "build/test-upstream")
 
 
+# The runner's parallel workers (run.py, E2E_JOBS) each take ports from a
+# range of their own, below the kernel's ephemeral range: a port one worker
+# picked and has not yet handed to a server cannot be picked by another, nor
+# be taken by an outgoing connection.
+PORT_RANGE = None  # (first, count), set by run.py in a worker
+PORTS_PER_WORKER = 3000
+_next_port = [0]
+
+
+def use_port_range(worker):
+    global PORT_RANGE
+    PORT_RANGE = (10000 + worker * PORTS_PER_WORKER, PORTS_PER_WORKER)
+
+
 def free_port():
     """A TCP port on 127.0.0.1 that nobody listened on a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    if PORT_RANGE is None:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    first, count = PORT_RANGE
+    for _ in range(count):
+        port = first + _next_port[0] % count
+        _next_port[0] += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise TestFailure(f"no free port in {first}..{first + count - 1}")
+
+
+def alone(test):
+    """Marks a test that loads the machine (many clients, kills, failovers):
+    the runner runs it by itself, after the tests that share the machine."""
+    test.alone = True
+    return test
 
 
 def wait_until(predicate, timeout, interval=0.05, what="condition"):

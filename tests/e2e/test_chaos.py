@@ -13,9 +13,10 @@ import signal
 import threading
 import time
 
-from harness import SLOW, Env, Proxy, Redis, retrying_client
+from harness import alone, SLOW, Env, Proxy, Redis, retrying_client
 
 
+@alone
 def test_kills_under_load_never_execute_a_key_twice():
     seed = int(os.environ.get("CHAOS_SEED", str(int(time.time()))))
     seconds = float(os.environ.get("CHAOS_SECONDS", "15"))

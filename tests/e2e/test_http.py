@@ -26,7 +26,7 @@ import socket
 import threading
 import time
 
-from harness import (SANITIZE, SLOW, Client, Env, Proxy, _Reader, assert_problem,
+from harness import (alone, SANITIZE, SLOW, Client, Env, Proxy, _Reader, assert_problem,
                      connect_refused, fnv1a64, free_port, port_open, read_response, run_idemproxy,
                      wait_until)
 
@@ -860,6 +860,7 @@ def test_several_listen_lines_all_answer():
         assert env.upstream.count() == n
 
 
+@alone
 def test_max_connections_with_two_workers_holds_rather_than_drops():
     """Each worker pauses when it sees the limit; a connection that a second
     worker accepted past it is held and served when a slot frees."""

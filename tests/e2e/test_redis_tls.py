@@ -8,7 +8,7 @@ import os
 import uuid
 
 from certs import certs
-from harness import (SLOW, Env, Redis, SentinelSet, assert_problem, free_port, request,
+from harness import (alone, SLOW, Env, Redis, SentinelSet, assert_problem, free_port, request,
                      wait_until)
 
 
@@ -107,6 +107,7 @@ def test_server_name_is_checked_against_the_certificate():
         redis.close()
 
 
+@alone
 def test_sentinels_and_primary_over_tls():
     """redis_sentinel with redis_tls: the sentinels are asked over TLS, and
     the primary they name is reached over TLS."""

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 
-from harness import (SLOW, Client, Env, TestFailure, _Reader, assert_problem, background, problem, raw,
+from harness import (alone, SLOW, Client, Env, TestFailure, _Reader, assert_problem, background, problem, raw,
                      read_response, resp_encode, resp_read, wait_until)
 
 REPLAY = "Idempotent-Replayed"
@@ -764,6 +764,7 @@ def test_r6_error_after_head_request_carries_its_body():
         assert len(body) == length and b"bad-request" in body, rest
 
 
+@alone
 def test_r4_max_connections_counts_the_whole_process():
     with RegEnv(extra_config="workers 2\nmax_connections 2") as env:
         held = []

@@ -11,7 +11,7 @@ import threading
 import time
 import uuid
 
-from harness import (SLOW, Env, Redis, SentinelSet, assert_problem, background, free_port,
+from harness import (alone, SLOW, Env, Redis, SentinelSet, assert_problem, background, free_port,
                      parallel, problem, request, wait_until)
 
 
@@ -27,6 +27,7 @@ def _metric(port, name):
     return None
 
 
+@alone
 def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
     """Clients retry their keys while the primary is SIGKILLed: the sentinels
     promote the replica, idemproxy follows (one log line), requests in the
@@ -122,6 +123,7 @@ def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
             sentinels.close()
 
 
+@alone
 def test_min_replicas_without_the_replica_is_503_and_executes_nothing():
     """redis_min_replicas 1 with the replica frozen: the claim is given back,
     the client gets 503 store-unavailable even with on_store_error pass (Redis
@@ -198,6 +200,7 @@ def test_sentinel_configuration_errors():
                "redis_timeout (1s)" in err, err
 
 
+@alone
 def test_failover_soak_executes_nothing_twice():
     """Retrying clients on two instances while the primary is SIGKILLed
     again and again (each time the sentinels promote a replica, and the old

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 
-from harness import SANITIZE, SLOW, Env, ScriptedUpstream, assert_problem, background, wait_until
+from harness import alone, SANITIZE, SLOW, Env, ScriptedUpstream, assert_problem, background, wait_until
 
 
 def _hammer(env, seconds, threads=16, prefix="h"):
@@ -38,6 +38,7 @@ def _hammer(env, seconds, threads=16, prefix="h"):
     return statuses
 
 
+@alone
 def test_a_refused_select_under_load_is_503_and_never_crashes():
     with Env(extra_config="redis_db 99\nworkers 2", expect_errors=True) as env:
         statuses = _hammer(env, 4 if not SANITIZE else 3)
@@ -49,6 +50,7 @@ def test_a_refused_select_under_load_is_503_and_never_crashes():
         assert "setup refused" in env.proxy.error_log()
 
 
+@alone
 def test_a_refused_password_under_load_is_503_and_never_crashes():
     with Env(proxy=False) as env:
         env.redis.cmd("CONFIG", "SET", "requirepass", "right")
@@ -229,6 +231,7 @@ def test_a_reload_that_one_worker_cannot_prepare_changes_no_worker():
         assert env.upstream.count("r1") == 1
 
 
+@alone
 def test_soak_reloads_and_redis_restarts_under_load_never_crash_or_execute_twice():
     """Reloads every 200 ms, alternating good and bad files that move the
     Redis target, the key prefix and the upstream list, while 8 clients post

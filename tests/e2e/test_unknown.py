@@ -8,13 +8,14 @@ import signal
 import time
 import uuid
 
-from harness import SLOW, Env, Proxy, assert_problem, background, wait_until
+from harness import alone, SLOW, Env, Proxy, assert_problem, background, wait_until
 
 
 def new_key():
     return "u-" + uuid.uuid4().hex
 
 
+@alone
 def test_killed_instance_leaves_its_key_unknown_on_every_instance():
     """Instance A is SIGKILLed mid-request. Instance B, sharing the Redis,
     answers 409 conflict while A's lease would last, then 409
