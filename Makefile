@@ -4,7 +4,10 @@
 #   make test            unit tests (Check) and end-to-end tests (real redis-server)
 #   make test SANITIZE=1 the same, built with ASan + UBSan (into build/san/)
 #   make run             a private redis-server, a demo upstream and idemproxy
-#   make install         PREFIX=/usr/local DESTDIR=
+#   make install         PREFIX=/usr/local DESTDIR= (BINDIR UNITDIR MANDIR)
+#   make deb             a Debian package in build/deb/ (debhelper)
+#   make deb-test        that package checked: lintian, man pages, installed
+#                        into a scratch root and run against a real redis-server
 #
 # Every library comes from pkg-config; llhttp's C sources come from Debian's
 # node-llhttp package and are compiled into the build.
@@ -12,12 +15,19 @@
 CC ?= cc
 PREFIX ?= /usr/local
 DESTDIR ?=
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MANDIR ?= $(PREFIX)/share/man
 SANITIZE ?= 0
 
 PKGS := libevent libevent_openssl hiredis openssl
 LLHTTP_SRC_DIR := /usr/share/llhttp
 LLHTTP_INC_DIR := /usr/share/include/llhttp
 DEB_PACKAGES := libevent-dev libhiredis-dev node-llhttp libssl-dev check pkg-config redis-server python3
+
+# The version is written once, in the first line of debian/changelog: the
+# binary (-v), the man pages and the package all take it from there.
+VERSION := $(shell sed -n '1s/^[^(]*(\([^)]*\)).*/\1/p' debian/changelog)
 
 # `make V=1` shows the full commands.
 V ?= 0
@@ -55,7 +65,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 UPSTREAM_BIN := $(BUILD)/test-upstream
 
-.PHONY: all deps test unit e2e run bench fuzz install clean format format-check
+.PHONY: all deps test unit e2e run bench fuzz install clean format format-check man deb deb-test
 
 all: $(BUILD)/idemproxy
 
@@ -67,11 +77,15 @@ $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) | $(BUILD)/obj
 	@echo "  CC      $<"
 	$(Q)$(CC) $(ALL_CFLAGS) -MMD -c -o $@ $<
 
-# llhttp is generated code: its own warnings are not ours to fix.
+$(BUILD)/obj/main.o: CPPFLAGS += -DIDEMPROXY_VERSION='"$(VERSION)"'
+$(BUILD)/obj/main.o: debian/changelog
+
+# llhttp is generated code: its own warnings are not ours to fix. CFLAGS and
+# CPPFLAGS still apply (the Debian package's hardening flags, for one).
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c | $(BUILD)/obj
 	@mkdir -p $(dir $@)
 	@echo "  CC      $<"
-	$(Q)$(CC) -std=c11 $(OPTFLAGS) -w $(LLHTTP_FLAGS) -c -o $@ $<
+	$(Q)$(CC) -std=c11 $(OPTFLAGS) -w $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/unit.h $(LIB_OBJS) $(LLHTTP_OBJS) | $(BUILD)/obj
 	@mkdir -p $(dir $@)
@@ -88,8 +102,9 @@ $(BUILD)/obj:
 
 -include $(OBJS:.o=.d)
 
-# $(call install_missing,PACKAGES): apt-get installs those not yet installed
-# (needs root or sudo, as on a fresh CI machine); silent when all are there.
+# $(call install_missing,PACKAGES[,APT_OPTIONS]): apt-get installs those not
+# yet installed (needs root or sudo, as on a fresh CI machine); silent when
+# all are there.
 define install_missing
 	@missing=""; \
 	for p in $(1); do \
@@ -99,7 +114,7 @@ define install_missing
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
 		$$SUDO apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) $$missing; \
 	fi
 endef
 
@@ -107,7 +122,25 @@ endef
 deps:
 	$(call install_missing,$(DEB_PACKAGES))
 
-unit: $(UNIT_BINS)
+# Man pages (scripts/manpage.py): idemproxy.conf(5) is made from
+# docs/configuration.md, idemproxy(8) filled in from docs/idemproxy.8.in.
+# Outside $(BUILD): test_docs checks build/man/idemproxy.conf.5 in every build.
+MAN_DIR := build/man
+MAN_PAGES := $(MAN_DIR)/idemproxy.conf.5 $(MAN_DIR)/idemproxy.8
+
+man: $(MAN_PAGES)
+
+$(MAN_DIR)/idemproxy.conf.5: docs/configuration.md scripts/manpage.py debian/changelog
+	@mkdir -p $(dir $@)
+	@echo "  MAN     $@"
+	$(Q)python3 scripts/manpage.py conf $< > $@.tmp && mv $@.tmp $@
+
+$(MAN_DIR)/idemproxy.8: docs/idemproxy.8.in scripts/manpage.py debian/changelog
+	@mkdir -p $(dir $@)
+	@echo "  MAN     $@"
+	$(Q)python3 scripts/manpage.py page $< > $@.tmp && mv $@.tmp $@
+
+unit: $(UNIT_BINS) $(MAN_DIR)/idemproxy.conf.5
 	@set -e; for t in $(UNIT_BINS); do $$t; done
 
 # Real client libraries some e2e tests drive (tests/e2e/sdk/package.json,
@@ -163,11 +196,43 @@ fuzz: deps $(FUZZ_TARGETS)
 		grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' build/fuzz/$$name.log; \
 	done
 
-install: $(BUILD)/idemproxy
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/idemproxy $(DESTDIR)$(PREFIX)/lib/systemd/system
-	install -m 755 $(BUILD)/idemproxy $(DESTDIR)$(PREFIX)/bin/idemproxy
+install: $(BUILD)/idemproxy $(MAN_PAGES)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)/etc/idemproxy $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 755 $(BUILD)/idemproxy $(DESTDIR)$(BINDIR)/idemproxy
 	install -m 644 conf/idemproxy.conf $(DESTDIR)/etc/idemproxy/idemproxy.conf
-	sed 's|/usr/local|$(PREFIX)|g' systemd/idemproxy.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/idemproxy.service
+	sed 's|/usr/local/bin/idemproxy|$(BINDIR)/idemproxy|g' systemd/idemproxy.service \
+		> $(DESTDIR)$(UNITDIR)/idemproxy.service
+	chmod 644 $(DESTDIR)$(UNITDIR)/idemproxy.service
+	install -m 644 $(MAN_DIR)/idemproxy.conf.5 $(DESTDIR)$(MANDIR)/man5/idemproxy.conf.5
+	install -m 644 $(MAN_DIR)/idemproxy.8 $(DESTDIR)$(MANDIR)/man8/idemproxy.8
+
+# The Debian package, built by dpkg-buildpackage (debian/rules) from a copy
+# of the tree in build/deb/src/, so that nothing is written beside the
+# repository; the .deb (and its -dbgsym) end up in build/deb/. The tools
+# come from Debian, installed when missing.
+DEB_TOOLS := build-essential debhelper dpkg-dev lintian
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_FILE = build/deb/idemproxy_$(VERSION)_$(DEB_ARCH).deb
+DEB_INPUTS := Makefile README.md $(wildcard conf/* debian/* debian/source/* docs/* scripts/* \
+	src/* systemd/*)
+
+deb: $(DEB_FILE)
+
+$(DEB_FILE): $(DEB_INPUTS)
+	$(call install_missing,$(DEB_PACKAGES) $(DEB_TOOLS),--no-install-recommends)
+	@rm -rf build/deb && mkdir -p build/deb/src/idemproxy
+	@cp -r Makefile README.md conf debian docs scripts src systemd build/deb/src/idemproxy/
+	@echo "  DEB     $@ (log: build/deb/build.log)"
+	@cd build/deb/src/idemproxy && dpkg-buildpackage -b -us -uc -J \
+		> ../../build.log 2>&1 || { tail -n 40 ../../build.log; exit 1; }
+	@mv build/deb/src/*.deb build/deb/src/*.buildinfo build/deb/src/*.changes build/deb/
+	@rm -rf build/deb/src
+
+# The package checked as an operator would meet it (tests/package/test_deb.py).
+deb-test: $(DEB_FILE) $(UPSTREAM_BIN)
+	$(call install_missing,lintian)
+	python3 tests/package/test_deb.py $(DEB_FILE)
 
 format:
 	clang-format -i src/*.c src/*.h tests/unit/*.c tests/unit/*.h tests/upstream/*.c

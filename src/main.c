@@ -39,7 +39,12 @@
 #include "upstream.h"
 #include "worker.h"
 
-#define IDEMPROXY_VERSION "0.1.0"
+/* The version is written in one place, the first line of debian/changelog;
+ * the Makefile passes it as -DIDEMPROXY_VERSION for -v and the start-up line
+ * (and scripts/manpage.py puts the same one in the man pages). */
+#ifndef IDEMPROXY_VERSION
+#error "IDEMPROXY_VERSION is not defined: build with make (it reads debian/changelog)"
+#endif
 
 #define MAX_WORKERS 64
 

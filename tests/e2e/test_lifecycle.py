@@ -266,6 +266,8 @@ def test_make_install_honours_prefix_and_destdir():
         assert subprocess.run([binary, "-t", "-c", conf], capture_output=True).returncode == 0
         unit = open(os.path.join(dest, "opt/idem/lib/systemd/system/idemproxy.service")).read()
         assert "ExecStart=/opt/idem/bin/idemproxy" in unit and "/usr/local" not in unit
+        for page in ("man5/idemproxy.conf.5", "man8/idemproxy.8"):
+            assert os.path.isfile(os.path.join(dest, "opt/idem/share/man", page)), page
     finally:
         subprocess.run(["rm", "-rf", dest])
 

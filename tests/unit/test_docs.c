@@ -8,8 +8,11 @@
  *   config_directive_name(i) --+--> headings of docs/configuration.md
  *                              |      (a) each directive has one, once
  *                              |      (b) each heading names a directive
- *                              '--> lines of conf/idemproxy.conf
- *                                     (c) each directive appears
+ *                              |--> lines of conf/idemproxy.conf
+ *                              |      (c) each directive appears
+ *                              '--> build/man/idemproxy.conf.5, made from
+ *                                     the reference by scripts/manpage.py
+ *                                     (d) each directive has a ".SS name"
  *
  * A failure names every offending directive or heading, so one run shows
  * all of them.
@@ -25,6 +28,7 @@
 
 #define REFERENCE "docs/configuration.md"
 #define SAMPLE "conf/idemproxy.conf"
+#define MAN_PAGE "build/man/idemproxy.conf.5" /* `make unit` makes it first */
 #define HEADING "### `"
 #define MAX_HEADINGS 256
 #define NAME_MAX_LEN 64
@@ -111,28 +115,67 @@ static void list_add(char *list, const char *name, const char *what, int line)
         snprintf(list + used, LIST_MAX - used, " %s", name);
 }
 
+/* A test of one line (ended by '\n' or '\0') against a directive name. */
+typedef bool line_match_fn(const char *line, const char *name);
+
 /*
  * Whether a line of the sample is, or shows, the directive: optional
  * blanks, an optional "#", optional blanks, the name, then a blank.
  */
-static bool sample_has(const char *text, const char *name)
+static bool sample_line_shows(const char *line, const char *name)
 {
     size_t nlen = strlen(name);
-    for (const char *line = text; *line != '\0';) {
-        const char *p = line;
-        const char *end = strchr(line, '\n');
+    const char *p = line + strspn(line, " \t");
 
-        p += strspn(p, " \t");
-        if (*p == '#')
-            p++;
-        p += strspn(p, " \t");
-        if (strncmp(p, name, nlen) == 0 && (p[nlen] == ' ' || p[nlen] == '\t'))
+    if (*p == '#')
+        p++;
+    p += strspn(p, " \t");
+    return strncmp(p, name, nlen) == 0 && (p[nlen] == ' ' || p[nlen] == '\t');
+}
+
+/* Whether a line of the man page is ".SS NAME", exactly. */
+static bool man_line_is_section(const char *line, const char *name)
+{
+    size_t nlen = strlen(name);
+    return strncmp(line, ".SS ", 4) == 0 && strncmp(line + 4, name, nlen) == 0 &&
+           (line[4 + nlen] == '\n' || line[4 + nlen] == '\0');
+}
+
+static bool any_line(const char *text, const char *name, line_match_fn *match)
+{
+    for (const char *line = text; *line != '\0';) {
+        const char *end = strchr(line, '\n');
+        if (match(line, name))
             return true;
         if (end == NULL)
             break;
         line = end + 1;
     }
     return false;
+}
+
+static bool sample_has(const char *text, const char *name)
+{
+    return any_line(text, name, sample_line_shows);
+}
+
+static bool man_has_section(const char *text, const char *name)
+{
+    return any_line(text, name, man_line_is_section);
+}
+
+/* Fails, naming every directive of the table for which no line of the file
+ * at path matches; what says what was looked for. */
+static void assert_every_directive(const char *path, line_match_fn *match, const char *what)
+{
+    char *text = read_text(path);
+    char missing[LIST_MAX] = "";
+
+    for (int i = 0; config_directive_name(i) != NULL; i++)
+        if (!any_line(text, config_directive_name(i), match))
+            list_add(missing, config_directive_name(i), NULL, 0);
+    ck_assert_msg(missing[0] == '\0', "%s has no %s for:%s", path, what, missing);
+    free(text);
 }
 
 START_TEST(every_directive_has_a_section)
@@ -186,18 +229,27 @@ END_TEST
 
 START_TEST(every_directive_is_in_the_sample)
 {
-    char *text = read_text(SAMPLE);
-    char missing[LIST_MAX] = "";
-
-    for (int i = 0; config_directive_name(i) != NULL; i++)
-        if (!sample_has(text, config_directive_name(i)))
-            list_add(missing, config_directive_name(i), NULL, 0);
-    ck_assert_msg(missing[0] == '\0', "%s does not show:%s", SAMPLE, missing);
-    free(text);
+    assert_every_directive(SAMPLE, sample_line_shows, "line that is or shows (#name ...) it");
 }
 END_TEST
 
-/* The line matcher itself, so that (c) cannot pass by accident. */
+START_TEST(every_directive_is_in_the_man_page)
+{
+    assert_every_directive(MAN_PAGE, man_line_is_section, "\".SS name\" section");
+}
+END_TEST
+
+/* The line matchers themselves, so that (c) and (d) cannot pass by accident. */
+START_TEST(man_matcher)
+{
+    ck_assert(man_has_section(".SH X\n.SS ttl\n", "ttl"));
+    ck_assert(!man_has_section(".SS lock_ttl\n", "ttl"));
+    ck_assert(!man_has_section(".SS ttl_x\n", "ttl"));
+    ck_assert(!man_has_section("ttl\n.PP\n", "ttl"));
+    ck_assert(!man_has_section(".SS \"ttl\"\n", "ttl"));
+}
+END_TEST
+
 START_TEST(sample_matcher)
 {
     ck_assert(sample_has("ttl 24h\n", "ttl"));
@@ -218,6 +270,8 @@ static Suite *docs_suite(void)
     tcase_add_test(tc, every_section_names_a_directive);
     tcase_add_test(tc, every_directive_is_in_the_sample);
     tcase_add_test(tc, sample_matcher);
+    tcase_add_test(tc, every_directive_is_in_the_man_page);
+    tcase_add_test(tc, man_matcher);
     suite_add_tcase(s, tc);
     return s;
 }
