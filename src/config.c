@@ -5,8 +5,9 @@
  * setters and the post-parse resolution. The syntax of the file is
  * config_lex.c's, the syntax of single values config_value.c's, and the
  * policy directives with compound values config_policy.c's. Pure except for
- * two reads: config_load() reads the file, and the redis_password_file
- * setter reads the password file.
+ * reads: config_load() reads the file, and the setters of directives that
+ * name a secret's file (passwords, record keys, webhook secrets) read it, so
+ * that a bad one fails the check (-t) and the reload, not a request.
  *
  *   text --config_lex_next()--> (line, argv, terminator)
  *        --run_directive()---> directives[] row --setter--> field of struct
@@ -48,10 +49,13 @@
 #include <string.h>
 #include <strings.h>
 
+#include <openssl/crypto.h>
+
 #include "config_lex.h"
 #include "config_policy.h"
 #include "config_value.h"
 #include "problem.h"
+#include "webhook.h"
 
 #define PASSWORD_MAX 1024
 #define WORKERS_MAX 1024
@@ -102,6 +106,8 @@ static const char *set_listen(struct setting *s);
 static const char *set_upstream(struct setting *s);
 static const char *set_redis(struct setting *s);
 static const char *set_password_file(struct setting *s);
+static const char *set_record_key_file(struct setting *s);
+static const char *set_verify(struct setting *s);
 static const char *set_redis_sentinel(struct setting *s);
 static const char *set_min_replicas(struct setting *s);
 static const char *set_duration(struct setting *s);
@@ -164,6 +170,8 @@ static const struct directive directives[] = {
     {"redis_sentinel", set_redis_sentinel, CFG(sentinel_master), G, 2, 1 + CONFIG_MAX_SENTINELS,
      NULL, NULL, NULL},
     {"sentinel_user", set_string, CFG(sentinel_user), G, 1, 1, NULL, NULL, NULL},
+    {"record_encryption_key_file", set_record_key_file, CFG(record_keys), GM, 1, 1, NULL, NULL,
+     NULL},
     {"sentinel_password_file", set_password_file, CFG(sentinel_password_file), G, 1, 1, NULL, NULL,
      NULL},
     {"redis_min_replicas", set_min_replicas, CFG(redis_min_replicas), G, 1, 2, "0", NULL, NULL},
@@ -199,6 +207,7 @@ static const struct directive directives[] = {
     {"max_request_body", set_size, POL(max_request_body), P, 1, 1, "1m", NULL, NULL},
     {"max_cached_body", set_size, POL(max_cached_body), P, 1, 1, "1m", NULL, NULL},
     {"bypass", set_bool, POL(bypass), R, 1, 1, "off", NULL, NULL},
+    {"verify", set_verify, POL(verify), R, 2, 4, NULL, NULL, NULL},
     {"error_body", set_error_body, POL(error_body), P, 1, 1, NULL, NULL,
      config_policy_inherit_error_body},
     {"error_content_type", set_error_content_type, POL(error_content_type), P, 1, 1, NULL, NULL,
@@ -821,6 +830,52 @@ static const char *set_password_file(struct setting *s)
     return err;
 }
 
+/* record_encryption_key_file PATH, repeatable (SPEC §10): the first seals,
+ * every one opens. */
+static const char *set_record_key_file(struct setting *s)
+{
+    struct seal_keys *keys = &((struct config *)s->base)->record_keys;
+    struct seal_key key;
+    const char *err = NULL;
+    if (keys->n == SEAL_MAX_KEYS)
+        return phrase(s->ps, "at most %d keys", SEAL_MAX_KEYS);
+    if (seal_key_load(s->argv[0], &key, s->ps->msg, sizeof(s->ps->msg)) != NULL)
+        return s->ps->msg;
+    for (int i = 0; i < keys->n && err == NULL; i++)
+        if (memcmp(keys->keys[i].id, key.id, SEAL_KEY_ID_LEN) == 0)
+            err = phrase(s->ps, "\"%s\" holds a key given already", s->argv[0]);
+    if (err == NULL)
+        keys->keys[keys->n++] = key;
+    OPENSSL_cleanse(&key, sizeof(key));
+    return err;
+}
+
+/* verify SCHEME SECRET_FILE [tolerance DUR] (SPEC §11), on a route. */
+static const char *set_verify(struct setting *s)
+{
+    struct webhook_verifier **field = s->field;
+    enum webhook_scheme scheme;
+    uint64_t tolerance_ms = WEBHOOK_DEFAULT_TOLERANCE_MS;
+    if (!webhook_scheme_parse(s->argv[0], &scheme))
+        return phrase(s->ps, "expected stripe, github, standard or shopify, got \"%s\"",
+                      s->argv[0]);
+    if (s->argc == 3 || (s->argc == 4 && strcmp(s->argv[2], "tolerance") != 0))
+        return "expected `tolerance DURATION` after the secret file";
+    if (s->argc == 4 && !webhook_scheme_has_timestamp(scheme))
+        return phrase(s->ps, "%s signatures carry no timestamp: no tolerance to set", s->argv[0]);
+    if (s->argc == 4 &&
+        (config_parse_duration(s->argv[3], &tolerance_ms) != IDEM_OK || tolerance_ms < 1000))
+        return phrase(s->ps, "bad tolerance \"%s\" (a duration of 1s or more)", s->argv[3]);
+    struct webhook_verifier *v = webhook_verifier_new(scheme, tolerance_ms);
+    if (webhook_load_secrets(v, s->argv[1], s->ps->msg, sizeof(s->ps->msg)) != NULL) {
+        webhook_verifier_free(v);
+        return s->ps->msg;
+    }
+    webhook_verifier_free(*field);
+    *field = v;
+    return NULL;
+}
+
 /* redis_sentinel MASTER HOST:PORT...: names are resolved by store_resolve(). */
 static const char *set_redis_sentinel(struct setting *s)
 {
@@ -1381,6 +1436,7 @@ void config_unref(struct config *cfg)
     free(cfg->redis_unix);
     free(cfg->redis_user);
     free(cfg->redis_password_file);
+    seal_keys_clear(&cfg->record_keys);
     if (cfg->redis_password != NULL)
         explicit_bzero(cfg->redis_password, strlen(cfg->redis_password));
     free(cfg->redis_password);

@@ -20,7 +20,10 @@
 #include <sys/socket.h>
 
 #include "config_value.h" /* config_parse_duration(), config_parse_size() */
+#include "seal.h"
 #include "util.h"
+
+struct webhook_verifier;
 
 #define CONFIG_DEFAULT_FILE "/etc/idemproxy/idemproxy.conf"
 #define CONFIG_MAX_LISTEN 16
@@ -92,6 +95,8 @@ struct policy {
     size_t max_cached_body;
     char *error_body;         /* error_body's text (a template), NULL: problem documents */
     char *error_content_type; /* NULL: application/json when error_body is set */
+    /* verify (SPEC §11): the route's webhook signature check; NULL: none */
+    struct webhook_verifier *verify;
 };
 
 struct route {
@@ -139,6 +144,8 @@ struct config {
     char *redis_user;
     char *redis_password_file;
     char *redis_password; /* read from redis_password_file at load; never logged */
+    /* record_encryption_key_file (SPEC §10): read at load; none: records in clear */
+    struct seal_keys record_keys;
     uint64_t redis_timeout_ms;
     /* redis_sentinel (SPEC §8): the primary is asked of these; NULL: off */
     char *sentinel_master;

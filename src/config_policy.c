@@ -8,7 +8,8 @@
  *        |                          a route's), or a phrase in msg
  *   global policy --config_policy_inherit_*()--> each route field the route
  *                                                did not set (deep copies)
- *   config_unref() --config_policy_free()--> key, scope and header strings
+ *   config_unref() --config_policy_free()--> key, scope and header strings,
+ *                                            the webhook verifier
  *
  * Ownership: every policy owns its key-source names, its scope name and its
  * fingerprint header names; nothing is shared between policies.
@@ -23,6 +24,7 @@
 #include <llhttp.h>
 
 #include "config_value.h"
+#include "webhook.h"
 
 static const char *say(char *msg, size_t size, const char *fmt, ...) PRINTF_LIKE(3, 4);
 
@@ -74,6 +76,8 @@ void config_policy_free(struct policy *p)
     p->error_body = NULL;
     free(p->error_content_type);
     p->error_content_type = NULL;
+    webhook_verifier_free(p->verify);
+    p->verify = NULL;
 }
 
 void config_policy_inherit_error_body(struct policy *dst, const struct policy *src)

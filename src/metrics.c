@@ -73,9 +73,11 @@
 
 /* The access log's idem values, then "error" (no outcome) and "other", last. */
 static const char *const outcomes[] = {
-    "miss",    "replay",    "inflight",   "unknown", "mismatch",    "nokey",
-    "invalid", "too_large", "bypass",     "reject",  "store_error", "token_invalid",
-    "token",   "quota",     "overloaded", "error",   "other",
+    "miss",     "replay", "inflight",    "unknown",
+    "mismatch", "nokey",  "invalid",     "too_large",
+    "bypass",   "reject", "store_error", "token_invalid",
+    "token",    "quota",  "overloaded",  "signature_invalid",
+    "error",    "other",
 };
 #define OUTCOME_OTHER ((int)ARRAY_LEN(outcomes) - 1)
 #define OUTCOME_ERROR ((int)ARRAY_LEN(outcomes) - 2)

@@ -77,6 +77,9 @@ static const struct problem_kind kinds[] = {
                                  "Only the chunked transfer coding is accepted."},
     [PROBLEM_VERSION_NOT_SUPPORTED] = {"bad-request", 505, "HTTP version not supported",
                                        "Only HTTP/1.0 and HTTP/1.1 are accepted."},
+    [PROBLEM_SIGNATURE_INVALID] = {"signature-invalid", 401, "Webhook signature invalid",
+                                   "The request's signature is missing, does not match, or "
+                                   "its timestamp is too old or too new; it was not executed."},
 };
 
 int problem_status(enum problem_code code)

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "exchange.h"
@@ -53,9 +54,11 @@
 #include "policy.h"
 #include "problem.h"
 #include "record.h"
+#include "seal.h"
 #include "server.h"
 #include "store.h"
 #include "upstream.h"
+#include "webhook.h"
 
 #define PASS_BODY_HIGH_WATER (256 * 1024)
 
@@ -476,6 +479,19 @@ void store_response(struct exchange *ex)
         mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
         return;
     }
+    if (ex->cfg->record_keys.n > 0) {
+        char *sealed = seal_record(&ex->cfg->record_keys, ex->rkey, rec, len, &len);
+        free(rec);
+        if (sealed == NULL) {
+            log_error("request %s key=%s: response cannot be sealed (OpenSSL); the key is "
+                      "marked unknown",
+                      ex->peer, ex->key);
+            ex->then_relay = true;
+            mark_unknown_then(ex, PROBLEM_UPSTREAM_UNAVAILABLE);
+            return;
+        }
+        rec = sealed;
+    }
     ex->record = rec;
     ex->record_len = len;
     send_complete(ex);
@@ -539,10 +555,54 @@ static void on_renew_timer(evutil_socket_t fd, short what, void *arg)
 
 /* ---- claim -------------------------------------------------------------- */
 
+/*
+ * The stored record of a done key, opened when records are sealed (SPEC
+ * §10). A record that does not open is never replayed, nor run again: the
+ * client gets 503 and the operator an error line. Returns the bytes to
+ * decode (*opened, malloc'd, when they had to be opened), or NULL when it
+ * answered.
+ */
+static const char *stored_record(struct exchange *ex, const struct claim_result *res, size_t *len,
+                                 char **opened)
+{
+    const struct seal_keys *keys = &ex->cfg->record_keys;
+    uint8_t id[SEAL_KEY_ID_LEN] = {0};
+    char id_hex[2 * SEAL_KEY_ID_LEN + 1];
+    const char *why;
+    *opened = NULL;
+    *len = res->record_len;
+    if (keys->n == 0 && !seal_is_sealed(res->record, res->record_len))
+        return res->record;
+    switch (seal_open(keys, ex->rkey, res->record, res->record_len, opened, len, id)) {
+    case SEAL_OPENED: return *opened;
+    case SEAL_NOT_SEALED: why = "is not sealed although record_encryption_key_file is set"; break;
+    case SEAL_UNKNOWN_KEY:
+        why = keys->n == 0 ? "is sealed and no record_encryption_key_file is set"
+                           : "is sealed with a key no record_encryption_key_file holds";
+        break;
+    default: why = "fails authentication (changed in Redis, or stored under another key)"; break;
+    }
+    hex_encode(id, SEAL_KEY_ID_LEN, id_hex);
+    log_error("request %s key=%s: the stored response in %s %s%s%s; not replayed, answering 503",
+              ex->peer, ex->key, ex->rkey, why,
+              seal_is_sealed(res->record, res->record_len) ? ", key id " : "",
+              seal_is_sealed(res->record, res->record_len) ? id_hex : "");
+    ex->idem = "store_error";
+    answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
+    return NULL;
+}
+
 static void answer_done(struct exchange *ex, const struct claim_result *res)
 {
     struct record rec;
-    if (record_decode(res->record, res->record_len, &rec) != IDEM_OK) {
+    char *opened;
+    size_t len;
+    const char *stored = stored_record(ex, res, &len, &opened);
+    if (stored == NULL)
+        return;
+    int decoded = record_decode(stored, len, &rec);
+    free(opened);
+    if (decoded != IDEM_OK) {
         log_error("request %s key=%s: stored record is unreadable; answering 409", ex->peer,
                   ex->key);
         ex->idem = "reject";
@@ -996,6 +1056,29 @@ static bool body_readable(struct exchange *ex)
     return true;
 }
 
+/*
+ * The sender's signature over the whole request (SPEC §11), checked before
+ * the key is read: a forgery is answered 401 and neither claims its key nor
+ * reaches the upstream. Returns false when it answered.
+ */
+static bool signature_valid(struct exchange *ex)
+{
+    const struct webhook_verifier *v = ex->policy->verify;
+    if (v == NULL)
+        return true;
+    size_t len = evbuffer_get_length(ex->body);
+    const char *body = len ? (const char *)evbuffer_pullup(ex->body, -1) : "";
+    enum webhook_result r = webhook_verify(v, &ex->req->headers, body, len, (int64_t)time(NULL));
+    if (r == WEBHOOK_VALID)
+        return true;
+    log_info("request %s route %s: %s webhook signature %s; not claimed, not forwarded", ex->peer,
+             ex->route ? ex->route : "(global)", webhook_scheme_name(v->scheme),
+             webhook_result_phrase(r));
+    ex->idem = "signature_invalid";
+    answer_problem(ex, PROBLEM_SIGNATURE_INVALID, NULL);
+    return false;
+}
+
 static bool is_token_endpoint(const struct exchange *ex, size_t path_len)
 {
     const char *ep = ex->cfg->token_endpoint;
@@ -1028,8 +1111,12 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
         return NULL;
     }
     ex->body = evbuffer_new();
-    if (policy_key_needs_body(ex->policy) && !ex->policy->require_token)
-        ex->key_pending = true; /* buffered like a covered body, decided at the end */
+    /* Buffered like a covered body, decided at the end: the key is in the
+     * body, or the signature covers it (SPEC §11: nothing goes upstream,
+     * keyed or not, before it is checked). */
+    if (ex->policy->verify != NULL ||
+        (policy_key_needs_body(ex->policy) && !ex->policy->require_token))
+        ex->key_pending = true;
     else if (!decide_key(ex)) {
         ex_maybe_free(ex);
         return NULL;
@@ -1098,7 +1185,7 @@ void proxy_request_complete(struct exchange *ex)
     }
     if (ex->key_pending) {
         ex->key_pending = false;
-        if (!decide_key(ex)) {
+        if (!signature_valid(ex) || !decide_key(ex)) {
             ex_maybe_free(ex);
             return;
         }

@@ -1,14 +1,18 @@
 /*
- * util.c - allocation wrappers, the monotonic clock and small string helpers.
- * No state; nothing here logs.
+ * util.c - allocation wrappers, the monotonic clock, small string helpers and
+ * the read of a secret's file. No state; nothing here logs.
  */
 #include "util.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 static void out_of_memory(size_t n)
 {
@@ -68,6 +72,45 @@ void hex_encode(const unsigned char *in, size_t n, char *out)
         out[2 * i + 1] = digits[in[i] & 0xf];
     }
     out[2 * n] = '\0';
+}
+
+int hex_decode(const char *hex, size_t n, unsigned char *out)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi = hex_digit_value((unsigned char)hex[2 * i]);
+        int lo = hex_digit_value((unsigned char)hex[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return IDEM_ERR;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return IDEM_OK;
+}
+
+const char *read_private_file(const char *path, char *buf, size_t size, size_t *len, char *msg,
+                              size_t msglen)
+{
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(msg, msglen, "cannot read \"%s\": %s", path, strerror(errno));
+        return msg;
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        snprintf(msg, msglen, "\"%s\" is not a regular file", path);
+    else if (st.st_mode & (S_IRWXG | S_IRWXO))
+        snprintf(msg, msglen, "\"%s\" may be read by others (mode %03o): chmod 600 it", path,
+                 (unsigned)(st.st_mode & 0777));
+    else {
+        ssize_t n = read(fd, buf, size);
+        if (n >= 0) {
+            close(fd);
+            *len = (size_t)n;
+            return NULL;
+        }
+        snprintf(msg, msglen, "cannot read \"%s\": %s", path, strerror(errno));
+    }
+    close(fd);
+    return msg;
 }
 
 char *format_u64(uint64_t v, int base, char out[UINT64_DIGITS])

@@ -75,4 +75,16 @@ void copy_cstr(char *dst, size_t cap, const char *src);
 /* Lower-case hex of n bytes into out (2n+1 bytes). */
 void hex_encode(const unsigned char *in, size_t n, char *out);
 
+/* 2n hex digits (either case) into n bytes; IDEM_ERR on any other byte. */
+int hex_decode(const char *hex, size_t n, unsigned char *out) MUST_CHECK;
+
+/*
+ * Reads up to size bytes of a secret's file (a key, a token, webhook
+ * secrets) into buf, refusing one that is not a regular file or that its
+ * group or others may access. Returns NULL with *len set, or a phrase
+ * written into msg naming the path.
+ */
+const char *read_private_file(const char *path, char *buf, size_t size, size_t *len, char *msg,
+                              size_t msglen);
+
 #endif

@@ -1088,7 +1088,8 @@ START_TEST(test_sample_examples_parse)
         snprintf(name, sizeof(name), "%.*s", (int)(n < 63 ? n : 63), word);
         if (line[0] == '#' && word[n] == ' ' && strcmp(name, "route") != 0 &&
             strcmp(name, "redis_password_file") != 0 && strcmp(name, "error_body") != 0 &&
-            strcmp(name, "sentinel_password_file") != 0) {
+            strcmp(name, "sentinel_password_file") != 0 &&
+            strcmp(name, "record_encryption_key_file") != 0 && strcmp(name, "verify") != 0) {
             /* (those that read a file at load: tested with real files elsewhere) */
             bool known = false;
             for (int i = 0; config_directive_name(i) != NULL; i++)
