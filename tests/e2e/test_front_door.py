@@ -221,7 +221,9 @@ def _recipe_routes():
     text = open(path).read()
     blocks = re.findall(r"^(route (/webhooks/\S+) \{\n.*?^\})", text, re.S | re.M)
     assert len(blocks) >= 5, blocks
-    return blocks
+    # Without their `verify` lines: these deliveries are unsigned; signatures
+    # are tested with real secrets in test_security.py.
+    return [(re.sub(r"^\s*verify .*\n", "", block, flags=re.M), prefix) for block, prefix in blocks]
 
 
 def _delivery(route_text, event_id, shape):
