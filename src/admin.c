@@ -16,6 +16,8 @@
  *                      read from the workers at the moment of the scrape)
  *            anything else 404
  *   other methods      405 with Allow: GET, HEAD
+ *   /keys/...          the keys admin API (admin_keys.c), any method; 404 as
+ *                      an unknown path while admin_token_file is not set
  */
 #include "admin.h"
 
@@ -27,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "admin_keys.h"
 #include "metrics.h"
 #include "util.h"
 
@@ -42,6 +45,7 @@
 struct admin {
     struct admin_source src;
     struct evhttp *http; /* owns the bound socket and every admin connection */
+    struct admin_keys *keys;
 };
 
 /*
@@ -108,7 +112,10 @@ static void on_request(struct evhttp_request *req, void *arg)
 
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
 
-    if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
+    if (admin_keys_path(path)) {
+        if (!admin_keys_serve(a->keys, req))
+            reply_text(req, HTTP_NOTFOUND, "Not Found", "not found\n");
+    } else if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
         reply_text(req, 405, "Method Not Allowed", "method not allowed\n");
     } else if (path != NULL && strcmp(path, "/healthz") == 0) {
@@ -133,7 +140,7 @@ static int parse_port(const char *s, ev_uint16_t *out)
     return IDEM_OK;
 }
 
-struct admin *admin_start(struct event_base *base, const struct config *cfg,
+struct admin *admin_start(struct event_base *base, struct config *cfg, struct tls *tls,
                           const struct admin_source *src, char *err, size_t errlen)
 {
     const struct listen_addr *la = &cfg->admin_listen;
@@ -169,6 +176,7 @@ struct admin *admin_start(struct event_base *base, const struct config *cfg,
                  e != 0 ? evutil_socket_error_to_string(e) : "address not usable");
         goto fail;
     }
+    a->keys = admin_keys_new(base, cfg, tls);
     return a;
 
 fail:
@@ -178,10 +186,17 @@ fail:
     return NULL;
 }
 
+void admin_reconfigure(struct admin *a, struct config *cfg, struct tls *tls)
+{
+    if (a != NULL)
+        admin_keys_reconfigure(a->keys, cfg, tls);
+}
+
 void admin_free(struct admin *a)
 {
     if (a == NULL)
         return;
+    admin_keys_free(a->keys); /* first: its waiting requests belong to evhttp */
     evhttp_free(a->http);
     free(a);
 }

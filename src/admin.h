@@ -1,7 +1,8 @@
 /*
- * admin.h - the admin listener (SPEC §3 admin_listen, §4.5): /healthz,
- * /readyz and /metrics over HTTP on their own address, served by libevent's
- * evhttp on the runtime's event loop. Admin requests are not access-logged.
+ * admin.h - the admin listener (SPEC §3 admin_listen, §4.5, §9): /healthz,
+ * /readyz, /metrics and the keys admin API over HTTP on their own address,
+ * served by libevent's evhttp on the main thread's event loop. Admin requests
+ * are not access-logged.
  */
 #ifndef IDEM_ADMIN_H
 #define IDEM_ADMIN_H
@@ -14,6 +15,7 @@
 #include "metrics.h"
 
 struct event_base;
+struct tls;
 struct admin;
 
 /* What the admin listener asks of the process; called on its own loop. */
@@ -31,8 +33,12 @@ struct admin_source {
  * redis_up and not draining. The address is read once: a reload does not
  * move the listener.
  */
-struct admin *admin_start(struct event_base *base, const struct config *cfg,
+struct admin *admin_start(struct event_base *base, struct config *cfg, struct tls *tls,
                           const struct admin_source *src, char *err, size_t errlen);
+
+/* A reload took effect: the keys admin API (admin_keys.h) uses cfg and tls
+ * from now on. The listener's address stays. */
+void admin_reconfigure(struct admin *a, struct config *cfg, struct tls *tls);
 
 /*
  * Closes the listener and every admin connection. Accepts NULL. Call before

@@ -6,7 +6,8 @@
  * config_lex.c's, the syntax of single values config_value.c's, and the
  * policy directives with compound values config_policy.c's. Pure except for
  * reads: config_load() reads the file, and the setters of directives that
- * name a secret's file (passwords, record keys, webhook secrets) read it, so
+ * name a secret's file (passwords, the admin token, record keys, webhook
+ * secrets) read it, so
  * that a bad one fails the check (-t) and the reload, not a request.
  *
  *   text --config_lex_next()--> (line, argv, terminator)
@@ -235,6 +236,7 @@ static const struct directive directives[] = {
     {"error_log", set_error_log, CFG(error_log), G, 1, 1, "stderr", NULL, NULL},
     {"log_level", set_enum, CFG(log_level), G, 1, 1, "info", log_level_words, NULL},
     {"admin_listen", set_admin_listen, CFG(admin_listen), G, 1, 1, "off", NULL, NULL},
+    {"admin_token_file", set_password_file, CFG(admin_token_file), G, 1, 1, NULL, NULL, NULL},
     {"token_endpoint", set_token_endpoint, CFG(token_endpoint), G, 1, 1, "off", NULL, NULL},
     {"token_header", set_header_name, CFG(token_header), G, 1, 1, "Idempotency-Token", NULL, NULL},
     {"token_ttl", set_duration, CFG(token_ttl_ms), G, 1, 1, "10m", NULL, NULL},
@@ -786,9 +788,9 @@ static const char *set_redis(struct setting *s)
 }
 
 /*
- * Reads the password now, so that a missing file fails the check (-t) and a
- * reload, not the first Redis connection. The password never appears in a
- * message; the path does.
+ * Reads the secret (a password, the admin token) now, so that a missing file
+ * fails the check (-t) and a reload, not the first Redis connection or admin
+ * call. The secret never appears in a message; the path does.
  */
 static const char *set_password_file(struct setting *s)
 {
@@ -818,9 +820,9 @@ static const char *set_password_file(struct setting *s)
     else if (memchr(buf, '\0', n) != NULL)
         err = phrase(s->ps, "\"%s\" contains a NUL byte", path);
     if (err == NULL) {
-        /* the path's field; the secret's follows it in struct config */
-        bool sentinel = s->field == (void *)&cfg->sentinel_password_file;
-        char **secret = sentinel ? &cfg->sentinel_password : &cfg->redis_password;
+        char **secret = s->field == (void *)&cfg->sentinel_password_file ? &cfg->sentinel_password
+                        : s->field == (void *)&cfg->admin_token_file     ? &cfg->admin_token
+                                                                         : &cfg->redis_password;
         free(*(char **)s->field);
         *(char **)s->field = xstrdup(path);
         free(*secret);
@@ -1451,6 +1453,10 @@ void config_unref(struct config *cfg)
     if (cfg->sentinel_password != NULL)
         explicit_bzero(cfg->sentinel_password, strlen(cfg->sentinel_password));
     free(cfg->sentinel_password);
+    free(cfg->admin_token_file);
+    if (cfg->admin_token != NULL)
+        explicit_bzero(cfg->admin_token, strlen(cfg->admin_token));
+    free(cfg->admin_token);
     free(cfg->key_prefix);
     free(cfg->key_header);
     free(cfg->replay_header);

@@ -201,6 +201,8 @@ struct config {
     enum log_level log_level;
 
     struct listen_addr admin_listen; /* host NULL when off */
+    char *admin_token_file;          /* NULL: the keys admin API is off (SPEC §9) */
+    char *admin_token;               /* read from admin_token_file at load; never logged */
     char *token_endpoint;            /* NULL when off */
     char *token_header;
     uint64_t token_ttl_ms;

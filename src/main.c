@@ -248,6 +248,7 @@ static bool reload(struct daemon *d)
     if (worker_count(cfg) != d->nworkers)
         log_warn("reload: workers changed; the new count takes effect at the next restart");
     log_tls(cfg, tls);
+    admin_reconfigure(d->admin, cfg, tls);
     config_unref(d->cfg);
     d->cfg = cfg;
     tls_unref(d->tls);
@@ -449,7 +450,7 @@ static int run(struct daemon *d)
     install_signals(d); /* before the first socket is bound: a SIGTERM is never lost */
     struct admin_source src = {.gauges = admin_gauges, .draining = admin_draining, .arg = d};
     /* The admin listener first: once clients can connect, so can probes. */
-    d->admin = admin_start(d->base, d->cfg, &src, err, sizeof(err));
+    d->admin = admin_start(d->base, d->cfg, d->tls, &src, err, sizeof(err));
     if ((d->admin == NULL && err[0] != '\0') ||
         server_bind(d->cfg, d->listen_fds, &d->nlisten, err, sizeof(err)) != IDEM_OK ||
         upstream_resolve(d->cfg, err, sizeof(err)) != IDEM_OK ||

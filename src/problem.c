@@ -80,6 +80,10 @@ static const struct problem_kind kinds[] = {
     [PROBLEM_SIGNATURE_INVALID] = {"signature-invalid", 401, "Webhook signature invalid",
                                    "The request's signature is missing, does not match, or "
                                    "its timestamp is too old or too new; it was not executed."},
+    [PROBLEM_UNAUTHORIZED] = {"unauthorized", 401, "Unauthorized",
+                              "The keys admin API needs the bearer token of admin_token_file."},
+    [PROBLEM_NOT_FOUND] = {"not-found", 404, "No such key",
+                           "No idempotency key of that name in that scope."},
 };
 
 int problem_status(enum problem_code code)

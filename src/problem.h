@@ -33,6 +33,8 @@ enum problem_code {
     PROBLEM_UNSUPPORTED_ENCODING,
     PROBLEM_VERSION_NOT_SUPPORTED,
     PROBLEM_SIGNATURE_INVALID,
+    PROBLEM_UNAUTHORIZED, /* the keys admin API (SPEC §9) */
+    PROBLEM_NOT_FOUND,
 };
 
 struct problem {

@@ -132,6 +132,30 @@ void store_mark_unknown(struct store *st, const char *rkey, const char *owner,
                         const char *fingerprint, uint64_t unknown_ms, store_update_cb cb,
                         void *arg);
 
+/* What the keys admin API found under a name (SPEC §9). */
+struct key_admin_result {
+    bool found;             /* false: absent (nothing else is set) */
+    bool ours;              /* a value of this idemproxy's; false: `key` is not set */
+    bool legacy;            /* of the hash layout of earlier versions */
+    bool deleted;           /* the key is gone now (release or delete) */
+    int64_t expiry_ms;      /* PTTL: left until Redis drops it; -1 no expiry */
+    const char *redis_type; /* "string", "hash", ... as TYPE said */
+    /* state (INFLIGHT, UNKNOWN, DONE), fingerprint, record; pttl_ms is the
+     * lease left when in flight, else expiry_ms */
+    struct claim_result key;
+};
+/* error is NULL on success, else a phrase (result is then NULL). */
+typedef void (*store_admin_cb)(void *arg, const struct key_admin_result *result, const char *error);
+
+/*
+ * One atomic look at rkey (SCRIPT_ADMIN), and with KEYS_ADMIN_RELEASE its
+ * deletion if it is in flight or unknown, with KEYS_ADMIN_DELETE its
+ * deletion whatever it holds. The result says what was there before.
+ */
+enum keys_admin_action { KEYS_ADMIN_SHOW, KEYS_ADMIN_RELEASE, KEYS_ADMIN_DELETE };
+void store_admin(struct store *st, const char *rkey, enum keys_admin_action action,
+                 store_admin_cb cb, void *arg);
+
 /*
  * Waiting duplicates (SPEC §4.4): cb runs (never re-entrantly from this
  * call) each time a state change of rkey is announced on Redis pub/sub, from

@@ -94,11 +94,50 @@ static const char *const script_source[SCRIPT_COUNT] = {
         OWNER_CHECK "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])\n" PUBLISH_IF_WAITED(
             "unknown") "return 1\n",
     [SCRIPT_TOKEN] = "redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) return 1\n",
+    /* ARGV: show, release or delete. One script, so that what is reported is
+     * what was deleted: a release frees only a key that is in flight or
+     * unknown at that instant (never one that became done meanwhile), and
+     * wakes the duplicates parked on it, which claim it again. */
+    [SCRIPT_ADMIN] = "local t = redis.call('TYPE', KEYS[1]).ok\n"
+                     "if t == 'none' then return {'none'} end\n"
+                     "local pttl = redis.call('PTTL', KEYS[1])\n"
+                     "local out, free, waited\n"
+                     "if t == 'string' then\n"
+                     "  local v = redis.call('GET', KEYS[1])\n"
+                     "  local c = string.byte(v, 1)\n"
+                     "  free = c == 105 or c == 117\n"
+                     "  waited = c == 105 and string.byte(v, 2) == 49\n"
+                     "  out = {t, pttl, 0, v}\n"
+                     "elseif t == 'hash' then\n"
+                     "  local h = redis.call('HMGET', KEYS[1], 's', 'f', 'r', 'w')\n"
+                     "  free = h[1] == 'inflight' or h[1] == 'unknown'\n"
+                     "  waited = h[1] == 'inflight' and h[4] == '1'\n"
+                     "  out = {t, pttl, 0, h[1] or '', h[2] or '', h[3] or ''}\n"
+                     "else\n"
+                     "  out = {t, pttl, 0}\n"
+                     "end\n"
+                     "if ARGV[1] == 'delete' or (ARGV[1] == 'release' and free) then\n"
+                     "  redis.call('DEL', KEYS[1])\n"
+                     "  if waited then redis.call('PUBLISH', KEYS[1], 'released') end\n"
+                     "  out[3] = 1\n"
+                     "end\n"
+                     "return out\n",
 };
 
 static const char *const script_name[SCRIPT_COUNT] = {
-    "claim", "legacy read", "complete", "release", "renew", "unknown", "token",
+    "claim", "legacy read", "complete", "release", "renew", "unknown", "token", "admin",
 };
+
+static const char *const admin_action_arg[] = {
+    [KEYS_ADMIN_SHOW] = "show",
+    [KEYS_ADMIN_RELEASE] = "release",
+    [KEYS_ADMIN_DELETE] = "delete",
+};
+
+const char *keys_admin_action_arg(enum keys_admin_action action)
+{
+    return admin_action_arg[action];
+}
 
 const char *keys_script_source(enum script_id id)
 {

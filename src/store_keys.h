@@ -21,6 +21,7 @@ enum script_id {
     SCRIPT_RENEW,
     SCRIPT_UNKNOWN,
     SCRIPT_TOKEN,
+    SCRIPT_ADMIN, /* the keys admin API (SPEC §9): show, release or delete any key */
     SCRIPT_COUNT
 };
 
@@ -60,6 +61,14 @@ char *keys_unknown_value(const char *fingerprint);
  */
 int keys_read_value(const char *value, size_t len, int64_t pttl_ms,
                     struct claim_result *out) MUST_CHECK;
+
+/*
+ * SCRIPT_ADMIN's ARGV[1] for what the operator asked (store.h). Its answer
+ * is {'none'} (absent), {'string', pttl, deleted, value}, {'hash', pttl,
+ * deleted, s, f, r} (the hash layout's state, fingerprint and record) or
+ * {type, pttl, deleted} for anything else under the name.
+ */
+const char *keys_admin_action_arg(enum keys_admin_action action);
 
 /* A hash-layout state name ("inflight", "done", "unknown"). IDEM_ERR: other. */
 int keys_read_legacy_state(const char *state, enum key_state *out) MUST_CHECK;

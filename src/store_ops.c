@@ -72,6 +72,8 @@ void op_answer_error(struct store_op *op, const char *error)
         op->on_claim(op->arg, &res, NULL);
     } else if (op->on_claim)
         op->on_claim(op->arg, NULL, error);
+    else if (op->on_admin)
+        op->on_admin(op->arg, NULL, error);
     else
         op->on_update(op->arg, false, error);
 }
@@ -131,23 +133,74 @@ static int read_script_claim(const redisReply *r, struct claim_result *res)
     return IDEM_ERR;
 }
 
+/* The fields of a hash-layout key (s, f, r) and its PTTL, as a claim reads them. */
+static int read_legacy_fields(const redisReply *state, const redisReply *fingerprint,
+                              int64_t pttl_ms, const redisReply *record, struct claim_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    if (state->type != REDIS_REPLY_STRING || fingerprint->type != REDIS_REPLY_STRING ||
+        record->type != REDIS_REPLY_STRING ||
+        keys_read_legacy_state(state->str, &res->state) != IDEM_OK)
+        return IDEM_ERR;
+    res->fingerprint = fingerprint->str;
+    res->fingerprint_len = fingerprint->len;
+    res->pttl_ms = pttl_ms;
+    if (res->state == KEY_STATE_DONE) {
+        res->record = record->str;
+        res->record_len = record->len;
+    }
+    return IDEM_OK;
+}
+
 /* SCRIPT_LEGACY's answer: {state, fingerprint, pttl, record}. */
 static int read_legacy_claim(const redisReply *r, struct claim_result *res)
 {
-    memset(res, 0, sizeof(*res));
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-        r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING ||
-        r->element[2]->type != REDIS_REPLY_INTEGER || r->element[3]->type != REDIS_REPLY_STRING ||
-        keys_read_legacy_state(r->element[0]->str, &res->state) != IDEM_OK)
+        r->element[2]->type != REDIS_REPLY_INTEGER)
         return IDEM_ERR;
-    res->fingerprint = r->element[1]->str;
-    res->fingerprint_len = r->element[1]->len;
-    res->pttl_ms = r->element[2]->integer;
-    if (res->state == KEY_STATE_DONE) {
-        res->record = r->element[3]->str;
-        res->record_len = r->element[3]->len;
+    return read_legacy_fields(r->element[0], r->element[1], r->element[2]->integer, r->element[3],
+                              res);
+}
+
+/*
+ * SCRIPT_ADMIN's answer (store_keys.h). A value that is not one of ours
+ * (another program's key under our prefix) is found, not ours: reported,
+ * not an error, so that it can still be deleted.
+ */
+static int read_admin(const redisReply *r, struct key_admin_result *res)
+{
+    memset(res, 0, sizeof(*res));
+    if (r->type != REDIS_REPLY_ARRAY || r->elements < 1 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return IDEM_ERR;
+    if (r->elements == 1)
+        return strcmp(r->element[0]->str, "none") == 0 ? IDEM_OK : IDEM_ERR;
+    if (r->elements < 3 || r->element[1]->type != REDIS_REPLY_INTEGER ||
+        r->element[2]->type != REDIS_REPLY_INTEGER)
+        return IDEM_ERR;
+    res->found = true;
+    res->redis_type = r->element[0]->str;
+    res->expiry_ms = r->element[1]->integer;
+    res->deleted = r->element[2]->integer == 1;
+    const redisReply *const *f = (const redisReply *const *)r->element + 3;
+    if (r->elements == 4 && f[0]->type == REDIS_REPLY_STRING) {
+        res->ours = keys_read_value(f[0]->str, f[0]->len, res->expiry_ms, &res->key) == IDEM_OK;
+    } else if (r->elements == 6) {
+        res->legacy = true;
+        res->ours = read_legacy_fields(f[0], f[1], res->expiry_ms, f[2], &res->key) == IDEM_OK;
     }
     return IDEM_OK;
+}
+
+static void answer_admin(struct store_op *op, const redisReply *r)
+{
+    struct key_admin_result res;
+    if (read_admin(r, &res) != IDEM_OK) {
+        op_answer_error(op, "unexpected reply to the admin script");
+        return;
+    }
+    op->answered = true;
+    op->on_admin(op->arg, &res, NULL);
 }
 
 static void answer_claim(struct store_op *op, const redisReply *r)
@@ -449,6 +502,8 @@ static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
         op_answer_error(op, r->str);
     } else if (!op->answered && op->on_claim) {
         answer_claim(op, r);
+    } else if (!op->answered && op->on_admin) {
+        answer_admin(op, r);
     } else if (!op->answered) {
         op->answered = true;
         op->applied = r->type == REDIS_REPLY_INTEGER && r->integer == 1;
@@ -722,6 +777,17 @@ void store_release(struct store *st, const char *rkey, const char *owner, const 
         op_extra_key(op, token_key);
     op_arg(op, owner, strlen(owner));
     op_arg_u64(op, token_ttl_ms);
+    op_start(st, op);
+}
+
+void store_admin(struct store *st, const char *rkey, enum keys_admin_action action,
+                 store_admin_cb cb, void *arg)
+{
+    struct store_op *op = op_new(st, SCRIPT_ADMIN, rkey);
+    op->on_admin = cb;
+    op->arg = arg;
+    const char *what = keys_admin_action_arg(action);
+    op_arg(op, what, strlen(what));
     op_start(st, op);
 }
 

@@ -70,6 +70,7 @@ struct store_op {
     bool claim_will_wait;
     store_claim_cb on_claim;
     store_update_cb on_update;
+    store_admin_cb on_admin;
     void *arg;
     struct event *timer;
     uint64_t started_us;

@@ -523,6 +523,37 @@ START_TEST(test_password_file)
 }
 END_TEST
 
+/* admin_token_file: read like a password, into its own field; empty is an error. */
+START_TEST(test_admin_token_file)
+{
+    char *path = temp_file("tok-123\n");
+    char text[256];
+    struct config *cfg = parse_ok("admin_listen 127.0.0.1:9090\n");
+    ck_assert_ptr_null(cfg->admin_token);
+    config_unref(cfg);
+
+    snprintf(text, sizeof(text), "admin_token_file %s\n", path);
+    cfg = parse_ok(text);
+    ck_assert_str_eq(cfg->admin_token_file, path);
+    ck_assert_str_eq(cfg->admin_token, "tok-123");
+    ck_assert_ptr_null(cfg->redis_password);
+    config_unref(cfg);
+    unlink(path);
+    free(path);
+
+    struct errors e = {{NULL}, 0};
+    path = temp_file("\n");
+    snprintf(text, sizeof(text), "admin_token_file %s" UPSTREAM_LINE, path);
+    ck_assert_ptr_null(parse_raw(text, &e));
+    char needle[256];
+    snprintf(needle, sizeof(needle), "t.conf:1: admin_token_file: \"%s\" is empty", path);
+    ck_assert(errors_have(&e, needle));
+    errors_free(&e);
+    unlink(path);
+    free(path);
+}
+END_TEST
+
 START_TEST(test_password_file_errors_never_show_password)
 {
     struct errors e = {{NULL}, 0};
@@ -1089,7 +1120,8 @@ START_TEST(test_sample_examples_parse)
         if (line[0] == '#' && word[n] == ' ' && strcmp(name, "route") != 0 &&
             strcmp(name, "redis_password_file") != 0 && strcmp(name, "error_body") != 0 &&
             strcmp(name, "sentinel_password_file") != 0 &&
-            strcmp(name, "record_encryption_key_file") != 0 && strcmp(name, "verify") != 0) {
+            strcmp(name, "record_encryption_key_file") != 0 && strcmp(name, "verify") != 0 &&
+            strcmp(name, "admin_token_file") != 0) {
             /* (those that read a file at load: tested with real files elsewhere) */
             bool known = false;
             for (int i = 0; config_directive_name(i) != NULL; i++)
@@ -1171,6 +1203,7 @@ Suite *config_suite(void)
     tcase_add_test(tc, test_tls_directives);
     tcase_add_test(tc, test_redis_unix);
     tcase_add_test(tc, test_password_file);
+    tcase_add_test(tc, test_admin_token_file);
     tcase_add_test(tc, test_quotes_and_escapes);
     tcase_add_test(tc, test_comments_and_semicolons);
     tcase_add_test(tc, test_block_forms);
