@@ -46,6 +46,7 @@
 #include "policy.h"
 #include "problem.h"
 #include "record.h"
+#include "seal.h"
 #include "store.h"
 #include "tls.h"
 
@@ -159,12 +160,29 @@ static void put_ms(struct evbuffer *b, const char *name, int64_t ms)
         evbuffer_add_printf(b, ",\"%s\":%lld", name, (long long)ms);
 }
 
-/* A done key's stored response, read through record.h: status, header
- * fields in order, body size, whether the body was omitted. */
-static void put_record(struct evbuffer *b, const struct claim_result *k)
+/* A done key's stored response, read through record.h (opened first when
+ * sealed, seal.h): status, header fields in order, body size, whether the
+ * body was omitted. A sealed record this configuration cannot open (no key
+ * file, or changed in Redis) shows as "record":"sealed". */
+static void put_record(struct evbuffer *b, const struct seal_keys *keys, const char *rkey,
+                       const struct claim_result *k)
 {
     struct record rec;
-    if (record_decode(k->record, k->record_len, &rec) != IDEM_OK) {
+    const char *bytes = k->record;
+    size_t len = k->record_len;
+    char *opened = NULL;
+    bool sealed = seal_is_sealed(k->record, k->record_len);
+    evbuffer_add_printf(b, ",\"sealed\":%s", sealed ? "true" : "false");
+    if (sealed &&
+        seal_open(keys, rkey, k->record, k->record_len, &opened, &len, NULL) != SEAL_OPENED) {
+        evbuffer_add_printf(b, ",\"record\":\"sealed\"");
+        return;
+    }
+    if (opened != NULL)
+        bytes = opened;
+    int decoded = record_decode(bytes, len, &rec);
+    free(opened);
+    if (decoded != IDEM_OK) {
         evbuffer_add_printf(b, ",\"record\":\"unreadable\"");
         return;
     }
@@ -216,7 +234,7 @@ static void render_key(struct evbuffer *b, const struct key_call *c,
         put_ms(b, "lease_ms", r->key.pttl_ms);
     put_ms(b, "ttl_ms", r->expiry_ms);
     if (r->ours && r->key.state == KEY_STATE_DONE)
-        put_record(b, &r->key);
+        put_record(b, &c->ak->cfg->record_keys, c->rkey, &r->key);
     evbuffer_add_printf(b, ",\"created_at\":null}\n");
 }
 

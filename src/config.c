@@ -7,8 +7,8 @@
  * policy directives with compound values config_policy.c's. Pure except for
  * reads: config_load() reads the file, and the setters of directives that
  * name a secret's file (passwords, the admin token, record keys, webhook
- * secrets) read it, so
- * that a bad one fails the check (-t) and the reload, not a request.
+ * secrets) read it, so that a bad one fails the check (-t) and the reload,
+ * not a request.
  *
  *   text --config_lex_next()--> (line, argv, terminator)
  *        --run_directive()---> directives[] row --setter--> field of struct
