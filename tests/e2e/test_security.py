@@ -289,3 +289,20 @@ def test_a_forged_delivery_does_not_occupy_the_real_events_key():
         assert json.loads(r.body)["body_len"] == len(real), "the forged body was executed"
         outcomes = [line.get("idem") for line in env.proxy.access_log()]
         assert outcomes[0] == "signature_invalid", outcomes
+
+
+def test_the_keys_admin_api_reads_sealed_records_and_states_without_the_key():
+    from test_keys_admin import keys_env, show
+    with keys_env(expect_errors=True) as env:
+        path, _ = record_key_file(env, "record-key")
+        admin = f"admin_listen 127.0.0.1:{env.admin_port}\nadmin_token_file {env.token_path}\n"
+        reload(env, admin + keys_config(path))
+        key = new_key()
+        assert env.post(key=key).status == 201
+        shown = show(env, key).json()
+        assert shown["state"] == "done" and shown["sealed"] is True, shown
+        assert shown["status"] == 201 and shown["body_size"] > 0, shown
+        reload(env, admin)  # the key file gone: state and fingerprint still read
+        shown = show(env, key).json()
+        assert shown["state"] == "done" and shown["record"] == "sealed", shown
+        assert shown["fingerprint"] and "status" not in shown, shown
