@@ -38,9 +38,13 @@ def test_kills_under_load_never_execute_a_key_twice():
             for c in clients:
                 c.start()
             end = time.monotonic() + seconds
+            victims = []  # each round kills Redis and both instances, in a random order
             while time.monotonic() < end:
                 time.sleep(rnd.uniform(0.5, 1.5))
-                victim = rnd.choice(("redis", 0, 1))
+                if not victims:
+                    victims = ["redis", 0, 1]
+                    rnd.shuffle(victims)
+                victim = victims.pop()
                 if victim == "redis":
                     redis.kill()
                     time.sleep(rnd.uniform(0.1, 0.6))
