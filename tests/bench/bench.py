@@ -39,9 +39,11 @@ and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
 WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory),
-BENCH_SCENARIOS ["get post unique replay replicated tls"] (a subset runs only
-those; "replicated": unique keys through a second idemproxy with
-`redis_min_replicas 1 50ms`, on a second Redis with one replica),
+BENCH_SCENARIOS ["get post unique replay replicated sealed tls"] (a subset runs
+only those; "replicated": unique keys through a second idemproxy with
+`redis_min_replicas 1 50ms`, on a second Redis with one replica; "sealed":
+unique keys and replays through a third idemproxy with
+`record_encryption_key_file`, on the same Redis),
 BENCH_TLS_CONNECTIONS ["50"], BENCH_TLS_DURATION [8, at most BENCH_DURATION],
 BENCH_TLS_FULL_CLIENTS [4], BENCH_ONLY [] ("tls": only the TLS rows, no
 idle-connection step, no plain proxies; the same as BENCH_SCENARIOS=tls
@@ -91,8 +93,8 @@ PACED_REPLAY = "POST replay, paced"
 PACED_CONNECTIONS = int(env("BENCH_PACED_CONNECTIONS", "10"))
 PACED_DELAY_MS = int(env("BENCH_PACED_DELAY_MS", "3"))
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
-SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated tls").replace(",",
-                                                                             " ").split()
+SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated sealed tls").replace(
+    ",", " ").split()
 TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
 TLS_DURATION = int(env("BENCH_TLS_DURATION", str(min(DURATION, 8))))
 TLS_FULL_CLIENTS = int(env("BENCH_TLS_FULL_CLIENTS", "4"))
@@ -103,10 +105,13 @@ if ONLY == "tls":
     IDLE_CONNS = 0
 elif ONLY:
     raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: only \"tls\" is known")
-PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated")
+PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated", "sealed")
 # The replicated row: a second idemproxy with redis_min_replicas 1, on a
 # second Redis with one replica of its own.
 REPLICATED = "POST unique key, redis_min_replicas 1"
+# The sealed rows: a third idemproxy with record_encryption_key_file.
+SEALED_UNIQUE = "POST unique key, sealed records"
+SEALED_REPLAY = "POST replay, sealed records"
 BODY = b'{"amount":100}'
 
 
@@ -605,7 +610,8 @@ def main():
 
         plain = IDLE_CONNS > 0 or any(sc in SCENARIOS for sc in PLAIN_SCENARIOS)
         with_tls = "tls" in SCENARIOS
-        idem = nginx_proxy = idem_tls = nginx_tls = openssl = idem_rep = None
+        idem = nginx_proxy = idem_tls = nginx_tls = openssl = idem_rep = idem_seal = None
+        idem_seal_port = None
         rep_redis_port = idem_rep_port = None
         rep_procs = {}
         idem_port = px_port = idem_tls_port = ngx_tls_port = None
@@ -658,6 +664,20 @@ def main():
                 idem_rep = procs.start("idemproxy (redis_min_replicas 1)",
                                        [IDEMPROXY_BIN, "-c", conf],
                                        os.path.join(tmp, "idemproxy-rep.out"), idem_rep_port)
+            if "sealed" in SCENARIOS:
+                idem_seal_port = free_port()
+                os.makedirs(tmp + "/sealed")
+                key_path = os.path.join(tmp, "sealed", "record-key")
+                with open(os.open(key_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                    f.write(os.urandom(32).hex() + "\n")
+                conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy-sealed.conf"),
+                              DIR=tmp + "/sealed", PORT=idem_seal_port, UPSTREAM_PORT=up_port,
+                              REDIS_PORT=redis_port, WORKERS=WORKERS)
+                with open(conf, "a") as f:
+                    f.write(f"record_encryption_key_file {key_path}\n")
+                idem_seal = procs.start("idemproxy (sealed records)",
+                                        [IDEMPROXY_BIN, "-c", conf],
+                                        os.path.join(tmp, "idemproxy-sealed.out"), idem_seal_port)
             say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
                 f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
 
@@ -775,6 +795,10 @@ def main():
              CONNECTIONS),
             (PACED_REPLAY, "/orders", "post_replay.lua", (), False, "replay", False,
              [PACED_CONNECTIONS]),
+            (SEALED_UNIQUE, "/orders", "post_unique.lua", (), False, "sealed", False,
+             CONNECTIONS),
+            (SEALED_REPLAY, "/orders", "post_replay.lua", (), False, "sealed", False,
+             CONNECTIONS),
             (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
              (), True, "tls", True, [TLS_FULL_CLIENTS]),
             ("TLS handshakes, wrk (Connection: close)", "/get", None, ("Connection: close",),
@@ -796,10 +820,12 @@ def main():
                     if script == "post_replay.lua":
                         key = f"bench-replay-{run_id}-c{conns}"
                         extra["BENCH_REPLAY_KEY"] = key + ("-paced" if name == PACED_REPLAY
+                                                           else "-sealed" if name == SEALED_REPLAY
                                                            else "")
                         key = extra["BENCH_REPLAY_KEY"]
                         hdr = {"Content-Type": "application/json", "Idempotency-Key": key}
-                        st, h, _ = http(idem_port, "POST", "/orders", hdr, BODY)
+                        st, h, _ = http(idem_seal_port if name == SEALED_REPLAY else idem_port,
+                                        "POST", "/orders", hdr, BODY)
                         if st != 201 or "idempotent-replayed" in h:
                             problems.append(f"replay warm-up answered {st} {h}")
                     row = {}
@@ -810,6 +836,9 @@ def main():
                     elif name == REPLICATED:
                         targets = [("idem", "http", idem_rep_port, idem_rep,
                                     os.path.join(tmp, "rep", "idemproxy.log"))]
+                    elif name in (SEALED_UNIQUE, SEALED_REPLAY):
+                        targets = [("idem", "http", idem_seal_port, idem_seal,
+                                    os.path.join(tmp, "sealed", "idemproxy.log"))]
                     else:
                         targets = [("idem", "http", idem_port, idem, idem_log)]
                         if with_nginx:
