@@ -8,11 +8,13 @@
  *                                     tampered, not sealed)
  *
  * Only OpenSSL: AES-256-GCM through EVP, HMAC-SHA256 for the per-record
- * key, RAND_bytes for the salt, CRYPTO_memcmp where bytes are compared.
+ * key, its DRBG for the salt (random_bytes), CRYPTO_memcmp where bytes are
+ * compared.
  */
 #include "seal.h"
 
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <openssl/rand.h>
 #include <openssl/sha.h>
 
 #define MAGIC "IDS1"
@@ -29,6 +30,19 @@
 #define TAG_LEN 16
 #define HEAD_LEN (MAGIC_LEN + SEAL_KEY_ID_LEN + SALT_LEN)
 #define KEY_FILE_MAX 128 /* more than 64 hex digits and a CRLF: not a key file */
+
+/* Fetched once: OpenSSL 3 looks an algorithm up by name at every implicit
+ * use (EVP_aes_256_gcm(), HMAC()), which cost more than sealing a small
+ * record. */
+static EVP_CIPHER *aes_gcm;
+static EVP_MD *sha256;
+static pthread_once_t fetched = PTHREAD_ONCE_INIT;
+
+static void fetch_algorithms(void)
+{
+    aes_gcm = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+    sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+}
 
 static const char LABEL_KEY_ID[] = "idemproxy record key id";
 static const char LABEL_RECORD_KEY[] = "idemproxy record key v1";
@@ -98,7 +112,8 @@ static bool record_key(const uint8_t key[SEAL_KEY_LEN], const uint8_t *salt,
     unsigned int n = 0;
     memcpy(msg, LABEL_RECORD_KEY, sizeof(LABEL_RECORD_KEY) - 1);
     memcpy(msg + sizeof(LABEL_RECORD_KEY) - 1, salt, SALT_LEN);
-    return HMAC(EVP_sha256(), key, SEAL_KEY_LEN, msg, sizeof(msg), out, &n) != NULL &&
+    pthread_once(&fetched, fetch_algorithms);
+    return sha256 != NULL && HMAC(sha256, key, SEAL_KEY_LEN, msg, sizeof(msg), out, &n) != NULL &&
            n == SEAL_KEY_LEN;
 }
 
@@ -115,9 +130,10 @@ static bool gcm(bool sealing, const uint8_t key[SEAL_KEY_LEN], const uint8_t *he
     int n = 0;
     if (len > INT_MAX)
         return false;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    pthread_once(&fetched, fetch_algorithms);
+    EVP_CIPHER_CTX *ctx = aes_gcm != NULL ? EVP_CIPHER_CTX_new() : NULL;
     bool ok = ctx != NULL &&
-              EVP_CipherInit_ex(ctx, EVP_aes_256_gcm(), NULL, key, nonce, sealing ? 1 : 0) == 1 &&
+              EVP_CipherInit_ex(ctx, aes_gcm, NULL, key, nonce, sealing ? 1 : 0) == 1 &&
               EVP_CipherUpdate(ctx, NULL, &n, head, HEAD_LEN) == 1 &&
               EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)name, (int)strlen(name)) == 1 &&
               (len == 0 || EVP_CipherUpdate(ctx, out, &n, in, (int)len) == 1);
@@ -139,7 +155,7 @@ char *seal_record(const struct seal_keys *keys, const char *name, const char *pl
     uint8_t rkey[SEAL_KEY_LEN];
     memcpy(out, MAGIC, MAGIC_LEN);
     memcpy(out + MAGIC_LEN, k->id, SEAL_KEY_ID_LEN);
-    bool ok = RAND_bytes(out + MAGIC_LEN + SEAL_KEY_ID_LEN, SALT_LEN) == 1 &&
+    bool ok = random_bytes(out + MAGIC_LEN + SEAL_KEY_ID_LEN, SALT_LEN) == IDEM_OK &&
               record_key(k->key, out + MAGIC_LEN + SEAL_KEY_ID_LEN, rkey) &&
               gcm(true, rkey, out, name, (const uint8_t *)plain, plain_len, out + HEAD_LEN,
                   out + HEAD_LEN + plain_len);

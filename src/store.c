@@ -30,9 +30,7 @@
 
 #include <event2/event.h>
 #include <hiredis/hiredis.h>
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -630,27 +628,11 @@ static void store_free(struct store *st)
     free(st);
 }
 
-/*
- * Tokens come from OpenSSL's DRBG a few hundred bytes at a time: one
- * RAND_bytes call costs as much as the rest of a claim's bookkeeping, mostly
- * in its locking and fork check. Per thread, so no lock; the bytes handed out
- * are erased from the pool.
- */
-#define RANDOM_POOL 512
-static _Thread_local unsigned char random_pool[RANDOM_POOL];
-static _Thread_local size_t random_left;
-
 int store_random_token(char out[33])
 {
     unsigned char raw[16];
-    if (random_left < sizeof(raw)) {
-        if (RAND_bytes(random_pool, sizeof(random_pool)) != 1)
-            return IDEM_ERR;
-        random_left = sizeof(random_pool);
-    }
-    random_left -= sizeof(raw);
-    memcpy(raw, random_pool + random_left, sizeof(raw));
-    OPENSSL_cleanse(random_pool + random_left, sizeof(raw));
+    if (random_bytes(raw, sizeof(raw)) != IDEM_OK)
+        return IDEM_ERR;
     hex_encode(raw, sizeof(raw), out);
     return IDEM_OK;
 }

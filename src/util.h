@@ -84,6 +84,10 @@ int hex_decode(const char *hex, size_t n, unsigned char *out) MUST_CHECK;
  * group or others may access. Returns NULL with *len set, or a phrase
  * written into msg naming the path.
  */
+/* n bytes from OpenSSL's DRBG, through a per-thread pool (cheap for the
+ * tokens and salts of the request path). IDEM_ERR when OpenSSL has none. */
+int random_bytes(unsigned char *out, size_t n) MUST_CHECK;
+
 const char *read_private_file(const char *path, char *buf, size_t size, size_t *len, char *msg,
                               size_t msglen);
 

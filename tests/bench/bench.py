@@ -816,7 +816,9 @@ def main():
                     if name in (PACED_UNIQUE, PACED_REPLAY):
                         extra["BENCH_DELAY_MS"] = str(PACED_DELAY_MS)
                     if script == "post_unique.lua":
-                        extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}"
+                        # the sealed rows share the plain rows' Redis: keys of their own
+                        extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}" + (
+                            "-sealed" if name == SEALED_UNIQUE else "")
                     if script == "post_replay.lua":
                         key = f"bench-replay-{run_id}-c{conns}"
                         extra["BENCH_REPLAY_KEY"] = key + ("-paced" if name == PACED_REPLAY
