@@ -173,8 +173,8 @@ static void put_record(struct evbuffer *b, const struct seal_keys *keys, const c
     char *opened = NULL;
     bool sealed = seal_is_sealed(k->record, k->record_len);
     evbuffer_add_printf(b, ",\"sealed\":%s", sealed ? "true" : "false");
-    if (sealed &&
-        seal_open(keys, rkey, k->record, k->record_len, &opened, &len, NULL) != SEAL_OPENED) {
+    if (sealed && seal_open(keys, rkey, k->fingerprint, k->fingerprint_len, k->record,
+                            k->record_len, &opened, &len, NULL) != SEAL_OPENED) {
         evbuffer_add_printf(b, ",\"record\":\"sealed\"");
         return;
     }
@@ -254,7 +254,11 @@ static void answer(struct key_call *c, const struct key_admin_result *r, const c
         log_call(c, outcome);
         evhttp_add_header(evhttp_request_get_output_headers(c->req), "Retry-After", "1");
         send_problem(cfg, c->req, PROBLEM_STORE_UNAVAILABLE,
-                     "Redis cannot be reached; nothing was changed.", c->key);
+                     c->action == KEYS_ADMIN_SHOW
+                         ? "Redis cannot be reached."
+                         : "Redis did not answer: the change may or may not have been made. "
+                           "Show the key before trying again.",
+                     c->key);
         return;
     }
     if (!r->found) {

@@ -792,21 +792,31 @@ static const char *set_redis(struct setting *s)
  * fails the check (-t) and a reload, not the first Redis connection or admin
  * call. The secret never appears in a message; the path does.
  */
+#define ADMIN_TOKEN_MIN 16
+
 static const char *set_password_file(struct setting *s)
 {
     struct config *cfg = s->base;
     const char *path = s->argv[0];
     char buf[PASSWORD_MAX + 2]; /* room for a newline, and one byte to detect more */
     const char *err = NULL;
-    size_t n;
-    int read_errno;
-    FILE *f = fopen(path, "r");
-
-    if (f == NULL)
-        return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
-    n = fread(buf, 1, sizeof(buf), f);
-    read_errno = ferror(f) ? errno : 0;
-    fclose(f);
+    size_t n = 0;
+    int read_errno = 0;
+    /* The admin token is new: it must be private from the start. Redis
+     * passwords keep what deployments have (often 0640, group of the
+     * service user). */
+    bool admin = s->field == (void *)&cfg->admin_token_file;
+    if (admin) {
+        if (read_private_file(path, buf, sizeof(buf), &n, s->ps->msg, sizeof(s->ps->msg)) != NULL)
+            return s->ps->msg;
+    } else {
+        FILE *f = fopen(path, "r");
+        if (f == NULL)
+            return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
+        n = fread(buf, 1, sizeof(buf), f);
+        read_errno = ferror(f) ? errno : 0;
+        fclose(f);
+    }
     if (n < sizeof(buf) && n > 0 && buf[n - 1] == '\n')
         n--;
     if (n < sizeof(buf) && n > 0 && buf[n - 1] == '\r')
@@ -819,6 +829,10 @@ static const char *set_password_file(struct setting *s)
         err = phrase(s->ps, "\"%s\" is empty", path);
     else if (memchr(buf, '\0', n) != NULL)
         err = phrase(s->ps, "\"%s\" contains a NUL byte", path);
+    else if (admin && n < ADMIN_TOKEN_MIN)
+        err = phrase(s->ps,
+                     "\"%s\" holds %zu bytes: a token needs %d at least (openssl rand -hex 32)",
+                     path, n, ADMIN_TOKEN_MIN);
     if (err == NULL) {
         char **secret = s->field == (void *)&cfg->sentinel_password_file ? &cfg->sentinel_password
                         : s->field == (void *)&cfg->admin_token_file     ? &cfg->admin_token
@@ -1304,6 +1318,9 @@ static void finish(struct parser *ps)
         if (ps->route_seen[r][lock] != 0)
             check_lock_ttl(ps, ps->route_seen[r][lock], dst->lock_ttl_ms);
         check_token_source(ps, &cfg->routes[r], dst);
+        if (dst->bypass && dst->verify != NULL)
+            report(ps, ps->route_seen[r][directive_index("verify")],
+                   "verify: `bypass on` forwards without checking anything; drop one of them");
         follow_ttl(dst);
     }
     follow_ttl(&cfg->global); /* after the routes: they inherit "not given" */

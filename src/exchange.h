@@ -56,6 +56,7 @@ struct exchange {
 
     bool idempotent;  /* the key is claimed or being claimed */
     bool key_pending; /* the key comes from the body: decided when it is complete */
+    bool verify_only; /* a method the route does not cover, buffered for its signature */
     bool by_token;    /* the key is a one-time token (SPEC §4.3) */
     bool token_endpoint;
     char *token_key; /* Redis key of the token this request consumes */
@@ -63,7 +64,8 @@ struct exchange {
     bool owns_key;   /* our claim succeeded and nothing released it yet */
     char *key;
     char scope[POLICY_SCOPE_HASH_LEN + 1];
-    char fingerprint[POLICY_FINGERPRINT_LEN + 1];
+    char fingerprint[POLICY_FINGERPRINT_LEN + 1];     /* as stored: keyed with sealed records */
+    char fingerprint_raw[POLICY_FINGERPRINT_LEN + 1]; /* with sealed records: the request's own */
     char *rkey;
     char owner[33];
 

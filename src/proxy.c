@@ -480,7 +480,8 @@ void store_response(struct exchange *ex)
         return;
     }
     if (ex->cfg->record_keys.n > 0) {
-        char *sealed = seal_record(&ex->cfg->record_keys, ex->rkey, rec, len, &len);
+        char *sealed = seal_record(&ex->cfg->record_keys, ex->rkey, ex->fingerprint,
+                                   POLICY_FINGERPRINT_LEN, rec, len, &len);
         free(rec);
         if (sealed == NULL) {
             log_error("request %s key=%s: response cannot be sealed (OpenSSL); the key is "
@@ -573,7 +574,8 @@ static const char *stored_record(struct exchange *ex, const struct claim_result 
     *len = res->record_len;
     if (keys->n == 0 && !seal_is_sealed(res->record, res->record_len))
         return res->record;
-    switch (seal_open(keys, ex->rkey, res->record, res->record_len, opened, len, id)) {
+    switch (seal_open(keys, ex->rkey, res->fingerprint, res->fingerprint_len, res->record,
+                      res->record_len, opened, len, id)) {
     case SEAL_OPENED: return *opened;
     case SEAL_NOT_SEALED: why = "is not sealed although record_encryption_key_file is set"; break;
     case SEAL_UNKNOWN_KEY:
@@ -590,6 +592,32 @@ static const char *stored_record(struct exchange *ex, const struct claim_result 
     ex->idem = "store_error";
     answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
     return NULL;
+}
+
+/*
+ * Whether the fingerprint stored with the key is this request's. With
+ * sealed records it is keyed (seal_fingerprint): under the sealing key, or
+ * an older one during a rotation; or in clear, stored before sealing was
+ * switched on (such a record is still refused by stored_record()).
+ */
+static bool same_request(const struct exchange *ex, const struct claim_result *res)
+{
+    const struct seal_keys *keys = &ex->cfg->record_keys;
+    if (res->fingerprint_len != POLICY_FINGERPRINT_LEN)
+        return false;
+    if (memcmp(res->fingerprint, ex->fingerprint, POLICY_FINGERPRINT_LEN) == 0)
+        return true;
+    if (keys->n == 0)
+        return false;
+    if (memcmp(res->fingerprint, ex->fingerprint_raw, POLICY_FINGERPRINT_LEN) == 0)
+        return true;
+    for (int i = 1; i < keys->n; i++) {
+        char fp[POLICY_FINGERPRINT_LEN + 1];
+        seal_fingerprint(&keys->keys[i], ex->fingerprint_raw, fp);
+        if (memcmp(res->fingerprint, fp, POLICY_FINGERPRINT_LEN) == 0)
+            return true;
+    }
+    return false;
 }
 
 static void answer_done(struct exchange *ex, const struct claim_result *res)
@@ -754,8 +782,11 @@ static void handle_claim(struct exchange *ex, const struct claim_result *res)
         ex->idem = "miss";
         arm_renew(ex);
         forward(ex);
-    } else if (res->fingerprint_len != POLICY_FINGERPRINT_LEN ||
-               memcmp(res->fingerprint, ex->fingerprint, POLICY_FINGERPRINT_LEN) != 0) {
+    } else if (!same_request(ex, res) &&
+               !(res->state == KEY_STATE_DONE &&
+                 seal_key_missing(&ex->cfg->record_keys, res->record, res->record_len))) {
+        /* (a record sealed under a key since removed has its fingerprint
+         * keyed with it too: that is answer_done's 503, not a mismatch) */
         ex->idem = "mismatch";
         answer_problem(ex, PROBLEM_FINGERPRINT_MISMATCH, NULL);
     } else if (res->state == KEY_STATE_INFLIGHT) {
@@ -831,6 +862,10 @@ static void claim(struct exchange *ex)
     request_view(ex, &v);
     policy_scope(ex->policy, &v, ex->scope);
     policy_fingerprint(ex->policy, &v, ex->fingerprint);
+    if (ex->cfg->record_keys.n > 0) { /* stored keyed: Redis may be read by others */
+        memcpy(ex->fingerprint_raw, ex->fingerprint, sizeof(ex->fingerprint_raw));
+        seal_fingerprint(&ex->cfg->record_keys.keys[0], ex->fingerprint_raw, ex->fingerprint);
+    }
     const char *ns =
         ex->cfg->key_namespace == KEY_NAMESPACE_ROUTE ? (ex->route ? ex->route : "") : NULL;
     ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ns, ex->key);
@@ -1104,9 +1139,13 @@ struct exchange *proxy_begin(struct runtime *rt, struct client *c, struct http_m
         ex->token_endpoint = true; /* answered when the request is complete */
         return ex;
     }
-    if (!policy_covers(ex->policy, req->method))
-        return begin_pass(ex, "bypass");
-    if (!body_readable(ex)) {
+    if (!policy_covers(ex->policy, req->method)) {
+        if (ex->policy->verify == NULL)
+            return begin_pass(ex, "bypass");
+        /* Not idempotent, but signed: nothing reaches the upstream unchecked. */
+        ex->idem = "bypass";
+        ex->verify_only = true;
+    } else if (!body_readable(ex)) {
         ex_maybe_free(ex);
         return NULL;
     }
@@ -1185,7 +1224,7 @@ void proxy_request_complete(struct exchange *ex)
     }
     if (ex->key_pending) {
         ex->key_pending = false;
-        if (!signature_valid(ex) || !decide_key(ex)) {
+        if (!signature_valid(ex) || (!ex->verify_only && !decide_key(ex))) {
             ex_maybe_free(ex);
             return;
         }

@@ -46,6 +46,16 @@ static void fetch_algorithms(void)
 
 static const char LABEL_KEY_ID[] = "idemproxy record key id";
 static const char LABEL_RECORD_KEY[] = "idemproxy record key v1";
+static const char LABEL_FINGERPRINT_KEY[] = "idemproxy fingerprint key v1";
+
+static bool hmac_sha256(const uint8_t key[SEAL_KEY_LEN], const void *msg, size_t len,
+                        uint8_t out[SEAL_KEY_LEN])
+{
+    unsigned int n = 0;
+    pthread_once(&fetched, fetch_algorithms);
+    return sha256 != NULL && HMAC(sha256, key, SEAL_KEY_LEN, msg, len, out, &n) != NULL &&
+           n == SEAL_KEY_LEN;
+}
 
 /* ---- key files ---------------------------------------------------------- */
 
@@ -69,8 +79,13 @@ const char *seal_key_load(const char *path, struct seal_key *out, char *msg, siz
     if (err != NULL)
         return err;
     if (n == SEAL_KEY_LEN) {
+        /* 32 random bytes are all printable once in 10^14: this is a
+         * passphrase or 32 hex digits (16 bytes), not a key. */
+        bool printable = true;
+        for (size_t i = 0; i < n; i++)
+            printable = printable && buf[i] >= 0x20 && buf[i] < 0x7f;
         memcpy(out->key, buf, SEAL_KEY_LEN);
-        ok = true;
+        ok = !printable;
     } else {
         size_t digits = n;
         if (digits > 0 && buf[digits - 1] == '\n')
@@ -93,7 +108,20 @@ const char *seal_key_load(const char *path, struct seal_key *out, char *msg, siz
         return msg;
     }
     key_id_of(out->key, out->id);
+    if (!hmac_sha256(out->key, LABEL_FINGERPRINT_KEY, sizeof(LABEL_FINGERPRINT_KEY) - 1,
+                     out->fingerprint_key)) {
+        snprintf(msg, msglen, "\"%s\": OpenSSL cannot compute HMAC-SHA256", path);
+        return msg;
+    }
     return NULL;
+}
+
+void seal_fingerprint(const struct seal_key *k, const char *fp, char out[2 * SEAL_KEY_LEN + 1])
+{
+    uint8_t mac[SEAL_KEY_LEN] = {0};
+    if (!hmac_sha256(k->fingerprint_key, fp, 2 * SEAL_KEY_LEN, mac))
+        memset(mac, 0, sizeof(mac)); /* matches nothing a request makes */
+    hex_encode(mac, sizeof(mac), out);
 }
 
 void seal_keys_clear(struct seal_keys *keys)
@@ -109,33 +137,45 @@ static bool record_key(const uint8_t key[SEAL_KEY_LEN], const uint8_t *salt,
                        uint8_t out[SEAL_KEY_LEN])
 {
     uint8_t msg[sizeof(LABEL_RECORD_KEY) - 1 + SALT_LEN];
-    unsigned int n = 0;
     memcpy(msg, LABEL_RECORD_KEY, sizeof(LABEL_RECORD_KEY) - 1);
     memcpy(msg + sizeof(LABEL_RECORD_KEY) - 1, salt, SALT_LEN);
-    pthread_once(&fetched, fetch_algorithms);
-    return sha256 != NULL && HMAC(sha256, key, SEAL_KEY_LEN, msg, sizeof(msg), out, &n) != NULL &&
-           n == SEAL_KEY_LEN;
+    return hmac_sha256(key, msg, sizeof(msg), out);
 }
+
+/* What a record is bound to besides its key: where it is stored and the
+ * request it answers. */
+struct binding {
+    const char *name; /* the Redis key name */
+    const char *fp;   /* the fingerprint stored beside it */
+    size_t fp_len;
+};
 
 /*
  * One AES-256-GCM pass: seals (tag written) or opens (tag checked). The
- * associated data is the head (magic, key id, salt) and the Redis key name.
- * The nonce is constant: every record key seals exactly one record.
+ * associated data is the head (magic, key id, salt), the length of the Redis
+ * key name, the name and the fingerprint. The nonce is constant: every
+ * record key seals exactly one record.
  */
 static bool gcm(bool sealing, const uint8_t key[SEAL_KEY_LEN], const uint8_t *head,
-                const char *name, const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
+                const struct binding *b, const uint8_t *in, size_t len, uint8_t *out, uint8_t *tag)
 {
     static const uint8_t nonce[12];
     uint8_t final_block[16];
+    size_t name_len = strlen(b->name);
+    uint8_t name_len_be[4] = {(uint8_t)(name_len >> 24), (uint8_t)(name_len >> 16),
+                              (uint8_t)(name_len >> 8), (uint8_t)name_len};
     int n = 0;
-    if (len > INT_MAX)
+    if (len > INT_MAX || name_len > INT_MAX || b->fp_len > INT_MAX)
         return false;
     pthread_once(&fetched, fetch_algorithms);
     EVP_CIPHER_CTX *ctx = aes_gcm != NULL ? EVP_CIPHER_CTX_new() : NULL;
     bool ok = ctx != NULL &&
               EVP_CipherInit_ex(ctx, aes_gcm, NULL, key, nonce, sealing ? 1 : 0) == 1 &&
               EVP_CipherUpdate(ctx, NULL, &n, head, HEAD_LEN) == 1 &&
-              EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)name, (int)strlen(name)) == 1 &&
+              EVP_CipherUpdate(ctx, NULL, &n, name_len_be, sizeof(name_len_be)) == 1 &&
+              EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)b->name, (int)name_len) == 1 &&
+              (b->fp_len == 0 ||
+               EVP_CipherUpdate(ctx, NULL, &n, (const uint8_t *)b->fp, (int)b->fp_len) == 1) &&
               (len == 0 || EVP_CipherUpdate(ctx, out, &n, in, (int)len) == 1);
     if (ok && !sealing)
         ok = EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_LEN, tag) == 1;
@@ -146,9 +186,10 @@ static bool gcm(bool sealing, const uint8_t key[SEAL_KEY_LEN], const uint8_t *he
     return ok;
 }
 
-char *seal_record(const struct seal_keys *keys, const char *name, const char *plain,
-                  size_t plain_len, size_t *out_len)
+char *seal_record(const struct seal_keys *keys, const char *name, const char *fp, size_t fp_len,
+                  const char *plain, size_t plain_len, size_t *out_len)
 {
+    const struct binding b = {name, fp, fp_len};
     const struct seal_key *k = &keys->keys[0];
     size_t len = HEAD_LEN + plain_len + TAG_LEN;
     uint8_t *out = xmalloc(len);
@@ -157,7 +198,7 @@ char *seal_record(const struct seal_keys *keys, const char *name, const char *pl
     memcpy(out + MAGIC_LEN, k->id, SEAL_KEY_ID_LEN);
     bool ok = random_bytes(out + MAGIC_LEN + SEAL_KEY_ID_LEN, SALT_LEN) == IDEM_OK &&
               record_key(k->key, out + MAGIC_LEN + SEAL_KEY_ID_LEN, rkey) &&
-              gcm(true, rkey, out, name, (const uint8_t *)plain, plain_len, out + HEAD_LEN,
+              gcm(true, rkey, out, &b, (const uint8_t *)plain, plain_len, out + HEAD_LEN,
                   out + HEAD_LEN + plain_len);
     OPENSSL_cleanse(rkey, sizeof(rkey));
     if (!ok) {
@@ -181,10 +222,17 @@ static const struct seal_key *find_key(const struct seal_keys *keys, const uint8
     return NULL;
 }
 
-enum seal_result seal_open(const struct seal_keys *keys, const char *name, const char *sealed,
-                           size_t len, char **plain, size_t *plain_len,
-                           uint8_t key_id[SEAL_KEY_ID_LEN])
+bool seal_key_missing(const struct seal_keys *keys, const char *buf, size_t len)
 {
+    return seal_is_sealed(buf, len) && len >= HEAD_LEN &&
+           find_key(keys, (const uint8_t *)buf + MAGIC_LEN) == NULL;
+}
+
+enum seal_result seal_open(const struct seal_keys *keys, const char *name, const char *fp,
+                           size_t fp_len, const char *sealed, size_t len, char **plain,
+                           size_t *plain_len, uint8_t key_id[SEAL_KEY_ID_LEN])
+{
+    const struct binding b = {name, fp, fp_len};
     const uint8_t *in = (const uint8_t *)sealed;
     if (!seal_is_sealed(sealed, len))
         return SEAL_NOT_SEALED;
@@ -201,7 +249,7 @@ enum seal_result seal_open(const struct seal_keys *keys, const char *name, const
     uint8_t rkey[SEAL_KEY_LEN];
     memcpy(tag, in + HEAD_LEN + n, TAG_LEN);
     bool ok = record_key(k->key, in + MAGIC_LEN + SEAL_KEY_ID_LEN, rkey) &&
-              gcm(false, rkey, in, name, in + HEAD_LEN, n, out, tag);
+              gcm(false, rkey, in, &b, in + HEAD_LEN, n, out, tag);
     OPENSSL_cleanse(rkey, sizeof(rkey));
     if (!ok) {
         OPENSSL_cleanse(out, n);

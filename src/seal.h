@@ -3,10 +3,13 @@
  *
  * With record_encryption_key_file given, the record part of a done key (the
  * status, headers and body a replay sends back, record.h) is stored sealed:
- * AES-256-GCM, the Redis key name as associated data, so a record neither
- * reads in Redis, its snapshots and replicas, nor opens under another key's
- * name, nor opens at all once a byte of it changed. States and fingerprints
- * stay outside the seal (store_keys.h): they are what the admin API reads.
+ * AES-256-GCM, the Redis key name and the request fingerprint as associated
+ * data, so a record neither reads in Redis, its snapshots and replicas, nor
+ * opens under another key's name or beside another request's fingerprint,
+ * nor opens at all once a byte of it changed. States and fingerprints stay
+ * outside the seal (store_keys.h), for the admin API; the fingerprint is
+ * then an HMAC under a key derived from the record key, so that a stored
+ * one confirms no guess of a request's body to whoever reads Redis.
  *
  * Sealed format (version 1):
  *   "IDS1"  key id (4)  salt (16)  ciphertext  tag (16)
@@ -36,6 +39,7 @@
 struct seal_key {
     uint8_t id[SEAL_KEY_ID_LEN];
     uint8_t key[SEAL_KEY_LEN];
+    uint8_t fingerprint_key[SEAL_KEY_LEN]; /* derived from key */
 };
 
 /* The first seals; every one opens. */
@@ -52,13 +56,21 @@ const char *seal_key_load(const char *path, struct seal_key *out, char *msg, siz
 /* Zeroes every key. */
 void seal_keys_clear(struct seal_keys *keys);
 
-/* Seals plain for the Redis key name under keys->keys[0]. Returns a malloc'd
- * buffer of *out_len bytes, or NULL when OpenSSL fails (no randomness). */
-char *seal_record(const struct seal_keys *keys, const char *name, const char *plain,
-                  size_t plain_len, size_t *out_len);
+/* The fingerprint stored for a request whose own is fp (64 hex digits):
+ * hex of HMAC-SHA256 under k's fingerprint key, 64 digits and a NUL. */
+void seal_fingerprint(const struct seal_key *k, const char *fp, char out[2 * SEAL_KEY_LEN + 1]);
+
+/* Seals plain for the Redis key name and the stored fingerprint (fp, fp_len)
+ * under keys->keys[0]. Returns a malloc'd buffer of *out_len bytes, or NULL
+ * when OpenSSL fails (no randomness). */
+char *seal_record(const struct seal_keys *keys, const char *name, const char *fp, size_t fp_len,
+                  const char *plain, size_t plain_len, size_t *out_len);
 
 /* True when buf is in the sealed format (it may still fail to open). */
 bool seal_is_sealed(const char *buf, size_t len);
+
+/* True when buf is sealed under a key id that no key of keys has. */
+bool seal_key_missing(const struct seal_keys *keys, const char *buf, size_t len);
 
 enum seal_result {
     SEAL_OPENED,
@@ -67,11 +79,12 @@ enum seal_result {
     SEAL_TAMPERED,    /* fails authentication: changed, moved or truncated */
 };
 
-/* Opens a sealed record stored under the Redis key name. On SEAL_OPENED,
+/* Opens a sealed record stored under the Redis key name beside the
+ * fingerprint (fp, fp_len). On SEAL_OPENED,
  * *plain is a malloc'd buffer of *plain_len bytes; key_id (may be NULL)
  * receives the record's key id when it has one. */
-enum seal_result seal_open(const struct seal_keys *keys, const char *name, const char *sealed,
-                           size_t len, char **plain, size_t *plain_len,
-                           uint8_t key_id[SEAL_KEY_ID_LEN]) MUST_CHECK;
+enum seal_result seal_open(const struct seal_keys *keys, const char *name, const char *fp,
+                           size_t fp_len, const char *sealed, size_t len, char **plain,
+                           size_t *plain_len, uint8_t key_id[SEAL_KEY_ID_LEN]) MUST_CHECK;
 
 #endif

@@ -94,7 +94,8 @@ const char *read_private_file(const char *path, char *buf, size_t size, size_t *
                               size_t msglen)
 {
     struct stat st;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a FIFO must not hang the load (it fails S_ISREG below) */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0) {
         snprintf(msg, msglen, "cannot read \"%s\": %s", path, strerror(errno));
         return msg;

@@ -35,6 +35,7 @@ def keys_env(extra="", token=TOKEN, expect_errors=False):
         if token is not None:
             with open(env.token_path, "w") as f:
                 f.write(token + "\n")
+            os.chmod(env.token_path, 0o600)
             config += f"admin_token_file {env.token_path}\n"
         env.start_proxy(config + extra)
         yield env
@@ -274,9 +275,10 @@ def test_keys_admin_needs_the_bearer_token():
 
         # SIGHUP reads the file again: the new token works, the old one not
         with open(env.token_path, "w") as f:
-            f.write("rotated-token\n")
+            f.write("rotated-admin-token\n")
+        os.chmod(env.token_path, 0o600)
         env.proxy.signal(signal.SIGHUP)
-        new = {"Authorization": "Bearer rotated-token"}
+        new = {"Authorization": "Bearer rotated-admin-token"}
         wait_until(lambda: show(env, key, headers=new).status == 200, 5 * SLOW,
                    what="the new token after SIGHUP")
         assert show(env, key).status == 401
@@ -347,6 +349,7 @@ def test_keys_admin_through_redis_sentinel():
             token_path = os.path.join(env.tmp, "admin.token")
             with open(token_path, "w") as f:
                 f.write(TOKEN)
+            os.chmod(token_path, 0o600)
             env.start_proxy(f"redis_sentinel mymaster 127.0.0.1:{sentinel.port}\n"
                             f"admin_listen 127.0.0.1:{env.admin_port}\n"
                             f"admin_token_file {token_path}")

@@ -306,3 +306,48 @@ def test_the_keys_admin_api_reads_sealed_records_and_states_without_the_key():
         shown = show(env, key).json()
         assert shown["state"] == "done" and shown["record"] == "sealed", shown
         assert shown["fingerprint"] and "status" not in shown, shown
+
+
+def test_a_record_beside_another_requests_fingerprint_does_not_open():
+    """Whoever writes to Redis cannot make key A answer request B with A's
+    response by copying B's fingerprint next to it: the fingerprint is bound
+    into the seal."""
+    with Env(proxy=False, expect_errors=True) as env:
+        path, _ = record_key_file(env, "record-key")
+        env.start_proxy(keys_config(path))
+        a, b = new_key(), new_key()
+        assert env.post(key=a, body=b'{"amount":1}').status == 201
+        assert env.post(key=b, body=b'{"amount":999}').status == 201
+        fp_b = env.redis.key_state(redis_name(env, b))["fingerprint"]
+        name_a = redis_name(env, a)
+        value_a = env.redis.cmd("GET", name_a)
+        env.redis.cmd("SET", name_a, b"d:" + fp_b + b":" + env.redis.key_state(name_a)["record"],
+                      "KEEPTTL")
+        assert value_a != env.redis.cmd("GET", name_a)
+        r = env.post(key=a, body=b'{"amount":999}')
+        assert_problem(r, 503, "store-unavailable")
+        assert env.upstream.count(a) == 1
+
+
+def test_verify_checks_every_method_of_its_route():
+    with Env(proxy=False) as env:
+        secret = new_secret("github")
+        path = private_file(env, "gh-secret", secret + b"\n")
+        env.start_proxy(f"route /hooks {{ methods POST; key header:X-GitHub-Delivery; "
+                        f"scope none; verify github {path} }}")
+        for method in ("GET", "PUT", "OPTIONS", "DELETE"):
+            assert_problem(env.request(method, "/hooks"), 401, "signature-invalid")
+        assert env.upstream.count() == 0
+        body = b'{"zen":"ok"}'
+        r = env.request("PUT", "/hooks", list(sign_github(secret, body, 0).items()), body)
+        assert r.status == 200 and r.header(REPLAY) is None, r  # not covered: forwarded as is
+        assert env.upstream.count() == 1
+        code, _, err = run_idemproxy(["-t", "-c", write_conf(env, f"route /h {{ bypass on; verify github {path} }}")])
+        assert code == 1 and "bypass on" in err, err
+
+
+def write_conf(env, extra):
+    conf = os.path.join(env.tmp, "t.conf")
+    with open(conf, "w") as f:
+        f.write(f"listen 127.0.0.1:1\nupstream http://127.0.0.1:2\n{extra}\n")
+    return conf

@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <llhttp.h>
@@ -526,7 +527,7 @@ END_TEST
 /* admin_token_file: read like a password, into its own field; empty is an error. */
 START_TEST(test_admin_token_file)
 {
-    char *path = temp_file("tok-123\n");
+    char *path = temp_file("tok-0123456789abcdef\n");
     char text[256];
     struct config *cfg = parse_ok("admin_listen 127.0.0.1:9090\n");
     ck_assert_ptr_null(cfg->admin_token);
@@ -535,7 +536,7 @@ START_TEST(test_admin_token_file)
     snprintf(text, sizeof(text), "admin_token_file %s\n", path);
     cfg = parse_ok(text);
     ck_assert_str_eq(cfg->admin_token_file, path);
-    ck_assert_str_eq(cfg->admin_token, "tok-123");
+    ck_assert_str_eq(cfg->admin_token, "tok-0123456789abcdef");
     ck_assert_ptr_null(cfg->redis_password);
     config_unref(cfg);
     unlink(path);
@@ -548,6 +549,23 @@ START_TEST(test_admin_token_file)
     char needle[256];
     snprintf(needle, sizeof(needle), "t.conf:1: admin_token_file: \"%s\" is empty", path);
     ck_assert(errors_have(&e, needle));
+    errors_free(&e);
+    unlink(path);
+    free(path);
+
+    /* a guessable token, and one others may read, are refused */
+    path = temp_file("short-token\n");
+    snprintf(text, sizeof(text), "admin_token_file %s" UPSTREAM_LINE, path);
+    ck_assert_ptr_null(parse_raw(text, &e));
+    ck_assert(errors_have(&e, "a token needs 16 at least"));
+    errors_free(&e);
+    unlink(path);
+    free(path);
+    path = temp_file("tok-0123456789abcdef\n");
+    chmod(path, 0644);
+    snprintf(text, sizeof(text), "admin_token_file %s" UPSTREAM_LINE, path);
+    ck_assert_ptr_null(parse_raw(text, &e));
+    ck_assert(errors_have(&e, "chmod 600"));
     errors_free(&e);
     unlink(path);
     free(path);
