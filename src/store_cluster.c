@@ -1,0 +1,183 @@
+/*
+ * store_cluster.c - the topology of a Redis Cluster, without I/O: key slots,
+ * the slot map, redirections (store_cluster.h).
+ *
+ *   key --cluster_key_slot--> slot --map.owner[slot]--> node index --store.c--> its link
+ *   CLUSTER SLOTS answer --cluster_map_load--> map (every slot, every primary)
+ *   -MOVED slot ip:port --cluster_parse_redirect--> map.owner[slot] = that node
+ *   -ASK slot ip:port   --cluster_parse_redirect--> that node, this once (map unchanged)
+ *
+ * Replicas in the answer are skipped: every command of ours writes, or must
+ * read what the last write left, so only primaries are asked.
+ */
+#include "store_cluster.h"
+
+#include <hiredis/hiredis.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* CRC16-CCITT (XMODEM): polynomial 0x1021, initial value 0, as the cluster
+ * specification requires. Bitwise: keys are short, and a table would be
+ * one more thing to get right. */
+static uint16_t crc16(const char *p, size_t len)
+{
+    uint16_t crc = 0;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= (uint16_t)((uint16_t)(unsigned char)p[i] << 8);
+        for (int b = 0; b < 8; b++)
+            crc = (crc & 0x8000) ? (uint16_t)((crc << 1) ^ 0x1021) : (uint16_t)(crc << 1);
+    }
+    return crc;
+}
+
+unsigned cluster_key_slot(const char *key, size_t len)
+{
+    const char *open = memchr(key, '{', len);
+    if (open != NULL) {
+        size_t rest = len - (size_t)(open - key) - 1;
+        const char *close = memchr(open + 1, '}', rest);
+        if (close != NULL && close > open + 1)
+            return crc16(open + 1, (size_t)(close - open - 1)) & (CLUSTER_SLOTS - 1);
+    }
+    return crc16(key, len) & (CLUSTER_SLOTS - 1);
+}
+
+void cluster_map_init(struct cluster_map *m)
+{
+    memset(m, 0, sizeof(*m));
+    for (int i = 0; i < CLUSTER_SLOTS; i++)
+        m->owner[i] = -1;
+}
+
+void cluster_map_free(struct cluster_map *m)
+{
+    for (int i = 0; i < m->nnodes; i++) {
+        free(m->nodes[i].ip);
+        free(m->nodes[i].port);
+        free(m->nodes[i].name);
+    }
+    free(m->nodes);
+    m->nodes = NULL;
+    m->nnodes = m->cap = 0;
+}
+
+int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, const char *name)
+{
+    for (int i = 0; i < m->nnodes; i++)
+        if (strcmp(m->nodes[i].ip, ip) == 0 && strcmp(m->nodes[i].port, port) == 0)
+            return i;
+    if (m->nnodes == m->cap) {
+        m->cap = m->cap ? m->cap * 2 : 8;
+        m->nodes = xrealloc(m->nodes, (size_t)m->cap * sizeof(*m->nodes));
+    }
+    struct cluster_node *n = &m->nodes[m->nnodes];
+    n->ip = xstrdup(ip);
+    n->port = xstrdup(port);
+    n->name = name ? xstrdup(name) : NULL;
+    n->owned = 0;
+    return m->nnodes++;
+}
+
+void cluster_map_set_owner(struct cluster_map *m, unsigned slot, int node)
+{
+    if (slot >= CLUSTER_SLOTS || node < 0 || node >= m->nnodes)
+        return;
+    if (m->owner[slot] >= 0)
+        m->nodes[m->owner[slot]].owned--;
+    m->owner[slot] = (int16_t)node;
+    m->nodes[node].owned++;
+}
+
+/* One range of an answer: {first, last, {ip, port, ...}, ...}; false if malformed. */
+static bool range_ok(const redisReply *e)
+{
+    if (e->type != REDIS_REPLY_ARRAY || e->elements < 3 ||
+        e->element[0]->type != REDIS_REPLY_INTEGER || e->element[1]->type != REDIS_REPLY_INTEGER)
+        return false;
+    long long first = e->element[0]->integer, last = e->element[1]->integer;
+    const redisReply *p = e->element[2];
+    return first >= 0 && first <= last && last < CLUSTER_SLOTS && p->type == REDIS_REPLY_ARRAY &&
+           p->elements >= 2 &&
+           (p->element[0]->type == REDIS_REPLY_STRING || p->element[0]->type == REDIS_REPLY_NIL) &&
+           p->element[1]->type == REDIS_REPLY_INTEGER && p->element[1]->integer > 0 &&
+           p->element[1]->integer < 65536;
+}
+
+int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked_ip, char *err,
+                     size_t errlen)
+{
+    const redisReply *r = reply;
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY) {
+        snprintf(err, errlen, "CLUSTER SLOTS: %s",
+                 r != NULL && r->type == REDIS_REPLY_ERROR ? r->str : "not an array");
+        return IDEM_ERR;
+    }
+    for (size_t i = 0; i < r->elements; i++) {
+        if (!range_ok(r->element[i])) {
+            snprintf(err, errlen, "CLUSTER SLOTS: malformed range %zu", i);
+            return IDEM_ERR;
+        }
+    }
+    for (int i = 0; i < CLUSTER_SLOTS; i++)
+        m->owner[i] = -1;
+    for (int i = 0; i < m->nnodes; i++)
+        m->nodes[i].owned = 0;
+    for (size_t i = 0; i < r->elements; i++) {
+        const redisReply *e = r->element[i];
+        const redisReply *p = e->element[2];
+        /* NULL or "": the endpoint is the node we asked; "?" is unknown */
+        const char *ip = p->element[0]->type == REDIS_REPLY_STRING && p->element[0]->len > 0
+                             ? p->element[0]->str
+                             : asked_ip;
+        if (strcmp(ip, "?") == 0)
+            continue;
+        char port[8];
+        snprintf(port, sizeof(port), "%lld", p->element[1]->integer);
+        int node = cluster_map_node(m, ip, port, NULL);
+        for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++)
+            cluster_map_set_owner(m, (unsigned)s, node);
+    }
+    m->loaded = true;
+    return IDEM_OK;
+}
+
+bool cluster_map_covered(const struct cluster_map *m)
+{
+    if (!m->loaded)
+        return false;
+    for (int i = 0; i < CLUSTER_SLOTS; i++)
+        if (m->owner[i] < 0)
+            return false;
+    return true;
+}
+
+enum cluster_redirect cluster_parse_redirect(const char *error, unsigned *slot, char *host,
+                                             size_t hostlen, char *port, size_t portlen)
+{
+    enum cluster_redirect kind;
+    const char *p;
+    if (strncmp(error, "MOVED ", 6) == 0) {
+        kind = CLUSTER_REDIRECT_MOVED;
+        p = error + 6;
+    } else if (strncmp(error, "ASK ", 4) == 0) {
+        kind = CLUSTER_REDIRECT_ASK;
+        p = error + 4;
+    } else {
+        return CLUSTER_REDIRECT_NONE;
+    }
+    char *end;
+    unsigned long s = strtoul(p, &end, 10);
+    if (end == p || *end != ' ' || s >= CLUSTER_SLOTS)
+        return CLUSTER_REDIRECT_NONE;
+    const char *addr = end + 1;
+    const char *colon = strrchr(addr, ':'); /* the last: an IPv6 address has others */
+    if (colon == NULL || colon[1] == '\0' || (size_t)(colon - addr) >= hostlen ||
+        strlen(colon + 1) >= portlen || strspn(colon + 1, "0123456789") != strlen(colon + 1))
+        return CLUSTER_REDIRECT_NONE;
+    memcpy(host, addr, (size_t)(colon - addr));
+    host[colon - addr] = '\0';
+    snprintf(port, portlen, "%s", colon + 1);
+    *slot = (unsigned)s;
+    return kind;
+}
