@@ -507,7 +507,7 @@ static const char *resolve_key(const struct config *cfg, const char *q, struct k
     if (why != NULL)
         return why;
     const char *ns = cfg->key_namespace == KEY_NAMESPACE_ROUTE ? (rt ? rt->prefix : "") : NULL;
-    c->rkey = policy_record_key(cfg->key_prefix, c->scope, ns, c->key);
+    c->rkey = policy_record_key(cfg->key_prefix, c->scope, ns, c->key, cfg->ncluster_seeds > 0);
     return NULL;
 }
 

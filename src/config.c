@@ -110,6 +110,7 @@ static const char *set_password_file(struct setting *s);
 static const char *set_record_key_file(struct setting *s);
 static const char *set_verify(struct setting *s);
 static const char *set_redis_sentinel(struct setting *s);
+static const char *set_redis_cluster(struct setting *s);
 static const char *set_min_replicas(struct setting *s);
 static const char *set_duration(struct setting *s);
 static const char *set_size(struct setting *s);
@@ -170,6 +171,8 @@ static const struct directive directives[] = {
     {"redis_timeout", set_duration, CFG(redis_timeout_ms), G, 1, 1, "1s", NULL, NULL},
     {"redis_sentinel", set_redis_sentinel, CFG(sentinel_master), G, 2, 1 + CONFIG_MAX_SENTINELS,
      NULL, NULL, NULL},
+    {"redis_cluster", set_redis_cluster, CFG(cluster_seeds), G, 1, CONFIG_MAX_CLUSTER_SEEDS, NULL,
+     NULL, NULL},
     {"sentinel_user", set_string, CFG(sentinel_user), G, 1, 1, NULL, NULL, NULL},
     {"record_encryption_key_file", set_record_key_file, CFG(record_keys), GM, 1, 1, NULL, NULL,
      NULL},
@@ -892,14 +895,14 @@ static const char *set_verify(struct setting *s)
     return NULL;
 }
 
-/* redis_sentinel MASTER HOST:PORT...: names are resolved by store_resolve(). */
-static const char *set_redis_sentinel(struct setting *s)
+/* HOST:PORT arguments from argv[first] on into addrs (at most max); their
+ * names are resolved by store_resolve(). On error nothing is kept. */
+static const char *parse_addrs(struct setting *s, int first, struct redis_addr *addrs, int max,
+                               int *count)
 {
-    struct config *cfg = s->base;
-    struct sentinel_addr addrs[CONFIG_MAX_SENTINELS] = {{0}};
     int n = 0;
     const char *err = NULL;
-    for (int i = 1; i < s->argc && err == NULL; i++, n++) {
+    for (int i = first; i < s->argc && n < max && err == NULL; i++, n++) {
         bool bracketed = false;
         err = split_host_port(s, s->argv[i], NULL, &addrs[n].host, &addrs[n].port, &bracketed);
         if (err == NULL && !valid_host(addrs[n].host, bracketed))
@@ -908,16 +911,43 @@ static const char *set_redis_sentinel(struct setting *s)
             err = phrase(s->ps, "expected HOST:PORT, got \"%s\"", s->argv[i]);
     }
     if (err != NULL) {
-        for (int i = 0; i <= n && i < CONFIG_MAX_SENTINELS; i++) {
+        for (int i = 0; i <= n && i < max; i++) {
             free(addrs[i].host);
             free(addrs[i].port);
         }
         return err;
     }
+    *count = n;
+    return NULL;
+}
+
+/* redis_sentinel MASTER HOST:PORT... */
+static const char *set_redis_sentinel(struct setting *s)
+{
+    struct config *cfg = s->base;
+    struct redis_addr addrs[CONFIG_MAX_SENTINELS] = {{0}};
+    int n = 0;
+    const char *err = parse_addrs(s, 1, addrs, CONFIG_MAX_SENTINELS, &n);
+    if (err != NULL)
+        return err;
     free(cfg->sentinel_master);
     cfg->sentinel_master = xstrdup(s->argv[0]);
     memcpy(cfg->sentinels, addrs, sizeof(addrs));
     cfg->nsentinels = n;
+    return NULL;
+}
+
+/* redis_cluster HOST:PORT...: seed nodes (SPEC §8). */
+static const char *set_redis_cluster(struct setting *s)
+{
+    struct config *cfg = s->base;
+    struct redis_addr addrs[CONFIG_MAX_CLUSTER_SEEDS] = {{0}};
+    int n = 0;
+    const char *err = parse_addrs(s, 0, addrs, CONFIG_MAX_CLUSTER_SEEDS, &n);
+    if (err != NULL)
+        return err;
+    memcpy(cfg->cluster_seeds, addrs, sizeof(addrs));
+    cfg->ncluster_seeds = n;
     return NULL;
 }
 
@@ -1261,6 +1291,47 @@ static void follow_ttl(struct policy *p)
 }
 
 /*
+ * Exactly one directive names the store, and what a cluster cannot do is
+ * refused: a quota counter is per scope, so in another slot than the key a
+ * claim script touches; a cluster has database 0 only; a key_prefix brace
+ * would change the hash tag the key names carry.
+ */
+static void check_store(struct parser *ps)
+{
+    const struct config *cfg = ps->cfg;
+    const char *names[] = {"redis", "redis_sentinel", "redis_cluster"};
+    size_t first = ARRAY_LEN(names); /* the one named first in the file */
+    for (size_t i = 0; i < ARRAY_LEN(names); i++) {
+        int line = ps->global_seen[directive_index(names[i])];
+        if (line != 0 && (first == ARRAY_LEN(names) ||
+                          line < ps->global_seen[directive_index(names[first])]))
+            first = i;
+    }
+    for (size_t i = 0; i < ARRAY_LEN(names) && first < ARRAY_LEN(names); i++) {
+        int line = ps->global_seen[directive_index(names[i])];
+        if (line != 0 && i != first)
+            report(ps, line, "%s: the store is named twice (%s, line %d): keep one", names[i],
+                   names[first], ps->global_seen[directive_index(names[first])]);
+    }
+    int cluster = ps->global_seen[directive_index("redis_cluster")];
+    if (cluster == 0)
+        return;
+    if (cfg->max_keys_per_scope > 0)
+        report(ps, ps->global_seen[directive_index("max_keys_per_scope")],
+               "max_keys_per_scope: not supported with redis_cluster (line %d): the scope's "
+               "counter lives in another slot than its keys",
+               cluster);
+    if (cfg->redis_db != 0)
+        report(ps, ps->global_seen[directive_index("redis_db")],
+               "redis_db: a Redis Cluster has database 0 only (redis_cluster, line %d)", cluster);
+    if (cfg->key_prefix != NULL && strpbrk(cfg->key_prefix, "{}") != NULL)
+        report(ps, ps->global_seen[directive_index("key_prefix")],
+               "key_prefix: no '{' or '}' with redis_cluster (line %d): keys carry their own "
+               "hash tag",
+               cluster);
+}
+
+/*
  * After EOF: defaults, derived keys, inheritance and cross-checks. A field
  * whose directive failed to parse is left zero; the cross-checks skip zero
  * durations so that one mistake is reported once.
@@ -1293,11 +1364,7 @@ static void finish(struct parser *ps)
                "redis_min_replicas: its timeout must be at most a third of redis_timeout (%s): "
                "WAIT holds up the commands behind it",
                config_format_duration(cfg->redis_timeout_ms, a));
-    int sentinel = directive_index("redis_sentinel");
-    if (ps->global_seen[sentinel] != 0 && ps->global_seen[directive_index("redis")] != 0)
-        report(ps, ps->global_seen[sentinel],
-               "redis_sentinel: the store is named twice (redis, line %d): keep one",
-               ps->global_seen[directive_index("redis")]);
+    check_store(ps);
     if (ps->global_seen[lock] != 0)
         check_lock_ttl(ps, ps->global_seen[lock], cfg->global.lock_ttl_ms);
     else if (cfg->global.lock_ttl_ms <= cfg->upstream_timeout_ms)
@@ -1464,6 +1531,11 @@ void config_unref(struct config *cfg)
         free(cfg->sentinels[i].host);
         free(cfg->sentinels[i].port);
         free(cfg->sentinels[i].ip);
+    }
+    for (int i = 0; i < cfg->ncluster_seeds; i++) {
+        free(cfg->cluster_seeds[i].host);
+        free(cfg->cluster_seeds[i].port);
+        free(cfg->cluster_seeds[i].ip);
     }
     free(cfg->sentinel_user);
     free(cfg->sentinel_password_file);

@@ -33,6 +33,7 @@ struct webhook_verifier;
 #define CONFIG_MAX_SCOPE_SOURCES 4
 #define CONFIG_MAX_STATUS 600
 #define CONFIG_MAX_SENTINELS 8
+#define CONFIG_MAX_CLUSTER_SEEDS 16
 
 enum key_source_kind {
     KEY_SOURCE_NONE = 0, /* scope none */
@@ -149,12 +150,15 @@ struct config {
     uint64_t redis_timeout_ms;
     /* redis_sentinel (SPEC §8): the primary is asked of these; NULL: off */
     char *sentinel_master;
-    struct sentinel_addr {
+    struct redis_addr {
         char *host; /* as written */
         char *port;
         char *ip; /* numeric, filled by store_resolve() in the main thread */
     } sentinels[CONFIG_MAX_SENTINELS];
     int nsentinels;
+    /* redis_cluster (SPEC §8): seed nodes, asked for the slot map; 0: off */
+    struct redis_addr cluster_seeds[CONFIG_MAX_CLUSTER_SEEDS];
+    int ncluster_seeds;
     char *sentinel_user;
     char *sentinel_password_file;
     char *sentinel_password; /* never logged */

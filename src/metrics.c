@@ -150,6 +150,7 @@ struct thread_state {
     _Alignas(CACHE_LINE) struct histogram hist[NHIST];
     uint64_t redis_errors;
     uint64_t redis_failovers;
+    uint64_t redis_redirections[2]; /* moved, ask */
     uint64_t redis_shortfalls[2]; /* claims, completions */
     uint64_t lease_losses;
     uint64_t folded[MAX_FOLDED]; /* route="other", by outcome * NCLASSES + class */
@@ -354,6 +355,11 @@ void metrics_redis_failover(void)
     counter_add(&state_self()->redis_failovers, 1);
 }
 
+void metrics_redis_redirection(bool ask)
+{
+    counter_add(&state_self()->redis_redirections[ask ? 1 : 0], 1);
+}
+
 void metrics_lease_lost(void)
 {
     counter_add(&state_self()->lease_losses, 1);
@@ -551,6 +557,7 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     struct snapshot sn;
     struct merge mg;
     uint64_t redis_errors = 0, failovers = 0, shortfalls[2] = {0, 0}, lease_losses = 0;
+    uint64_t redirections[2] = {0, 0};
 
     snapshot_take(&sn);
     merge_series(&mg, &sn);
@@ -570,6 +577,8 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
         shortfalls[0] += counter_load(&sn.states[i]->redis_shortfalls[0]);
         shortfalls[1] += counter_load(&sn.states[i]->redis_shortfalls[1]);
         lease_losses += counter_load(&sn.states[i]->lease_losses);
+        redirections[0] += counter_load(&sn.states[i]->redis_redirections[0]);
+        redirections[1] += counter_load(&sn.states[i]->redis_redirections[1]);
     }
     family(out, "idemproxy_redis_errors_total", "counter",
            "Redis commands that failed: error reply, timeout or lost connection.");
@@ -577,6 +586,13 @@ void metrics_render(struct evbuffer *out, const struct metrics_gauges *g)
     family(out, "idemproxy_redis_failovers_total", "counter",
            "Times the sentinels named another primary (redis_sentinel).");
     evbuffer_add_printf(out, "idemproxy_redis_failovers_total %" PRIu64 "\n", failovers);
+    family(out, "idemproxy_redis_redirections_total", "counter",
+           "Commands a Redis Cluster sent elsewhere (redis_cluster): -MOVED (the slot has "
+           "another primary) or -ASK (the slot is being migrated).");
+    evbuffer_add_printf(out, "idemproxy_redis_redirections_total{kind=\"moved\"} %" PRIu64 "\n",
+                        redirections[0]);
+    evbuffer_add_printf(out, "idemproxy_redis_redirections_total{kind=\"ask\"} %" PRIu64 "\n",
+                        redirections[1]);
     family(out, "idemproxy_redis_replica_shortfalls_total", "counter",
            "Writes that fewer than redis_min_replicas replicas confirmed within its timeout: "
            "a claim is then given back and answered 503; a completion is kept.");

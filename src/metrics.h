@@ -103,6 +103,8 @@ void metrics_redis_latency(uint64_t us);
 void metrics_redis_error(void);
 /* The sentinels named another primary (once per process and failover). */
 void metrics_redis_failover(void);
+/* A Redis Cluster redirected a command: -ASK (true) or -MOVED. */
+void metrics_redis_redirection(bool ask);
 /* A renewal, completion or release found the key no longer its owner's. */
 void metrics_lease_lost(void);
 /* redis_min_replicas not reached for a claim (false) or a completion. */

@@ -423,7 +423,19 @@ void policy_fingerprint(const struct policy *p, const struct request_view *req,
     hex_encode(digest, sizeof(digest), out);
 }
 
-char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key)
+/* prefix before [{] scope ":" mid key [}]: the key names' one shape. Malloc'd. */
+static char *join_key(const char *prefix, const char *before, const char *scope, const char *mid,
+                      const char *key, bool tagged)
+{
+    size_t n = strlen(prefix) + strlen(before) + strlen(scope) + strlen(mid) + strlen(key) + 4;
+    char *out = xmalloc(n);
+    snprintf(out, n, "%s%s%s%s:%s%s%s", prefix, before, tagged ? "{" : "", scope, mid, key,
+             tagged ? "}" : "");
+    return out;
+}
+
+char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key,
+                        bool tagged)
 {
     /* "r" + 16 hex + ":" */
     char nspart[19] = "";
@@ -437,12 +449,12 @@ char *policy_record_key(const char *prefix, const char *scope, const char *ns, c
         nspart[17] = ':';
         nspart[18] = '\0';
     }
-    size_t lp = strlen(prefix), ls = strlen(scope), ln = strlen(nspart), lk = strlen(key);
-    char *out = xmalloc(lp + ls + 1 + ln + lk + 1);
-    memcpy(out, prefix, lp);
-    memcpy(out + lp, scope, ls);
-    out[lp + ls] = ':';
-    memcpy(out + lp + ls + 1, nspart, ln);
-    memcpy(out + lp + ls + 1 + ln, key, lk + 1);
-    return out;
+    /* tagged, the namespace stays out of the tag: a token key has none */
+    return tagged ? join_key(prefix, nspart, scope, "", key, true)
+                  : join_key(prefix, "", scope, nspart, key, false);
+}
+
+char *policy_token_key(const char *prefix, const char *scope, const char *token, bool tagged)
+{
+    return join_key(prefix, "token:", scope, "", token, tagged);
 }

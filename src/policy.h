@@ -111,7 +111,15 @@ void policy_fingerprint(const struct policy *p, const struct request_view *req,
  * namespace (key_namespace route: the matched route's prefix, or "" for the
  * global policy), "<prefix><scope>:r<16 hex of SHA-256(namespace)>:<key>",
  * so that one route's keys never meet another's.
+ *
+ * tagged (redis_cluster): "<prefix>[r<16 hex>:]{<scope>:<key>}", whose hash
+ * tag is the one policy_token_key gives the token that claims it, so that
+ * the claim script's two keys are in one slot.
  */
-char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key);
+char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key,
+                        bool tagged);
+/* "<prefix>token:<scope>:<token>" (tagged: "<prefix>token:{<scope>:<token>}"):
+ * where an unused one-time token waits (SPEC §4.3). Malloc'd. */
+char *policy_token_key(const char *prefix, const char *scope, const char *token, bool tagged);
 
 #endif

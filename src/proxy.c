@@ -73,7 +73,6 @@ void ex_finish(struct exchange *ex);
 static void on_claimed(void *arg, const struct claim_result *res, const char *error);
 static void on_late_claim_released(void *arg, bool applied, const char *error);
 static void on_wait_deadline(evutil_socket_t fd, short what, void *arg);
-static char *token_redis_key(const struct config *cfg, const char *scope, const char *token);
 
 /* ---- state and lifetime ------------------------------------------------- */
 
@@ -868,9 +867,10 @@ static void claim(struct exchange *ex)
     }
     const char *ns =
         ex->cfg->key_namespace == KEY_NAMESPACE_ROUTE ? (ex->route ? ex->route : "") : NULL;
-    ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ns, ex->key);
+    bool tagged = ex->cfg->ncluster_seeds > 0; /* a cluster: one slot per key and its token */
+    ex->rkey = policy_record_key(ex->cfg->key_prefix, ex->scope, ns, ex->key, tagged);
     if (ex->by_token)
-        ex->token_key = token_redis_key(ex->cfg, ex->scope, ex->key);
+        ex->token_key = policy_token_key(ex->cfg->key_prefix, ex->scope, ex->key, tagged);
     if (store_random_token(ex->owner) != IDEM_OK) {
         log_error("request %s: no randomness for an owner token", ex->peer);
         answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
@@ -881,15 +881,6 @@ static void claim(struct exchange *ex)
 }
 
 /* ---- one-time tokens (SPEC §4.3) ---------------------------------------- */
-
-/* "<prefix>token:<scope>:<token>": where an unused token waits. Malloc'd. */
-static char *token_redis_key(const struct config *cfg, const char *scope, const char *token)
-{
-    size_t n = strlen(cfg->key_prefix) + strlen("token:") + strlen(scope) + 1 + strlen(token) + 1;
-    char *k = xmalloc(n);
-    snprintf(k, n, "%stoken:%s:%s", cfg->key_prefix, scope, token);
-    return k;
-}
 
 static void on_token_stored(void *arg, bool applied, const char *error)
 {
@@ -947,7 +938,8 @@ static void issue_token(struct exchange *ex)
     request_view(ex, &v);
     policy_scope(ex->policy, &v, ex->scope);
     ex->key = xstrdup(token);
-    ex->token_key = token_redis_key(ex->cfg, ex->scope, token);
+    ex->token_key = policy_token_key(ex->cfg->key_prefix, ex->scope, token,
+                                     ex->cfg->ncluster_seeds > 0);
     ex->store_ops++;
     store_new_token(ex->store, ex->token_key, ex->cfg->token_ttl_ms, on_token_stored, ex);
 }

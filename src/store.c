@@ -49,27 +49,75 @@
 
 /* ---- connection --------------------------------------------------------- */
 
+/* A cluster can serve when every slot has a primary whose link is ready. */
+static bool cluster_ready(const struct store *st)
+{
+    if (!cluster_map_covered(st->cluster))
+        return false;
+    for (int i = 0; i < st->cluster->nnodes; i++)
+        if (st->cluster->nodes[i].owned > 0 &&
+            (i >= st->nnode_links || st->node_links[i]->state != LINK_READY))
+            return false;
+    return true;
+}
+
 void publish_ready(struct store *st)
 {
     if (st->ready_flag != NULL)
-        *st->ready_flag = st->cmd.state == LINK_READY && !st->replicas_short;
+        *st->ready_flag = (st->cluster != NULL ? cluster_ready(st) : st->cmd.state == LINK_READY) &&
+                          !st->replicas_short;
+}
+
+bool store_can_send(const struct store *st)
+{
+    return st->cluster != NULL ? st->cluster->loaded : st->cmd.state == LINK_READY;
+}
+
+struct link *store_ready_link(struct store *st)
+{
+    if (st->cluster == NULL)
+        return st->cmd.state == LINK_READY ? &st->cmd : NULL;
+    struct link *any = NULL;
+    for (int i = 0; i < st->nnode_links; i++) {
+        struct link *l = st->node_links[i];
+        if (l->state == LINK_READY && st->cluster->nodes[i].owned > 0)
+            return l;
+        if (l->state == LINK_READY && any == NULL)
+            any = l;
+    }
+    return any;
 }
 
 static void link_set_state(struct link *l, enum link_state state)
 {
     l->state = state;
-    if (l == &l->st->cmd)
+    if (l->cmd)
         publish_ready(l->st);
-    if (l == &l->st->cmd && state == LINK_DOWN)
-        fail_pending(l->st);
+    if (l->cmd && state == LINK_DOWN)
+        queue_fail(&l->pending);
+}
+
+/* A cluster node that owns no slot (a primary replaced, a replica) is not
+ * reconnected in the background: the next operation routed to it does. */
+static bool link_needed(const struct link *l)
+{
+    return l->node < 0 || l->st->cluster->nodes[l->node].owned > 0;
 }
 
 static void link_schedule_reconnect(struct link *l)
 {
+    struct store *st = l->st;
     link_set_state(l, LINK_DOWN);
     l->ac = NULL;
-    if (l->st->sentinel != NULL) /* it may have moved */
-        sentinel_rediscover(l->st->sentinel);
+    if (st->sentinel != NULL) /* it may have moved */
+        sentinel_rediscover(st->sentinel);
+    if (st->cluster != NULL) { /* slots may have moved; the sub link tries another node */
+        if (!l->cmd)
+            st->sub_node++;
+        cluster_refresh(st);
+    }
+    if (!link_needed(l))
+        return;
     struct timeval tv = {(time_t)(l->backoff_ms / 1000),
                          (suseconds_t)(l->backoff_ms % 1000) * 1000};
     evtimer_add(l->reconnect_timer, &tv);
@@ -78,7 +126,7 @@ static void link_schedule_reconnect(struct link *l)
 
 static const char *link_where(const struct link *l)
 {
-    return l->st->unix_path ? l->st->unix_path : l->st->where;
+    return l->where;
 }
 
 /* The first failure of a run is an error; repeats until recovery are debug. */
@@ -192,32 +240,54 @@ static void on_link_ready(struct redis_conn *ac, void *reply, void *privdata)
     else
         log_info("%s %s: connected", l->role, link_where(l));
     l->down_logged = false;
-    if (l == &l->st->cmd) {
+    if (l->cmd) {
+        struct store *st = l->st;
         check_redis_settings(l);
-        send_pending(l->st);
-        if (l->st->orphans) {
+        queue_send(&l->pending);
+        if (st->orphans && store_can_send(st)) {
             struct timeval zero = {0, 0};
-            evtimer_add(l->st->orphan_timer, &zero);
+            evtimer_add(st->orphan_timer, &zero);
+        }
+        if (st->cluster != NULL && (!st->cluster->loaded || st->refresh_again)) {
+            st->refresh_again = false;
+            cluster_refresh(st);
         }
     }
     if (l->on_ready)
         l->on_ready(l);
 }
 
+/*
+ * Where l connects: the store's target, or with a cluster its node (the sub
+ * link: the node it tries). TLS checks the name as configured (a managed
+ * service's host name, a seed's), not the address it resolved to; a node
+ * learned from the cluster has only its address (or redis_tls_server_name).
+ */
+static void link_endpoint(struct link *l, struct redis_endpoint *ep)
+{
+    struct store *st = l->st;
+    struct tls *tls = st->tls_on ? st->tls : NULL;
+    if (st->cluster != NULL) {
+        int i = l->node >= 0 ? l->node : st->sub_node % st->cluster->nnodes;
+        const struct cluster_node *n = &st->cluster->nodes[i];
+        *ep = (struct redis_endpoint){.ip = n->ip, .name = n->name, .port = n->port, .tls = tls};
+        snprintf(l->where, sizeof(l->where), "%s:%s", n->ip, n->port);
+        return;
+    }
+    *ep = (struct redis_endpoint){
+        .ip = st->ip, .name = st->host, .port = st->port, .unix_path = st->unix_path, .tls = tls};
+    snprintf(l->where, sizeof(l->where), "%s", st->unix_path ? st->unix_path : st->where);
+}
+
 static void link_connect(struct link *l)
 {
     struct store *st = l->st;
-    if (st->host == NULL && st->unix_path == NULL) {
+    if (st->cluster == NULL && st->host == NULL && st->unix_path == NULL) {
         link_set_state(l, LINK_DOWN); /* on_primary connects it */
         return;
     }
-    /* TLS checks the name as configured (a managed service's host name),
-     * not the address it resolved to */
-    struct redis_endpoint ep = {.ip = st->ip,
-                                .name = st->host,
-                                .port = st->port,
-                                .unix_path = st->unix_path,
-                                .tls = st->tls_on ? st->tls : NULL};
+    struct redis_endpoint ep;
+    link_endpoint(l, &ep);
     char why[256];
     struct redis_conn *ac =
         redis_conn_new(st->base, st->flusher, &ep, NULL, on_conn_ended, l, why, sizeof(why));
@@ -281,14 +351,135 @@ void link_drop(struct link *l, const char *why)
     link_schedule_reconnect(l);
 }
 
-static void link_init(struct store *st, struct link *l, const char *role,
+static void link_init(struct store *st, struct link *l, const char *role, bool cmd,
                       void (*on_ready)(struct link *l))
 {
     l->st = st;
     l->role = role;
+    l->cmd = cmd;
+    l->node = -1;
     l->backoff_ms = BACKOFF_MIN_MS;
     l->reconnect_timer = evtimer_new(st->base, on_reconnect_timer, l);
     l->on_ready = on_ready;
+    queue_init(&l->pending);
+    l->wait_job.run = send_wait_batch;
+}
+
+void link_use(struct link *l)
+{
+    if (l->state == LINK_DOWN && l->ac == NULL && !evtimer_pending(l->reconnect_timer, NULL))
+        link_connect(l);
+}
+
+/* ---- cluster: the slot map ---------------------------------------------- */
+
+/* At most one CLUSTER SLOTS per this many ms: a burst of MOVED replies, or
+ * a node that fails every reconnect, asks once. */
+#define REFRESH_MIN_MS 100
+
+struct link *node_link(struct store *st, int node)
+{
+    while (st->nnode_links <= node) {
+        struct link *l = xcalloc(1, sizeof(*l));
+        link_init(st, l, "redis", true, NULL);
+        l->node = st->nnode_links;
+        st->node_links = xrealloc(st->node_links, (size_t)(st->nnode_links + 1) * sizeof(*l));
+        st->node_links[st->nnode_links++] = l;
+    }
+    return st->node_links[node];
+}
+
+/* One line per map that moves slots: which primary gave slots to which. */
+static void say_moves(const struct store *st, const int16_t *before)
+{
+    const struct cluster_map *m = st->cluster;
+    int moved = 0, example = -1;
+    for (int i = 0; i < CLUSTER_SLOTS; i++)
+        if (before[i] != m->owner[i]) {
+            moved++;
+            example = example < 0 ? i : example;
+        }
+    if (moved == 0)
+        return;
+    const struct cluster_node *from = before[example] >= 0 ? &m->nodes[before[example]] : NULL;
+    const struct cluster_node *to = m->owner[example] >= 0 ? &m->nodes[m->owner[example]] : NULL;
+    log_warn("redis cluster: %d slots changed primary (slot %d: %s%s%s -> %s%s%s)", moved,
+             example, from ? from->ip : "none", from ? ":" : "", from ? from->port : "",
+             to ? to->ip : "none", to ? ":" : "", to ? to->port : "");
+}
+
+/* A CLUSTER SLOTS answer: the map is replaced, the primaries connected,
+ * and what waited for a map goes out. */
+static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
+{
+    struct store *st = privdata;
+    struct link *l = link_of(ac);
+    st->refresh_inflight = false;
+    if (st->closing)
+        return;
+    char err[256] = "connection lost";
+    int16_t *before = xmalloc(sizeof(st->cluster->owner));
+    memcpy(before, st->cluster->owner, sizeof(st->cluster->owner));
+    bool first = !st->cluster->loaded;
+    if (l != NULL && reply != NULL &&
+        cluster_map_load(st->cluster, reply, st->cluster->nodes[l->node].ip, err, sizeof(err)) ==
+            IDEM_OK) {
+        if (first)
+            log_info("redis cluster: slot map from %s: %s", l->where,
+                     cluster_map_covered(st->cluster) ? "every slot has a primary"
+                                                      : "some slots have no primary");
+        else
+            say_moves(st, before);
+        for (int i = 0; i < st->cluster->nnodes; i++)
+            if (st->cluster->nodes[i].owned > 0)
+                link_use(node_link(st, i));
+        publish_ready(st);
+        queue_send(&st->unrouted);
+    } else {
+        log_warn("redis cluster: no slot map from %s: %s", l != NULL ? l->where : "a node", err);
+        st->refresh_again = true;
+    }
+    free(before);
+    if (st->refresh_again) {
+        st->refresh_again = false;
+        cluster_refresh(st);
+    }
+}
+
+static void on_refresh_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    cluster_refresh(arg);
+}
+
+void cluster_refresh(struct store *st)
+{
+    if (st->cluster == NULL || st->closing)
+        return;
+    if (st->refresh_inflight) { /* it may have left before what made us ask */
+        st->refresh_again = true;
+        return;
+    }
+    uint64_t since = now_monotonic_ms() - st->refreshed_at_ms;
+    if (since < REFRESH_MIN_MS) {
+        if (!evtimer_pending(st->refresh_timer, NULL)) {
+            struct timeval tv = {0, (suseconds_t)(REFRESH_MIN_MS - since) * 1000};
+            evtimer_add(st->refresh_timer, &tv);
+        }
+        return;
+    }
+    struct link *l = store_ready_link(st);
+    if (l == NULL) { /* the first node link to be ready asks (on_link_ready) */
+        st->refresh_again = true;
+        for (int i = 0; i < st->cluster->nnodes; i++)
+            link_use(node_link(st, i));
+        return;
+    }
+    if (redis_conn_command(l->ac, on_cluster_slots, st, "CLUSTER SLOTS") != IDEM_OK)
+        return; /* the link is ending: its end asks again */
+    st->refresh_inflight = true;
+    st->refreshed_at_ms = now_monotonic_ms();
 }
 
 /* ---- waiting duplicates ------------------------------------------------- */
@@ -403,13 +594,13 @@ static void take_settings(struct store *st, const struct config *cfg)
     st->timeout_ms = cfg->redis_timeout_ms;
     st->min_replicas = cfg->redis_min_replicas;
     st->min_replicas_timeout_ms = cfg->redis_min_replicas_timeout_ms;
-    if (cfg->sentinel_master != NULL) { /* the sentinels will say */
+    if (cfg->sentinel_master != NULL || cfg->ncluster_seeds > 0) { /* the sentinels or the cluster will say */
         free(st->host);
         free(st->ip);
         free(st->port);
         free(st->unix_path);
         st->host = st->ip = st->port = st->unix_path = NULL;
-        st->master = xstrdup(cfg->sentinel_master);
+        st->master = dup_or_null(cfg->sentinel_master);
     }
     st->token_ttl_ms = cfg->token_ttl_ms;
     st->tls_on = cfg->redis_tls;
@@ -477,6 +668,46 @@ static void on_primary(void *arg, const char *ip, const char *port)
     }
 }
 
+/* redis_cluster: the seeds are the map's first nodes; each is connected, the
+ * first to answer gives the slot map, and the sub link goes to the first. */
+static void cluster_start(struct store *st, const struct config *cfg)
+{
+    st->cluster = xmalloc(sizeof(*st->cluster));
+    cluster_map_init(st->cluster);
+    st->refresh_timer = evtimer_new(st->base, on_refresh_timer, st);
+    for (int i = 0; i < cfg->ncluster_seeds; i++) {
+        const struct redis_addr *a = &cfg->cluster_seeds[i];
+        cluster_map_node(st->cluster, a->ip ? a->ip : a->host, a->port, a->host);
+    }
+    st->nseeds = st->cluster->nnodes;
+    for (int i = 0; i < st->nseeds; i++)
+        link_connect(node_link(st, i));
+    link_connect(&st->sub);
+}
+
+/* Whether cfg names other seeds than st's cluster (or is not a cluster). */
+static bool cluster_differs(const struct store *st, const struct config *cfg)
+{
+    if ((st->cluster != NULL) != (cfg->ncluster_seeds > 0))
+        return true;
+    if (st->cluster == NULL)
+        return false;
+    int n = 0;
+    for (int i = 0; i < cfg->ncluster_seeds; i++) {
+        const struct redis_addr *a = &cfg->cluster_seeds[i];
+        const char *ip = a->ip ? a->ip : a->host;
+        int j = 0;
+        while (j < st->nseeds && (strcmp(st->cluster->nodes[j].ip, ip) != 0 ||
+                                  strcmp(st->cluster->nodes[j].port, a->port) != 0 ||
+                                  str_differs(st->cluster->nodes[j].name, a->host)))
+            j++;
+        if (j == st->nseeds)
+            return true;
+        n++;
+    }
+    return n < st->nseeds;
+}
+
 /* Stores of this thread whose last reference went, not yet freed. */
 static _Thread_local struct store *released_stores;
 
@@ -536,13 +767,16 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     st->free_event = event_new(base, -1, 0, on_free_event, st);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
     st->replicas_timer = evtimer_new(base, on_replicas_timer, st);
-    st->wait_job.run = send_wait_batch;
-    st->pending_tail = &st->pending;
-    link_init(st, &st->cmd, "redis", NULL);
-    link_init(st, &st->sub, "redis pubsub", on_sub_ready);
+    queue_init(&st->unrouted);
+    link_init(st, &st->cmd, "redis", true, NULL);
+    link_init(st, &st->sub, "redis pubsub", false, on_sub_ready);
     if (cfg->sentinel_master != NULL)
         st->sentinel =
             sentinel_new(base, flusher, cfg, st->tls_on ? st->tls : NULL, on_primary, st);
+    if (cfg->ncluster_seeds > 0) {
+        cluster_start(st, cfg);
+        return st;
+    }
     link_connect(&st->cmd);
     link_connect(&st->sub);
     return st;
@@ -554,9 +788,10 @@ bool store_target_differs(const struct store *st, const struct config *cfg)
     if (st->tls_on || cfg->redis_tls || (st->sentinel != NULL) != (cfg->sentinel_master != NULL) ||
         (st->sentinel != NULL && sentinel_differs(st->sentinel, cfg)) ||
         st->min_replicas != cfg->redis_min_replicas ||
-        st->min_replicas_timeout_ms != cfg->redis_min_replicas_timeout_ms)
+        st->min_replicas_timeout_ms != cfg->redis_min_replicas_timeout_ms ||
+        cluster_differs(st, cfg))
         return true;
-    if (st->sentinel == NULL &&
+    if (st->sentinel == NULL && st->cluster == NULL &&
         (str_differs(st->host, cfg->redis_host) || str_differs(st->port, cfg->redis_port) ||
          str_differs(st->unix_path, cfg->redis_unix)))
         return true;
@@ -570,9 +805,10 @@ void store_reconfigure(struct store *st, const struct config *cfg)
 {
     st->timeout_ms = cfg->redis_timeout_ms;
     st->token_ttl_ms = cfg->token_ttl_ms;
-    if (st->cmd.state == LINK_READY) { /* said again at every reload */
+    struct link *l = store_ready_link(st);
+    if (l != NULL) { /* said again at every reload */
         store_health_forget();
-        check_redis_settings(&st->cmd);
+        check_redis_settings(l);
     }
 }
 
@@ -582,32 +818,62 @@ void store_publish_readiness(struct store *st, _Atomic bool *flag)
     publish_ready(st);
 }
 
-static void store_free(struct store *st)
+/* Its queued operations never went out: answered now, as hiredis answers
+ * the sent ones when the links close. */
+static void answer_queued(struct op_queue *q)
 {
-    /* Queued operations never went out: answered now, as hiredis answers
-     * the sent ones below. */
-    while (st->pending) {
-        struct store_op *op = st->pending;
-        st->pending = op->next_queued;
+    while (q->head) {
+        struct store_op *op = q->head;
+        q->head = op->next_queued;
+        op->queue = NULL;
         evtimer_del(op->timer);
         op_answer_error(op, "the store is shutting down");
         op_free(op);
     }
+    q->tail = &q->head;
+}
+
+/* After its connection closed: the writes that waited for its next WAIT
+ * are answered, and its timer freed. */
+static void link_free_rest(struct link *l)
+{
+    flush_cancel(l->st->flusher, &l->wait_job);
+    if (l->wait_batch != NULL) {
+        struct wait_batch *b = l->wait_batch;
+        l->wait_batch = NULL;
+        on_wait_reply(NULL, NULL, b);
+    }
+    event_free(l->reconnect_timer);
+}
+
+static void store_free(struct store *st)
+{
+    st->closing = true;
+    answer_queued(&st->unrouted);
+    answer_queued(&st->cmd.pending);
+    for (int i = 0; i < st->nnode_links; i++)
+        answer_queued(&st->node_links[i]->pending);
     struct link *links[] = {&st->cmd, &st->sub};
-    for (size_t i = 0; i < ARRAY_LEN(links); i++) {
+    for (size_t i = 0; i < ARRAY_LEN(links); i++)
         link_close(links[i]);
-        event_free(links[i]->reconnect_timer);
+    for (int i = 0; i < st->nnode_links; i++)
+        link_close(st->node_links[i]);
+    for (size_t i = 0; i < ARRAY_LEN(links); i++)
+        link_free_rest(links[i]);
+    for (int i = 0; i < st->nnode_links; i++) {
+        link_free_rest(st->node_links[i]);
+        free(st->node_links[i]);
+    }
+    free(st->node_links);
+    if (st->cluster != NULL) {
+        event_free(st->refresh_timer);
+        cluster_map_free(st->cluster);
+        free(st->cluster);
     }
     while (st->watches)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
     event_free(st->replicas_timer);
-    flush_cancel(st->flusher, &st->wait_job);
-    if (st->wait_batch != NULL) {
-        struct wait_batch *b = st->wait_batch;
-        st->wait_batch = NULL;
-        on_wait_reply(NULL, NULL, b);
-    }
     event_free(st->free_event);
     while (st->orphans) {
         struct orphan *o = st->orphans;

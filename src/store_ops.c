@@ -22,6 +22,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "redis_conn.h"
+#include "store_cluster.h"
 #include "store_health.h"
 
 static void bytes_add(struct bytes *b, const void *data, size_t n)
@@ -229,11 +230,12 @@ static void answer_claim(struct store_op *op, const redisReply *r)
  * a native claim that found a key in flight or unknown, through the claim
  * script (which reads the lease left and marks a waiting duplicate); a key
  * of the hash layout (WRONGTYPE), through the legacy read; a legacy read
- * that found no hash any more, natively again. At most four sends.
+ * that found no hash any more, natively again. With a cluster, -MOVED and
+ * -ASK send it again too (op_redirect). At most OP_STEPS_MAX sends.
  */
 static bool op_next_step(struct store_op *op, const redisReply *r)
 {
-    if (op->answered || ++op->steps >= 4)
+    if (op->answered || ++op->steps >= OP_STEPS_MAX)
         return false;
     bool is_error = r->type == REDIS_REPLY_ERROR;
     if (is_error && !op->native && !op->resent_as_eval && strncmp(r->str, "NOSCRIPT", 8) == 0) {
@@ -265,6 +267,37 @@ static bool op_next_step(struct store_op *op, const redisReply *r)
 }
 
 static void op_send(struct store_op *op);
+static void queue_remove(struct store_op *op);
+
+/* -MOVED / -ASK (redis_cluster): op goes again where the reply says; a
+ * MOVED slot changes the map at once and has the whole map asked again. */
+static bool op_redirect(struct store_op *op, const redisReply *r)
+{
+    struct store *st = op->st;
+    unsigned slot;
+    char host[256], port[16];
+    if (st->cluster == NULL || r->type != REDIS_REPLY_ERROR || op->answered)
+        return false;
+    enum cluster_redirect kind =
+        cluster_parse_redirect(r->str, &slot, host, sizeof(host), port, sizeof(port));
+    if (kind == CLUSTER_REDIRECT_NONE || ++op->steps >= OP_STEPS_MAX)
+        return false; /* too many: answered as the error it is */
+    metrics_redis_redirection(kind == CLUSTER_REDIRECT_ASK);
+    const char *ip = host;
+    if (ip[0] == '\0' && op->link != NULL && op->link->node >= 0) /* the node that answered */
+        ip = st->cluster->nodes[op->link->node].ip;
+    int node = cluster_map_node(st->cluster, ip, port, NULL);
+    log_debug("redis cluster: %s: %s", op->rkey, r->str);
+    if (kind == CLUSTER_REDIRECT_MOVED) {
+        cluster_map_set_owner(st->cluster, slot, node);
+        op->ask_to = NULL;
+        cluster_refresh(st);
+    } else {
+        op->ask_to = node_link(st, node);
+    }
+    op_send(op);
+    return true;
+}
 
 uint64_t now_us(void)
 {
@@ -324,8 +357,9 @@ void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store *st = arg;
-    if (st->cmd.state != LINK_READY || st->wait_sent != NULL ||
-        redis_conn_command(st->cmd.ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
+    struct link *l = store_ready_link(st);
+    if (l == NULL || l->wait_sent != NULL ||
+        redis_conn_command(l->ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
                            (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
         arm_replicas_probe(st);
 }
@@ -395,7 +429,7 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
  * one per request would make every request wait for the ones before).
  */
 struct wait_batch {
-    struct store *st;
+    struct link *link;
     int n, cap;
     struct store_op **ops;
 };
@@ -403,19 +437,20 @@ struct wait_batch {
 /*
  * Redis runs a connection's commands in order, and a blocked WAIT holds up
  * the ones behind it: two WAITs in flight would make the second's claims
- * wait for both timeouts. So one WAIT is in flight per store (it covers
- * every write sent before it); what is written meanwhile waits in the open
- * batch, sent when that WAIT answers.
+ * wait for both timeouts. So one WAIT is in flight per link (it covers
+ * every write sent on it before; with a cluster, each primary's writes are
+ * WAITed on that primary); what is written meanwhile waits in the link's
+ * open batch, sent when that WAIT answers.
  */
 void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
     struct wait_batch *b = privdata;
-    struct store *st = b->st;
-    if (st->wait_sent == b) {
-        st->wait_sent = NULL;
-        if (st->wait_batch != NULL)
-            flush_schedule(st->flusher, &st->wait_job);
+    struct link *l = b->link;
+    if (l->wait_sent == b) {
+        l->wait_sent = NULL;
+        if (l->wait_batch != NULL)
+            flush_schedule(l->st->flusher, &l->wait_job);
     }
     for (int i = 0; i < b->n; i++) {
         struct store_op *op = b->ops[i];
@@ -431,29 +466,30 @@ void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
  * WAIT goes out after its writes. */
 void send_wait_batch(struct flush_job *job)
 {
-    struct store *st = (struct store *)((char *)job - offsetof(struct store, wait_job));
-    struct wait_batch *b = st->wait_batch;
-    if (b == NULL || st->wait_sent != NULL)
+    struct link *l = (struct link *)((char *)job - offsetof(struct link, wait_job));
+    struct store *st = l->st;
+    struct wait_batch *b = l->wait_batch;
+    if (b == NULL || l->wait_sent != NULL)
         return; /* sent when the WAIT in flight answers */
-    st->wait_batch = NULL;
-    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY ||
-        redis_conn_command(st->cmd.ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
+    l->wait_batch = NULL;
+    if (l->ac == NULL || l->state != LINK_READY ||
+        redis_conn_command(l->ac, on_wait_reply, b, "WAIT %d %llu", st->min_replicas,
                            (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK) {
         on_wait_reply(NULL, NULL, b); /* their writes went with that connection */
         return;
     }
-    st->wait_sent = b;
+    l->wait_sent = b;
 }
 
-/* op's write, just sent, waits for the turn's WAIT. */
+/* op's write, just sent on op->link, waits for that link's WAIT this turn. */
 static void op_join_wait(struct store_op *op)
 {
-    struct store *st = op->st;
-    struct wait_batch *b = st->wait_batch;
+    struct link *l = op->link;
+    struct wait_batch *b = l->wait_batch;
     if (b == NULL) {
-        b = st->wait_batch = xcalloc(1, sizeof(*b));
-        b->st = st;
-        flush_schedule(st->flusher, &st->wait_job);
+        b = l->wait_batch = xcalloc(1, sizeof(*b));
+        b->link = l;
+        flush_schedule(l->st->flusher, &l->wait_job);
     }
     if (b->n == b->cap) {
         b->cap = b->cap ? b->cap * 2 : 16;
@@ -471,6 +507,13 @@ static bool not_the_primary(const char *error)
            strncmp(error, "MASTERDOWN", 10) == 0;
 }
 
+/* A cluster that cannot serve the slot now (no quorum, a slot without a
+ * primary, a resharding under way): the map is asked again. */
+static bool cluster_busy(const char *error)
+{
+    return strncmp(error, "CLUSTERDOWN", 11) == 0 || strncmp(error, "TRYAGAIN", 8) == 0;
+}
+
 static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
@@ -482,6 +525,10 @@ static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
         op_maybe_free(op);
         return;
     }
+    if (op_redirect(op, r)) {
+        op_maybe_free(op); /* a resend that could not go out has failed it */
+        return;
+    }
     if (op_next_step(op, r)) {
         op_send(op);
         op_maybe_free(op); /* a resend that could not go out has failed it */
@@ -490,10 +537,15 @@ static void on_reply(struct redis_conn *ac, void *reply, void *privdata)
     if (r->type != REDIS_REPLY_ERROR && !op->answered)
         metrics_redis_latency(now_us() - op->started_us);
     if (r->type == REDIS_REPLY_ERROR) {
-        if (not_the_primary(r->str) && op->sent_on == op->st->cmd.ac)
-            link_drop(&op->st->cmd, r->str); /* and, with sentinels, asks them again */
+        /* and, with sentinels or a cluster, asks where the primary is again */
+        if (not_the_primary(r->str) && op->link != NULL && op->sent_on == op->link->ac)
+            link_drop(op->link, r->str);
+        if (cluster_busy(r->str))
+            cluster_refresh(op->st);
         if (strncmp(r->str, "OOM", 3) == 0)
             store_health_note_oom(r->str);
+        else if (cluster_busy(r->str))
+            log_warn("redis cluster: %s: %s", op->rkey, r->str);
         else if (!not_the_primary(r->str))
             log_error("redis: %s failed: %s", op->native ? "claim" : keys_script_name(op->script),
                       r->str);
@@ -519,28 +571,21 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store_op *op = arg;
-    struct store *st = op->st;
     if (op->answered)
-        return;       /* waiting for its batch's WAIT only: WAIT has its own timeout */
-    if (op->queued) { /* never sent: the connection is not to blame */
-        op->queued = false;
-        struct store_op **pp = &st->pending;
-        while (*pp != op)
-            pp = &(*pp)->next_queued;
-        *pp = op->next_queued;
-        if (st->pending_tail == &op->next_queued)
-            st->pending_tail = pp;
-        free(op->claim_owner); /* never sent: nothing to clean up */
+        return;      /* waiting for its batch's WAIT only: WAIT has its own timeout */
+    if (op->queue) { /* not sent (this time): the connection is not to blame */
+        queue_remove(op);
+        free(op->claim_owner); /* a redirected claim did not run either: nothing to clean up */
         op->claim_owner = NULL;
         op_answer_error(op, "timed out waiting for the connection to Redis");
-        op_free(op);
+        op_maybe_free(op); /* a WAIT after an earlier send may still be due */
         return;
     }
     op_answer_error(op, "timed out");
     /* Only the connection it went out on is to blame: after a reload that
      * is a retired one, which ends by itself. */
-    if (op->sent_on != NULL && op->sent_on == st->cmd.ac)
-        link_drop(&st->cmd, "a command timed out (redis_timeout)");
+    if (op->link != NULL && op->sent_on != NULL && op->sent_on == op->link->ac)
+        link_drop(op->link, "a command timed out (redis_timeout)");
 }
 
 static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
@@ -571,10 +616,110 @@ static void op_fail_later(struct store_op *op)
     evtimer_add(op->timer, &zero);
 }
 
+/* ---- queues ------------------------------------------------------------ */
+
+void queue_init(struct op_queue *q)
+{
+    q->head = NULL;
+    q->tail = &q->head;
+}
+
+static void queue_push(struct op_queue *q, struct store_op *op)
+{
+    op->queue = q;
+    op->next_queued = NULL;
+    *q->tail = op;
+    q->tail = &op->next_queued;
+}
+
+static void queue_remove(struct store_op *op)
+{
+    struct op_queue *q = op->queue;
+    struct store_op **pp = &q->head;
+    while (*pp != op)
+        pp = &(*pp)->next_queued;
+    *pp = op->next_queued;
+    if (q->tail == &op->next_queued)
+        q->tail = pp;
+    op->queue = NULL;
+}
+
+/* Takes q's operations out, in order, for the caller to walk: sending one
+ * may queue it again (in q or elsewhere). */
+static struct store_op *queue_take(struct op_queue *q)
+{
+    struct store_op *list = q->head;
+    queue_init(q);
+    for (struct store_op *op = list; op != NULL; op = op->next_queued)
+        op->queue = NULL;
+    return list;
+}
+
+void queue_send(struct op_queue *q)
+{
+    struct store_op *op = queue_take(q);
+    while (op != NULL) {
+        struct store_op *next = op->next_queued;
+        op_send(op);
+        op = next;
+    }
+}
+
+void queue_fail(struct op_queue *q)
+{
+    struct store_op *op = queue_take(q);
+    while (op != NULL) {
+        struct store_op *next = op->next_queued;
+        op_fail_later(op);
+        op = next;
+    }
+}
+
+/* ---- sending ------------------------------------------------------------ */
+
+/* Where op goes now: after -ASK the node named, this once; with a cluster
+ * its slot's primary (NULL: none known); else the one command link. */
+static struct link *op_route(const struct store_op *op)
+{
+    struct store *st = op->st;
+    if (op->ask_to != NULL)
+        return op->ask_to;
+    if (st->cluster == NULL)
+        return &st->cmd;
+    int node = st->cluster->owner[op->slot];
+    return node >= 0 ? node_link(st, node) : NULL;
+}
+
+static void on_asking_reply(struct redis_conn *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    (void)reply; /* refused: the command after it says so */
+    (void)privdata;
+}
+
+/*
+ * Sends op where it goes now. While that link connects (with a cluster,
+ * the first use of a node connects it) op waits for it; before a cluster's
+ * first map, for the map. A link that is down, or a slot without a primary,
+ * fails op on the next loop turn (a cluster asks for the map again).
+ */
 static void op_send(struct store_op *op)
 {
     struct store *st = op->st;
-    if (st->cmd.ac == NULL || st->cmd.state != LINK_READY) {
+    struct link *l = op_route(op);
+    if (l == NULL && !st->cluster->loaded) {
+        queue_push(&st->unrouted, op);
+        return;
+    }
+    if (l != NULL && st->cluster != NULL)
+        link_use(l);
+    if (l != NULL && l->state == LINK_CONNECTING) {
+        op->link = l;
+        queue_push(&l->pending, op);
+        return;
+    }
+    if (l == NULL || l->ac == NULL || l->state != LINK_READY) {
+        cluster_refresh(st);
         op_fail_later(op); /* a resend after the link went down */
         return;
     }
@@ -609,61 +754,34 @@ static void op_send(struct store_op *op)
             bytes_add(cmd, op->args.p, op->args.len);
         }
     }
-    if (redis_conn_send(st->cmd.ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
+    if (op->ask_to != NULL) /* the target takes the slot it is importing for one command */
+        redis_conn_command(l->ac, on_asking_reply, NULL, "ASKING");
+    op->ask_to = NULL;
+    if (redis_conn_send(l->ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
         op_fail_later(op);
         return;
     }
     op->replies_due++;
-    op->sent_on = st->cmd.ac;
+    op->link = l;
+    op->sent_on = l->ac;
     /* redis_min_replicas: WAIT at the end of this turn, in the same round trip */
     if (st->min_replicas > 0 && (op->on_claim != NULL || op->script == SCRIPT_COMPLETE))
         op_join_wait(op);
 }
 
-/* The cmd link is ready: what waited for it goes out, in order. */
-void send_pending(struct store *st)
-{
-    while (st->pending && st->cmd.state == LINK_READY) {
-        struct store_op *op = st->pending;
-        st->pending = op->next_queued;
-        op->queued = false;
-        op_send(op);
-    }
-    if (st->pending == NULL)
-        st->pending_tail = &st->pending;
-}
-
-/* The cmd link went down: what waited for it fails (next loop turn). */
-void fail_pending(struct store *st)
-{
-    while (st->pending) {
-        struct store_op *op = st->pending;
-        st->pending = op->next_queued;
-        op->queued = false;
-        op_fail_later(op);
-    }
-    st->pending_tail = &st->pending;
-}
-
 static void op_start(struct store *st, struct store_op *op)
 {
-    if (st->cmd.ac == NULL || st->cmd.state == LINK_DOWN ||
-        (op->on_claim != NULL && st->replicas_short)) {
+    if (op->on_claim != NULL && st->replicas_short) {
         op_fail_later(op);
         return;
     }
+    if (st->cluster != NULL)
+        op->slot = cluster_key_slot(op->rkey, strlen(op->rkey));
     evtimer_assign(op->timer, st->base, on_op_timeout, op);
     op->started_us = now_us();
     struct timeval tv = {(time_t)(st->timeout_ms / 1000),
                          (suseconds_t)(st->timeout_ms % 1000) * 1000};
     evtimer_add(op->timer, &tv);
-    if (st->cmd.state == LINK_CONNECTING) {
-        op->queued = true;
-        op->next_queued = NULL;
-        *st->pending_tail = op;
-        st->pending_tail = &op->next_queued;
-        return;
-    }
     op_send(op);
 }
 
@@ -845,12 +963,12 @@ static void on_orphan_released(void *arg, bool applied, const char *error)
         log_info("redis: released a claim whose reply was lost (the key is free again)");
 }
 
-/* Orphans are released on the next loop turn when the link is up, else
- * when it is up again. */
+/* Orphans are released on the next loop turn when the store can send, else
+ * when a link is up again. */
 static void orphans_release_soon(struct store *st)
 {
     struct timeval zero = {0, 0};
-    if (st->cmd.state == LINK_READY)
+    if (store_can_send(st))
         evtimer_add(st->orphan_timer, &zero);
 }
 
@@ -860,7 +978,7 @@ void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store *st = arg;
-    if (st->cmd.state != LINK_READY)
+    if (!store_can_send(st))
         return; /* the next ready link re-arms us */
     struct orphan **pp = &st->orphans;
     while (*pp) {

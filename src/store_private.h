@@ -14,19 +14,29 @@
 
 #include "flush.h"
 #include "store.h"
+#include "store_cluster.h"
 #include "store_keys.h"
 
 struct redis_conn;
 
 #define BACKOFF_MIN_MS 50
 #define BACKOFF_MAX_MS 1000
+/* Sends of one operation at most: its forms (NOSCRIPT, slow path, legacy
+ * read) and, with a cluster, redirections. */
+#define OP_STEPS_MAX 8
 
 enum link_state { LINK_DOWN, LINK_CONNECTING, LINK_READY };
 
+/* Operations waiting in order (for a link to be ready, or for a slot map). */
+struct op_queue {
+    struct store_op *head, **tail;
+};
+
 /*
- * One connection with its own reconnect timer and backoff. The
- * store has two: `cmd` runs the scripts; `sub` holds one PSUBSCRIBE on
- * "<key_prefix>*" and wakes parked duplicates (SPEC §4.4).
+ * One connection with its own reconnect timer and backoff. The store has
+ * `cmd`, which runs the operations (with redis_cluster: one such link per
+ * primary, in node_links, and `cmd` unused), and `sub`, which holds one
+ * PSUBSCRIBE on "<key_prefix>*" and wakes parked duplicates (SPEC §4.4).
  */
 struct link {
     struct store *st;
@@ -40,7 +50,17 @@ struct link {
     uint64_t backoff_ms;
     bool down_logged;
     bool setup_failed; /* this connection's AUTH or SELECT was refused */
+    bool cmd;          /* runs operations (not the pub/sub link) */
+    int node;          /* redis_cluster: its node in st->cluster; else -1 */
+    char where[300];   /* "host:port" or the unix path, for messages */
     void (*on_ready)(struct link *l);
+    /* Operations started while it connects: sent, in order, once its AUTH,
+     * SELECT and PING have answered (never before: a refused SELECT would
+     * run them in database 0), failed if it goes down instead. */
+    struct op_queue pending;
+    struct wait_batch *wait_batch; /* writes sent on it that wait for its next WAIT */
+    struct wait_batch *wait_sent;  /* its one WAIT in flight, or NULL */
+    struct flush_job wait_job;
 };
 
 struct store_watch {
@@ -81,9 +101,12 @@ struct store_op {
     int replies_due;      /* commands sent whose callbacks have not run: freed at 0 */
     bool confirm_pending; /* claimed: answered once the WAIT after it says enough replicas */
     bool applied;         /* an owner-checked change was made */
-    bool queued;          /* on st->pending: waits for the link to be ready */
+    struct op_queue *queue; /* the queue it waits in, or NULL */
     struct store_op *next_queued;
+    struct link *link;                /* the link it waits for or went out on, or NULL */
     const struct redis_conn *sent_on; /* the connection its command went out on */
+    unsigned slot;                    /* redis_cluster: its key's slot */
+    struct link *ask_to;              /* -ASK: the next send goes there, after ASKING */
     int nargs;                        /* bulk strings in args */
     struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
     char *rkey;                       /* KEYS[1] */
@@ -122,15 +145,8 @@ struct store {
      * would hold up every command behind it), and /readyz says 503. */
     bool replicas_short;
     struct event *replicas_timer;
-    struct wait_batch *wait_batch; /* writes that wait for the next WAIT */
-    struct wait_batch *wait_sent;  /* the one WAIT in flight, or NULL */
-    struct flush_job wait_job;
     struct link cmd;
     struct link sub;
-    /* Operations started while cmd is connecting: sent, in order, once its
-     * AUTH, SELECT and PING have answered (never before: a refused SELECT
-     * would run them in database 0), failed if it goes down instead. */
-    struct store_op *pending, **pending_tail;
     struct bytes command; /* op_send's buffer, reused */
     struct store_watch *watches;
 
@@ -149,16 +165,45 @@ struct store {
     uint64_t timeout_ms;
 
     char sha[SCRIPT_COUNT][41];
+
+    /* redis_cluster (store_cluster.h); NULL otherwise. The first nseeds
+     * nodes of the map are the configured seeds. */
+    struct cluster_map *cluster;
+    int nseeds;
+    struct link **node_links; /* node i's link, made when first needed */
+    int nnode_links;
+    struct op_queue unrouted; /* operations waiting for the first slot map */
+    struct event *refresh_timer;
+    bool refresh_inflight; /* a CLUSTER SLOTS is out */
+    bool refresh_again;    /* and the map changed since it went */
+    uint64_t refreshed_at_ms;
+    int sub_node; /* the node the sub link tries (the next one after a failure) */
+    bool closing; /* store_free runs: replies answered NULL change nothing */
 };
 
 /* store.c */
 void link_drop(struct link *l, const char *why);
 /* store.c */
 void publish_ready(struct store *st);
+/* store.c: a ready command link (with a cluster, one whose node owns slots
+ * if any is ready), or NULL */
+struct link *store_ready_link(struct store *st);
+/* store.c: whether operations can be routed now (the link is ready, or a
+ * cluster's slot map is loaded) */
+bool store_can_send(const struct store *st);
+/* store.c: node's link (redis_cluster), made on first use, not connected */
+struct link *node_link(struct store *st, int node);
+/* store.c: connects l if it is down and not waiting to reconnect */
+void link_use(struct link *l);
+/* store.c: asks for the slot map again (at most one CLUSTER SLOTS in flight,
+ * at most one per REFRESH_MIN_MS) */
+void cluster_refresh(struct store *st);
 /* store_ops.c */
-void send_pending(struct store *st);
-/* store_ops.c */
-void fail_pending(struct store *st);
+void queue_init(struct op_queue *q);
+/* store_ops.c: every operation in q goes out (or is routed) again */
+void queue_send(struct op_queue *q);
+/* store_ops.c: every operation in q fails (next loop turn) */
+void queue_fail(struct op_queue *q);
 /* store_ops.c */
 void op_answer_error(struct store_op *op, const char *error);
 /* store_ops.c */

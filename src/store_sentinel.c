@@ -87,13 +87,18 @@ static int resolve_numeric(const char *what, const char *host, const char *port,
 
 int store_resolve(struct config *cfg, char *err, size_t errlen)
 {
-    if (cfg->redis_host != NULL && cfg->sentinel_master == NULL &&
+    if (cfg->redis_host != NULL && cfg->sentinel_master == NULL && cfg->ncluster_seeds == 0 &&
         resolve_numeric("redis", cfg->redis_host, cfg->redis_port, &cfg->redis_ip, err, errlen) !=
             IDEM_OK)
         return IDEM_ERR;
     for (int i = 0; i < cfg->nsentinels; i++) {
-        struct sentinel_addr *a = &cfg->sentinels[i];
+        struct redis_addr *a = &cfg->sentinels[i];
         if (resolve_numeric("redis_sentinel", a->host, a->port, &a->ip, err, errlen) != IDEM_OK)
+            return IDEM_ERR;
+    }
+    for (int i = 0; i < cfg->ncluster_seeds; i++) {
+        struct redis_addr *a = &cfg->cluster_seeds[i];
+        if (resolve_numeric("redis_cluster", a->host, a->port, &a->ip, err, errlen) != IDEM_OK)
             return IDEM_ERR;
     }
     return IDEM_OK;
@@ -364,7 +369,7 @@ struct sentinel *sentinel_new(struct event_base *base, struct flusher *flusher,
     s->ports = xcalloc((size_t)s->n, sizeof(*s->ports));
     s->names = xcalloc((size_t)s->n, sizeof(*s->names));
     for (int i = 0; i < s->n; i++) {
-        const struct sentinel_addr *a = &cfg->sentinels[i];
+        const struct redis_addr *a = &cfg->sentinels[i];
         s->ips[i] = xstrdup(a->ip ? a->ip : a->host);
         s->ports[i] = xstrdup(a->port);
         s->names[i] = xstrdup(a->host);
@@ -395,7 +400,7 @@ bool sentinel_differs(const struct sentinel *s, const struct config *cfg)
         str_differs(s->password, cfg->sentinel_password))
         return true;
     for (int i = 0; i < s->n; i++) {
-        const struct sentinel_addr *a = &cfg->sentinels[i];
+        const struct redis_addr *a = &cfg->sentinels[i];
         if (str_differs(s->ips[i], a->ip ? a->ip : a->host) || strcmp(s->ports[i], a->port) != 0)
             return true;
     }

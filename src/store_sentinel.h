@@ -19,7 +19,8 @@ struct sentinel;
  * +switch-master. Called from the loop, never inside sentinel_*(). */
 typedef void (*sentinel_primary_fn)(void *arg, const char *ip, const char *port);
 
-/* Resolves the sentinels' names to numeric addresses (cfg->sentinels[].ip),
+/* Resolves the Redis, sentinel and cluster seed names to numeric addresses
+ * (cfg->redis_ip, cfg->sentinels[].ip, cfg->cluster_seeds[].ip),
  * in the main thread at each load, so that no worker resolves on its loop. */
 int store_resolve(struct config *cfg, char *err, size_t errlen) MUST_CHECK;
 

@@ -526,6 +526,122 @@ class SentinelSet:
             r.close()
 
 
+def cluster_port():
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise TestFailure("no free port with a free cluster bus port")
+
+
+def crc16(data):
+    """CRC16 XMODEM, the Redis Cluster key hash."""
+    crc = 0
+    for b in data:
+        crc ^= b << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+            crc &= 0xFFFF
+    return crc
+
+
+def key_slot(key):
+    """The cluster slot of a key (bytes or str), hash tags included."""
+    if isinstance(key, str):
+        key = key.encode()
+    start = key.find(b"{")
+    if start >= 0:
+        end = key.find(b"}", start + 1)
+        if end > start + 1:
+            key = key[start + 1:end]
+    return crc16(key) % 16384
+
+
+class RedisCluster:
+    """A Redis Cluster on loopback: primaries * (1 + replicas) redis-server
+    --cluster-enabled processes in tmpdir, joined by redis-cli --cluster
+    create; stopped by PID (close).
+
+        c = RedisCluster(tmp); c.directive() -> "redis_cluster 127.0.0.1:A ..."
+        c.owner(slot) -> the Redis that serves it; c.primaries() -> [Redis]"""
+
+    def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000):
+        self.nodes = []
+        try:
+            for i in range((1 + replicas) * primaries):
+                d = os.path.join(tmpdir, f"n{i}")
+                os.makedirs(d, exist_ok=True)
+                self.nodes.append(Redis(port=cluster_port(), tmpdir=d, extra_args=[
+                    "--cluster-enabled", "yes",
+                    "--cluster-config-file", os.path.join(d, "nodes.conf"),
+                    "--cluster-node-timeout", str(node_timeout_ms)]))
+            argv = [os.environ.get("REDIS_CLI_BIN", "redis-cli"), "--cluster", "create"] + \
+                [f"127.0.0.1:{n.port}" for n in self.nodes] + \
+                ["--cluster-replicas", str(replicas), "--cluster-yes"]
+            out = subprocess.run(argv, capture_output=True, timeout=60 * SLOW)
+            if out.returncode != 0:
+                raise TestFailure(f"redis-cli --cluster create failed:\n{out.stdout.decode()}"
+                                  f"\n{out.stderr.decode()}")
+            wait_until(self._settled, 20 * SLOW, what="the cluster to agree (cluster_state:ok)")
+        except BaseException:
+            self.close()
+            raise
+
+    def _settled(self):
+        for n in self.running():
+            if b"cluster_state:ok" not in n.cmd("CLUSTER", "INFO"):
+                return False
+            if sum(e[1] - e[0] + 1 for e in n.cmd("CLUSTER", "SLOTS")) != 16384:
+                return False
+        return True
+
+    def directive(self, n=None):
+        return "redis_cluster " + " ".join(f"127.0.0.1:{r.port}" for r in self.nodes[:n])
+
+    def running(self):
+        return [n for n in self.nodes if n.running()]
+
+    def by_port(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def slot_map(self):
+        """{slot range (first, last): port of its primary}, as a running node says."""
+        for n in self.running():
+            try:
+                return {(e[0], e[1]): e[2][1] for e in n.cmd("CLUSTER", "SLOTS")}
+            except (OSError, RedisError):
+                continue
+        return {}
+
+    def owner(self, slot):
+        for (first, last), port in self.slot_map().items():
+            if first <= slot <= last:
+                return self.by_port(port)
+        return None
+
+    def primaries(self):
+        ports = set(self.slot_map().values())
+        return [n for n in self.nodes if n.port in ports]
+
+    def node_id(self, node):
+        return node.cmd("CLUSTER", "MYID").decode()
+
+    def get(self, key):
+        """GET key from the primary of its slot."""
+        return self.owner(key_slot(key)).cmd("GET", key)
+
+    def close(self):
+        for n in self.nodes:
+            n.close()
+
+
 def retrying_client(proxies, rnd, stop, stats, lock):
     """A client as SDKs are (tests that kill things under load): fresh keys
     one after another at random proxies; each is retried (503, 409
@@ -1049,7 +1165,7 @@ class Proxy:
             if depth == 0 and name and name != "route":
                 overridden.add(name)
             depth += line.count("{") - line.count("}")
-        if "redis_sentinel" in overridden:  # names the store in place of redis
+        if overridden & {"redis_sentinel", "redis_cluster"}:  # name the store in place of redis
             overridden.add("redis")
         base = [line for line in self.base_config() if _directive_name(line) not in overridden]
         return "\n".join(["# generated by tests/e2e/harness.py"] + base + extra_lines) + "\n"

@@ -1059,24 +1059,43 @@ END_TEST
 
 START_TEST(test_record_key)
 {
-    char *k = policy_record_key("idem:", "-", NULL, "abc");
+    char *k = policy_record_key("idem:", "-", NULL, "abc", false);
     ck_assert_str_eq(k, "idem:-:abc");
     free(k);
-    k = policy_record_key("p/", "ba7816bf8f01cfea414140de5dae2223", NULL, "a:b c");
+    k = policy_record_key("p/", "ba7816bf8f01cfea414140de5dae2223", NULL, "a:b c", false);
     ck_assert_str_eq(k, "p/ba7816bf8f01cfea414140de5dae2223:a:b c");
     free(k);
-    k = policy_record_key("", "-", NULL, "k");
+    k = policy_record_key("", "-", NULL, "k", false);
     ck_assert_str_eq(k, "-:k");
     free(k);
     /* key_namespace route: the route's hash between scope and key */
-    k = policy_record_key("idem:", "-", "/webhooks/stripe", "evt_1");
-    char *g = policy_record_key("idem:", "-", "", "evt_1");
+    k = policy_record_key("idem:", "-", "/webhooks/stripe", "evt_1", false);
+    char *g = policy_record_key("idem:", "-", "", "evt_1", false);
     ck_assert_int_eq((int)strlen(k), (int)strlen("idem:-:r0123456789abcdef:evt_1"));
     ck_assert_int_eq(strncmp(k, "idem:-:r", 8), 0);
     ck_assert_str_ne(k, g);
     ck_assert_str_eq(k + strlen(k) - 6, ":evt_1");
     free(k);
     free(g);
+}
+END_TEST
+
+/* redis_cluster: a hash tag around scope and key, shared by the token key */
+START_TEST(test_record_key_tagged)
+{
+    char *k = policy_record_key("idem:", "-", NULL, "abc", true);
+    ck_assert_str_eq(k, "idem:{-:abc}");
+    free(k);
+    k = policy_record_key("idem:", "ab12", "/webhooks", "tok", true);
+    ck_assert_int_eq(strncmp(k, "idem:r", 6), 0);
+    ck_assert_str_eq(k + strlen("idem:r0123456789abcdef:"), "{ab12:tok}");
+    free(k);
+    k = policy_token_key("idem:", "ab12", "tok", true);
+    ck_assert_str_eq(k, "idem:token:{ab12:tok}");
+    free(k);
+    k = policy_token_key("idem:", "ab12", "tok", false);
+    ck_assert_str_eq(k, "idem:token:ab12:tok");
+    free(k);
 }
 END_TEST
 
@@ -1126,6 +1145,7 @@ static Suite *policy_suite(void)
 
     tc = tcase_create("record_key");
     tcase_add_test(tc, test_record_key);
+    tcase_add_test(tc, test_record_key_tagged);
     suite_add_tcase(s, tc);
 
     return s;
