@@ -1303,8 +1303,8 @@ static void check_store(struct parser *ps)
     size_t first = ARRAY_LEN(names); /* the one named first in the file */
     for (size_t i = 0; i < ARRAY_LEN(names); i++) {
         int line = ps->global_seen[directive_index(names[i])];
-        if (line != 0 && (first == ARRAY_LEN(names) ||
-                          line < ps->global_seen[directive_index(names[first])]))
+        if (line != 0 &&
+            (first == ARRAY_LEN(names) || line < ps->global_seen[directive_index(names[first])]))
             first = i;
     }
     for (size_t i = 0; i < ARRAY_LEN(names) && first < ARRAY_LEN(names); i++) {

@@ -151,7 +151,7 @@ struct thread_state {
     uint64_t redis_errors;
     uint64_t redis_failovers;
     uint64_t redis_redirections[2]; /* moved, ask */
-    uint64_t redis_shortfalls[2]; /* claims, completions */
+    uint64_t redis_shortfalls[2];   /* claims, completions */
     uint64_t lease_losses;
     uint64_t folded[MAX_FOLDED]; /* route="other", by outcome * NCLASSES + class */
     size_t nnamed;               /* named[0..nnamed) are published */

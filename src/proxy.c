@@ -938,8 +938,8 @@ static void issue_token(struct exchange *ex)
     request_view(ex, &v);
     policy_scope(ex->policy, &v, ex->scope);
     ex->key = xstrdup(token);
-    ex->token_key = policy_token_key(ex->cfg->key_prefix, ex->scope, token,
-                                     ex->cfg->ncluster_seeds > 0);
+    ex->token_key =
+        policy_token_key(ex->cfg->key_prefix, ex->scope, token, ex->cfg->ncluster_seeds > 0);
     ex->store_ops++;
     store_new_token(ex->store, ex->token_key, ex->cfg->token_ttl_ms, on_token_stored, ex);
 }

@@ -403,8 +403,8 @@ static void say_moves(const struct store *st, const int16_t *before)
         return;
     const struct cluster_node *from = before[example] >= 0 ? &m->nodes[before[example]] : NULL;
     const struct cluster_node *to = m->owner[example] >= 0 ? &m->nodes[m->owner[example]] : NULL;
-    log_warn("redis cluster: %d slots changed primary (slot %d: %s%s%s -> %s%s%s)", moved,
-             example, from ? from->ip : "none", from ? ":" : "", from ? from->port : "",
+    log_warn("redis cluster: %d slots changed primary (slot %d: %s%s%s -> %s%s%s)", moved, example,
+             from ? from->ip : "none", from ? ":" : "", from ? from->port : "",
              to ? to->ip : "none", to ? ":" : "", to ? to->port : "");
 }
 
@@ -594,7 +594,8 @@ static void take_settings(struct store *st, const struct config *cfg)
     st->timeout_ms = cfg->redis_timeout_ms;
     st->min_replicas = cfg->redis_min_replicas;
     st->min_replicas_timeout_ms = cfg->redis_min_replicas_timeout_ms;
-    if (cfg->sentinel_master != NULL || cfg->ncluster_seeds > 0) { /* the sentinels or the cluster will say */
+    if (cfg->sentinel_master != NULL ||
+        cfg->ncluster_seeds > 0) { /* the sentinels or the cluster will say */
         free(st->host);
         free(st->ip);
         free(st->port);

@@ -315,11 +315,12 @@ static void arm_replicas_probe(struct store *st)
     evtimer_add(st->replicas_timer, &tv);
 }
 
-/* A claim reached too few replicas: claims fail at once (and /readyz says
- * 503) until a probe's WAIT says enough replicas have the connection's
- * writes again. Said once per outage. */
-static void replicas_short(struct store *st)
+/* A claim reached too few replicas (on link l): claims fail at once (and
+ * /readyz says 503) until a probe's WAIT on that link says enough replicas
+ * have its writes again. Said once per outage. */
+static void replicas_short(struct store *st, struct link *l)
 {
+    st->short_link = l;
     if (st->replicas_short)
         return;
     log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get 503 "
@@ -357,7 +358,9 @@ void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store *st = arg;
-    struct link *l = store_ready_link(st);
+    struct link *l = st->short_link;
+    if (l == NULL || l->state != LINK_READY)
+        l = store_ready_link(st);
     if (l == NULL || l->wait_sent != NULL ||
         redis_conn_command(l->ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
                            (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
@@ -410,7 +413,7 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
             op->answered = true;
             orphan_add(st, op); /* given back (owner-checked) at once */
             orphans_release_soon(st);
-            replicas_short(st);
+            replicas_short(st, op->link);
             op->on_claim(op->arg, &res, NULL);
         }
     } else if (op->script == SCRIPT_COMPLETE && op->applied && counted && !enough) {

@@ -98,9 +98,9 @@ struct store_op {
     char *claim_token_key;
     bool answered;
     bool resent_as_eval;
-    int replies_due;      /* commands sent whose callbacks have not run: freed at 0 */
-    bool confirm_pending; /* claimed: answered once the WAIT after it says enough replicas */
-    bool applied;         /* an owner-checked change was made */
+    int replies_due;        /* commands sent whose callbacks have not run: freed at 0 */
+    bool confirm_pending;   /* claimed: answered once the WAIT after it says enough replicas */
+    bool applied;           /* an owner-checked change was made */
     struct op_queue *queue; /* the queue it waits in, or NULL */
     struct store_op *next_queued;
     struct link *link;                /* the link it waits for or went out on, or NULL */
@@ -144,6 +144,7 @@ struct store {
      * then claims fail at once instead of each waiting WAIT's timeout (which
      * would hold up every command behind it), and /readyz says 503. */
     bool replicas_short;
+    struct link *short_link; /* the link whose WAIT came up short (probed first) */
     struct event *replicas_timer;
     struct link cmd;
     struct link sub;

@@ -574,6 +574,7 @@ class RedisCluster:
 
     def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000):
         self.nodes = []
+        self.replicas = replicas
         try:
             for i in range((1 + replicas) * primaries):
                 d = os.path.join(tmpdir, f"n{i}")
@@ -600,7 +601,8 @@ class RedisCluster:
                 return False
             if sum(e[1] - e[0] + 1 for e in n.cmd("CLUSTER", "SLOTS")) != 16384:
                 return False
-        return True
+        return all(p.cmd("INFO", "replication").count(b"state=online") >= self.replicas
+                   for p in self.primaries())
 
     def directive(self, n=None):
         return "redis_cluster " + " ".join(f"127.0.0.1:{r.port}" for r in self.nodes[:n])
@@ -640,6 +642,37 @@ class RedisCluster:
     def close(self):
         for n in self.nodes:
             n.close()
+
+
+def failover_config(store, admin_port):
+    """The settings of the failover tests: store names Redis (a
+    redis_sentinel or redis_cluster line); claims confirmed by a replica; a
+    short redis_timeout; leases that outlast the window; /readyz on admin_port."""
+    return (f"{store}\nredis_min_replicas 1 200ms\nredis_timeout 700ms\n"
+            f"lock_ttl 10s\nupstream_timeout 8s\nadmin_listen 127.0.0.1:{admin_port}")
+
+
+def recording_client(post, new_key, statuses, keys, lock, stop, tries=200):
+    """A client through a failover: fresh keys (new_key()) one after
+    another, each POSTed (post(key)) until it gets a 201 or stop is set;
+    every answer's status goes to statuses (under lock): the code, "conflict"
+    or another problem code for a 409, "conn" when the connection failed."""
+    while not stop.is_set():
+        key = new_key()
+        with lock:
+            keys.append(key)
+        for _ in range(tries):
+            try:
+                r = post(key)
+            except OSError:
+                code = "conn"
+            else:
+                code = r.status if r.status != 409 else problem(r).get("code")
+            with lock:
+                statuses.append(code)
+            if code == 201 or stop.is_set():
+                break
+            time.sleep(0.05)
 
 
 def retrying_client(proxies, rnd, stop, stats, lock):

@@ -9,15 +9,15 @@ each needs its port + 10000 free for the cluster bus.
 """
 import os
 import random
-import signal
 import subprocess
 import tempfile
 import threading
 import time
 import uuid
 
-from harness import (SLOW, Env, Proxy, RedisCluster, alone, background, key_slot, problem,
-                     request, retrying_client, run_idemproxy, wait_until)
+from harness import (SLOW, Env, Proxy, RedisCluster, alone, background, failover_config,
+                     free_port, key_slot, recording_client, request, retrying_client,
+                     run_idemproxy, wait_until)
 
 
 def new_key():
@@ -52,7 +52,6 @@ def test_keys_spread_over_every_primary_and_replay():
     with Env(proxy=False, redis=False, extra_config="") as env:
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"))
         try:
-            from harness import free_port
             admin_port = free_port()
             proxy = env.start_proxy(f"{cluster.directive(1)}\nadmin_listen 127.0.0.1:{admin_port}\n"
                                     "token_endpoint /idem/token\n"
@@ -90,7 +89,7 @@ def test_keys_spread_over_every_primary_and_replay():
             assert "redis cluster: slot map from 127.0.0.1:" in proxy.error_log()
             proxy.stop()
         finally:
-            cluster.close()
+            stop_all(env, None, cluster)
 
 
 def test_cluster_configuration_errors():
@@ -127,3 +126,221 @@ def test_cluster_configuration_errors():
             f.write("upstream http://127.0.0.1:9\nredis_cluster 127.0.0.1:7000 localhost:7001\n")
         code, _, err = run_idemproxy(["-t", "-c", ok])
         assert code == 0, err
+
+
+def key_in_slot(slot, avoid=()):
+    """A new idempotency key whose record lands in slot."""
+    while True:
+        k = new_key()
+        if key_slot(rkey(k)) == slot and k not in avoid:
+            return k
+
+
+def start_clients(proxies, stats, lock, stop, n, seed):
+    rnd = random.Random(seed)
+    threads = [threading.Thread(target=retrying_client,
+                                args=(proxies, random.Random(rnd.random()), stop, stats, lock),
+                                daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    return threads
+
+
+def new_stats():
+    return {"keys": [], "done": 0, "unknown": 0, "gave_up": 0, "different_body": 0,
+            "replayed": 0}
+
+
+def stop_all(env, b, cluster):
+    """The instances first (their logs are checked), then the cluster."""
+    for p in (b, env.proxy):
+        if p is not None:
+            p.close()
+    cluster.close()
+
+
+def second_instance(env, cfg, name="b"):
+    d = os.path.join(env.tmp, name)
+    os.makedirs(d, exist_ok=True)
+    return Proxy(env.upstream_port, env.redis_port, cfg, tmpdir=d)
+
+
+@alone
+def test_resharding_under_traffic_executes_nothing_twice():
+    """A slot migrated by hand (a new key in it is claimed on the importing
+    node after -ASK, and found there by -MOVED once the slot has moved), then
+    2000 slots resharded by redis-cli while retrying clients send keyed POSTs
+    through two instances: every key answered 201 replays, none executed
+    twice, and /metrics counts both kinds of redirection."""
+    admin = free_port()
+    with Env(proxy=False, redis=False) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"))
+        b = None
+        try:
+            cfg = f"{cluster.directive()}\nadmin_listen 127.0.0.1:{admin}\nlock_ttl 20s\n" \
+                  "upstream_timeout 10s"
+            env.start_proxy(cfg)
+            b = second_instance(env, cluster.directive())
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200")
+            src, dst = cluster.primaries()[:2]
+            src_id, dst_id = cluster.node_id(src), cluster.node_id(dst)
+            slot = next(s for s in range(16384) if cluster.owner(s) is src
+                        and src.cmd("CLUSTER", "COUNTKEYSINSLOT", s) == 0)
+            dst.cmd("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+            src.cmd("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+            k = key_in_slot(slot)
+            first = env.post("/orders", key=k)
+            assert first.status == 201, first
+            # claimed on the importing node (the source never had it)
+            assert dst.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+            assert src.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+            assert metric(admin, 'idemproxy_redis_redirections_total{kind="ask"}') >= 1
+            for node in (dst, src):
+                node.cmd("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+            r = env.post("/orders", key=k)
+            assert replays(r, first), r
+            assert metric(admin, 'idemproxy_redis_redirections_total{kind="moved"}') >= 1
+            assert env.upstream.count(k) == 1
+
+            stats, lock, stop = new_stats(), threading.Lock(), threading.Event()
+            owned_by_src = {s for s in range(16384) if cluster.owner(s) is src}
+            threads = start_clients([env.proxy, b], stats, lock, stop, 6, 14)
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            moved_before = metric(admin, 'idemproxy_redis_redirections_total{kind="moved"}')
+            ask_before = metric(admin, 'idemproxy_redis_redirections_total{kind="ask"}')
+            out = subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{src.port}",
+                                  "--cluster-from", src_id, "--cluster-to", dst_id,
+                                  "--cluster-slots", "2000", "--cluster-yes"],
+                                 capture_output=True, timeout=60 * SLOW)
+            assert out.returncode == 0, out.stdout.decode()[-2000:] + out.stderr.decode()
+            reshard_s = time.monotonic() - t0
+            time.sleep(1.0)
+            stop.set()
+            for t in threads:
+                t.join(30 * SLOW)
+            done = [k for k in stats["keys"]]
+            twice = [k for k in done if env.upstream.count(k) > 1]
+            assert not twice, f"executed twice: {twice[:10]}"
+            assert stats["different_body"] == 0 and stats["done"] > 20, stats
+            # the clients saw each 201 replayed; after the resharding, every key that
+            # executed is still a stored answer, on the primary its slot has now
+            answered = [k for k in done if env.upstream.count(k) == 1]
+            lost = [k for k in answered
+                    if (cluster.owner(key_slot(rkey(k))).key_state(rkey(k)) or {}).get("state")
+                    != "done"]
+            assert not lost, f"answered, but no stored answer after the resharding: {lost[:10]}"
+            # and replays: a request of the same key with another body is told it differs
+            for k in answered[:40]:
+                r = b.request("POST", "/charges", {"Idempotency-Key": k}, b"{}")
+                assert r.status == 422, (k, r)
+            moved = metric(admin, 'idemproxy_redis_redirections_total{kind="moved"}')
+            ask = metric(admin, 'idemproxy_redis_redirections_total{kind="ask"}')
+            print(f"resharding ({reshard_s:.1f}s): {len(done)} keys, {stats['done']} done, "
+                  f"moved {moved_before:.0f} -> {moved:.0f}, ask {ask_before:.0f} -> {ask:.0f}")
+            assert moved + ask > moved_before + ask_before, "no redirection during the resharding"
+            # a new key in a slot that moved: claimed, stored and replayed on its new primary
+            moved_slot = next(s for s in sorted(owned_by_src) if cluster.owner(s) is dst)
+            k = key_in_slot(moved_slot)
+            first = b.request("POST", "/orders", {"Idempotency-Key": k}, b"{}")
+            assert first.status == 201, first
+            assert replays(env.post("/orders", key=k), first)
+            assert dst.key_state(rkey(k))["state"] == "done"
+        finally:
+            stop_all(env, b, cluster)
+
+
+@alone
+def test_waiting_duplicate_wakes_across_instances_and_shards():
+    """on_inflight wait: a duplicate parked on instance B, whose pub/sub link
+    is on another node than the key's primary, wakes when the first attempt
+    completes on instance A (PUBLISH reaches every node over the cluster
+    bus) and gets the replay long before its wait would have run out."""
+    wait = "on_inflight wait 8s"
+    with Env(proxy=False, redis=False) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"))
+        b = None
+        try:
+            env.start_proxy(f"{cluster.directive()}\n{wait}")
+            sub_node = cluster.nodes[0]  # B's only seed: its pub/sub link is there
+            b = second_instance(env, f"redis_cluster 127.0.0.1:{sub_node.port}\n{wait}")
+            wait_until(lambda: "redis pubsub 127.0.0.1:%d: connected" % sub_node.port
+                       in b.error_log(), 10 * SLOW, what="B's pub/sub link")
+            other = next(p for p in cluster.primaries() if p is not sub_node)
+            slot = next(s for s in range(16384) if cluster.owner(s) is other)
+            key = key_in_slot(slot)
+            first = background(env.post, "/orders", key=key, headers={"X-Test-Delay": "1500"},
+                               timeout=15)
+            wait_until(lambda: env.upstream.count(key) == 1, 5, what="the first at the upstream")
+            t0 = time.monotonic()
+            dup = background(b.request, "POST", "/orders", {"Idempotency-Key": key}, b"{}",
+                             timeout=15)
+            wait_until(lambda: other.key_state(rkey(key))["waiting"], 5,
+                       what="the duplicate marked waiting")
+            r1 = first.result(15)
+            r2 = dup.result(15)
+            elapsed = time.monotonic() - t0
+            assert r1.status == 201 and replays(r2, r1), (r1, r2)
+            assert elapsed < 4, f"the duplicate waited {elapsed:.1f}s: not woken"
+            assert env.upstream.count(key) == 1
+        finally:
+            stop_all(env, b, cluster)
+
+
+@alone
+def test_primary_killed_replica_promoted_keeps_the_promise():
+    """A primary SIGKILLed under retrying clients (redis_min_replicas 1, one
+    replica per primary, cluster-node-timeout 1 s): the cluster promotes its
+    replica, idemproxy follows the new slot map; meanwhile only 201, 503
+    and 409 conflict are answered, nothing executes twice, a key stored on
+    that shard before replays after, and /readyz is 200 again."""
+    admin = free_port()
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), replicas=1)
+        try:
+            proxy = env.start_proxy(failover_config(cluster.directive(), admin))
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200")
+            victim = cluster.primaries()[0]
+            slot = next(s for s in range(16384) if cluster.owner(s) is victim)
+            stored = key_in_slot(slot)
+            before = env.post("/orders", key=stored, body=b'{"n":1}')
+            assert before.status == 201, before
+
+            statuses, keys, lock, stop = [], [], threading.Lock(), threading.Event()
+
+            def client():
+                recording_client(lambda k: env.post("/orders", key=k, timeout=5), new_key,
+                                 statuses, keys, lock, stop, tries=300)
+
+            threads = [threading.Thread(target=client, daemon=True) for _ in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.5)
+            victim.kill()
+            wait_until(lambda: cluster.owner(slot) not in (None, victim), 20 * SLOW,
+                       what="the replica promoted")
+            new_primary = cluster.owner(slot)
+            victim.start()  # back, as a replica of the new primary: claims have a replica again
+            wait_until(lambda: b"state=online" in new_primary.cmd("INFO", "replication"),
+                       20 * SLOW, what="the old primary in sync as the new one's replica")
+            wait_until(lambda: env.post("/orders", key=key_in_slot(slot)).status == 201,
+                       15 * SLOW, what="new keys on that shard executing again")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 15 * SLOW,
+                       what="/readyz 200 on the new map")
+            time.sleep(0.5)
+            stop.set()
+            for t in threads:
+                t.join(30)
+            unexpected = [c for c in statuses if c not in (201, 503, "conflict")]
+            assert not unexpected, f"answers other than 201/503/409 conflict: {unexpected[:20]}"
+            twice = [k for k in keys if env.upstream.count(k) > 1]
+            assert not twice, f"executed twice: {twice}"
+            assert 503 in statuses, "the failover window was not seen"
+            r = env.post("/orders", key=stored, body=b'{"n":1}')
+            assert replays(r, before), r
+            assert "redis cluster:" in proxy.error_log() and "changed primary" in proxy.error_log()
+            proxy.stop()
+        finally:
+            stop_all(env, None, cluster)

@@ -12,7 +12,7 @@ import time
 import uuid
 
 from harness import (alone, SLOW, Env, Redis, SentinelSet, assert_problem, background, free_port,
-                     parallel, problem, request, wait_until)
+                     failover_config, parallel, recording_client, request, wait_until)
 
 
 def new_key():
@@ -40,9 +40,7 @@ def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
         # two replicas: after the failover one is left to confirm claims
         sentinels = SentinelSet(os.path.join(env.tmp, "redis"), replicas=2)
         try:
-            cfg = (f"{sentinels.directive()}\nredis_min_replicas 1 200ms\nredis_timeout 700ms\n"
-                   f"lock_ttl 10s\nupstream_timeout 8s\nadmin_listen 127.0.0.1:{admin}")
-            proxy = env.start_proxy(cfg)
+            proxy = env.start_proxy(failover_config(sentinels.directive(), admin))
             first_primary = sentinels.primary_port()
             wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 5 * SLOW,
                        what="/readyz 200 on the sentinels' primary")
@@ -59,22 +57,8 @@ def test_sentinel_finds_the_primary_and_a_failover_keeps_the_promise():
             statuses, keys, lock, stop = [], [], threading.Lock(), threading.Event()
 
             def client():
-                while not stop.is_set():
-                    key = new_key()
-                    with lock:
-                        keys.append(key)
-                    for _ in range(200):
-                        try:
-                            r = env.post("/orders", key=key, timeout=5)
-                        except OSError:
-                            code = "conn"
-                        else:
-                            code = r.status if r.status != 409 else problem(r).get("code")
-                        with lock:
-                            statuses.append(code)
-                        if code == 201 or stop.is_set():
-                            break
-                        time.sleep(0.05)
+                recording_client(lambda k: env.post("/orders", key=k, timeout=5), new_key,
+                                 statuses, keys, lock, stop)
 
             readyz = []
 

@@ -107,24 +107,25 @@ START_TEST(test_redirections)
 {
     unsigned slot = 0;
     char host[64], port[8];
-    ck_assert_int_eq(cluster_parse_redirect("MOVED 3999 127.0.0.1:6381", &slot, host,
-                                            sizeof(host), port, sizeof(port)),
+    ck_assert_int_eq(cluster_parse_redirect("MOVED 3999 127.0.0.1:6381", &slot, host, sizeof(host),
+                                            port, sizeof(port)),
                      CLUSTER_REDIRECT_MOVED);
     ck_assert_uint_eq(slot, 3999);
     ck_assert_str_eq(host, "127.0.0.1");
     ck_assert_str_eq(port, "6381");
-    ck_assert_int_eq(cluster_parse_redirect("ASK 16383 ::1:7002", &slot, host, sizeof(host), port,
-                                            sizeof(port)),
-                     CLUSTER_REDIRECT_ASK);
+    ck_assert_int_eq(
+        cluster_parse_redirect("ASK 16383 ::1:7002", &slot, host, sizeof(host), port, sizeof(port)),
+        CLUSTER_REDIRECT_ASK);
     ck_assert_uint_eq(slot, 16383);
     ck_assert_str_eq(host, "::1");
     ck_assert_str_eq(port, "7002");
-    ck_assert_int_eq(cluster_parse_redirect("MOVED 1 :7000", &slot, host, sizeof(host), port,
-                                            sizeof(port)),
-                     CLUSTER_REDIRECT_MOVED);
+    ck_assert_int_eq(
+        cluster_parse_redirect("MOVED 1 :7000", &slot, host, sizeof(host), port, sizeof(port)),
+        CLUSTER_REDIRECT_MOVED);
     ck_assert_str_eq(host, "");
-    const char *bad[] = {"MOVED 16384 a:1", "MOVED x a:1", "MOVED 1 a", "ASK 1 a:", "ASK 1 a:1x",
-                         "CLUSTERDOWN The cluster is down", "TRYAGAIN", "MOVED"};
+    const char *bad[] = {"MOVED 16384 a:1", "MOVED x a:1", "MOVED 1 a",
+                         "ASK 1 a:",        "ASK 1 a:1x",  "CLUSTERDOWN The cluster is down",
+                         "TRYAGAIN",        "MOVED"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         ck_assert_msg(cluster_parse_redirect(bad[i], &slot, host, sizeof(host), port,
                                              sizeof(port)) == CLUSTER_REDIRECT_NONE,
