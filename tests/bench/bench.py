@@ -39,11 +39,13 @@ and nginx `worker_processes`), BENCH_CONNECTIONS ["50 500"], BENCH_THREADS [2],
 BENCH_IDLE_CONNS [10000] (0 skips the memory step), BENCH_OUT
 [build/bench-results.md], REDIS_BIN [redis-server], NGINX_BIN [nginx],
 WRK_BIN [wrk], BENCH_KEEP_TMP [0] (1 keeps the temporary directory),
-BENCH_SCENARIOS ["get post unique replay replicated sealed tls"] (a subset runs
+BENCH_SCENARIOS ["get post unique replay replicated sealed cluster tls"] (a subset runs
 only those; "replicated": unique keys through a second idemproxy with
 `redis_min_replicas 1 50ms`, on a second Redis with one replica; "sealed":
 unique keys and replays through a third idemproxy with
-`record_encryption_key_file`, on the same Redis),
+`record_encryption_key_file`, on the same Redis; "cluster": unique keys and
+replays through a fourth idemproxy with `redis_cluster`, on a Redis Cluster of
+three primaries; REDIS_CLI_BIN [redis-cli] creates it),
 BENCH_TLS_CONNECTIONS ["50"], BENCH_TLS_DURATION [8, at most BENCH_DURATION],
 BENCH_TLS_FULL_CLIENTS [4], BENCH_ONLY [] ("tls": only the TLS rows, no
 idle-connection step, no plain proxies; the same as BENCH_SCENARIOS=tls
@@ -93,7 +95,7 @@ PACED_REPLAY = "POST replay, paced"
 PACED_CONNECTIONS = int(env("BENCH_PACED_CONNECTIONS", "10"))
 PACED_DELAY_MS = int(env("BENCH_PACED_DELAY_MS", "3"))
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
-SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated sealed tls").replace(
+SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated sealed cluster tls").replace(
     ",", " ").split()
 TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
 TLS_DURATION = int(env("BENCH_TLS_DURATION", str(min(DURATION, 8))))
@@ -105,13 +107,16 @@ if ONLY == "tls":
     IDLE_CONNS = 0
 elif ONLY:
     raise SystemExit(f"bench: BENCH_ONLY={ONLY!r}: only \"tls\" is known")
-PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated", "sealed")
+PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated", "sealed", "cluster")
 # The replicated row: a second idemproxy with redis_min_replicas 1, on a
 # second Redis with one replica of its own.
 REPLICATED = "POST unique key, redis_min_replicas 1"
 # The sealed rows: a third idemproxy with record_encryption_key_file.
 SEALED_UNIQUE = "POST unique key, sealed records"
 SEALED_REPLAY = "POST replay, sealed records"
+# The cluster rows: a fourth idemproxy with redis_cluster, on three primaries.
+CLUSTER_UNIQUE = "POST unique key, 3-primary cluster"
+CLUSTER_REPLAY = "POST replay, 3-primary cluster"
 BODY = b'{"amount":100}'
 
 
@@ -255,7 +260,12 @@ def redis_cmd(port, *args):
 
 def redis_info(port, section):
     """INFO SECTION as text."""
-    msg = f"*2\r\n$4\r\nINFO\r\n${len(section)}\r\n{section}\r\n".encode()
+    return redis_bulk(port, "INFO", section)
+
+
+def redis_bulk(port, *args):
+    """A command whose reply is one bulk string (INFO, CLUSTER INFO), as text."""
+    msg = (f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(msg)
         data = b""
@@ -270,13 +280,56 @@ def redis_info(port, section):
     return data.decode(errors="replace")
 
 
-def redis_commandstats(port):
-    """INFO commandstats as {command: (calls, usec)}."""
+def redis_commandstats(ports):
+    """INFO commandstats as {command: (calls, usec)}, summed over ports."""
     out = {}
-    for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)",
-                         redis_info(port, "commandstats")):
-        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    for port in ports:
+        for m in re.finditer(r"cmdstat_([a-z|_]+):calls=(\d+),usec=(\d+)",
+                             redis_info(port, "commandstats")):
+            calls, usec = out.get(m.group(1), (0, 0))
+            out[m.group(1)] = (calls + int(m.group(2)), usec + int(m.group(3)))
     return out
+
+
+def redis_dbsize(ports):
+    return sum(int(redis_cmd(port, "DBSIZE")[1:]) for port in ports)
+
+
+def start_cluster(procs, redis, tmp, n=3):
+    """n primaries (no replicas) joined by redis-cli --cluster create; their ports."""
+    ports = []
+    while len(ports) < n:
+        port = free_port()
+        if port + 10000 > 65535 or port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))  # the cluster bus
+            except OSError:
+                continue
+        d = os.path.join(tmp, f"cluster-{port}")
+        os.makedirs(d)
+        procs.start(f"redis (cluster node {len(ports) + 1})",
+                    [redis, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                     "--appendonly", "no", "--dir", d, "--daemonize", "no",
+                     "--cluster-enabled", "yes", "--cluster-config-file", f"{d}/nodes.conf",
+                     "--logfile", os.path.join(d, "redis.log")],
+                    os.path.join(d, "redis.out"), port)
+        ports.append(port)
+    cli = find_bin(env("REDIS_CLI_BIN", "redis-cli"))
+    if not cli:
+        raise BenchError("redis-cli not found (apt-get install redis-tools)")
+    cp = subprocess.run([cli, "--cluster", "create"] + [f"127.0.0.1:{p}" for p in ports] +
+                        ["--cluster-replicas", "0", "--cluster-yes"],
+                        capture_output=True, text=True, timeout=60)
+    if cp.returncode != 0:
+        raise BenchError(f"redis-cli --cluster create failed:\n{cp.stdout}{cp.stderr}")
+    deadline = time.monotonic() + 20
+    while not all("cluster_state:ok" in redis_bulk(p, "CLUSTER", "INFO") for p in ports):
+        if time.monotonic() > deadline:
+            raise BenchError("the cluster did not reach cluster_state:ok")
+        time.sleep(0.1)
+    return ports
 
 
 def commandstats_per_request(before, after, requests):
@@ -614,6 +667,8 @@ def main():
         idem_seal_port = None
         rep_redis_port = idem_rep_port = None
         rep_procs = {}
+        idem_cl = idem_cl_port = None
+        cl_ports = []
         idem_port = px_port = idem_tls_port = ngx_tls_port = None
         idem_log = os.path.join(tmp, "idemproxy.log")
         idem_tls_log = os.path.join(tmp, "idemproxy-tls.log")
@@ -678,6 +733,21 @@ def main():
                 idem_seal = procs.start("idemproxy (sealed records)",
                                         [IDEMPROXY_BIN, "-c", conf],
                                         os.path.join(tmp, "idemproxy-sealed.out"), idem_seal_port)
+            if "cluster" in SCENARIOS:
+                cl_ports = start_cluster(procs, redis, tmp)
+                idem_cl_port = free_port()
+                os.makedirs(tmp + "/cluster")
+                conf = render("idemproxy.conf.in", os.path.join(tmp, "idemproxy-cluster.conf"),
+                              DIR=tmp + "/cluster", PORT=idem_cl_port, UPSTREAM_PORT=up_port,
+                              REDIS_PORT=redis_port, WORKERS=WORKERS)
+                with open(conf) as f:
+                    text = f.read().replace(f"redis 127.0.0.1:{redis_port}\n",
+                                            "redis_cluster " + " ".join(
+                                                f"127.0.0.1:{p}" for p in cl_ports) + "\n")
+                with open(conf, "w") as f:
+                    f.write(text)
+                idem_cl = procs.start("idemproxy (redis_cluster)", [IDEMPROXY_BIN, "-c", conf],
+                                      os.path.join(tmp, "idemproxy-cluster.out"), idem_cl_port)
             say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
                 f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
 
@@ -799,6 +869,10 @@ def main():
              CONNECTIONS),
             (SEALED_REPLAY, "/orders", "post_replay.lua", (), False, "sealed", False,
              CONNECTIONS),
+            (CLUSTER_UNIQUE, "/orders", "post_unique.lua", (), False, "cluster", False,
+             CONNECTIONS),
+            (CLUSTER_REPLAY, "/orders", "post_replay.lua", (), False, "cluster", False,
+             CONNECTIONS),
             (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
              (), True, "tls", True, [TLS_FULL_CLIENTS]),
             ("TLS handshakes, wrk (Connection: close)", "/get", None, ("Connection: close",),
@@ -823,11 +897,13 @@ def main():
                         key = f"bench-replay-{run_id}-c{conns}"
                         extra["BENCH_REPLAY_KEY"] = key + ("-paced" if name == PACED_REPLAY
                                                            else "-sealed" if name == SEALED_REPLAY
-                                                           else "")
+                                                           else "-cluster"
+                                                           if name == CLUSTER_REPLAY else "")
                         key = extra["BENCH_REPLAY_KEY"]
                         hdr = {"Content-Type": "application/json", "Idempotency-Key": key}
-                        st, h, _ = http(idem_seal_port if name == SEALED_REPLAY else idem_port,
-                                        "POST", "/orders", hdr, BODY)
+                        st, h, _ = http(idem_seal_port if name == SEALED_REPLAY
+                                        else idem_cl_port if name == CLUSTER_REPLAY
+                                        else idem_port, "POST", "/orders", hdr, BODY)
                         if st != 201 or "idempotent-replayed" in h:
                             problems.append(f"replay warm-up answered {st} {h}")
                     row = {}
@@ -841,6 +917,9 @@ def main():
                     elif name in (SEALED_UNIQUE, SEALED_REPLAY):
                         targets = [("idem", "http", idem_seal_port, idem_seal,
                                     os.path.join(tmp, "sealed", "idemproxy.log"))]
+                    elif name in (CLUSTER_UNIQUE, CLUSTER_REPLAY):
+                        targets = [("idem", "http", idem_cl_port, idem_cl,
+                                    os.path.join(tmp, "cluster", "idemproxy.log"))]
                     else:
                         targets = [("idem", "http", idem_port, idem, idem_log)]
                         if with_nginx:
@@ -853,9 +932,11 @@ def main():
                         cpu0 = cpu_seconds(pids)
                         # Where the machine's CPU went (idemproxy's plain rows): the
                         # proxy, Redis, the upstream and wrk share the same cores.
-                        redis_pid = rep_procs[rep_redis_port].pid if name == REPLICATED \
-                            else redis_proc.pid
-                        others = [("redis", [redis_pid]),
+                        cluster_row = name in (CLUSTER_UNIQUE, CLUSTER_REPLAY)
+                        redis_pids = [rep_procs[rep_redis_port].pid] if name == REPLICATED \
+                            else [p.pid for n, p in procs.procs if n.startswith("redis (cluster")] \
+                            if cluster_row else [redis_proc.pid]
+                        others = [("redis", redis_pids),
                                   ("upstream", proc_tree(upstream_proc.pid))]
                         others0 = {k: cpu_seconds(v) for k, v in others}
                         children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -863,11 +944,12 @@ def main():
                             f"{'idemproxy' if tname == 'idem' else 'nginx'}: "
                             f"{TLS_DURATION if tls else DURATION}s")
                         keys_before = None
-                        stats_port = rep_redis_port if name == REPLICATED else redis_port
-                        stats0 = redis_commandstats(stats_port) if tname == "idem" and not tls \
+                        stats_ports = [rep_redis_port] if name == REPLICATED else cl_ports \
+                            if cluster_row else [redis_port]
+                        stats0 = redis_commandstats(stats_ports) if tname == "idem" and not tls \
                             else None
                         if script == "post_unique.lua" and tname == "idem":
-                            keys_before = int(redis_cmd(stats_port, "DBSIZE")[1:])
+                            keys_before = redis_dbsize(stats_ports)
                         if script == "s_time":
                             r = run_s_time(openssl, port, conns, TLS_DURATION, wrk_log)
                         else:
@@ -882,14 +964,14 @@ def main():
                                            for k, v in others}
                             if stats0 is not None:
                                 r["redis_cmds"] = commandstats_per_request(
-                                    stats0, redis_commandstats(stats_port), r["requests"])
+                                    stats0, redis_commandstats(stats_ports), r["requests"])
                             r["budget"]["load generator"] = (
                                 children1.ru_utime + children1.ru_stime
                                 - children0.ru_utime - children0.ru_stime) * 1e6 / r["requests"]
                         say(f"  {f_rps(r['rps'])} req/s, p50 {f_ms(r['p50'])}, "
                             f"p99 {f_ms(r['p99'])}, non-2xx {f_err(r)}")
                         if keys_before is not None and r["requests"] is not None:
-                            stored = int(redis_cmd(stats_port, "DBSIZE")[1:]) - keys_before
+                            stored = redis_dbsize(stats_ports) - keys_before
                             ok_2xx = r["requests"] - r["non2xx"]
                             unique_2xx += ok_2xx
                             r["keys_stored"] = stored
