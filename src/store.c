@@ -1,7 +1,16 @@
 /*
- * store.c - a store: one Redis target (fixed, or the primary the sentinels
- * name: store_sentinel.c), its two connections and its life. The operations
- * that go out on them are store_ops.c's; what they say is store_keys.c's.
+ * store.c - a store: one Redis target (fixed, the primary the sentinels
+ * name: store_sentinel.c, or a Redis Cluster: store_cluster.c), its
+ * connections and its life. The operations that go out on them are
+ * store_ops.c's; what they say is store_keys.c's.
+ *
+ * With a cluster, `cmd` is replaced by one command link per node of the slot
+ * map (node_links, made when first needed, connected on first use and for
+ * every primary once a map is read); the map comes from CLUSTER SLOTS on any
+ * ready node link, asked at start, after -MOVED, -CLUSTERDOWN or a node link's
+ * failure (cluster_refresh: one in flight, one per 100 ms). `sub` subscribes on
+ * any one node (the next after a failure): the cluster bus carries every
+ * PUBLISH to every node.
  *
  * Connections: two redis_conns ("links"; TCP, unix or TLS). `cmd` runs the
  * operations; `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting

@@ -1,10 +1,11 @@
 /*
  * store_ops.c - the store's operations: one state change of a key each
- * (store.h's store_claim, store_complete, ...), what it sends on the cmd
- * link (formatted once, RESP), how its replies are read and when it goes out
- * again in another form (op_next_step), its timeouts, the WAIT batches of
- * redis_min_replicas, and the claims left behind (orphans). store.c owns
- * the links these go out on.
+ * (store.h's store_claim, store_complete, ...), what it sends on a command
+ * link (formatted once, RESP; with a cluster, the link of its key's slot's
+ * primary: op_route), how its replies are read and when it goes out again
+ * in another form (op_next_step) or elsewhere (op_redirect: -MOVED, -ASK),
+ * its timeouts, the WAIT batches of redis_min_replicas (one per link), and
+ * the claims left behind (orphans). store.c owns the links these go out on.
  *
  *   store_claim() --op_new/op_start--> [pending while connecting] --op_send-->
  *       on_reply --op_next_step?--> op_send again (NOSCRIPT, slow path, legacy)
