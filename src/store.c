@@ -120,17 +120,19 @@ static void link_schedule_reconnect(struct link *l)
     l->ac = NULL;
     if (st->sentinel != NULL) /* it may have moved */
         sentinel_rediscover(st->sentinel);
+    /* The timer first: the refresh below may try every node, this one too,
+     * and must find its reconnect already scheduled. */
+    if (link_needed(l)) {
+        struct timeval tv = {(time_t)(l->backoff_ms / 1000),
+                             (suseconds_t)(l->backoff_ms % 1000) * 1000};
+        evtimer_add(l->reconnect_timer, &tv);
+        l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+    }
     if (st->cluster != NULL) { /* slots may have moved; the sub link tries another node */
         if (!l->cmd)
             st->sub_node++;
         cluster_refresh(st);
     }
-    if (!link_needed(l))
-        return;
-    struct timeval tv = {(time_t)(l->backoff_ms / 1000),
-                         (suseconds_t)(l->backoff_ms % 1000) * 1000};
-    evtimer_add(l->reconnect_timer, &tv);
-    l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
 }
 
 static const char *link_where(const struct link *l)
@@ -392,7 +394,8 @@ struct link *node_link(struct store *st, int node)
         struct link *l = xcalloc(1, sizeof(*l));
         link_init(st, l, "redis", true, NULL);
         l->node = st->nnode_links;
-        st->node_links = xrealloc(st->node_links, (size_t)(st->nnode_links + 1) * sizeof(*l));
+        st->node_links =
+            xrealloc(st->node_links, (size_t)(st->nnode_links + 1) * sizeof(*st->node_links));
         st->node_links[st->nnode_links++] = l;
     }
     return st->node_links[node];
@@ -433,6 +436,7 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
     if (l != NULL && reply != NULL &&
         cluster_map_load(st->cluster, reply, st->cluster->nodes[l->node].ip, err, sizeof(err)) ==
             IDEM_OK) {
+        st->map_error_said = false;
         if (first)
             log_info("redis cluster: slot map from %s: %s", l->where,
                      cluster_map_covered(st->cluster) ? "every slot has a primary"
@@ -445,7 +449,14 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
         publish_ready(st);
         queue_send(&st->unrouted);
     } else {
-        log_warn("redis cluster: no slot map from %s: %s", l != NULL ? l->where : "a node", err);
+        /* once per outage: asked again every 100 ms meanwhile */
+        if (!st->map_error_said)
+            log_warn("redis cluster: no slot map from %s: %s", l != NULL ? l->where : "a node",
+                     err);
+        else
+            log_debug("redis cluster: no slot map from %s: %s", l != NULL ? l->where : "a node",
+                      err);
+        st->map_error_said = true;
         st->refresh_again = true;
     }
     free(before);
@@ -481,8 +492,12 @@ void cluster_refresh(struct store *st)
     struct link *l = store_ready_link(st);
     if (l == NULL) { /* the first node link to be ready asks (on_link_ready) */
         st->refresh_again = true;
+        if (st->connecting_nodes) /* a connect that failed at once brought us back here */
+            return;
+        st->connecting_nodes = true;
         for (int i = 0; i < st->cluster->nnodes; i++)
             link_use(node_link(st, i));
+        st->connecting_nodes = false;
         return;
     }
     if (redis_conn_command(l->ac, on_cluster_slots, st, "CLUSTER SLOTS") != IDEM_OK)
@@ -838,7 +853,7 @@ static void answer_queued(struct op_queue *q)
         op->queue = NULL;
         evtimer_del(op->timer);
         op_answer_error(op, "the store is shutting down");
-        op_free(op);
+        op_maybe_free(op); /* a redirected op may still be in a sent WAIT batch */
     }
     q->tail = &q->head;
 }

@@ -370,7 +370,7 @@ void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
 
 /* Frees op once it has been answered and no reply is due (hiredis keeps
  * its pointer until then). */
-static void op_maybe_free(struct store_op *op)
+void op_maybe_free(struct store_op *op)
 {
     if (op->replies_due == 0 && op->answered)
         op_free(op);
@@ -459,7 +459,13 @@ void on_wait_reply(struct redis_conn *ac, void *reply, void *privdata)
     for (int i = 0; i < b->n; i++) {
         struct store_op *op = b->ops[i];
         op->replies_due--;
-        op_wait_result(op, reply);
+        /* Only the WAIT after its latest write speaks for it: a claim
+         * redirected (MOVED, ASK) after joining one node's batch is decided
+         * by the replicas of the node that took it. */
+        if (op->wait_for == b) {
+            op->wait_for = NULL;
+            op_wait_result(op, reply);
+        }
         op_maybe_free(op);
     }
     free(b->ops);
@@ -501,6 +507,7 @@ static void op_join_wait(struct store_op *op)
     }
     b->ops[b->n++] = op;
     op->replies_due++;
+    op->wait_for = b;
 }
 
 /* A failover under way: this server takes no writes (a demoted primary, a
@@ -758,8 +765,13 @@ static void op_send(struct store_op *op)
             bytes_add(cmd, op->args.p, op->args.len);
         }
     }
-    if (op->ask_to != NULL) /* the target takes the slot it is importing for one command */
-        redis_conn_command(l->ac, on_asking_reply, NULL, "ASKING");
+    /* the target takes the slot it is importing for one command */
+    if (op->ask_to != NULL &&
+        redis_conn_command(l->ac, on_asking_reply, NULL, "ASKING") != IDEM_OK) {
+        op->ask_to = NULL;
+        op_fail_later(op);
+        return;
+    }
     op->ask_to = NULL;
     if (redis_conn_send(l->ac, on_reply, op, cmd->p, cmd->len) != IDEM_OK) {
         op_fail_later(op);

@@ -98,10 +98,11 @@ struct store_op {
     char *claim_token_key;
     bool answered;
     bool resent_as_eval;
-    int replies_due;        /* commands sent whose callbacks have not run: freed at 0 */
-    bool confirm_pending;   /* claimed: answered once the WAIT after it says enough replicas */
-    bool applied;           /* an owner-checked change was made */
-    struct op_queue *queue; /* the queue it waits in, or NULL */
+    int replies_due;             /* commands sent whose callbacks have not run: freed at 0 */
+    bool confirm_pending;        /* claimed: answered once the WAIT after it says enough replicas */
+    struct wait_batch *wait_for; /* the batch of its latest write: only its WAIT decides */
+    bool applied;                /* an owner-checked change was made */
+    struct op_queue *queue;      /* the queue it waits in, or NULL */
     struct store_op *next_queued;
     struct link *link;                /* the link it waits for or went out on, or NULL */
     const struct redis_conn *sent_on; /* the connection its command went out on */
@@ -177,6 +178,8 @@ struct store {
     struct event *refresh_timer;
     bool refresh_inflight; /* a CLUSTER SLOTS is out */
     bool refresh_again;    /* and the map changed since it went */
+    bool connecting_nodes; /* cluster_refresh is trying every node: not again from within */
+    bool map_error_said;   /* "no slot map" said since the last map read */
     uint64_t refreshed_at_ms;
     int sub_node; /* the node the sub link tries (the next one after a failure) */
     bool closing; /* store_free runs: replies answered NULL change nothing */
@@ -209,6 +212,8 @@ void queue_fail(struct op_queue *q);
 void op_answer_error(struct store_op *op, const char *error);
 /* store_ops.c */
 void op_free(struct store_op *op);
+/* op_free once answered and no reply is due. */
+void op_maybe_free(struct store_op *op);
 /* store_ops.c */
 void orphan_free(struct orphan *o);
 /* store_ops.c */

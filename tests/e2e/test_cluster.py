@@ -53,7 +53,11 @@ def test_keys_spread_over_every_primary_and_replay():
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"))
         try:
             admin_port = free_port()
+            token_path = os.path.join(env.tmp, "admin.token")
+            with open(os.open(token_path, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+                f.write("cluster-admin-token\n")
             proxy = env.start_proxy(f"{cluster.directive(1)}\nadmin_listen 127.0.0.1:{admin_port}\n"
+                                    f"admin_token_file {token_path}\n"
                                     "token_endpoint /idem/token\n"
                                     "route /forms { require_token on }")
             wait_until(lambda: request(admin_port, "GET", "/readyz").status == 200, 10 * SLOW,
@@ -87,6 +91,15 @@ def test_keys_spread_over_every_primary_and_replay():
             assert cluster.get(f"idem:token:{{-:{token}}}") is None
             assert cluster.owner(key_slot(rkey(token))).key_state(rkey(token))["state"] == "done"
             assert "redis cluster: slot map from 127.0.0.1:" in proxy.error_log()
+            # the keys admin API finds a key on its shard and frees it there
+            auth = {"Authorization": "Bearer cluster-admin-token"}
+            shown = request(admin_port, "GET", f"/keys/{keys[0]}", auth)
+            assert shown.status == 200 and shown.json()["state"] == "done", shown
+            assert shown.json()["redis_key"] == rkey(keys[0]), shown.json()
+            assert request(admin_port, "DELETE", f"/keys/{keys[0]}", auth).status == 200
+            assert cluster.owner(key_slot(rkey(keys[0]))).key_state(rkey(keys[0])) is None
+            assert env.post("/orders", key=keys[0], body=b'{"k":"x"}').status == 201
+            assert env.upstream.count(keys[0]) == 2
             proxy.stop()
         finally:
             stop_all(env, None, cluster)
