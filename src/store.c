@@ -427,8 +427,10 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
     struct store *st = privdata;
     struct link *l = link_of(ac);
     st->refresh_inflight = false;
+    st->refresh_link = NULL;
     if (st->closing)
         return;
+    evtimer_del(st->refresh_deadline);
     char err[256] = "connection lost";
     int16_t *before = xmalloc(sizeof(st->cluster->owner));
     memcpy(before, st->cluster->owner, sizeof(st->cluster->owner));
@@ -504,6 +506,21 @@ void cluster_refresh(struct store *st)
         return; /* the link is ending: its end asks again */
     st->refresh_inflight = true;
     st->refreshed_at_ms = now_monotonic_ms();
+    /* No operation waits on this command to time it out: without a deadline
+     * a node that stops answering would keep the map as it is for good. */
+    st->refresh_link = l;
+    struct timeval tv = {(time_t)(st->timeout_ms / 1000),
+                         (suseconds_t)(st->timeout_ms % 1000) * 1000};
+    evtimer_add(st->refresh_deadline, &tv);
+}
+
+static void on_refresh_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct store *st = arg;
+    if (st->refresh_inflight && st->refresh_link != NULL && st->refresh_link->ac != NULL)
+        link_drop(st->refresh_link, "CLUSTER SLOTS timed out (redis_timeout)");
 }
 
 /* ---- waiting duplicates ------------------------------------------------- */
@@ -700,6 +717,7 @@ static void cluster_start(struct store *st, const struct config *cfg)
     st->cluster = xmalloc(sizeof(*st->cluster));
     cluster_map_init(st->cluster);
     st->refresh_timer = evtimer_new(st->base, on_refresh_timer, st);
+    st->refresh_deadline = evtimer_new(st->base, on_refresh_deadline, st);
     for (int i = 0; i < cfg->ncluster_seeds; i++) {
         const struct redis_addr *a = &cfg->cluster_seeds[i];
         cluster_map_node(st->cluster, a->ip ? a->ip : a->host, a->port, a->host);
@@ -892,6 +910,7 @@ static void store_free(struct store *st)
     free(st->node_links);
     if (st->cluster != NULL) {
         event_free(st->refresh_timer);
+        event_free(st->refresh_deadline);
         cluster_map_free(st->cluster);
         free(st->cluster);
     }

@@ -176,8 +176,10 @@ struct store {
     int nnode_links;
     struct op_queue unrouted; /* operations waiting for the first slot map */
     struct event *refresh_timer;
-    bool refresh_inflight; /* a CLUSTER SLOTS is out */
-    bool refresh_again;    /* and the map changed since it went */
+    struct event *refresh_deadline; /* redis_timeout after a CLUSTER SLOTS went out */
+    struct link *refresh_link;      /* the link it went out on */
+    bool refresh_inflight;          /* a CLUSTER SLOTS is out */
+    bool refresh_again;             /* and the map changed since it went */
     bool connecting_nodes; /* cluster_refresh is trying every node: not again from within */
     bool map_error_said;   /* "no slot map" said since the last map read */
     uint64_t refreshed_at_ms;

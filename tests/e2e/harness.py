@@ -398,11 +398,16 @@ class Redis:
 
 
 def redis_tls_args(tls):
-    """redis-server arguments for TLS with tls=dict(cert, key, ca[, auth_clients])."""
-    return ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"],
+    """redis-server arguments for TLS with tls=dict(cert, key, ca[, auth_clients,
+    client_cert, client_key])."""
+    args = ["--tls-cert-file", tls["cert"], "--tls-key-file", tls["key"],
             "--tls-ca-cert-file", tls["ca"],
             "--tls-auth-clients", "yes" if tls.get("auth_clients") else "no",
             "--tls-replication", "yes"]
+    if tls.get("client_cert"):  # what this server shows when it connects (cluster bus)
+        args += ["--tls-client-cert-file", tls["client_cert"],
+                 "--tls-client-key-file", tls["client_key"]]
+    return args
 
 
 class Sentinel:
@@ -570,19 +575,25 @@ class RedisCluster:
     create; stopped by PID (close).
 
         c = RedisCluster(tmp); c.directive() -> "redis_cluster 127.0.0.1:A ..."
-        c.owner(slot) -> the Redis that serves it; c.primaries() -> [Redis]"""
+        c.owner(slot) -> the Redis that serves it; c.primaries() -> [Redis]
 
-    def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000):
+    tls=dict(cert, key, ca) (as Redis takes it): every node also has a TLS
+    port, the cluster bus speaks TLS, and directive() names the TLS ports
+    (a client on TLS is told TLS ports by CLUSTER SLOTS)."""
+
+    def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000, tls=None):
         self.nodes = []
         self.replicas = replicas
+        self.tls = tls
         try:
             for i in range((1 + replicas) * primaries):
                 d = os.path.join(tmpdir, f"n{i}")
                 os.makedirs(d, exist_ok=True)
-                self.nodes.append(Redis(port=cluster_port(), tmpdir=d, extra_args=[
+                self.nodes.append(Redis(port=cluster_port(), tmpdir=d, tls=tls, extra_args=[
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", os.path.join(d, "nodes.conf"),
-                    "--cluster-node-timeout", str(node_timeout_ms)]))
+                    "--cluster-node-timeout", str(node_timeout_ms)] +
+                    (["--tls-cluster", "yes"] if tls else [])))
             argv = [os.environ.get("REDIS_CLI_BIN", "redis-cli"), "--cluster", "create"] + \
                 [f"127.0.0.1:{n.port}" for n in self.nodes] + \
                 ["--cluster-replicas", str(replicas), "--cluster-yes"]
@@ -605,7 +616,8 @@ class RedisCluster:
                    for p in self.primaries())
 
     def directive(self, n=None):
-        return "redis_cluster " + " ".join(f"127.0.0.1:{r.port}" for r in self.nodes[:n])
+        return "redis_cluster " + " ".join(
+            f"127.0.0.1:{r.tls_port if self.tls else r.port}" for r in self.nodes[:n])
 
     def running(self):
         return [n for n in self.nodes if n.running()]

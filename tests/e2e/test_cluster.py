@@ -357,3 +357,46 @@ def test_primary_killed_replica_promoted_keeps_the_promise():
             proxy.stop()
         finally:
             stop_all(env, None, cluster)
+
+
+@alone
+def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
+    """Seeds and the nodes learned from CLUSTER SLOTS are reached over TLS and
+    verified (their certificates name 127.0.0.1); keys land on every primary
+    and replay. An instance without the CA reaches none of them: 503."""
+    from certs import certs
+    c = certs()
+    tls = {"cert": c.server, "key": c.server_key, "ca": c.ca,
+           "client_cert": c.client, "client_key": c.client_key}  # the bus is mutual TLS
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), tls=tls)
+        b = None
+        try:
+            admin = free_port()
+            env.start_proxy(f"{cluster.directive(1)}\nredis_tls on\nredis_tls_ca {c.ca}\n"
+                            f"admin_listen 127.0.0.1:{admin}")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 over TLS")
+            keys = [new_key() for _ in range(30)]
+            for k in keys:
+                assert env.post("/orders", key=k, body=b"{}").status == 201
+            for k in keys:
+                r = env.post("/orders", key=k, body=b"{}")
+                assert r.header("Idempotent-Replayed") == "true", r
+                assert env.upstream.count(k) == 1
+            counts = [p.cmd("DBSIZE") for p in cluster.primaries()]
+            assert len(counts) == 3 and all(n > 0 for n in counts), counts
+            tls_ports = {str(n.tls_port) for n in cluster.nodes}
+            log = env.proxy.error_log()
+            learned = [p for p in tls_ports if f"127.0.0.1:{p}: connected" in log]
+            assert len(learned) == 3, (tls_ports, log[-800:])
+            # without the cluster's CA nothing verifies: fail closed
+            b = second_instance(env, f"{cluster.directive(1)}\nredis_tls on\n"
+                                     f"redis_tls_ca {c.other_ca}",
+                                name="untrusted")
+            b.expect_errors = True
+            r = request(b.port, "POST", "/orders", [("Idempotency-Key", new_key())], b"{}")
+            assert r.status == 503, r
+            assert "certificate verify failed" in b.error_log()
+        finally:
+            stop_all(env, b, cluster)
