@@ -400,3 +400,46 @@ def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
             assert "certificate verify failed" in b.error_log()
         finally:
             stop_all(env, b, cluster)
+
+
+@alone
+def test_a_frozen_primary_fails_only_its_slots_and_recovers():
+    """One primary SIGSTOPped: keys of its slots answer 503 (redis_timeout),
+    nothing is executed for them; keys of the other primaries are served
+    meanwhile; after SIGCONT every key works again, and what was answered 201
+    replays."""
+    import signal as sig
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"))
+        try:
+            admin = free_port()
+            env.start_proxy(f"{cluster.directive()}\nredis_timeout 300ms\n"
+                            f"admin_listen 127.0.0.1:{admin}")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200")
+            frozen = cluster.primaries()[0]
+            keys = [new_key() for _ in range(30)]
+            on_frozen = [k for k in keys if cluster.owner(key_slot(rkey(k))).port == frozen.port]
+            others = [k for k in keys if k not in on_frozen]
+            assert on_frozen and others
+            frozen.proc.send_signal(sig.SIGSTOP)
+            try:
+                answers = {k: env.post("/orders", key=k, body=b"{}", timeout=10) for k in keys}
+            finally:
+                frozen.proc.send_signal(sig.SIGCONT)
+            for k in on_frozen:
+                assert answers[k].status == 503, (k, answers[k])
+                assert env.upstream.count(k) == 0, k
+            for k in others:
+                assert answers[k].status == 201, (k, answers[k])
+
+            def all_served():
+                return all(env.post("/orders", key=k, body=b"{}").status == 201
+                           for k in on_frozen[:1])
+            wait_until(all_served, 10 * SLOW, interval=0.2, what="the thawed primary served")
+            for k in keys:
+                r = env.post("/orders", key=k, body=b"{}")
+                assert r.status == 201, (k, r)
+                assert env.upstream.count(k) == 1, k
+        finally:
+            stop_all(env, None, cluster)
