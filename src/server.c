@@ -46,6 +46,7 @@
 #include "http.h"
 #include "log.h"
 #include "proxy.h"
+#include "sockread.h"
 #include "target.h"
 #include "tls.h"
 #include "tunnel.h"
@@ -62,7 +63,8 @@ enum framing { FRAME_NONE, FRAME_LENGTH, FRAME_CHUNKED, FRAME_CLOSE };
 struct client {
     struct server *srv;
     struct bufferevent *bev;
-    struct flush_link *flush; /* plain sockets: bev written first-hand */
+    struct flush_link *flush;   /* plain sockets: bev written first-hand */
+    struct sock_reader *reader; /* and read first-hand */
     struct event *timer;
     struct event *resume; /* deferred: parse what is buffered after a response */
     enum client_state state;
@@ -144,7 +146,7 @@ static void client_set_state(struct client *c, enum client_state next)
     switch (next) {
     case CLIENT_IDLE:
         /* Reading may have been paused for a slow upstream during the last body. */
-        bufferevent_enable(c->bev, EV_READ);
+        client_set_reading(c, true);
         arm_timer(c, cfg->idle_timeout_ms);
         break;
     case CLIENT_HEAD: arm_timer(c, cfg->client_header_timeout_ms); break;
@@ -171,7 +173,7 @@ static void client_close(struct client *c)
 static void client_close_after_flush(struct client *c)
 {
     client_set_state(c, CLIENT_CLOSING);
-    bufferevent_disable(c->bev, EV_READ);
+    client_set_reading(c, false);
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
         client_close(c);
 }
@@ -335,8 +337,10 @@ uint64_t client_switch_protocols(struct client *c, const struct header_list *hea
     /* The connection stays counted (max_connections, drain) as a tunnel. */
     srv->rt->clients++;
     process_clients++;
-    flush_detach(c->flush); /* the tunnel writes with libevent */
+    flush_detach(c->flush); /* the tunnel reads and writes with libevent */
     c->flush = NULL;
+    sock_reader_detach(c->reader);
+    c->reader = NULL;
     tunnel_new(c->bev, upstream, slot, srv->rt->cfg->idle_timeout_ms, c->peer, &srv->tunnels,
                on_tunnel_end, srv);
     c->bev = NULL;
@@ -367,7 +371,9 @@ bool client_congested(const struct client *c)
 
 void client_set_reading(struct client *c, bool reading)
 {
-    if (reading)
+    if (c->reader != NULL)
+        sock_reader_set(c->reader, reading);
+    else if (reading)
         bufferevent_enable(c->bev, EV_READ);
     else
         bufferevent_disable(c->bev, EV_READ);
@@ -694,6 +700,7 @@ static void client_free(struct client *c)
     event_free(c->timer);
     event_free(c->resume);
     flush_detach(c->flush);
+    sock_reader_detach(c->reader);
     if (c->bev) /* NULL once a tunnel took it */
         bufferevent_free(c->bev);
     free(c);
@@ -831,10 +838,15 @@ static void admit(struct server *srv, int fd, const struct sockaddr *sa, bool tl
     uint64_t send_ms = rt->cfg->client_send_timeout_ms;
     struct timeval send_tv = {(time_t)(send_ms / 1000), (suseconds_t)(send_ms % 1000) * 1000};
     bufferevent_set_timeouts(c->bev, NULL, &send_tv);
-    if (!c->tls)
+    if (!c->tls) {
         c->flush = flush_attach(rt->flusher, c->bev);
-    /* Attached, EV_WRITE is the flusher's: enabled only while bytes wait. */
-    bufferevent_enable(c->bev, c->flush ? EV_READ : EV_READ | EV_WRITE);
+        c->reader =
+            sock_reader_attach(c->bev, CLIENT_READ_HIGH_WATER, on_client_read, on_client_event, c);
+    }
+    /* Attached, EV_WRITE is the flusher's (enabled only while bytes wait)
+     * and EV_READ the reader's. */
+    if (c->reader == NULL)
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->next = srv->clients;
     if (srv->clients)
         srv->clients->prev = c;
