@@ -7,6 +7,7 @@
  *                                      0:     on_event(EOF | READING)
  *                                      error: on_event(ERROR | READING)
  *   input drained below high water --> reading again, if wanted
+ *   nothing read for the read timeout --> on_event(TIMEOUT | READING)
  *
  * A callback may free the connection (and detach the reader): nothing here
  * touches the reader after calling one.
@@ -30,7 +31,9 @@ struct sock_reader {
     struct evbuffer *in;
     struct evbuffer_cb_entry *drained;
     size_t high_water;
-    bool wanted;    /* sock_reader_set(true) */
+    bool wanted; /* sock_reader_set(true) */
+    bool timed;  /* timeout holds a read timeout */
+    struct timeval timeout;
     bool suspended; /* input at the high-water mark */
     void (*on_read)(struct bufferevent *, void *);
     void (*on_event)(struct bufferevent *, short, void *);
@@ -40,15 +43,20 @@ struct sock_reader {
 static void update(struct sock_reader *r)
 {
     if (r->wanted && !r->suspended)
-        event_add(r->ev, NULL);
+        event_add(r->ev, r->timed ? &r->timeout : NULL);
     else
         event_del(r->ev);
 }
 
 static void on_readable(evutil_socket_t fd, short what, void *arg)
 {
-    (void)what;
     struct sock_reader *r = arg;
+    if (what & EV_TIMEOUT) {
+        r->wanted = false;
+        update(r);
+        r->on_event(r->bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, r->arg);
+        return;
+    }
     size_t room = READ_MAX;
     size_t held = evbuffer_get_length(r->in);
     if (r->high_water > 0 && r->high_water - held < room)
@@ -130,6 +138,23 @@ void sock_reader_set(struct sock_reader *r, bool reading)
 {
     r->wanted = reading;
     update(r);
+}
+
+void sock_reader_setcb(struct sock_reader *r, void (*on_read)(struct bufferevent *, void *),
+                       void (*on_event)(struct bufferevent *, short, void *), void *arg)
+{
+    r->on_read = on_read;
+    r->on_event = on_event;
+    r->arg = arg;
+}
+
+void sock_reader_set_timeout(struct sock_reader *r, const struct timeval *tv)
+{
+    r->timed = tv != NULL;
+    if (tv != NULL)
+        r->timeout = *tv;
+    if (r->wanted && !r->suspended)
+        update(r);
 }
 
 void sock_reader_detach(struct sock_reader *r)

@@ -43,6 +43,7 @@
 
 #include "flush.h"
 #include "log.h"
+#include "sockread.h"
 #include "tls.h"
 
 #define OUTPUT_HIGH_WATER (256 * 1024)
@@ -84,7 +85,8 @@ struct upstream_conn {
     struct upstream_pool *pool;
     struct server *server;
     struct bufferevent *bev;
-    struct flush_link *flush; /* bev's write-first link (plain sockets), moves with bev */
+    struct flush_link *flush;   /* bev's write-first link (plain sockets), moves with bev */
+    struct sock_reader *reader; /* and its first-hand reader, likewise */
     enum conn_state state;
     struct upstream_conn *idle_next;
     struct event *timer;    /* connect timeout, or the deferred ready of a pooled conn */
@@ -191,6 +193,16 @@ static void idle_conn_lost(struct upstream_conn *c, const char *why)
     try_connect(c);
 }
 
+/* The socket's callbacks: the bufferevent's, and the reader's for what it
+ * reads on a plain socket (sockread.h). */
+static void set_read_callbacks(struct upstream_conn *c, bufferevent_data_cb on_read,
+                               bufferevent_data_cb on_write, bufferevent_event_cb on_event)
+{
+    bufferevent_setcb(c->bev, on_read, on_write, on_event, c);
+    if (c->reader != NULL)
+        sock_reader_setcb(c->reader, on_read, on_event, c);
+}
+
 static void on_idle_event(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
@@ -232,11 +244,16 @@ static void conn_release(struct upstream_conn *c, bool keep_alive)
     c->idle_next = c->server->idle;
     c->server->idle = c;
     c->server->nidle++;
-    bufferevent_setcb(bev, on_idle_read, NULL, on_idle_event, c);
     struct timeval tv = {(time_t)(pool->idle_timeout_ms / 1000),
                          (suseconds_t)(pool->idle_timeout_ms % 1000) * 1000};
-    bufferevent_set_timeouts(bev, &tv, NULL);
-    bufferevent_enable(bev, EV_READ);
+    set_read_callbacks(c, on_idle_read, NULL, on_idle_event);
+    if (c->reader != NULL) {
+        sock_reader_set_timeout(c->reader, &tv);
+        sock_reader_set(c->reader, true);
+    } else {
+        bufferevent_set_timeouts(bev, &tv, NULL);
+        bufferevent_enable(bev, EV_READ);
+    }
 }
 
 /* ---- active connection -------------------------------------------------- */
@@ -281,6 +298,8 @@ static void hand_over_switched(struct upstream_conn *c)
     c->bev = NULL; /* the socket, and its count in server->open, move to the owner */
     flush_detach(c->flush);
     c->flush = NULL;
+    sock_reader_detach(c->reader); /* the tunnel reads with libevent */
+    c->reader = NULL;
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     conn_free(c);
     ev->on_upgrade(owner, resp, bev, slot);
@@ -387,8 +406,11 @@ static void activate(struct upstream_conn *c)
 {
     c->state = CONN_ACTIVE;
     http_parser_init(&c->parser, HTTP_RESPONSE, c->pool->max_head, &response_callbacks, c);
-    bufferevent_setcb(c->bev, on_active_read, on_active_write, on_active_event, c);
-    bufferevent_set_timeouts(c->bev, NULL, NULL);
+    set_read_callbacks(c, on_active_read, on_active_write, on_active_event);
+    if (c->reader != NULL)
+        sock_reader_set_timeout(c->reader, NULL);
+    else
+        bufferevent_set_timeouts(c->bev, NULL, NULL);
     bufferevent_setwatermark(c->bev, EV_WRITE, OUTPUT_HIGH_WATER / 2, 0);
 }
 
@@ -446,8 +468,10 @@ static void on_connect_event(struct bufferevent *bev, short what, void *arg)
             log_info("upstream %s: reachable again", c->server->name);
             c->server->down_until_ms = 0;
         }
-        if (!c->server->tls)
+        if (!c->server->tls) {
             c->flush = flush_attach(c->pool->flusher, bev);
+            c->reader = sock_reader_attach(bev, 0, on_active_read, on_active_event, c);
+        }
         activate(c);
         c->ready(c->owner, c, NULL);
         return;
@@ -535,12 +559,17 @@ static void hand_over(struct upstream_conn *c)
     evtimer_del(w->timer);
     w->bev = c->bev;
     w->flush = c->flush;
+    w->reader = c->reader;
     w->server = s;
     w->state = CONN_IDLE;
     c->bev = NULL; /* the socket and its count move to w */
     c->flush = NULL;
-    bufferevent_setcb(w->bev, on_idle_read, NULL, on_idle_event, w);
-    bufferevent_enable(w->bev, EV_READ);
+    c->reader = NULL;
+    set_read_callbacks(w, on_idle_read, NULL, on_idle_event);
+    if (w->reader != NULL)
+        sock_reader_set(w->reader, true);
+    else
+        bufferevent_enable(w->bev, EV_READ);
     conn_free(c);
     evtimer_assign(w->timer, w->pool->base, on_pooled_ready, w);
     struct timeval zero = {0, 0};
@@ -554,6 +583,8 @@ static void drop_socket(struct upstream_conn *c)
         return;
     flush_detach(c->flush);
     c->flush = NULL;
+    sock_reader_detach(c->reader);
+    c->reader = NULL;
     bufferevent_free(c->bev);
     c->bev = NULL;
     c->server->open--;
@@ -654,8 +685,12 @@ struct evbuffer *upstream_conn_output(struct upstream_conn *c)
 void upstream_conn_expect_response(struct upstream_conn *c, int request_method)
 {
     c->request_method = request_method;
-    /* Attached, EV_WRITE is the flusher's: enabled only while bytes wait. */
-    bufferevent_enable(c->bev, c->flush ? EV_READ : EV_READ | EV_WRITE);
+    /* Attached, EV_WRITE is the flusher's (enabled only while bytes wait)
+     * and EV_READ the reader's. */
+    if (c->reader != NULL)
+        sock_reader_set(c->reader, true);
+    else
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
 void upstream_conn_request_done(struct upstream_conn *c)
@@ -665,7 +700,9 @@ void upstream_conn_request_done(struct upstream_conn *c)
 
 void upstream_conn_set_reading(struct upstream_conn *c, bool reading)
 {
-    if (reading)
+    if (c->reader != NULL)
+        sock_reader_set(c->reader, reading);
+    else if (reading)
         bufferevent_enable(c->bev, EV_READ);
     else
         bufferevent_disable(c->bev, EV_READ);
