@@ -1,10 +1,12 @@
 /*
  * config.c - the configuration file (SPEC §3): text in, struct config out.
  *
- * Owns the directive table, the block structure, the scalar and network
+ * Owns the directive table, the block structure, the scalar and secret-file
  * setters and the post-parse resolution. The syntax of the file is
- * config_lex.c's, the syntax of single values config_value.c's, and the
- * policy directives with compound values config_policy.c's. Pure except for
+ * config_lex.c's, the syntax of single values config_value.c's, the
+ * policy directives with compound values config_policy.c's, and the
+ * directives that name network places (listeners, upstreams, the Redis
+ * store) config_net.c's (through config_private.h). Pure except for
  * reads: config_load() reads the file, and the setters of directives that
  * name a secret's file (passwords, the admin token, record keys, webhook
  * secrets) read it, so that a bad one fails the check (-t) and the reload,
@@ -32,7 +34,7 @@
  * through on_error as "FILE:LINE: message" and parsing goes on, so one run
  * shows them all; a config is returned only when none was reported. Setters
  * return NULL or a short phrase (a literal, or one formatted into the
- * parser's msg buffer by phrase() or by config_policy.c); run_directive()
+ * parser's msg buffer by config_phrase() or by config_policy.c); run_directive()
  * adds "FILE:LINE: NAME: ".
  *
  * Ownership: struct config owns every string it points to, and each policy
@@ -42,7 +44,6 @@
  */
 #include "config.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -54,26 +55,15 @@
 
 #include "config_lex.h"
 #include "config_policy.h"
+#include "config_private.h"
 #include "config_value.h"
 #include "problem.h"
 #include "webhook.h"
 
 #define PASSWORD_MAX 1024
+#define ADMIN_TOKEN_MIN 16
 #define WORKERS_MAX 1024
 #define DEFAULT_ARGS_MAX 8
-
-struct parser;
-struct directive;
-
-/* One call of a setter: the directive, its arguments and where they go. */
-struct setting {
-    struct parser *ps;
-    const struct directive *d;
-    void *base;  /* struct config, or struct policy for D_POLICY rows */
-    void *field; /* base + d->offset */
-    int argc;    /* arguments after the directive name */
-    char **argv;
-};
 
 /* Returns NULL on success or a phrase describing what is wrong. */
 typedef const char *(*setter_fn)(struct setting *s);
@@ -103,15 +93,9 @@ struct directive {
     inherit_fn inherit;       /* NULL: copy `size` bytes at `offset` */
 };
 
-static const char *set_listen(struct setting *s);
-static const char *set_upstream(struct setting *s);
-static const char *set_redis(struct setting *s);
 static const char *set_password_file(struct setting *s);
 static const char *set_record_key_file(struct setting *s);
 static const char *set_verify(struct setting *s);
-static const char *set_redis_sentinel(struct setting *s);
-static const char *set_redis_cluster(struct setting *s);
-static const char *set_min_replicas(struct setting *s);
 static const char *set_duration(struct setting *s);
 static const char *set_size(struct setting *s);
 static const char *set_bool(struct setting *s);
@@ -125,7 +109,6 @@ static const char *set_count_or_off(struct setting *s);
 static const char *set_workers(struct setting *s);
 static const char *set_access_log(struct setting *s);
 static const char *set_error_log(struct setting *s);
-static const char *set_admin_listen(struct setting *s);
 static const char *set_token_endpoint(struct setting *s);
 static const char *set_tls_protocols(struct setting *s);
 static const char *set_server_name(struct setting *s);
@@ -135,7 +118,6 @@ static const char *set_scope(struct setting *s);
 static const char *set_fingerprint(struct setting *s);
 static const char *set_release_on(struct setting *s);
 static const char *set_on_inflight(struct setting *s);
-static const char *set_trusted_proxies(struct setting *s);
 static const char *set_error_body(struct setting *s);
 static const char *set_error_content_type(struct setting *s);
 
@@ -288,14 +270,13 @@ struct parser {
     int routes_cap;
     int cur_route;  /* index of the open route block, -1 at top level */
     int skip_depth; /* > 0 while inside a block that was rejected */
-    char msg[512];  /* phrase() output */
+    char msg[512];  /* config_phrase() output */
 };
 
-static const char *phrase(struct parser *ps, const char *fmt, ...) PRINTF_LIKE(2, 3);
 static void report(struct parser *ps, int line, const char *fmt, ...) PRINTF_LIKE(3, 4);
 
-/* Formats into ps->msg; the result lives until the next phrase(). */
-static const char *phrase(struct parser *ps, const char *fmt, ...)
+/* Formats into ps->msg; the result lives until the next config_phrase(). */
+const char *config_phrase(struct parser *ps, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -341,102 +322,13 @@ const char *config_directive_name(int i)
     return i >= 0 && (size_t)i < NDIRECTIVES ? directives[i].name : NULL;
 }
 
-/* ---- addresses ------------------------------------------------------- */
-
-/* A host name (letters, digits, '-', '.', '_') or, bracketed, an IPv6 address. */
-static bool valid_host(const char *host, bool bracketed)
-{
-    unsigned char addr[16];
-    if (bracketed)
-        return inet_pton(AF_INET6, host, addr) == 1;
-    for (const char *p = host; *p != '\0'; p++) {
-        unsigned char c = (unsigned char)*p;
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '-' || c == '.' || c == '_'))
-            return false;
-    }
-    return *host != '\0';
-}
-
-static bool valid_port(const char *s)
-{
-    int port;
-    return strlen(s) <= 5 && config_parse_int(s, 1, 65535, &port) == IDEM_OK;
-}
-
-/*
- * Splits "HOST:PORT" or "[IPV6]:PORT"; with default_port non-NULL the port
- * may be left out. On success *host (without brackets) and *port are
- * malloc'd for the caller; on failure nothing is allocated.
- */
-static const char *split_host_port(struct setting *s, const char *arg, const char *default_port,
-                                   char **host, char **port, bool *bracketed)
-{
-    const char *h = arg;
-    const char *port_str = default_port;
-    size_t hlen;
-
-    if (arg[0] == '[') {
-        const char *close = strchr(arg, ']');
-        if (close == NULL || (close[1] != ':' && (close[1] != '\0' || default_port == NULL)))
-            return phrase(s->ps, "expected [IPV6]:PORT, got \"%s\"", arg);
-        h = arg + 1;
-        hlen = (size_t)(close - h);
-        if (close[1] == ':')
-            port_str = close + 2;
-        *bracketed = true;
-    } else {
-        const char *colon = strrchr(arg, ':');
-        if (colon == NULL && default_port == NULL)
-            return phrase(s->ps, "expected HOST:PORT, got \"%s\"", arg);
-        hlen = colon != NULL ? (size_t)(colon - arg) : strlen(arg);
-        if (memchr(arg, ':', hlen) != NULL)
-            return phrase(s->ps, "IPv6 addresses go in brackets, like [::1]:8080, got \"%s\"", arg);
-        if (colon != NULL)
-            port_str = colon + 1;
-        *bracketed = false;
-    }
-    if (hlen == 0)
-        return phrase(s->ps, "missing host in \"%s\"", arg);
-    if (!valid_port(port_str))
-        return phrase(s->ps, "port must be 1..65535, got \"%s\"", port_str);
-    *host = xstrndup(h, hlen);
-    *port = xstrdup(port_str);
-    return NULL;
-}
-
-/* A listening address: numeric IPv4, or bracketed IPv6, and a port. */
-static const char *parse_listen_addr(struct setting *s, const char *arg, struct listen_addr *out)
-{
-    unsigned char addr[16];
-    bool bracketed = false;
-    char *host = NULL;
-    char *port = NULL;
-    const char *err = split_host_port(s, arg, NULL, &host, &port, &bracketed);
-    if (err != NULL)
-        return err;
-    if (inet_pton(bracketed ? AF_INET6 : AF_INET, host, addr) != 1) {
-        free(host);
-        free(port);
-        return phrase(s->ps,
-                      "expected a numeric address like 127.0.0.1:8080 or [::1]:8080, "
-                      "got \"%s\"",
-                      arg);
-    }
-    out->host = host;
-    out->port = port;
-    out->tls = false;
-    out->reuseport = false;
-    return NULL;
-}
-
 /* ---- setters --------------------------------------------------------- */
 
 static const char *set_duration(struct setting *s)
 {
     uint64_t ms;
     if (config_parse_duration(s->argv[0], &ms) != IDEM_OK)
-        return phrase(s->ps, "expected a duration like 30s, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a duration like 30s, got \"%s\"", s->argv[0]);
     if (ms == 0)
         return "must be greater than 0";
     *(uint64_t *)s->field = ms;
@@ -446,7 +338,8 @@ static const char *set_duration(struct setting *s)
 static const char *set_size(struct setting *s)
 {
     if (config_parse_size(s->argv[0], (size_t *)s->field) != IDEM_OK)
-        return phrase(s->ps, "expected a size like 512, 64k, 1m or 1g, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a size like 512, 64k, 1m or 1g, got \"%s\"",
+                             s->argv[0]);
     return NULL;
 }
 
@@ -457,7 +350,7 @@ static const char *set_bool(struct setting *s)
     else if (strcmp(s->argv[0], "off") == 0)
         *(bool *)s->field = false;
     else
-        return phrase(s->ps, "expected on or off, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected on or off, got \"%s\"", s->argv[0]);
     return NULL;
 }
 
@@ -494,7 +387,7 @@ static const char *set_string(struct setting *s)
 static const char *set_header_name(struct setting *s)
 {
     if (!config_valid_header_name(s->argv[0]))
-        return phrase(s->ps, "not a valid header name: \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "not a valid header name: \"%s\"", s->argv[0]);
     return set_string(s);
 }
 
@@ -503,7 +396,7 @@ static const char *set_url(struct setting *s)
 {
     const char *url = s->argv[0];
     if (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)
-        return phrase(s->ps, "expected an http:// or https:// URL, got \"%s\"", url);
+        return config_phrase(s->ps, "expected an http:// or https:// URL, got \"%s\"", url);
     for (const char *p = url; *p != '\0'; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f || strchr("<>\"", *p) != NULL)
             return "the URL must not contain blanks, quotes or angle brackets";
@@ -513,14 +406,14 @@ static const char *set_url(struct setting *s)
 static const char *set_uint(struct setting *s)
 {
     if (config_parse_int(s->argv[0], 0, INT32_MAX, s->field) != IDEM_OK)
-        return phrase(s->ps, "expected a number 0 or more, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a number 0 or more, got \"%s\"", s->argv[0]);
     return NULL;
 }
 
 static const char *set_count(struct setting *s)
 {
     if (config_parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
-        return phrase(s->ps, "expected a number 1 or more, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a number 1 or more, got \"%s\"", s->argv[0]);
     return NULL;
 }
 
@@ -532,7 +425,7 @@ static const char *set_count_or_off(struct setting *s)
         return NULL;
     }
     if (config_parse_int(s->argv[0], 1, INT32_MAX, s->field) != IDEM_OK)
-        return phrase(s->ps, "expected a number 1 or more, or off, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a number 1 or more, or off, got \"%s\"", s->argv[0]);
     return NULL;
 }
 
@@ -543,8 +436,8 @@ static const char *set_workers(struct setting *s)
         return NULL;
     }
     if (config_parse_int(s->argv[0], 0, WORKERS_MAX, s->field) != IDEM_OK)
-        return phrase(s->ps, "expected auto or a number 0..%d, got \"%s\"", WORKERS_MAX,
-                      s->argv[0]);
+        return config_phrase(s->ps, "expected auto or a number 0..%d, got \"%s\"", WORKERS_MAX,
+                             s->argv[0]);
     return NULL;
 }
 
@@ -558,7 +451,7 @@ static const char *set_access_log(struct setting *s)
 static const char *set_error_log(struct setting *s)
 {
     if (s->argv[0][0] == '\0' || strcmp(s->argv[0], "off") == 0)
-        return phrase(s->ps, "expected a path or stderr, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a path or stderr, got \"%s\"", s->argv[0]);
     return set_string(s);
 }
 
@@ -571,7 +464,8 @@ static const char *set_token_endpoint(struct setting *s)
         return NULL;
     }
     if (s->argv[0][0] != '/')
-        return phrase(s->ps, "expected a path starting with \"/\" or off, got \"%s\"", s->argv[0]);
+        return config_phrase(s->ps, "expected a path starting with \"/\" or off, got \"%s\"",
+                             s->argv[0]);
     return set_string(s);
 }
 
@@ -585,7 +479,7 @@ static const char *set_tls_protocols(struct setting *s)
         else if (strcmp(s->argv[i], "TLSv1.3") == 0)
             bits |= TLS_PROTO_13;
         else
-            return phrase(s->ps, "expected TLSv1.2 and/or TLSv1.3, got \"%s\"", s->argv[i]);
+            return config_phrase(s->ps, "expected TLSv1.2 and/or TLSv1.3, got \"%s\"", s->argv[i]);
     }
     *(unsigned *)s->field = bits;
     return NULL;
@@ -593,209 +487,10 @@ static const char *set_tls_protocols(struct setting *s)
 
 static const char *set_server_name(struct setting *s)
 {
-    if (!valid_host(s->argv[0], false))
-        return phrase(s->ps, "expected a host name, got \"%s\"", s->argv[0]);
+    if (!config_valid_host(s->argv[0], false))
+        return config_phrase(s->ps, "expected a host name, got \"%s\"", s->argv[0]);
     return set_string(s);
 }
-
-static const char *set_listen(struct setting *s)
-{
-    struct config *cfg = s->base;
-    struct listen_addr la;
-    const char *err;
-
-    bool tls = false;
-    bool reuseport = false;
-
-    for (int i = 1; i < s->argc; i++) {
-        bool *flag = strcmp(s->argv[i], "tls") == 0         ? &tls
-                     : strcmp(s->argv[i], "reuseport") == 0 ? &reuseport
-                                                            : NULL;
-        if (flag == NULL || *flag)
-            return phrase(s->ps,
-                          "unexpected parameter \"%s\" (expected tls or reuseport, once each)",
-                          s->argv[i]);
-        *flag = true;
-    }
-    if (cfg->nlistens == CONFIG_MAX_LISTEN)
-        return phrase(s->ps, "too many listen addresses (at most %d)", CONFIG_MAX_LISTEN);
-    err = parse_listen_addr(s, s->argv[0], &la);
-    if (err != NULL)
-        return err;
-    la.tls = tls;
-    la.reuseport = reuseport;
-    for (int i = 0; i < cfg->nlistens; i++) {
-        if (strcmp(cfg->listens[i].host, la.host) == 0 &&
-            strcmp(cfg->listens[i].port, la.port) == 0) {
-            free(la.host);
-            free(la.port);
-            return phrase(s->ps, "duplicate address \"%s\"", s->argv[0]);
-        }
-    }
-    cfg->listens[cfg->nlistens++] = la;
-    return NULL;
-}
-
-/* Parses "ADDR" or "ADDR/BITS" (IPv4 or IPv6) into c. */
-static bool parse_cidr(const char *text, struct cidr *c)
-{
-    char addr[INET6_ADDRSTRLEN + 1];
-    const char *slash = strchr(text, '/');
-    size_t n = slash ? (size_t)(slash - text) : strlen(text);
-    if (n == 0 || n >= sizeof(addr))
-        return false;
-    memcpy(addr, text, n);
-    addr[n] = '\0';
-    memset(c, 0, sizeof(*c));
-    c->family = strchr(addr, ':') ? AF_INET6 : AF_INET;
-    if (inet_pton(c->family, addr, c->addr) != 1)
-        return false;
-    int max = c->family == AF_INET ? 32 : 128;
-    c->bits = max;
-    if (slash != NULL) {
-        char *end;
-        long bits = strtol(slash + 1, &end, 10);
-        if (slash[1] == '\0' || *end != '\0' || bits < 0 || bits > max)
-            return false;
-        c->bits = (int)bits;
-    }
-    return true;
-}
-
-static const char *set_trusted_proxies(struct setting *s)
-{
-    struct config *cfg = s->base;
-    if (s->argc == 1 && strcmp(s->argv[0], "none") == 0)
-        return NULL;
-    if (cfg->ntrusted_proxies + s->argc > CONFIG_MAX_TRUSTED_PROXIES)
-        return phrase(s->ps, "at most %d address blocks", CONFIG_MAX_TRUSTED_PROXIES);
-    for (int i = 0; i < s->argc; i++)
-        if (!parse_cidr(s->argv[i], &cfg->trusted_proxies[cfg->ntrusted_proxies++]))
-            return phrase(s->ps, "expected an address or ADDR/BITS, got \"%s\"", s->argv[i]);
-    return NULL;
-}
-
-bool config_trusts_peer(const struct config *cfg, const char *peer)
-{
-    if (cfg->ntrusted_proxies == 0)
-        return false;
-    unsigned char addr[16];
-    /* An IPv4 client on a dual-stack listener: ::ffff:a.b.c.d */
-    if (strncasecmp(peer, "::ffff:", 7) == 0 && strchr(peer + 7, ':') == NULL)
-        peer += 7;
-    int family = strchr(peer, ':') ? AF_INET6 : AF_INET;
-    if (inet_pton(family, peer, addr) != 1)
-        return false;
-    for (int i = 0; i < cfg->ntrusted_proxies; i++) {
-        const struct cidr *c = &cfg->trusted_proxies[i];
-        if (c->family != family)
-            continue;
-        int whole = c->bits / 8, rest = c->bits % 8;
-        if (memcmp(addr, c->addr, (size_t)whole) != 0)
-            continue;
-        unsigned char mask = (unsigned char)(0xff << (8 - rest));
-        if (rest == 0 || ((addr[whole] ^ c->addr[whole]) & mask) == 0)
-            return true;
-    }
-    return false;
-}
-
-static const char *set_admin_listen(struct setting *s)
-{
-    struct config *cfg = s->base;
-    if (strcmp(s->argv[0], "off") == 0)
-        return NULL; /* host stays NULL */
-    return parse_listen_addr(s, s->argv[0], &cfg->admin_listen);
-}
-
-/* http[s]://HOST[:PORT][/]; HOST a name, an IPv4 address or [IPv6]. */
-static const char *parse_upstream_url(struct setting *s, const char *url, struct upstream_url *out)
-{
-    bool tls = strncasecmp(url, "https://", 8) == 0;
-    const char *authority = url + (tls ? 8 : 7);
-    const char *slash;
-    size_t alen;
-    char *auth;
-    const char *err;
-    bool bracketed = false;
-
-    if (!tls && strncasecmp(url, "http://", 7) != 0)
-        return phrase(s->ps, "expected a URL like http://host:port or https://host, got \"%s\"",
-                      url);
-    slash = strchr(authority, '/');
-    if (slash != NULL && strcmp(slash, "/") != 0)
-        return phrase(s->ps, "an upstream URL cannot have a path, got \"%s\"", url);
-    alen = slash != NULL ? (size_t)(slash - authority) : strlen(authority);
-    auth = xstrndup(authority, alen);
-    err = split_host_port(s, auth, tls ? "443" : "80", &out->host, &out->port, &bracketed);
-    if (err == NULL && !valid_host(out->host, bracketed)) {
-        err = phrase(s->ps, "invalid host in \"%s\"", url);
-        free(out->host);
-        free(out->port);
-    }
-    if (err != NULL) {
-        free(auth);
-        return err;
-    }
-    out->url = xstrdup(url);
-    out->host_header = auth;
-    out->tls = tls;
-    return NULL;
-}
-
-static const char *set_upstream(struct setting *s)
-{
-    struct config *cfg = s->base;
-    for (int i = 0; i < s->argc; i++) {
-        struct upstream_url u;
-        const char *err;
-        if (cfg->nupstreams == CONFIG_MAX_UPSTREAM)
-            return phrase(s->ps, "too many upstreams (at most %d)", CONFIG_MAX_UPSTREAM);
-        err = parse_upstream_url(s, s->argv[i], &u);
-        if (err != NULL)
-            return err;
-        cfg->upstreams[cfg->nupstreams++] = u;
-    }
-    return NULL;
-}
-
-static const char *set_redis(struct setting *s)
-{
-    struct config *cfg = s->base;
-    const char *arg = s->argv[0];
-    char *host = NULL;
-    char *port = NULL;
-    bool bracketed = false;
-    const char *err;
-
-    if (strncmp(arg, "unix:", 5) == 0) {
-        if (arg[5] == '\0')
-            return "expected unix:PATH with a path";
-    } else {
-        err = split_host_port(s, arg, NULL, &host, &port, &bracketed);
-        if (err != NULL)
-            return err;
-        if (!valid_host(host, bracketed)) {
-            free(host);
-            free(port);
-            return phrase(s->ps, "invalid host in \"%s\"", arg);
-        }
-    }
-    free(cfg->redis_host);
-    free(cfg->redis_port);
-    free(cfg->redis_unix);
-    cfg->redis_host = host;
-    cfg->redis_port = port;
-    cfg->redis_unix = host == NULL ? xstrdup(arg + 5) : NULL;
-    return NULL;
-}
-
-/*
- * Reads the secret (a password, the admin token) now, so that a missing file
- * fails the check (-t) and a reload, not the first Redis connection or admin
- * call. The secret never appears in a message; the path does.
- */
-#define ADMIN_TOKEN_MIN 16
 
 static const char *set_password_file(struct setting *s)
 {
@@ -815,7 +510,7 @@ static const char *set_password_file(struct setting *s)
     } else {
         FILE *f = fopen(path, "r");
         if (f == NULL)
-            return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
+            return config_phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
         n = fread(buf, 1, sizeof(buf), f);
         read_errno = ferror(f) ? errno : 0;
         fclose(f);
@@ -825,17 +520,17 @@ static const char *set_password_file(struct setting *s)
     if (n < sizeof(buf) && n > 0 && buf[n - 1] == '\r')
         n--;
     if (read_errno != 0)
-        err = phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
+        err = config_phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
     else if (n > PASSWORD_MAX)
-        err = phrase(s->ps, "\"%s\" is longer than %d bytes", path, PASSWORD_MAX);
+        err = config_phrase(s->ps, "\"%s\" is longer than %d bytes", path, PASSWORD_MAX);
     else if (n == 0)
-        err = phrase(s->ps, "\"%s\" is empty", path);
+        err = config_phrase(s->ps, "\"%s\" is empty", path);
     else if (memchr(buf, '\0', n) != NULL)
-        err = phrase(s->ps, "\"%s\" contains a NUL byte", path);
+        err = config_phrase(s->ps, "\"%s\" contains a NUL byte", path);
     else if (admin && n < ADMIN_TOKEN_MIN)
-        err = phrase(s->ps,
-                     "\"%s\" holds %zu bytes: a token needs %d at least (openssl rand -hex 32)",
-                     path, n, ADMIN_TOKEN_MIN);
+        err = config_phrase(
+            s->ps, "\"%s\" holds %zu bytes: a token needs %d at least (openssl rand -hex 32)", path,
+            n, ADMIN_TOKEN_MIN);
     if (err == NULL) {
         char **secret = s->field == (void *)&cfg->sentinel_password_file ? &cfg->sentinel_password
                         : s->field == (void *)&cfg->admin_token_file     ? &cfg->admin_token
@@ -857,12 +552,12 @@ static const char *set_record_key_file(struct setting *s)
     struct seal_key key;
     const char *err = NULL;
     if (keys->n == SEAL_MAX_KEYS)
-        return phrase(s->ps, "at most %d keys", SEAL_MAX_KEYS);
+        return config_phrase(s->ps, "at most %d keys", SEAL_MAX_KEYS);
     if (seal_key_load(s->argv[0], &key, s->ps->msg, sizeof(s->ps->msg)) != NULL)
         return s->ps->msg;
     for (int i = 0; i < keys->n && err == NULL; i++)
         if (memcmp(keys->keys[i].id, key.id, SEAL_KEY_ID_LEN) == 0)
-            err = phrase(s->ps, "\"%s\" holds a key given already", s->argv[0]);
+            err = config_phrase(s->ps, "\"%s\" holds a key given already", s->argv[0]);
     if (err == NULL)
         keys->keys[keys->n++] = key;
     OPENSSL_cleanse(&key, sizeof(key));
@@ -876,15 +571,16 @@ static const char *set_verify(struct setting *s)
     enum webhook_scheme scheme;
     uint64_t tolerance_ms = WEBHOOK_DEFAULT_TOLERANCE_MS;
     if (!webhook_scheme_parse(s->argv[0], &scheme))
-        return phrase(s->ps, "expected stripe, github, standard or shopify, got \"%s\"",
-                      s->argv[0]);
+        return config_phrase(s->ps, "expected stripe, github, standard or shopify, got \"%s\"",
+                             s->argv[0]);
     if (s->argc == 3 || (s->argc == 4 && strcmp(s->argv[2], "tolerance") != 0))
         return "expected `tolerance DURATION` after the secret file";
     if (s->argc == 4 && !webhook_scheme_has_timestamp(scheme))
-        return phrase(s->ps, "%s signatures carry no timestamp: no tolerance to set", s->argv[0]);
+        return config_phrase(s->ps, "%s signatures carry no timestamp: no tolerance to set",
+                             s->argv[0]);
     if (s->argc == 4 &&
         (config_parse_duration(s->argv[3], &tolerance_ms) != IDEM_OK || tolerance_ms < 1000))
-        return phrase(s->ps, "bad tolerance \"%s\" (a duration of 1s or more)", s->argv[3]);
+        return config_phrase(s->ps, "bad tolerance \"%s\" (a duration of 1s or more)", s->argv[3]);
     struct webhook_verifier *v = webhook_verifier_new(scheme, tolerance_ms);
     if (webhook_load_secrets(v, s->argv[1], s->ps->msg, sizeof(s->ps->msg)) != NULL) {
         webhook_verifier_free(v);
@@ -895,79 +591,6 @@ static const char *set_verify(struct setting *s)
     return NULL;
 }
 
-/* HOST:PORT arguments from argv[first] on into addrs (at most max); their
- * names are resolved by store_resolve(). On error nothing is kept. */
-static const char *parse_addrs(struct setting *s, int first, struct redis_addr *addrs, int max,
-                               int *count)
-{
-    int n = 0;
-    const char *err = NULL;
-    for (int i = first; i < s->argc && n < max && err == NULL; i++, n++) {
-        bool bracketed = false;
-        err = split_host_port(s, s->argv[i], NULL, &addrs[n].host, &addrs[n].port, &bracketed);
-        if (err == NULL && !valid_host(addrs[n].host, bracketed))
-            err = phrase(s->ps, "invalid host in \"%s\"", s->argv[i]);
-        if (err == NULL && addrs[n].port == NULL)
-            err = phrase(s->ps, "expected HOST:PORT, got \"%s\"", s->argv[i]);
-    }
-    if (err != NULL) {
-        for (int i = 0; i <= n && i < max; i++) {
-            free(addrs[i].host);
-            free(addrs[i].port);
-        }
-        return err;
-    }
-    *count = n;
-    return NULL;
-}
-
-/* redis_sentinel MASTER HOST:PORT... */
-static const char *set_redis_sentinel(struct setting *s)
-{
-    struct config *cfg = s->base;
-    struct redis_addr addrs[CONFIG_MAX_SENTINELS] = {{0}};
-    int n = 0;
-    const char *err = parse_addrs(s, 1, addrs, CONFIG_MAX_SENTINELS, &n);
-    if (err != NULL)
-        return err;
-    free(cfg->sentinel_master);
-    cfg->sentinel_master = xstrdup(s->argv[0]);
-    memcpy(cfg->sentinels, addrs, sizeof(addrs));
-    cfg->nsentinels = n;
-    return NULL;
-}
-
-/* redis_cluster HOST:PORT...: seed nodes (SPEC §8). */
-static const char *set_redis_cluster(struct setting *s)
-{
-    struct config *cfg = s->base;
-    struct redis_addr addrs[CONFIG_MAX_CLUSTER_SEEDS] = {{0}};
-    int n = 0;
-    const char *err = parse_addrs(s, 0, addrs, CONFIG_MAX_CLUSTER_SEEDS, &n);
-    if (err != NULL)
-        return err;
-    memcpy(cfg->cluster_seeds, addrs, sizeof(addrs));
-    cfg->ncluster_seeds = n;
-    return NULL;
-}
-
-/* redis_min_replicas N [TIMEOUT] */
-static const char *set_min_replicas(struct setting *s)
-{
-    struct config *cfg = s->base;
-    char *end;
-    errno = 0;
-    long n = strtol(s->argv[0], &end, 10);
-    if (errno != 0 || *end != '\0' || end == s->argv[0] || n < 0 || n > 16)
-        return phrase(s->ps, "expected a number of replicas from 0 to 16, got \"%s\"", s->argv[0]);
-    uint64_t ms = 50;
-    if (s->argc > 1 && (config_parse_duration(s->argv[1], &ms) != IDEM_OK || ms == 0))
-        return phrase(s->ps, "expected a timeout like 50ms, got \"%s\"", s->argv[1]);
-    cfg->redis_min_replicas = (int)n;
-    cfg->redis_min_replicas_timeout_ms = ms;
-    return NULL;
-}
-
 /* error_body FILE: the API's own error format, read and checked now. */
 static const char *set_error_body(struct setting *s)
 {
@@ -975,7 +598,7 @@ static const char *set_error_body(struct setting *s)
     const char *path = s->argv[0];
     FILE *f = fopen(path, "r");
     if (f == NULL)
-        return phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
+        return config_phrase(s->ps, "cannot read \"%s\": %s", path, strerror(errno));
     char *text = xmalloc(PROBLEM_TEMPLATE_MAX + 2);
     size_t n = fread(text, 1, PROBLEM_TEMPLATE_MAX + 1, f);
     int read_errno = ferror(f) ? errno : 0;
@@ -984,13 +607,13 @@ static const char *set_error_body(struct setting *s)
     const char *err = NULL;
     char why[256];
     if (read_errno != 0)
-        err = phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
+        err = config_phrase(s->ps, "cannot read \"%s\": %s", path, strerror(read_errno));
     else if (n > PROBLEM_TEMPLATE_MAX)
-        err = phrase(s->ps, "\"%s\" is longer than %d bytes", path, PROBLEM_TEMPLATE_MAX);
+        err = config_phrase(s->ps, "\"%s\" is longer than %d bytes", path, PROBLEM_TEMPLATE_MAX);
     else if (n == 0 || memchr(text, '\0', n) != NULL)
-        err = phrase(s->ps, "\"%s\" is empty or holds a NUL byte", path);
+        err = config_phrase(s->ps, "\"%s\" is empty or holds a NUL byte", path);
     else if (problem_template_check(text, why, sizeof(why)) != NULL)
-        err = phrase(s->ps, "%s: %s", path, why);
+        err = config_phrase(s->ps, "%s: %s", path, why);
     if (err != NULL) {
         free(text);
         return err;
@@ -1008,9 +631,10 @@ static const char *set_error_content_type(struct setting *s)
     const char *slash = strchr(v, '/');
     for (const char *c = v; *c; c++)
         if ((unsigned char)*c < 0x20 || *c == 0x7f)
-            return phrase(s->ps, "expected a media type like application/json, got \"%s\"", v);
+            return config_phrase(s->ps, "expected a media type like application/json, got \"%s\"",
+                                 v);
     if (slash == NULL || slash == v || slash[1] == '\0')
-        return phrase(s->ps, "expected a media type like application/json, got \"%s\"", v);
+        return config_phrase(s->ps, "expected a media type like application/json, got \"%s\"", v);
     free(p->error_content_type);
     p->error_content_type = xstrdup(v);
     return NULL;

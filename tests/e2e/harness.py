@@ -294,12 +294,13 @@ def redis_command(port, *args, timeout=3.0):
 class Redis:
     """A private redis-server on 127.0.0.1, without persistence unless asked."""
 
-    def __init__(self, port=None, tmpdir=None, persistent=False, extra_args=(), tls=None):
+    def __init__(self, port=None, tmpdir=None, persistent=False, extra_args=(), tls=None,
+                 tls_port=None):
         self.port = port or free_port()
         self.extra_args = list(extra_args)  # e.g. ["--replicaof", "127.0.0.1", "6379"]
         # tls=dict(cert, key, ca[, auth_clients]): also a TLS port (self.tls_port); the
         # plain one stays for the harness
-        self.tls_port = free_port() if tls else None
+        self.tls_port = (tls_port or free_port()) if tls else None
         if tls:
             self.extra_args += redis_tls_args(tls) + ["--tls-port", str(self.tls_port)]
         # persistent: every write on disk before it is acknowledged (AOF,
@@ -589,7 +590,11 @@ class RedisCluster:
             for i in range((1 + replicas) * primaries):
                 d = os.path.join(tmpdir, f"n{i}")
                 os.makedirs(d, exist_ok=True)
-                self.nodes.append(Redis(port=cluster_port(), tmpdir=d, tls=tls, extra_args=[
+                # with tls-cluster the bus is the TLS port + 10000: both ports need room
+                port, tls_port = cluster_port(), None
+                while tls and tls_port in (None, port):
+                    tls_port = cluster_port()
+                self.nodes.append(Redis(port=port, tmpdir=d, tls=tls, tls_port=tls_port, extra_args=[
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", os.path.join(d, "nodes.conf"),
                     "--cluster-node-timeout", str(node_timeout_ms)] +
