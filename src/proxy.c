@@ -584,10 +584,9 @@ static const char *stored_record(struct exchange *ex, const struct claim_result 
     default: why = "fails authentication (changed in Redis, or stored under another key)"; break;
     }
     hex_encode(id, SEAL_KEY_ID_LEN, id_hex);
+    bool sealed = seal_is_sealed(res->record, res->record_len);
     log_error("request %s key=%s: the stored response in %s %s%s%s; not replayed, answering 503",
-              ex->peer, ex->key, ex->rkey, why,
-              seal_is_sealed(res->record, res->record_len) ? ", key id " : "",
-              seal_is_sealed(res->record, res->record_len) ? id_hex : "");
+              ex->peer, ex->key, ex->rkey, why, sealed ? ", key id " : "", sealed ? id_hex : "");
     ex->idem = "store_error";
     answer_problem(ex, PROBLEM_STORE_UNAVAILABLE, NULL);
     return NULL;

@@ -13,6 +13,7 @@
  */
 #include "webhook.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,21 +197,29 @@ struct offer {
     int64_t timestamp; /* -1: the scheme signs none */
 };
 
+/* Fetched once: OpenSSL 3 looks an algorithm up by name at every fetch. */
+static EVP_MAC *hmac;
+static pthread_once_t hmac_fetched = PTHREAD_ONCE_INIT;
+
+static void fetch_hmac(void)
+{
+    hmac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+}
+
 static bool hmac_sha256(const struct webhook_secret *secret, const struct offer *o,
                         const char *body, size_t body_len, uint8_t out[MAC_LEN])
 {
     char digest[] = "SHA256";
     OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, digest, 0),
                            OSSL_PARAM_construct_end()};
-    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-    EVP_MAC_CTX *ctx = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    pthread_once(&hmac_fetched, fetch_hmac);
+    EVP_MAC_CTX *ctx = hmac ? EVP_MAC_CTX_new(hmac) : NULL;
     size_t n = 0;
     bool ok = ctx != NULL && EVP_MAC_init(ctx, secret->bytes, secret->len, params) == 1 &&
               EVP_MAC_update(ctx, (const uint8_t *)o->prefix, o->prefix_len) == 1 &&
               EVP_MAC_update(ctx, (const uint8_t *)body, body_len) == 1 &&
               EVP_MAC_final(ctx, out, &n, MAC_LEN) == 1 && n == MAC_LEN;
     EVP_MAC_CTX_free(ctx);
-    EVP_MAC_free(mac);
     return ok;
 }
 
