@@ -958,6 +958,7 @@ static void orphan_add(struct store *st, const struct store_op *op)
     o->rkey = xstrdup(op->rkey);
     o->owner = xstrdup(op->claim_owner);
     o->token_key = op->claim_token_key ? xstrdup(op->claim_token_key) : NULL;
+    o->st = st;
     o->next = st->orphans;
     st->orphans = o;
     st->norphans++;
@@ -971,12 +972,32 @@ void orphan_free(struct orphan *o)
     free(o);
 }
 
+static void orphan_unlink(struct orphan *o)
+{
+    struct store *st = o->st;
+    for (struct orphan **pp = &st->orphans; *pp; pp = &(*pp)->next) {
+        if (*pp == o) {
+            *pp = o->next;
+            st->norphans--;
+            orphan_free(o);
+            return;
+        }
+    }
+}
+
+/* A release that got no answer (a timeout, a link down, a node frozen with
+ * the claim in its input) is no try: the claim may land whenever that node
+ * reads again, so only answers count. */
 static void on_orphan_released(void *arg, bool applied, const char *error)
 {
-    (void)arg;
-    (void)error;
+    struct orphan *o = arg;
+    o->releasing = false;
+    if (error != NULL)
+        return;
     if (applied)
         log_info("redis: released a claim whose reply was lost (the key is free again)");
+    if (applied || ++o->answers >= ORPHAN_ATTEMPTS)
+        orphan_unlink(o);
 }
 
 /* Orphans are released on the next loop turn when the store can send, else
@@ -988,7 +1009,10 @@ static void orphans_release_soon(struct store *st)
         evtimer_add(st->orphan_timer, &zero);
 }
 
-/* Sends a release for every orphan; drops those tried ORPHAN_ATTEMPTS times. */
+/* Sends a release for every orphan that has none on its way. An orphan
+ * goes when a release frees its claim, or after ORPHAN_ATTEMPTS answers
+ * that it is not there (a second apart: the lost claim may still sit in
+ * Redis' input behind the first). */
 void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -996,18 +1020,11 @@ void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
     struct store *st = arg;
     if (!store_can_send(st))
         return; /* the next ready link re-arms us */
-    struct orphan **pp = &st->orphans;
-    while (*pp) {
-        struct orphan *o = *pp;
-        store_release(st, o->rkey, o->owner, o->token_key, st->token_ttl_ms, on_orphan_released,
-                      NULL);
-        if (++o->attempts >= ORPHAN_ATTEMPTS) {
-            *pp = o->next;
-            st->norphans--;
-            orphan_free(o);
-        } else {
-            pp = &o->next;
-        }
+    for (struct orphan *o = st->orphans; o; o = o->next) {
+        if (o->releasing)
+            continue;
+        o->releasing = true;
+        store_release(st, o->rkey, o->owner, o->token_key, st->token_ttl_ms, on_orphan_released, o);
     }
     /* Again later: the lost claim may still sit in Redis' input behind us. */
     if (st->orphans) {

@@ -123,7 +123,9 @@ struct orphan {
     char *rkey;
     char *owner;
     char *token_key;
-    int attempts;
+    struct store *st;
+    int answers;    /* releases Redis answered "not there" */
+    bool releasing; /* a release is on its way; its answer frees or counts */
     struct orphan *next;
 };
 

@@ -169,3 +169,22 @@ def test_claim_lost_in_a_redis_stall_does_not_lock_the_key():
         wait_until(lambda: env.post("/o", key=k).status == 201, 6,
                    what="the key free again after the stall")
         assert env.upstream.count(k) == 1
+
+
+def test_claim_lost_in_a_long_redis_stall_is_released_after_it():
+    """Redis stays frozen longer than idemproxy's release attempts take: the
+    releases that fail while it is frozen do not count, so the claim that
+    lands when Redis resumes is still given back."""
+    import signal
+    with Env(extra_config="redis_timeout 200ms", expect_errors=True) as env:
+        k = new_key()
+        os.kill(env.redis.proc.pid, signal.SIGSTOP)
+        try:
+            assert_problem(env.post("/o", key=k), 503, "store-unavailable")
+            time.sleep(4.0)  # past three release attempts, one second apart
+        finally:
+            os.kill(env.redis.proc.pid, signal.SIGCONT)
+        wait_until(lambda: env.post("/o", key=k).status == 201, 6,
+                   what="the key free again after the long stall")
+        assert env.upstream.count(k) == 1
+        assert "released a claim whose reply was lost" in env.proxy.error_log()
