@@ -166,8 +166,19 @@ run: deps
 
 # idemproxy against nginx with wrk, on this machine (tests/bench/bench.py,
 # docs/performance.md). BENCH_DURATION, BENCH_WORKERS, BENCH_CONNECTIONS...
+# The in-process peer of the benchmark (tests/bench/peer): its rows are
+# marked not run when the npm registry cannot be reached.
+PEER_DIR := tests/bench/peer
+$(PEER_DIR)/node_modules/.installed: $(PEER_DIR)/package.json $(PEER_DIR)/package-lock.json
+	@command -v node >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=nodejs
+	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=npm
+	cd $(PEER_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
 bench: deps
 	$(call install_missing,wrk nginx)
+	@$(MAKE) --no-print-directory $(PEER_DIR)/node_modules/.installed || \
+		echo "bench: the in-process peer's packages are missing; its rows will not run"
 	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
 	@IDEMPROXY_BIN=$(BUILD)/idemproxy BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-results.md} python3 tests/bench/bench.py
 

@@ -95,7 +95,8 @@ PACED_REPLAY = "POST replay, paced"
 PACED_CONNECTIONS = int(env("BENCH_PACED_CONNECTIONS", "10"))
 PACED_DELAY_MS = int(env("BENCH_PACED_DELAY_MS", "3"))
 KEEP_TMP = env("BENCH_KEEP_TMP", "0") == "1"
-SCENARIOS = env("BENCH_SCENARIOS", "get post unique replay replicated sealed cluster tls").replace(
+SCENARIOS = env("BENCH_SCENARIOS",
+                "get post unique replay replicated sealed cluster peer tls").replace(
     ",", " ").split()
 TLS_CONNECTIONS = [int(c) for c in env("BENCH_TLS_CONNECTIONS", "50").split()]
 TLS_DURATION = int(env("BENCH_TLS_DURATION", str(min(DURATION, 8))))
@@ -110,7 +111,7 @@ elif ONLY:
 # nginx keeps as many idle upstream connections per worker as there are
 # clients (SPEC §8.1: with fewer it reconnects under load and loses ~40%).
 NGINX_KEEPALIVE = max(CONNECTIONS + TLS_CONNECTIONS)
-PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated", "sealed", "cluster")
+PLAIN_SCENARIOS = ("get", "post", "unique", "replay", "replicated", "sealed", "cluster", "peer")
 # The replicated row: a second idemproxy with redis_min_replicas 1, on a
 # second Redis with one replica of its own.
 REPLICATED = "POST unique key, redis_min_replicas 1"
@@ -120,6 +121,17 @@ SEALED_REPLAY = "POST replay, sealed records"
 # The cluster rows: a fourth idemproxy with redis_cluster, on three primaries.
 CLUSTER_UNIQUE = "POST unique key, 3-primary cluster"
 CLUSTER_REPLAY = "POST replay, 3-primary cluster"
+# The peer rows: the same job done inside the application (tests/bench/peer:
+# Express with @node-idempotency/core, `npm ci` there by `make bench`), on
+# idemproxy's Redis, so that both Redis bills come from one run.
+PEER_DIR = os.path.join(HERE, "peer")
+NODE_BIN = env("NODE_BIN", "node")
+PEER_UNIQUE = "POST unique key, in-process peer"
+PEER_REPLAY = "POST replay, in-process peer"
+PEER_PACED_UNIQUE = "POST unique key, in-process peer, paced"
+PEER_PACED_REPLAY = "POST replay, in-process peer, paced"
+PEER_ROWS = (PEER_UNIQUE, PEER_REPLAY, PEER_PACED_UNIQUE, PEER_PACED_REPLAY)
+PACED_ROWS = (PACED_UNIQUE, PACED_REPLAY, PEER_PACED_UNIQUE, PEER_PACED_REPLAY)
 BODY = b'{"amount":100}'
 
 
@@ -671,6 +683,8 @@ def main():
         rep_redis_port = idem_rep_port = None
         rep_procs = {}
         idem_cl = idem_cl_port = None
+        peer = peer_port = None
+        peer_skip = None  # why the peer rows were not run
         cl_ports = []
         idem_port = px_port = idem_tls_port = ngx_tls_port = None
         idem_log = os.path.join(tmp, "idemproxy.log")
@@ -751,6 +765,18 @@ def main():
                     f.write(text)
                 idem_cl = procs.start("idemproxy (redis_cluster)", [IDEMPROXY_BIN, "-c", conf],
                                       os.path.join(tmp, "idemproxy-cluster.out"), idem_cl_port)
+            if "peer" in SCENARIOS:
+                node = find_bin(NODE_BIN)
+                if not node or not os.path.isdir(os.path.join(PEER_DIR, "node_modules")):
+                    peer_skip = (f"node or {PEER_DIR}/node_modules missing (`make bench` runs "
+                                 "npm ci there)")
+                    problems.append(f"in-process peer rows not run: {peer_skip}")
+                else:
+                    peer_port = free_port()
+                    peer = procs.start("in-process peer (node)",
+                                       ["env", f"PORT={peer_port}", f"REDIS_PORT={redis_port}",
+                                        node, os.path.join(PEER_DIR, "app.js")],
+                                       os.path.join(tmp, "peer.log"), peer_port)
             say(f"redis :{redis_port}, upstream nginx :{up_port}, idemproxy :{idem_port} "
                 f"(pid {idem.pid}), nginx proxy :{px_port}; files in {tmp}")
 
@@ -876,6 +902,12 @@ def main():
              CONNECTIONS),
             (CLUSTER_REPLAY, "/orders", "post_replay.lua", (), False, "cluster", False,
              CONNECTIONS),
+            (PEER_UNIQUE, "/orders", "post_unique.lua", (), False, "peer", False, CONNECTIONS),
+            (PEER_REPLAY, "/orders", "post_replay.lua", (), False, "peer", False, CONNECTIONS),
+            (PEER_PACED_UNIQUE, "/orders", "post_unique.lua", (), False, "peer", False,
+             [PACED_CONNECTIONS]),
+            (PEER_PACED_REPLAY, "/orders", "post_replay.lua", (), False, "peer", False,
+             [PACED_CONNECTIONS]),
             (f"TLS full handshakes (s_time -new, {TLS_FULL_CLIENTS} clients)", "/get", "s_time",
              (), True, "tls", True, [TLS_FULL_CLIENTS]),
             ("TLS handshakes, wrk (Connection: close)", "/get", None, ("Connection: close",),
@@ -890,23 +922,26 @@ def main():
             for name, path, script, headers, with_nginx, _, tls, conn_list in scenarios:
                 for conns in conn_list:
                     extra = {}
-                    if name in (PACED_UNIQUE, PACED_REPLAY):
+                    if name in PACED_ROWS:
                         extra["BENCH_DELAY_MS"] = str(PACED_DELAY_MS)
                     if script == "post_unique.lua":
                         # the sealed rows share the plain rows' Redis: keys of their own
                         extra["BENCH_RUN_ID"] = f"{run_id}-c{conns}" + (
-                            "-sealed" if name == SEALED_UNIQUE else "")
+                            "-sealed" if name == SEALED_UNIQUE else
+                            "-peer" if name in PEER_ROWS else "")
                     if script == "post_replay.lua":
                         key = f"bench-replay-{run_id}-c{conns}"
-                        extra["BENCH_REPLAY_KEY"] = key + ("-paced" if name == PACED_REPLAY
-                                                           else "-sealed" if name == SEALED_REPLAY
-                                                           else "-cluster"
-                                                           if name == CLUSTER_REPLAY else "")
+                        extra["BENCH_REPLAY_KEY"] = key + {
+                            PACED_REPLAY: "-paced", SEALED_REPLAY: "-sealed",
+                            CLUSTER_REPLAY: "-cluster", PEER_REPLAY: "-peer",
+                            PEER_PACED_REPLAY: "-peer-paced"}.get(name, "")
                         key = extra["BENCH_REPLAY_KEY"]
                         hdr = {"Content-Type": "application/json", "Idempotency-Key": key}
-                        st, h, _ = http(idem_seal_port if name == SEALED_REPLAY
-                                        else idem_cl_port if name == CLUSTER_REPLAY
-                                        else idem_port, "POST", "/orders", hdr, BODY)
+                        warm_port = {SEALED_REPLAY: idem_seal_port, CLUSTER_REPLAY: idem_cl_port,
+                                     PEER_REPLAY: peer_port,
+                                     PEER_PACED_REPLAY: peer_port}.get(name, idem_port)
+                        st, h, _ = (http(warm_port, "POST", "/orders", hdr, BODY) if warm_port
+                                    else (201, {}, b""))
                         if st != 201 or "idempotent-replayed" in h:
                             problems.append(f"replay warm-up answered {st} {h}")
                     row = {}
@@ -923,15 +958,20 @@ def main():
                     elif name in (CLUSTER_UNIQUE, CLUSTER_REPLAY):
                         targets = [("idem", "http", idem_cl_port, idem_cl,
                                     os.path.join(tmp, "cluster", "idemproxy.log"))]
+                    elif name in PEER_ROWS:
+                        targets = [("idem", "http", peer_port, peer,
+                                    os.path.join(tmp, "peer.log"))]
                     else:
                         targets = [("idem", "http", idem_port, idem, idem_log)]
                         if with_nginx:
                             targets.append(("nginx", "http", px_port, nginx_proxy, None))
                     for tname, scheme, port, proc, plog in targets:
                         if tname == "idem" and proc is None:
-                            row[tname] = {"skipped": idem_tls_skip or "not started"}
+                            row[tname] = {"skipped": (peer_skip if name in PEER_ROWS
+                                                      else idem_tls_skip) or "not started"}
                             continue
-                        pids = [proc.pid] if tname == "idem" else proc_tree(proc.pid)
+                        pids = [proc.pid] if tname == "idem" and name not in PEER_ROWS \
+                            else proc_tree(proc.pid)
                         cpu0 = cpu_seconds(pids)
                         # Where the machine's CPU went (idemproxy's plain rows): the
                         # proxy, Redis, the upstream and wrk share the same cores.
@@ -1056,6 +1096,14 @@ def main():
                      "nginx master and workers) during the run divided by the requests wrk "
                      "counted; Redis and the upstream are not included.")
         lines.append("")
+        if any(results.get((n, c), {}).get("idem", {}).get("rps")
+               for n in PEER_ROWS for c in CONNECTIONS + [PACED_CONNECTIONS]):
+            lines.append("In-process peer rows: no idemproxy; the Node.js app of "
+                         "tests/bench/peer (Express, @node-idempotency/core with its Redis "
+                         "adapter) answers the same requests itself, on the same Redis. Its "
+                         "columns are the app's (its CPU includes the handler), and its unique "
+                         "keys' completion is a plain SET, not owner-checked.")
+            lines.append("")
         if with_tls:
             lines.append(
                 "TLS: one self-signed ECDSA P-256 certificate for both proxies; idemproxy with "
