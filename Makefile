@@ -147,10 +147,10 @@ unit: $(UNIT_BINS) $(MAN_DIR)/idemproxy.conf.5
 # versions pinned by its package-lock.json): Node.js and npm from Debian
 # when the machine has none, the packages from the npm registry.
 SDK_DIR := tests/e2e/sdk
-$(SDK_DIR)/node_modules/.installed: $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json
+%/node_modules/.installed: %/package.json %/package-lock.json
 	@command -v node >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=nodejs
 	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=npm
-	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	cd $* && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 e2e: $(BUILD)/idemproxy $(UPSTREAM_BIN) $(SDK_DIR)/node_modules/.installed
@@ -166,14 +166,10 @@ run: deps
 
 # idemproxy against nginx with wrk, on this machine (tests/bench/bench.py,
 # docs/performance.md). BENCH_DURATION, BENCH_WORKERS, BENCH_CONNECTIONS...
-# The in-process peer of the benchmark (tests/bench/peer): its rows are
-# marked not run when the npm registry cannot be reached.
+# The in-process peer of the benchmark (tests/bench/peer, installed by the
+# rule above): its rows are marked not run when the npm registry cannot be
+# reached.
 PEER_DIR := tests/bench/peer
-$(PEER_DIR)/node_modules/.installed: $(PEER_DIR)/package.json $(PEER_DIR)/package-lock.json
-	@command -v node >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=nodejs
-	@command -v npm >/dev/null || $(MAKE) --no-print-directory deps DEB_PACKAGES=npm
-	cd $(PEER_DIR) && npm ci --no-audit --no-fund --loglevel=error
-	@touch $@
 
 bench: deps
 	$(call install_missing,wrk nginx)
