@@ -58,14 +58,20 @@
 
 /* ---- connection --------------------------------------------------------- */
 
-/* A cluster can serve when every slot has a primary whose link is ready. */
+static bool link_serves(const struct link *l)
+{
+    return l->state == LINK_READY && !l->replicas_short;
+}
+
+/* A cluster can serve when every slot has a primary whose link is ready
+ * (and, with redis_min_replicas, whose replicas confirm claims). */
 static bool cluster_ready(const struct store *st)
 {
     if (!cluster_map_covered(st->cluster))
         return false;
     for (int i = 0; i < st->cluster->nnodes; i++)
         if (st->cluster->nodes[i].owned > 0 &&
-            (i >= st->nnode_links || st->node_links[i]->state != LINK_READY))
+            (i >= st->nnode_links || !link_serves(st->node_links[i])))
             return false;
     return true;
 }
@@ -73,8 +79,7 @@ static bool cluster_ready(const struct store *st)
 void publish_ready(struct store *st)
 {
     if (st->ready_flag != NULL)
-        *st->ready_flag = (st->cluster != NULL ? cluster_ready(st) : st->cmd.state == LINK_READY) &&
-                          !st->replicas_short;
+        *st->ready_flag = st->cluster != NULL ? cluster_ready(st) : link_serves(&st->cmd);
 }
 
 bool store_can_send(const struct store *st)
@@ -371,6 +376,7 @@ static void link_init(struct store *st, struct link *l, const char *role, bool c
     l->node = -1;
     l->backoff_ms = BACKOFF_MIN_MS;
     l->reconnect_timer = evtimer_new(st->base, on_reconnect_timer, l);
+    l->replicas_timer = evtimer_new(st->base, on_replicas_timer, l);
     l->on_ready = on_ready;
     queue_init(&l->pending);
     l->wait_job.run = send_wait_batch;
@@ -809,7 +815,6 @@ struct store *store_new(struct event_base *base, struct flusher *flusher, const 
     st->refs = 1;
     st->free_event = event_new(base, -1, 0, on_free_event, st);
     st->orphan_timer = evtimer_new(base, on_orphan_timer, st);
-    st->replicas_timer = evtimer_new(base, on_replicas_timer, st);
     queue_init(&st->unrouted);
     link_init(st, &st->cmd, "redis", true, NULL);
     link_init(st, &st->sub, "redis pubsub", false, on_sub_ready);
@@ -887,6 +892,7 @@ static void link_free_rest(struct link *l)
         on_wait_reply(NULL, NULL, b);
     }
     event_free(l->reconnect_timer);
+    event_free(l->replicas_timer);
 }
 
 static void store_free(struct store *st)
@@ -917,7 +923,6 @@ static void store_free(struct store *st)
     while (st->watches)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
-    event_free(st->replicas_timer);
     event_free(st->free_event);
     while (st->orphans) {
         struct orphan *o = st->orphans;

@@ -310,62 +310,62 @@ uint64_t now_us(void)
 /* How long claims fail at once after one reached too few replicas. */
 #define REPLICAS_SHORT_MS 1000
 
-static void arm_replicas_probe(struct store *st)
+static void arm_replicas_probe(struct link *l)
 {
     struct timeval tv = {REPLICAS_SHORT_MS / 1000, (REPLICAS_SHORT_MS % 1000) * 1000};
-    evtimer_add(st->replicas_timer, &tv);
+    evtimer_add(l->replicas_timer, &tv);
 }
 
-/* A claim reached too few replicas (on link l): claims fail at once (and
- * /readyz says 503) until a probe's WAIT on that link says enough replicas
- * have its writes again. Said once per outage. */
-static void replicas_short(struct store *st, struct link *l)
+/* A claim on link l reached too few replicas: claims routed to l fail at
+ * once (and /readyz says 503) until a probe's WAIT on l says enough
+ * replicas have its writes again. Said once per outage of each link. */
+static void replicas_short(struct link *l)
 {
-    st->short_link = l;
-    if (st->replicas_short)
+    struct store *st = l->st;
+    if (l->replicas_short)
         return;
-    log_warn("redis: fewer replicas than redis_min_replicas (%d) confirm claims: claims get 503 "
-             "and /readyz says 503 until they do (checked every %d ms)",
-             st->min_replicas, REPLICAS_SHORT_MS);
-    st->replicas_short = true;
+    log_warn("redis %s: fewer replicas than redis_min_replicas (%d) confirm claims: claims %sget "
+             "503 and /readyz says 503 until they do (checked every %d ms)",
+             l->where, st->min_replicas, st->cluster != NULL ? "of this primary's slots " : "",
+             REPLICAS_SHORT_MS);
+    l->replicas_short = true;
     publish_ready(st);
-    arm_replicas_probe(st);
+    arm_replicas_probe(l);
 }
 
-static void replicas_back(struct store *st)
+static void replicas_back(struct link *l)
 {
-    if (!st->replicas_short)
+    if (!l->replicas_short)
         return;
-    log_warn("redis: claims reach redis_min_replicas (%d) replicas again", st->min_replicas);
-    st->replicas_short = false;
-    evtimer_del(st->replicas_timer);
-    publish_ready(st);
+    log_warn("redis %s: claims reach redis_min_replicas (%d) replicas again", l->where,
+             l->st->min_replicas);
+    l->replicas_short = false;
+    evtimer_del(l->replicas_timer);
+    publish_ready(l->st);
 }
 
 static void on_replicas_probe(struct redis_conn *ac, void *reply, void *privdata)
 {
     (void)ac;
-    struct store *st = privdata;
+    struct link *l = privdata;
     const redisReply *r = reply;
-    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= st->min_replicas)
-        replicas_back(st);
-    else if (st->replicas_short)
-        arm_replicas_probe(st);
+    if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer >= l->st->min_replicas)
+        replicas_back(l);
+    else if (l->replicas_short)
+        arm_replicas_probe(l);
 }
 
-/* Replicas short: do they have this connection's writes now? */
+/* Replicas short: do they have this link's writes now? A link that is
+ * down is probed once it is back (a failover may have replaced its node). */
 void on_replicas_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
-    struct store *st = arg;
-    struct link *l = st->short_link;
-    if (l == NULL || l->state != LINK_READY)
-        l = store_ready_link(st);
-    if (l == NULL || l->wait_sent != NULL ||
-        redis_conn_command(l->ac, on_replicas_probe, st, "WAIT %d %llu", st->min_replicas,
-                           (unsigned long long)st->min_replicas_timeout_ms) != IDEM_OK)
-        arm_replicas_probe(st);
+    struct link *l = arg;
+    if (l->state != LINK_READY || l->wait_sent != NULL ||
+        redis_conn_command(l->ac, on_replicas_probe, l, "WAIT %d %llu", l->st->min_replicas,
+                           (unsigned long long)l->st->min_replicas_timeout_ms) != IDEM_OK)
+        arm_replicas_probe(l);
 }
 
 /* Frees op once it has been answered and no reply is due (hiredis keeps
@@ -394,7 +394,7 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
         op->confirm_pending = false;
         if (enough) {
             struct claim_result res = {.state = KEY_STATE_CLAIMED, .pttl_ms = -1};
-            replicas_back(st);
+            replicas_back(op->link);
             op->answered = true;
             op->on_claim(op->arg, &res, NULL);
         } else if (!counted) {
@@ -404,7 +404,7 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
             op_answer_error(op, r == NULL ? "connection to Redis lost" : r->str);
             orphans_release_soon(st);
         } else {
-            if (!st->replicas_short)
+            if (!op->link->replicas_short)
                 log_warn("redis: %s: the claim reached %lld of the %d replicas "
                          "redis_min_replicas wants within %llu ms; giving it back",
                          op->rkey, replicas, st->min_replicas,
@@ -414,7 +414,7 @@ static void op_wait_result(struct store_op *op, const redisReply *r)
             op->answered = true;
             orphan_add(st, op); /* given back (owner-checked) at once */
             orphans_release_soon(st);
-            replicas_short(st, op->link);
+            replicas_short(op->link);
             op->on_claim(op->arg, &res, NULL);
         }
     } else if (op->script == SCRIPT_COMPLETE && op->applied && counted && !enough) {
@@ -599,6 +599,8 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
         link_drop(op->link, "a command timed out (redis_timeout)");
 }
 
+static struct link *op_route(const struct store_op *op);
+
 static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -606,7 +608,8 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     struct store_op *op = arg;
     free(op->claim_owner); /* never sent: nothing to clean up */
     op->claim_owner = NULL;
-    if (op->on_claim != NULL && op->st->replicas_short && !op->answered) {
+    struct link *l = op->st->cluster == NULL || op->st->cluster->loaded ? op_route(op) : NULL;
+    if (op->on_claim != NULL && l != NULL && l->replicas_short && !op->answered) {
         struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
         op->answered = true;
         op->on_claim(op->arg, &res, NULL);
@@ -734,6 +737,10 @@ static void op_send(struct store_op *op)
         op_fail_later(op); /* a resend after the link went down */
         return;
     }
+    if (op->on_claim != NULL && l->replicas_short) {
+        op_fail_later(op);
+        return;
+    }
     /* Formatted here, once, into a buffer the store reuses: hiredis copies it. */
     struct bytes *cmd = &st->command;
     cmd->len = 0;
@@ -787,10 +794,6 @@ static void op_send(struct store_op *op)
 
 static void op_start(struct store *st, struct store_op *op)
 {
-    if (op->on_claim != NULL && st->replicas_short) {
-        op_fail_later(op);
-        return;
-    }
     if (st->cluster != NULL)
         op->slot = cluster_key_slot(op->rkey, strlen(op->rkey));
     evtimer_assign(op->timer, st->base, on_op_timeout, op);

@@ -61,6 +61,13 @@ struct link {
     struct wait_batch *wait_batch; /* writes sent on it that wait for its next WAIT */
     struct wait_batch *wait_sent;  /* its one WAIT in flight, or NULL */
     struct flush_job wait_job;
+    /* redis_min_replicas: a claim on it lately reached too few replicas;
+     * until a probe's WAIT says they have its writes again, claims routed
+     * here fail at once instead of each waiting WAIT's timeout (which would
+     * hold up every command behind it). With a cluster this is one shard:
+     * the others go on claiming. */
+    bool replicas_short;
+    struct event *replicas_timer;
 };
 
 struct store_watch {
@@ -143,12 +150,6 @@ struct store {
     struct event *orphan_timer;
     uint64_t token_ttl_ms;
     _Atomic bool *ready_flag; /* mirrors readiness for other threads; may be NULL */
-    /* redis_min_replicas: a claim lately reached too few replicas; until
-     * then claims fail at once instead of each waiting WAIT's timeout (which
-     * would hold up every command behind it), and /readyz says 503. */
-    bool replicas_short;
-    struct link *short_link; /* the link whose WAIT came up short (probed first) */
-    struct event *replicas_timer;
     struct link cmd;
     struct link sub;
     struct bytes command; /* op_send's buffer, reused */

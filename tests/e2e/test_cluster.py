@@ -15,8 +15,8 @@ import threading
 import time
 import uuid
 
-from harness import (SLOW, Env, Proxy, RedisCluster, alone, background, failover_config,
-                     free_port, key_slot, recording_client, request, retrying_client,
+from harness import (SLOW, Env, Proxy, RedisCluster, alone, assert_problem, background,
+                     failover_config, free_port, key_slot, recording_client, request, retrying_client,
                      run_idemproxy, wait_until)
 
 
@@ -139,6 +139,16 @@ def test_cluster_configuration_errors():
             f.write("upstream http://127.0.0.1:9\nredis_cluster 127.0.0.1:7000 localhost:7001\n")
         code, _, err = run_idemproxy(["-t", "-c", ok])
         assert code == 0, err
+
+
+def keys_on_and_off(cluster, primary, n=30):
+    """n new keys, and which of them land on primary's slots and which not
+    (both non-empty)."""
+    keys = [new_key() for _ in range(n)]
+    on = [k for k in keys if cluster.owner(key_slot(rkey(k))).port == primary.port]
+    off = [k for k in keys if k not in on]
+    assert on and off
+    return keys, on, off
 
 
 def key_in_slot(slot, avoid=()):
@@ -411,6 +421,52 @@ def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
 
 
 @alone
+@alone
+def test_a_replica_short_on_one_shard_fails_only_that_shards_claims():
+    """redis_min_replicas 1 on a cluster with a replica per primary; one
+    replica frozen: the claims of its primary's slots are given back and
+    answered 503 (nothing executed), the other shards go on claiming, and
+    /readyz says 503 while a shard cannot confirm; after SIGCONT every key
+    executes once."""
+    import signal as sig
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), replicas=1,
+                               node_timeout_ms=60000)
+        try:
+            admin = free_port()
+            proxy = env.start_proxy(f"{cluster.directive()}\nredis_min_replicas 1 100ms\n"
+                                    f"admin_listen 127.0.0.1:{admin}")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200")
+            short = cluster.primaries()[0]
+            info = short.cmd("INFO", "replication").decode()
+            port = int(info.split("slave0:")[1].split("port=")[1].split(",")[0])
+            replica = cluster.by_port(port)
+            keys, on_short, others = keys_on_and_off(cluster, short)
+            replica.proc.send_signal(sig.SIGSTOP)
+            try:
+                answers = {k: env.post("/orders", key=k, body=b"{}", timeout=10) for k in keys}
+                assert request(admin, "GET", "/readyz").status == 503
+            finally:
+                replica.proc.send_signal(sig.SIGCONT)
+            for k in on_short:
+                assert_problem(answers[k], 503, "store-unavailable")
+                assert env.upstream.count(k) == 0, k
+            for k in others:
+                assert answers[k].status == 201, (k, answers[k])
+            assert f"redis 127.0.0.1:{short.port}: fewer replicas than redis_min_replicas" \
+                in proxy.error_log()
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 once the replica is back")
+
+            def all_served():
+                return all(env.post("/orders", key=k, body=b"{}").status == 201 for k in keys)
+            wait_until(all_served, 10 * SLOW, interval=0.2, what="every key served")
+            assert all(env.upstream.count(k) == 1 for k in keys)
+        finally:
+            stop_all(env, None, cluster)
+
+
 def test_a_frozen_primary_fails_only_its_slots_and_recovers():
     """One primary SIGSTOPped: keys of its slots answer 503 (redis_timeout),
     nothing is executed for them; keys of the other primaries are served
@@ -429,10 +485,7 @@ def test_a_frozen_primary_fails_only_its_slots_and_recovers():
             wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
                        what="/readyz 200")
             frozen = cluster.primaries()[0]
-            keys = [new_key() for _ in range(30)]
-            on_frozen = [k for k in keys if cluster.owner(key_slot(rkey(k))).port == frozen.port]
-            others = [k for k in keys if k not in on_frozen]
-            assert on_frozen and others
+            keys, on_frozen, others = keys_on_and_off(cluster, frozen)
             frozen.proc.send_signal(sig.SIGSTOP)
             try:
                 answers = {on_frozen[0]: env.post("/orders", key=on_frozen[0], body=b"{}",
