@@ -924,11 +924,7 @@ static void store_free(struct store *st)
         store_unwatch(st, st->watches);
     event_free(st->orphan_timer);
     event_free(st->free_event);
-    while (st->orphans) {
-        struct orphan *o = st->orphans;
-        st->orphans = o->next;
-        orphan_free(o);
-    }
+    orphans_free(st);
     free(st->host);
     free(st->ip);
     free(st->port);

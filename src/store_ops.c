@@ -599,8 +599,6 @@ static void on_op_timeout(evutil_socket_t fd, short what, void *arg)
         link_drop(op->link, "a command timed out (redis_timeout)");
 }
 
-static struct link *op_route(const struct store_op *op);
-
 static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -608,8 +606,7 @@ static void on_op_unreachable(evutil_socket_t fd, short what, void *arg)
     struct store_op *op = arg;
     free(op->claim_owner); /* never sent: nothing to clean up */
     op->claim_owner = NULL;
-    struct link *l = op->st->cluster == NULL || op->st->cluster->loaded ? op_route(op) : NULL;
-    if (op->on_claim != NULL && l != NULL && l->replicas_short && !op->answered) {
+    if (op->refused_short && !op->answered) {
         struct claim_result res = {.state = KEY_STATE_REPLICAS_SHORT, .pttl_ms = -1};
         op->answered = true;
         op->on_claim(op->arg, &res, NULL);
@@ -738,6 +735,7 @@ static void op_send(struct store_op *op)
         return;
     }
     if (op->on_claim != NULL && l->replicas_short) {
+        op->refused_short = true; /* 503 even under on_store_error pass */
         op_fail_later(op);
         return;
     }
@@ -967,7 +965,7 @@ static void orphan_add(struct store *st, const struct store_op *op)
     st->norphans++;
 }
 
-void orphan_free(struct orphan *o)
+static void orphan_free(struct orphan *o)
 {
     free(o->rkey);
     free(o->owner);
@@ -995,12 +993,33 @@ static void on_orphan_released(void *arg, bool applied, const char *error)
 {
     struct orphan *o = arg;
     o->releasing = false;
+    if (o->st == NULL) { /* its store has gone meanwhile (orphans_free) */
+        orphan_free(o);
+        return;
+    }
     if (error != NULL)
         return;
     if (applied)
         log_info("redis: released a claim whose reply was lost (the key is free again)");
+    o->last_answer_us = now_us();
     if (applied || ++o->answers >= ORPHAN_ATTEMPTS)
         orphan_unlink(o);
+}
+
+/* The store is going: orphans go with it, except those a release is on
+ * its way for (a release failed on a later loop turn may be answered after
+ * the store is freed): they are let go, and their answer frees them. */
+void orphans_free(struct store *st)
+{
+    while (st->orphans) {
+        struct orphan *o = st->orphans;
+        st->orphans = o->next;
+        if (o->releasing)
+            o->st = NULL;
+        else
+            orphan_free(o);
+    }
+    st->norphans = 0;
 }
 
 /* Orphans are released on the next loop turn when the store can send, else
@@ -1014,8 +1033,8 @@ static void orphans_release_soon(struct store *st)
 
 /* Sends a release for every orphan that has none on its way. An orphan
  * goes when a release frees its claim, or after ORPHAN_ATTEMPTS answers
- * that it is not there (a second apart: the lost claim may still sit in
- * Redis' input behind the first). */
+ * that it is not there, at least a second apart (the lost claim may still
+ * sit in Redis' input behind the first), however often the timer runs. */
 void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
@@ -1023,10 +1042,11 @@ void on_orphan_timer(evutil_socket_t fd, short what, void *arg)
     struct store *st = arg;
     if (!store_can_send(st))
         return; /* the next ready link re-arms us */
+    uint64_t now = now_us();
     for (struct orphan *o = st->orphans; o; o = o->next) {
-        if (o->releasing)
+        if (o->releasing || (o->answers > 0 && now - o->last_answer_us < 1000000))
             continue;
-        o->releasing = true;
+        o->releasing = true; /* until its answer, which may come after the store's end */
         store_release(st, o->rkey, o->owner, o->token_key, st->token_ttl_ms, on_orphan_released, o);
     }
     /* Again later: the lost claim may still sit in Redis' input behind us. */

@@ -107,6 +107,7 @@ struct store_op {
     bool resent_as_eval;
     int replies_due;             /* commands sent whose callbacks have not run: freed at 0 */
     bool confirm_pending;        /* claimed: answered once the WAIT after it says enough replicas */
+    bool refused_short;          /* a claim not sent: its primary's replicas are short */
     struct wait_batch *wait_for; /* the batch of its latest write: only its WAIT decides */
     bool applied;                /* an owner-checked change was made */
     struct op_queue *queue;      /* the queue it waits in, or NULL */
@@ -131,8 +132,9 @@ struct orphan {
     char *owner;
     char *token_key;
     struct store *st;
-    int answers;    /* releases Redis answered "not there" */
-    bool releasing; /* a release is on its way; its answer frees or counts */
+    int answers;             /* releases Redis answered "not there" */
+    uint64_t last_answer_us; /* when the latest of them came */
+    bool releasing;          /* a release is on its way: its answer frees or counts */
     struct orphan *next;
 };
 
@@ -220,7 +222,7 @@ void op_free(struct store_op *op);
 /* op_free once answered and no reply is due. */
 void op_maybe_free(struct store_op *op);
 /* store_ops.c */
-void orphan_free(struct orphan *o);
+void orphans_free(struct store *st);
 /* store_ops.c */
 void on_orphan_timer(evutil_socket_t fd, short what, void *arg);
 /* store_ops.c */
