@@ -7,7 +7,8 @@
 #   DEMO_SELFTEST=1 sh scripts/demo.sh   # send two POSTs, check the replay, exit 0/1
 #
 # Environment: IDEMPROXY_BIN [build/idemproxy], UPSTREAM_BIN [build/test-upstream],
-# REDIS_BIN [redis-server], PORT [8080]. Everything lives in a temporary
+# REDIS_BIN [redis-server], PORT [8080], DEMO_REDIS_PORT and DEMO_UPSTREAM_PORT [free
+# ports the kernel picks]. Everything lives in a temporary
 # directory that is removed on exit; the three processes are stopped by PID.
 
 set -u
@@ -97,13 +98,13 @@ if port_open "$PORT"; then
     die "127.0.0.1:$PORT is already in use; set PORT to another port"
 fi
 
-redis_port=$(free_port) || die "no free port for redis"
+redis_port=${DEMO_REDIS_PORT:-$(free_port)} || die "no free port for redis"
 "$REDIS_BIN" --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no \
     --dir "$tmp" --daemonize no --logfile "$tmp/redis.log" </dev/null >/dev/null 2>&1 &
 redis_pid=$!
 wait_port "$redis_port" "$redis_pid" redis-server || die "redis-server failed: $(tail -5 "$tmp/redis.log" 2>/dev/null)"
 
-upstream_port=$(free_port) || die "no free port for the upstream"
+upstream_port=${DEMO_UPSTREAM_PORT:-$(free_port)} || die "no free port for the upstream"
 "$UPSTREAM_BIN" -p "$upstream_port" </dev/null >"$tmp/upstream.out" 2>&1 &
 upstream_pid=$!
 wait_port "$upstream_port" "$upstream_pid" test-upstream || die "test upstream failed: $(cat "$tmp/upstream.out")"

@@ -234,7 +234,11 @@ def test_sd_notify():
 def test_demo_selftest():
     if not os.path.exists(idemproxy_bin()):
         raise TestFailure(f"idemproxy binary not found: {idemproxy_bin()}")
+    # every port from this worker's range: a port the kernel picks for the
+    # demo can be taken, before its server binds it, as the local port of
+    # another test's client connection
     env = dict(os.environ, DEMO_SELFTEST="1", PORT=str(free_port()),
+               DEMO_REDIS_PORT=str(free_port()), DEMO_UPSTREAM_PORT=str(free_port()),
                IDEMPROXY_BIN=idemproxy_bin(), UPSTREAM_BIN=upstream_bin())
     # Its own session, so a hung demo can be stopped with all it started
     # (by the process-group id of the shell we started, never by name).
