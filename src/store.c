@@ -286,7 +286,8 @@ static void link_endpoint(struct link *l, struct redis_endpoint *ep)
     if (st->cluster != NULL) {
         int i = l->node >= 0 ? l->node : st->sub_node % st->cluster->nnodes;
         const struct cluster_node *n = &st->cluster->nodes[i];
-        *ep = (struct redis_endpoint){.ip = n->ip, .name = n->name, .port = n->port, .tls = tls};
+        *ep = (struct redis_endpoint){
+            .ip = n->ip, .name = n->name ? n->name : n->hostname, .port = n->port, .tls = tls};
         snprintf(l->where, sizeof(l->where), "%s:%s", n->ip, n->port);
         return;
     }

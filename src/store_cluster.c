@@ -9,9 +9,16 @@
  *
  * Replicas in the answer are skipped: every command of ours writes, or must
  * read what the last write left, so only primaries are asked.
+ *
+ * A cluster set to `cluster-preferred-endpoint-type hostname` names its
+ * nodes by host name, in CLUSTER SLOTS and in redirections. Nothing here
+ * resolves names (that would block the loop): a node's address is the "ip"
+ * of its networking metadata, its host name is kept as the name TLS
+ * checks, and a redirection by host name goes to the node of that name.
  */
 #include "store_cluster.h"
 
+#include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,10 +63,17 @@ void cluster_map_free(struct cluster_map *m)
         free(m->nodes[i].ip);
         free(m->nodes[i].port);
         free(m->nodes[i].name);
+        free(m->nodes[i].hostname);
     }
     free(m->nodes);
     m->nodes = NULL;
     m->nnodes = m->cap = 0;
+}
+
+bool cluster_numeric_address(const char *s)
+{
+    unsigned char addr[16];
+    return inet_pton(AF_INET, s, addr) == 1 || inet_pton(AF_INET6, s, addr) == 1;
 }
 
 int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, const char *name)
@@ -75,8 +89,21 @@ int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, co
     n->ip = xstrdup(ip);
     n->port = xstrdup(port);
     n->name = name ? xstrdup(name) : NULL;
+    n->hostname = NULL;
     n->owned = 0;
     return m->nnodes++;
+}
+
+int cluster_map_find(const struct cluster_map *m, const char *host, const char *port)
+{
+    for (int i = 0; i < m->nnodes; i++) {
+        const struct cluster_node *n = &m->nodes[i];
+        if ((strcmp(n->ip, host) == 0 || (n->name != NULL && strcmp(n->name, host) == 0) ||
+             (n->hostname != NULL && strcmp(n->hostname, host) == 0)) &&
+            strcmp(n->port, port) == 0)
+            return i;
+    }
+    return -1;
 }
 
 void cluster_map_set_owner(struct cluster_map *m, unsigned slot, int node)
@@ -102,6 +129,21 @@ static bool range_ok(const redisReply *e)
            (p->element[0]->type == REDIS_REPLY_STRING || p->element[0]->type == REDIS_REPLY_NIL) &&
            p->element[1]->type == REDIS_REPLY_INTEGER && p->element[1]->integer > 0 &&
            p->element[1]->integer < 65536;
+}
+
+/* A node's "ip" from the networking metadata after its id (Redis 7: given
+ * when its endpoint is a host name), or NULL. */
+static const char *metadata_ip(const redisReply *p)
+{
+    if (p->elements < 4 || p->element[3]->type != REDIS_REPLY_ARRAY)
+        return NULL;
+    const redisReply *md = p->element[3];
+    for (size_t i = 0; i + 1 < md->elements; i += 2)
+        if (md->element[i]->type == REDIS_REPLY_STRING && strcmp(md->element[i]->str, "ip") == 0 &&
+            md->element[i + 1]->type == REDIS_REPLY_STRING &&
+            cluster_numeric_address(md->element[i + 1]->str))
+            return md->element[i + 1]->str;
+    return NULL;
 }
 
 int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked_ip, char *err,
@@ -130,11 +172,21 @@ int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked
         const char *ip = p->element[0]->type == REDIS_REPLY_STRING && p->element[0]->len > 0
                              ? p->element[0]->str
                              : asked_ip;
-        if (strcmp(ip, "?") == 0)
-            continue;
+        const char *hostname = NULL;
+        if (!cluster_numeric_address(ip)) { /* a host name: connect to its "ip" */
+            hostname = ip;
+            ip = metadata_ip(p);
+        }
+        if (ip == NULL || strcmp(ip, "?") == 0)
+            continue; /* no address: its slots have no primary we can reach */
         char port[8];
         snprintf(port, sizeof(port), "%lld", p->element[1]->integer);
         int node = cluster_map_node(m, ip, port, NULL);
+        struct cluster_node *n = &m->nodes[node];
+        if (hostname != NULL && (n->hostname == NULL || strcmp(n->hostname, hostname) != 0)) {
+            free(n->hostname);
+            n->hostname = xstrdup(hostname);
+        }
         for (long long s = e->element[0]->integer; s <= e->element[1]->integer; s++)
             cluster_map_set_owner(m, (unsigned)s, node);
     }

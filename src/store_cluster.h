@@ -24,8 +24,11 @@ unsigned cluster_key_slot(const char *key, size_t len);
 struct cluster_node {
     char *ip; /* numeric, as CLUSTER SLOTS or a redirection said, or a seed's resolved address */
     char *port;
-    char *name; /* a seed's configured host (what TLS checks); NULL: a learned node */
-    int owned;  /* slots it owns in the map */
+    char *name;     /* a seed's configured host (what TLS checks); NULL: a learned node */
+    char *hostname; /* the name the cluster gives it (cluster-preferred-endpoint-type
+                       hostname): what redirections say, and what TLS checks when
+                       there is no name; NULL: none */
+    int owned;      /* slots it owns in the map */
 };
 
 /*
@@ -43,8 +46,15 @@ struct cluster_map {
 void cluster_map_init(struct cluster_map *m);
 void cluster_map_free(struct cluster_map *m);
 
+/* Whether s is an IPv4 or IPv6 address rather than a host name. */
+bool cluster_numeric_address(const char *s);
+
 /* The index of ip:port, added (with name, may be NULL) when new. */
 int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, const char *name);
+
+/* The index of the node whose address, name or host name is host, on
+ * port; -1: none. */
+int cluster_map_find(const struct cluster_map *m, const char *host, const char *port);
 
 /* slot now belongs to node (a -MOVED said so). */
 void cluster_map_set_owner(struct cluster_map *m, unsigned slot, int node);

@@ -287,7 +287,12 @@ static bool op_redirect(struct store_op *op, const redisReply *r)
     const char *ip = host;
     if (ip[0] == '\0' && op->link != NULL && op->link->node >= 0) /* the node that answered */
         ip = st->cluster->nodes[op->link->node].ip;
-    int node = cluster_map_node(st->cluster, ip, port, NULL);
+    int node = cluster_numeric_address(ip) ? cluster_map_node(st->cluster, ip, port, NULL)
+                                           : cluster_map_find(st->cluster, ip, port);
+    if (node < 0) { /* a host name the map has not given an address yet: ask it */
+        cluster_refresh(st);
+        return false; /* answered as the error it is */
+    }
     log_debug("redis cluster: %s: %s", op->rkey, r->str);
     if (kind == CLUSTER_REDIRECT_MOVED) {
         cluster_map_set_owner(st->cluster, slot, node);

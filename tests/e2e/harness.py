@@ -580,9 +580,14 @@ class RedisCluster:
 
     tls=dict(cert, key, ca) (as Redis takes it): every node also has a TLS
     port, the cluster bus speaks TLS, and directive() names the TLS ports
-    (a client on TLS is told TLS ports by CLUSTER SLOTS)."""
+    (a client on TLS is told TLS ports by CLUSTER SLOTS).
 
-    def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000, tls=None):
+    hostname="localhost": every node announces that name and the cluster
+    names its nodes by it (cluster-preferred-endpoint-type hostname), in
+    CLUSTER SLOTS and in -MOVED/-ASK."""
+
+    def __init__(self, tmpdir, primaries=3, replicas=0, node_timeout_ms=1000, tls=None,
+                 hostname=None):
         self.nodes = []
         self.replicas = replicas
         self.tls = tls
@@ -598,7 +603,9 @@ class RedisCluster:
                     "--cluster-enabled", "yes",
                     "--cluster-config-file", os.path.join(d, "nodes.conf"),
                     "--cluster-node-timeout", str(node_timeout_ms)] +
-                    (["--tls-cluster", "yes"] if tls else [])))
+                    (["--tls-cluster", "yes"] if tls else []) +
+                    (["--cluster-announce-hostname", hostname,
+                      "--cluster-preferred-endpoint-type", "hostname"] if hostname else [])))
             argv = [os.environ.get("REDIS_CLI_BIN", "redis-cli"), "--cluster", "create"] + \
                 [f"127.0.0.1:{n.port}" for n in self.nodes] + \
                 ["--cluster-replicas", str(replicas), "--cluster-yes"]

@@ -188,6 +188,61 @@ def second_instance(env, cfg, name="b"):
     return Proxy(env.upstream_port, env.redis_port, cfg, tmpdir=d)
 
 
+def move_a_slot_by_hand(env, cluster, admin):
+    """An empty slot of the first primary migrated to the second by hand: a
+    new key in it is claimed on the importing node after -ASK, and found
+    there by -MOVED once the slot has moved; executed once. Returns (source,
+    destination)."""
+    src, dst = cluster.primaries()[:2]
+    src_id, dst_id = cluster.node_id(src), cluster.node_id(dst)
+    slot = next(s for s in range(16384) if cluster.owner(s) is src
+                and src.cmd("CLUSTER", "COUNTKEYSINSLOT", s) == 0)
+    dst.cmd("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.cmd("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    k = key_in_slot(slot)
+    first = env.post("/orders", key=k)
+    assert first.status == 201, first
+    # claimed on the importing node (the source never had it)
+    assert dst.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
+    assert src.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+    assert metric(admin, 'idemproxy_redis_redirections_total{kind="ask"}') >= 1
+    for node in (dst, src):
+        node.cmd("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+    r = env.post("/orders", key=k)
+    assert replays(r, first), r
+    assert metric(admin, 'idemproxy_redis_redirections_total{kind="moved"}') >= 1
+    assert env.upstream.count(k) == 1
+    return src, dst
+
+
+@alone
+def test_nodes_named_by_host_name_are_reached_at_their_address():
+    """cluster-preferred-endpoint-type hostname: CLUSTER SLOTS and the
+    redirections name every node "localhost"; idemproxy connects to the
+    address of each node's metadata (it never resolves a name on its loop)
+    and follows -ASK and -MOVED by name: keys spread over every primary and
+    replay, a slot moved by hand is followed, each key executed once."""
+    admin = free_port()
+    with Env(proxy=False, redis=False) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), hostname="localhost")
+        try:
+            env.start_proxy(f"{cluster.directive()}\nadmin_listen 127.0.0.1:{admin}")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 with the slot map loaded")
+            assert cluster.primaries()[0].cmd("CLUSTER", "SLOTS")[0][2][0] == b"localhost"
+            keys = [new_key() for _ in range(30)]
+            firsts = {k: env.post("/orders", key=k) for k in keys}
+            assert all(r.status == 201 for r in firsts.values()), firsts
+            assert len({cluster.owner(key_slot(rkey(k))).port for k in keys}) == 3
+            for k in keys:
+                assert replays(env.post("/orders", key=k), firsts[k]), k
+                assert env.upstream.count(k) == 1
+            move_a_slot_by_hand(env, cluster, admin)
+            assert "not a numeric address" not in env.proxy.error_log()
+        finally:
+            stop_all(env, None, cluster)
+
+
 @alone
 def test_resharding_under_traffic_executes_nothing_twice():
     """A slot migrated by hand (a new key in it is claimed on the importing
@@ -206,25 +261,8 @@ def test_resharding_under_traffic_executes_nothing_twice():
             b = second_instance(env, cluster.directive())
             wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
                        what="/readyz 200")
-            src, dst = cluster.primaries()[:2]
+            src, dst = move_a_slot_by_hand(env, cluster, admin)
             src_id, dst_id = cluster.node_id(src), cluster.node_id(dst)
-            slot = next(s for s in range(16384) if cluster.owner(s) is src
-                        and src.cmd("CLUSTER", "COUNTKEYSINSLOT", s) == 0)
-            dst.cmd("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-            src.cmd("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-            k = key_in_slot(slot)
-            first = env.post("/orders", key=k)
-            assert first.status == 201, first
-            # claimed on the importing node (the source never had it)
-            assert dst.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 1
-            assert src.cmd("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
-            assert metric(admin, 'idemproxy_redis_redirections_total{kind="ask"}') >= 1
-            for node in (dst, src):
-                node.cmd("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
-            r = env.post("/orders", key=k)
-            assert replays(r, first), r
-            assert metric(admin, 'idemproxy_redis_redirections_total{kind="moved"}') >= 1
-            assert env.upstream.count(k) == 1
 
             stats, lock, stop = new_stats(), threading.Lock(), threading.Event()
             owned_by_src = {s for s in range(16384) if cluster.owner(s) is src}

@@ -103,6 +103,49 @@ START_TEST(test_map_from_cluster_slots)
 }
 END_TEST
 
+/* cluster-preferred-endpoint-type hostname: nodes named, addresses in metadata */
+START_TEST(test_map_of_named_nodes)
+{
+    redisReply *r = parse("*2\r\n"
+                          "*3\r\n:0\r\n:8191\r\n"
+                          "*4\r\n$12\r\nredis-0.test\r\n:7000\r\n$2\r\nid\r\n"
+                          "*2\r\n$2\r\nip\r\n$8\r\n10.0.0.1\r\n"
+                          "*3\r\n:8192\r\n:16383\r\n"
+                          "*3\r\n$12\r\nredis-1.test\r\n:7000\r\n$2\r\nid\r\n");
+    struct cluster_map m;
+    cluster_map_init(&m);
+    char err[128];
+    ck_assert_int_eq(cluster_map_load(&m, r, "10.0.0.9", err, sizeof(err)), IDEM_OK);
+    int a = m.owner[0];
+    ck_assert_int_ge(a, 0);
+    ck_assert_str_eq(m.nodes[a].ip, "10.0.0.1");           /* connected by address */
+    ck_assert_str_eq(m.nodes[a].hostname, "redis-0.test"); /* what TLS checks */
+    ck_assert_ptr_null(m.nodes[a].name);
+    /* a name without an address is no primary we can reach */
+    ck_assert_int_eq(m.owner[8192], -1);
+    ck_assert(!cluster_map_covered(&m));
+    /* a redirection by name finds the node; an unknown name finds none */
+    ck_assert_int_eq(cluster_map_find(&m, "redis-0.test", "7000"), a);
+    ck_assert_int_eq(cluster_map_find(&m, "10.0.0.1", "7000"), a);
+    ck_assert_int_eq(cluster_map_find(&m, "redis-0.test", "7001"), -1);
+    ck_assert_int_eq(cluster_map_find(&m, "redis-1.test", "7000"), -1);
+    /* a seed (configured as an address) named by the cluster: found by that name */
+    int seed = cluster_map_node(&m, "10.0.0.2", "7000", "10.0.0.2");
+    freeReplyObject(r);
+    r = parse("*1\r\n*3\r\n:8192\r\n:16383\r\n"
+              "*4\r\n$12\r\nredis-2.test\r\n:7000\r\n$2\r\nid\r\n"
+              "*2\r\n$2\r\nip\r\n$8\r\n10.0.0.2\r\n");
+    ck_assert_int_eq(cluster_map_load(&m, r, "10.0.0.9", err, sizeof(err)), IDEM_OK);
+    ck_assert_int_eq(m.owner[8192], seed);
+    ck_assert_int_eq(cluster_map_find(&m, "redis-2.test", "7000"), seed);
+    ck_assert_str_eq(m.nodes[seed].name, "10.0.0.2"); /* as configured: TLS checks that */
+    ck_assert(cluster_numeric_address("127.0.0.1") && cluster_numeric_address("::1"));
+    ck_assert(!cluster_numeric_address("localhost") && !cluster_numeric_address(""));
+    freeReplyObject(r);
+    cluster_map_free(&m);
+}
+END_TEST
+
 START_TEST(test_redirections)
 {
     unsigned slot = 0;
@@ -140,6 +183,7 @@ static Suite *store_cluster_suite(void)
     tcase_add_test(tc, test_key_slots);
     tcase_add_test(tc, test_record_and_token_share_a_slot);
     tcase_add_test(tc, test_map_from_cluster_slots);
+    tcase_add_test(tc, test_map_of_named_nodes);
     tcase_add_test(tc, test_redirections);
     suite_add_tcase(s, tc);
     return s;
