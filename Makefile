@@ -65,7 +65,7 @@ UNIT_SRCS := $(wildcard tests/unit/test_*.c)
 UNIT_BINS := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRCS))
 UPSTREAM_BIN := $(BUILD)/test-upstream
 
-.PHONY: all deps test unit e2e run bench fuzz install clean format format-check man deb deb-test
+.PHONY: all deps test unit e2e run bench bench-instructions fuzz install clean format format-check man deb deb-test
 
 all: $(BUILD)/idemproxy
 
@@ -177,6 +177,13 @@ bench: deps
 		echo "bench: the in-process peer's packages are missing; its rows will not run"
 	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
 	@IDEMPROXY_BIN=$(BUILD)/idemproxy BENCH_OUT=$${BENCH_OUT:-$(BUILD)/bench-results.md} python3 tests/bench/bench.py
+
+# Instructions per request under callgrind (tests/bench/instructions.py):
+# repeatable where requests/s are not. BINS: the binaries to compare.
+bench-instructions: deps
+	$(call install_missing,valgrind)
+	@$(MAKE) --no-print-directory all $(UPSTREAM_BIN)
+	@UPSTREAM_BIN=$(UPSTREAM_BIN) python3 tests/bench/instructions.py $(or $(BINS),$(BUILD)/idemproxy)
 
 # libFuzzer targets (clang, libclang-rt-14-dev): each runs FUZZ_SECONDS on a
 # copy of its seed corpus in build/fuzz/, so the repo's corpus stays small.
