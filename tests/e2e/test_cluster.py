@@ -42,6 +42,16 @@ def replays(r, first):
         r.body == first.body
 
 
+def start_ready(env, config):
+    """idemproxy on config plus an admin listener, once /readyz says 200 (the
+    slot map loaded, every primary connected); returns the admin port."""
+    admin = free_port()
+    env.start_proxy(f"{config}\nadmin_listen 127.0.0.1:{admin}")
+    wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+               what="/readyz 200")
+    return admin
+
+
 @alone
 def test_keys_spread_over_every_primary_and_replay():
     """Keys land on the primary of their slot (every primary gets some, and
@@ -222,13 +232,10 @@ def test_nodes_named_by_host_name_are_reached_at_their_address():
     address of each node's metadata (it never resolves a name on its loop)
     and follows -ASK and -MOVED by name: keys spread over every primary and
     replay, a slot moved by hand is followed, each key executed once."""
-    admin = free_port()
     with Env(proxy=False, redis=False) as env:
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"), hostname="localhost")
         try:
-            env.start_proxy(f"{cluster.directive()}\nadmin_listen 127.0.0.1:{admin}")
-            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
-                       what="/readyz 200 with the slot map loaded")
+            admin = start_ready(env, cluster.directive())
             assert cluster.primaries()[0].cmd("CLUSTER", "SLOTS")[0][2][0] == b"localhost"
             keys = [new_key() for _ in range(30)]
             firsts = {k: env.post("/orders", key=k) for k in keys}
@@ -428,11 +435,7 @@ def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"), tls=tls)
         b = None
         try:
-            admin = free_port()
-            env.start_proxy(f"{cluster.directive(1)}\nredis_tls on\nredis_tls_ca {c.ca}\n"
-                            f"admin_listen 127.0.0.1:{admin}")
-            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
-                       what="/readyz 200 over TLS")
+            start_ready(env, f"{cluster.directive(1)}\nredis_tls on\nredis_tls_ca {c.ca}")
             keys = [new_key() for _ in range(30)]
             for k in keys:
                 assert env.post("/orders", key=k, body=b"{}").status == 201
@@ -471,11 +474,7 @@ def test_a_replica_short_on_one_shard_fails_only_that_shards_claims():
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"), replicas=1,
                                node_timeout_ms=60000)
         try:
-            admin = free_port()
-            proxy = env.start_proxy(f"{cluster.directive()}\nredis_min_replicas 1 100ms\n"
-                                    f"admin_listen 127.0.0.1:{admin}")
-            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
-                       what="/readyz 200")
+            admin = start_ready(env, f"{cluster.directive()}\nredis_min_replicas 1 100ms")
             short = cluster.primaries()[0]
             info = short.cmd("INFO", "replication").decode()
             port = int(info.split("slave0:")[1].split("port=")[1].split(",")[0])
@@ -493,7 +492,7 @@ def test_a_replica_short_on_one_shard_fails_only_that_shards_claims():
             for k in others:
                 assert answers[k].status == 201, (k, answers[k])
             assert f"redis 127.0.0.1:{short.port}: fewer replicas than redis_min_replicas" \
-                in proxy.error_log()
+                in env.proxy.error_log()
             wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
                        what="/readyz 200 once the replica is back")
 
@@ -517,11 +516,7 @@ def test_a_frozen_primary_fails_only_its_slots_and_recovers():
     with Env(proxy=False, redis=False, expect_errors=True) as env:
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
         try:
-            admin = free_port()
-            env.start_proxy(f"{cluster.directive()}\nredis_timeout 300ms\n"
-                            f"admin_listen 127.0.0.1:{admin}")
-            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
-                       what="/readyz 200")
+            start_ready(env, f"{cluster.directive()}\nredis_timeout 300ms")
             frozen = cluster.primaries()[0]
             keys, on_frozen, others = keys_on_and_off(cluster, frozen)
             frozen.proc.send_signal(sig.SIGSTOP)
