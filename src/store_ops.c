@@ -671,24 +671,25 @@ static struct store_op *queue_take(struct op_queue *q)
     return list;
 }
 
-void queue_send(struct op_queue *q)
+/* Empties q, passing each operation to fn in order. */
+static void queue_drain(struct op_queue *q, void (*fn)(struct store_op *op))
 {
     struct store_op *op = queue_take(q);
     while (op != NULL) {
         struct store_op *next = op->next_queued;
-        op_send(op);
+        fn(op);
         op = next;
     }
 }
 
+void queue_send(struct op_queue *q)
+{
+    queue_drain(q, op_send);
+}
+
 void queue_fail(struct op_queue *q)
 {
-    struct store_op *op = queue_take(q);
-    while (op != NULL) {
-        struct store_op *next = op->next_queued;
-        op_fail_later(op);
-        op = next;
-    }
+    queue_drain(q, op_fail_later);
 }
 
 /* ---- sending ------------------------------------------------------------ */
