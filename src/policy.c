@@ -19,7 +19,6 @@
 
 #include <pthread.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -427,11 +426,8 @@ void policy_fingerprint(const struct policy *p, const struct request_view *req,
 static char *join_key(const char *prefix, const char *before, const char *scope, const char *mid,
                       const char *key, bool tagged)
 {
-    size_t n = strlen(prefix) + strlen(before) + strlen(scope) + strlen(mid) + strlen(key) + 4;
-    char *out = xmalloc(n);
-    snprintf(out, n, "%s%s%s%s:%s%s%s", prefix, before, tagged ? "{" : "", scope, mid, key,
-             tagged ? "}" : "");
-    return out;
+    return xstrjoin(prefix, before, tagged ? "{" : "", scope, ":", mid, key, tagged ? "}" : "",
+                    (char *)NULL);
 }
 
 char *policy_record_key(const char *prefix, const char *scope, const char *ns, const char *key,

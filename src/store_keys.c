@@ -33,7 +33,6 @@
  */
 #include "store_keys.h"
 
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,10 +150,10 @@ const char *keys_script_name(enum script_id id)
 
 char *keys_inflight_value(const char *owner, const char *fingerprint, uint64_t unknown_ms)
 {
-    size_t n = 3 + strlen(owner) + 1 + strlen(fingerprint) + 1 + UINT64_DIGITS + 1;
-    char *v = xmalloc(n);
-    snprintf(v, n, "i0:%s:%s:%llu", owner, fingerprint, (unsigned long long)unknown_ms);
-    return v;
+    char digits[UINT64_DIGITS + 1];
+    digits[UINT64_DIGITS] = '\0';
+    return xstrjoin("i0:", owner, ":", fingerprint, ":", format_u64(unknown_ms, 10, digits),
+                    (char *)NULL);
 }
 
 size_t keys_done_prefix_cap(const char *fingerprint)
@@ -174,10 +173,7 @@ size_t keys_done_prefix(const char *fingerprint, char *out)
 
 char *keys_unknown_value(const char *fingerprint)
 {
-    size_t n = 2 + strlen(fingerprint) + 1;
-    char *v = xmalloc(n);
-    snprintf(v, n, "u:%s", fingerprint);
-    return v;
+    return xstrjoin("u:", fingerprint, (char *)NULL);
 }
 
 /* The field of v[at..len) up to the next ':' (or the end); its length. */

@@ -26,31 +26,55 @@
 #include "store_cluster.h"
 #include "store_health.h"
 
-static void bytes_add(struct bytes *b, const void *data, size_t n)
+/* Room for n more bytes at b->p + b->len. */
+static char *bytes_reserve(struct bytes *b, size_t n)
 {
     if (b->cap - b->len < n) {
         b->cap = b->cap * 2 > b->len + n ? b->cap * 2 : b->len + n + 256;
         b->p = xrealloc(b->p, b->cap);
     }
-    memcpy(b->p + b->len, data, n);
+    return b->p + b->len;
+}
+
+static void bytes_add(struct bytes *b, const void *data, size_t n)
+{
+    memcpy(bytes_reserve(b, n), data, n);
     b->len += n;
 }
 
-/* "<prefix><decimal>\r\n": an array or bulk string header. */
-static void bytes_add_header(struct bytes *b, char prefix, uint64_t v)
+/* "<prefix><decimal>\r\n", an array or bulk string header, at w; past it. */
+static char *put_header(char *w, char prefix, uint64_t v)
 {
     char digits[UINT64_DIGITS];
-    char *p = format_u64(v, 10, digits);
-    bytes_add(b, &prefix, 1);
-    bytes_add(b, p, (size_t)(digits + sizeof(digits) - p));
-    bytes_add(b, "\r\n", 2);
+    char *d = format_u64(v, 10, digits);
+    size_t n = (size_t)(digits + sizeof(digits) - d);
+    *w++ = prefix;
+    memcpy(w, d, n);
+    w += n;
+    *w++ = '\r';
+    *w++ = '\n';
+    return w;
 }
 
+/* The longest header: prefix, digits, CRLF. */
+#define RESP_HEADER_MAX (1 + UINT64_DIGITS + 2)
+
+static void bytes_add_header(struct bytes *b, char prefix, uint64_t v)
+{
+    char *w = bytes_reserve(b, RESP_HEADER_MAX);
+    b->len = (size_t)(put_header(w, prefix, v) - b->p);
+}
+
+/* One bulk string: a command's RESP is composed with one reservation and
+ * one copy per argument (this runs ~20 times per keyed request). */
 static void bytes_add_bulk(struct bytes *b, const char *data, size_t n)
 {
-    bytes_add_header(b, '$', n);
-    bytes_add(b, data, n);
-    bytes_add(b, "\r\n", 2);
+    char *w = put_header(bytes_reserve(b, RESP_HEADER_MAX + n + 2), '$', n);
+    memcpy(w, data, n);
+    w += n;
+    *w++ = '\r';
+    *w++ = '\n';
+    b->len = (size_t)(w - b->p);
 }
 
 /* ---- answering ---------------------------------------------------------- */
@@ -84,6 +108,7 @@ void op_free(struct store_op *op)
 {
     free(op->claim_owner);
     free(op->claim_token_key);
+    free(op->claim_quota_key);
     free(op->claim_value);
     free(op->rkey);
     if (event_initialized(op->timer)) /* in op's own allocation (op_new) */
@@ -253,7 +278,7 @@ static bool op_next_step(struct store_op *op, const redisReply *r)
         return true;
     }
     if (op->native && r->type == REDIS_REPLY_STRING && r->len > 0 && r->str[0] != 'd') {
-        op->native = false; /* SCRIPT_CLAIM, whose arguments are ready */
+        op->native = false; /* SCRIPT_CLAIM: op_send builds its arguments */
         return true;
     }
     if (op->script == SCRIPT_LEGACY && r->type == REDIS_REPLY_ARRAY && r->elements == 1 &&
@@ -268,6 +293,7 @@ static bool op_next_step(struct store_op *op, const redisReply *r)
 }
 
 static void op_send(struct store_op *op);
+static void claim_script_args(struct store_op *op);
 static void queue_remove(struct store_op *op);
 
 /* -MOVED / -ASK (redis_cluster): op goes again where the reply says; a
@@ -765,6 +791,8 @@ static void op_send(struct store_op *op)
         const char *body =
             op->resent_as_eval ? keys_script_source(op->script) : st->sha[op->script];
         bool legacy = op->script == SCRIPT_LEGACY; /* its own arguments: the key, will wait */
+        if (op->script == SCRIPT_CLAIM && !op->claim_args_ready)
+            claim_script_args(op);
         bytes_add_header(cmd, '*', legacy ? 5 : (uint64_t)op->nargs + 2);
         bytes_add_bulk(cmd, verb, strlen(verb));
         bytes_add_bulk(cmd, body, strlen(body));
@@ -841,11 +869,25 @@ static void op_arg_u64(struct store_op *op, uint64_t v)
     op_arg(op, p, (size_t)(digits + sizeof(digits) - p));
 }
 
-/*
- * Natively unless a token or a quota must be checked in the same atomic
- * step: then through the claim script at once. The script's arguments are
- * built either way, for the slow path (op_next_step).
- */
+/* The claim script's keys and arguments, after numkeys and the key: built
+ * only when a claim goes through the script (a token, a quota, a key found
+ * in flight), so the native claim of a new key composes one command. */
+static void claim_script_args(struct store_op *op)
+{
+    if (op->claim_token_key)
+        op_extra_key(op, op->claim_token_key);
+    if (op->claim_quota_key)
+        op_extra_key(op, op->claim_quota_key);
+    op_arg(op, op->claim_value, strlen(op->claim_value));
+    op_arg_u64(op, op->claim_px);
+    op_arg(op, op->claim_will_wait ? "1" : "0", 1);
+    op_arg_u64(op, op->claim_quota_key ? op->claim_max_keys : 0);
+    op_arg_u64(op, op->claim_quota_window_ms);
+    op->claim_args_ready = true;
+}
+
+/* Natively unless a token or a quota must be checked in the same atomic
+ * step: then through the claim script at once. */
 void store_claim(struct store *st, const struct claim_request *req, store_claim_cb cb, void *arg)
 {
     struct store_op *op = op_new(st, SCRIPT_CLAIM, req->rkey);
@@ -855,15 +897,9 @@ void store_claim(struct store *st, const struct claim_request *req, store_claim_
     op->claim_px = req->lock_ttl_ms + req->unknown_ttl_ms;
     op->claim_will_wait = req->will_wait;
     op->native = op->native_first = req->token_key == NULL && req->quota_key == NULL;
-    if (req->token_key)
-        op_extra_key(op, req->token_key);
-    if (req->quota_key)
-        op_extra_key(op, req->quota_key);
-    op_arg(op, op->claim_value, strlen(op->claim_value));
-    op_arg_u64(op, op->claim_px);
-    op_arg(op, req->will_wait ? "1" : "0", 1);
-    op_arg_u64(op, req->quota_key ? req->max_keys : 0);
-    op_arg_u64(op, req->quota_window_ms);
+    op->claim_quota_key = req->quota_key ? xstrdup(req->quota_key) : NULL;
+    op->claim_max_keys = req->max_keys;
+    op->claim_quota_window_ms = req->quota_window_ms;
     op->claim_owner = xstrdup(req->owner);
     op->claim_token_key = req->token_key ? xstrdup(req->token_key) : NULL;
     op_start(st, op);

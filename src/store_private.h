@@ -95,6 +95,10 @@ struct store_op {
     char *claim_value; /* native claims: the in-flight value */
     uint64_t claim_px; /* and its expiry */
     bool claim_will_wait;
+    char *claim_quota_key;          /* max_keys_per_scope: the scope's counter, or NULL */
+    uint64_t claim_max_keys;        /* and its limit */
+    uint64_t claim_quota_window_ms; /* and its window */
+    bool claim_args_ready;          /* the claim script's arguments are in args */
     store_claim_cb on_claim;
     store_update_cb on_update;
     store_admin_cb on_admin;

@@ -26,6 +26,9 @@ void *xcalloc(size_t n, size_t size);
 void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
+/* The strings up to a NULL, concatenated into one allocation (keys, values
+ * built per request, where snprintf's format parsing would cost more). */
+char *xstrjoin(const char *first, ...) __attribute__((sentinel));
 
 /* Milliseconds on CLOCK_MONOTONIC: for durations, never for wall time. */
 uint64_t now_monotonic_ms(void);
