@@ -156,9 +156,9 @@ char *keys_inflight_value(const char *owner, const char *fingerprint, uint64_t u
                     (char *)NULL);
 }
 
-size_t keys_done_prefix_cap(const char *fingerprint)
+size_t keys_done_prefix_len(const char *fingerprint)
 {
-    return 2 + strlen(fingerprint) + 1 + 1;
+    return 2 + strlen(fingerprint) + 1;
 }
 
 size_t keys_done_prefix(const char *fingerprint, char *out)
@@ -167,7 +167,6 @@ size_t keys_done_prefix(const char *fingerprint, char *out)
     memcpy(out, "d:", 2);
     memcpy(out + 2, fingerprint, f);
     out[2 + f] = ':';
-    out[3 + f] = '\0';
     return 3 + f;
 }
 

@@ -45,10 +45,10 @@ const char *keys_script_name(enum script_id id);
 /* The in-flight value, NUL-terminated; the caller frees it. */
 char *keys_inflight_value(const char *owner, const char *fingerprint, uint64_t unknown_ms);
 
-/* The prefix of a done value ("d:" fingerprint ":"), the record follows.
- * Into out, which holds at least keys_done_prefix_cap(fingerprint). */
+/* The prefix of a done value ("d:" fingerprint ":"), the record follows:
+ * keys_done_prefix_len(fingerprint) bytes into out, not NUL-terminated. */
 size_t keys_done_prefix(const char *fingerprint, char *out);
-size_t keys_done_prefix_cap(const char *fingerprint);
+size_t keys_done_prefix_len(const char *fingerprint);
 
 /* The unknown value; the caller frees it. */
 char *keys_unknown_value(const char *fingerprint);

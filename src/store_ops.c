@@ -793,16 +793,17 @@ static void op_send(struct store_op *op)
         bool legacy = op->script == SCRIPT_LEGACY; /* its own arguments: the key, will wait */
         if (op->script == SCRIPT_CLAIM && !op->claim_args_ready)
             claim_script_args(op);
-        bytes_add_header(cmd, '*', legacy ? 5 : (uint64_t)op->nargs + 2);
+        char digits[UINT64_DIGITS];
+        char *numkeys = format_u64(legacy ? 1 : (uint64_t)op->nkeys, 10, digits);
+        bytes_add_header(cmd, '*', legacy ? 5 : (uint64_t)op->nargs + 4);
         bytes_add_bulk(cmd, verb, strlen(verb));
         bytes_add_bulk(cmd, body, strlen(body));
-        if (legacy) {
-            bytes_add_bulk(cmd, "1", 1);
-            bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+        bytes_add_bulk(cmd, numkeys, (size_t)(digits + sizeof(digits) - numkeys));
+        bytes_add_bulk(cmd, op->rkey, strlen(op->rkey));
+        if (legacy)
             bytes_add_bulk(cmd, op->claim_will_wait ? "1" : "0", 1);
-        } else {
+        else
             bytes_add(cmd, op->args.p, op->args.len);
-        }
     }
     /* the target takes the slot it is importing for one command */
     if (op->ask_to != NULL &&
@@ -850,15 +851,14 @@ static struct store_op *op_new(struct store *st, enum script_id script, const ch
     op->st = st;
     op->script = script;
     op->rkey = xstrdup(rkey);
-    op_arg(op, "1", 1); /* numkeys */
-    op_arg(op, rkey, strlen(rkey));
+    op->nkeys = 1;
     return op;
 }
 
 /* One more key (before any argument): the script sees KEYS[2], KEYS[3]... */
 static void op_extra_key(struct store_op *op, const char *key)
 {
-    op->args.p[4]++; /* numkeys, the first bulk string: "$1\r\nN\r\n", N < 9 */
+    op->nkeys++;
     op_arg(op, key, strlen(key));
 }
 
@@ -931,15 +931,19 @@ void store_complete(struct store *st, const char *rkey, const char *owner, const
                     void *arg)
 {
     struct store_op *op = owner_op(st, SCRIPT_COMPLETE, rkey, owner, cb, arg);
-    /* the done value, "d:" fingerprint ":" record, written as one bulk string */
-    char *prefix = xmalloc(keys_done_prefix_cap(fingerprint));
-    size_t n = keys_done_prefix(fingerprint, prefix);
-    bytes_add_header(&op->args, '$', n + record_len);
-    bytes_add(&op->args, prefix, n);
-    bytes_add(&op->args, record, record_len);
-    bytes_add(&op->args, "\r\n", 2);
+    /* the done value, "d:" fingerprint ":" record, written as one bulk
+     * string straight into args, which is sized for it and the ttl once */
+    size_t n = keys_done_prefix_len(fingerprint);
+    char *w =
+        bytes_reserve(&op->args, 2 * RESP_HEADER_MAX + n + record_len + 2 + UINT64_DIGITS + 2);
+    w = put_header(w, '$', n + record_len);
+    w += keys_done_prefix(fingerprint, w);
+    memcpy(w, record, record_len);
+    w += record_len;
+    *w++ = '\r';
+    *w++ = '\n';
+    op->args.len = (size_t)(w - op->args.p);
     op->nargs++;
-    free(prefix);
     op_arg_u64(op, ttl_ms);
     op_start(st, op);
 }

@@ -120,8 +120,9 @@ struct store_op {
     const struct redis_conn *sent_on; /* the connection its command went out on */
     unsigned slot;                    /* redis_cluster: its key's slot */
     struct link *ask_to;              /* -ASK: the next send goes there, after ASKING */
+    int nkeys;                        /* KEYS: rkey, then those at the start of args */
     int nargs;                        /* bulk strings in args */
-    struct bytes args;                /* RESP after the verb and the script: numkeys, keys, ARGV */
+    struct bytes args;                /* RESP after numkeys and KEYS[1]: more keys, then ARGV */
     char *rkey;                       /* KEYS[1] */
 };
 
