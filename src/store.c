@@ -132,6 +132,10 @@ static void link_schedule_reconnect(struct link *l)
                              (suseconds_t)(l->backoff_ms % 1000) * 1000};
         evtimer_add(l->reconnect_timer, &tv);
         l->backoff_ms = l->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : l->backoff_ms * 2;
+    } else {
+        /* the connect deadline may still be armed: firing on a down link it
+         * would connect again, once per redis_timeout, for good */
+        evtimer_del(l->reconnect_timer);
     }
     if (st->cluster != NULL) { /* slots may have moved; the sub link tries another node */
         if (!l->cmd)
@@ -284,7 +288,12 @@ static void link_endpoint(struct link *l, struct redis_endpoint *ep)
     struct store *st = l->st;
     struct tls *tls = st->tls_on ? st->tls : NULL;
     if (st->cluster != NULL) {
-        int i = l->node >= 0 ? l->node : st->sub_node % st->cluster->nnodes;
+        int i = l->node;
+        if (i < 0) { /* the sub link: the next node in use from sub_node on */
+            while (!cluster_map_in_use(st->cluster, st->sub_node % st->cluster->nnodes))
+                st->sub_node++;
+            i = st->sub_node % st->cluster->nnodes;
+        }
         const struct cluster_node *n = &st->cluster->nodes[i];
         *ep = (struct redis_endpoint){
             .ip = n->ip, .name = n->name ? n->name : n->hostname, .port = n->port, .tls = tls};
@@ -427,6 +436,35 @@ static void say_moves(const struct store *st, const int16_t *before)
              to ? to->ip : "none", to ? ":" : "", to ? to->port : "");
 }
 
+/*
+ * After a new map: nodes that own no slot any more, are no seed and whose
+ * link is idle (no connection, no reconnect due, nothing queued or waiting
+ * on it) are forgotten, so that their places serve the next new nodes. A
+ * node still connected (a primary turned replica) is kept: it costs one
+ * connection, and only as many as the cluster has nodes.
+ */
+static void forget_idle_nodes(struct store *st)
+{
+    for (int i = st->nseeds; i < st->cluster->nnodes; i++) {
+        if (!cluster_map_in_use(st->cluster, i) || st->cluster->nodes[i].owned > 0)
+            continue;
+        struct link *l = i < st->nnode_links ? st->node_links[i] : NULL;
+        if (l != NULL &&
+            (l->ac != NULL || l->state != LINK_DOWN || evtimer_pending(l->reconnect_timer, NULL) ||
+             l->pending.head != NULL || l->wait_batch != NULL || l->wait_sent != NULL ||
+             evtimer_pending(l->replicas_timer, NULL) || st->refresh_link == l))
+            continue;
+        log_debug("redis cluster: %s:%s owns no slot and is idle: forgotten",
+                  st->cluster->nodes[i].ip, st->cluster->nodes[i].port);
+        cluster_map_forget(st->cluster, i);
+        if (l != NULL) { /* the next node here starts afresh */
+            l->backoff_ms = BACKOFF_MIN_MS;
+            l->down_logged = false;
+            l->replicas_short = false;
+        }
+    }
+}
+
 /* A CLUSTER SLOTS answer: the map is replaced, the primaries connected,
  * and what waited for a map goes out. */
 static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
@@ -455,6 +493,7 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
         for (int i = 0; i < st->cluster->nnodes; i++)
             if (st->cluster->nodes[i].owned > 0)
                 link_use(node_link(st, i));
+        forget_idle_nodes(st);
         publish_ready(st);
         queue_send(&st->unrouted);
     } else {
@@ -505,7 +544,8 @@ void cluster_refresh(struct store *st)
             return;
         st->connecting_nodes = true;
         for (int i = 0; i < st->cluster->nnodes; i++)
-            link_use(node_link(st, i));
+            if (cluster_map_in_use(st->cluster, i))
+                link_use(node_link(st, i));
         st->connecting_nodes = false;
         return;
     }

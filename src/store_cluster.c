@@ -78,27 +78,54 @@ bool cluster_numeric_address(const char *s)
 
 int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, const char *name)
 {
-    for (int i = 0; i < m->nnodes; i++)
-        if (strcmp(m->nodes[i].ip, ip) == 0 && strcmp(m->nodes[i].port, port) == 0)
+    int free_at = -1;
+    for (int i = 0; i < m->nnodes; i++) {
+        if (m->nodes[i].ip == NULL)
+            free_at = free_at < 0 ? i : free_at;
+        else if (strcmp(m->nodes[i].ip, ip) == 0 && strcmp(m->nodes[i].port, port) == 0)
             return i;
-    if (m->nnodes == m->cap) {
-        m->cap = m->cap ? m->cap * 2 : 8;
-        m->nodes = xrealloc(m->nodes, (size_t)m->cap * sizeof(*m->nodes));
     }
-    struct cluster_node *n = &m->nodes[m->nnodes];
+    if (free_at < 0) {
+        if (m->nnodes == CLUSTER_NODES_MAX)
+            return -1;
+        if (m->nnodes == m->cap) {
+            m->cap = m->cap ? m->cap * 2 : 8;
+            m->nodes = xrealloc(m->nodes, (size_t)m->cap * sizeof(*m->nodes));
+        }
+        free_at = m->nnodes++;
+    }
+    struct cluster_node *n = &m->nodes[free_at];
     n->ip = xstrdup(ip);
     n->port = xstrdup(port);
     n->name = name ? xstrdup(name) : NULL;
     n->hostname = NULL;
     n->owned = 0;
-    return m->nnodes++;
+    return free_at;
+}
+
+void cluster_map_forget(struct cluster_map *m, int node)
+{
+    struct cluster_node *n = &m->nodes[node];
+    if (n->ip == NULL || n->owned > 0)
+        return;
+    free(n->ip);
+    free(n->port);
+    free(n->name);
+    free(n->hostname);
+    *n = (struct cluster_node){0};
+}
+
+bool cluster_map_in_use(const struct cluster_map *m, int node)
+{
+    return node >= 0 && node < m->nnodes && m->nodes[node].ip != NULL;
 }
 
 int cluster_map_find(const struct cluster_map *m, const char *host, const char *port)
 {
     for (int i = 0; i < m->nnodes; i++) {
         const struct cluster_node *n = &m->nodes[i];
-        if ((strcmp(n->ip, host) == 0 || (n->name != NULL && strcmp(n->name, host) == 0) ||
+        if (n->ip != NULL &&
+            (strcmp(n->ip, host) == 0 || (n->name != NULL && strcmp(n->name, host) == 0) ||
              (n->hostname != NULL && strcmp(n->hostname, host) == 0)) &&
             strcmp(n->port, port) == 0)
             return i;
@@ -182,6 +209,8 @@ int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked
         char port[8];
         snprintf(port, sizeof(port), "%lld", p->element[1]->integer);
         int node = cluster_map_node(m, ip, port, NULL);
+        if (node < 0)
+            continue; /* the table is full: its slots have no primary we know */
         struct cluster_node *n = &m->nodes[node];
         if (hostname != NULL && (n->hostname == NULL || strcmp(n->hostname, hostname) != 0)) {
             free(n->hostname);

@@ -32,9 +32,11 @@ struct cluster_node {
 };
 
 /*
- * The slot map: the primary that owns each slot, as an index into nodes.
- * Nodes are only ever added, so an index stays valid for the map's life
- * (store.c keeps its connections in a parallel array).
+ * The slot map: the primary that owns each slot, as an index into nodes
+ * (store.c keeps its connections in a parallel array). A node that owns
+ * nothing may be forgotten (its ip NULL): its index is then taken by the
+ * next new node, so a cluster whose nodes come and go at new addresses
+ * does not grow the table for as long as the process runs.
  */
 struct cluster_map {
     struct cluster_node *nodes;
@@ -49,8 +51,18 @@ void cluster_map_free(struct cluster_map *m);
 /* Whether s is an IPv4 or IPv6 address rather than a host name. */
 bool cluster_numeric_address(const char *s);
 
-/* The index of ip:port, added (with name, may be NULL) when new. */
+/* At most this many nodes at a time (slot owners are int16_t). */
+#define CLUSTER_NODES_MAX 4096
+
+/* The index of ip:port, added (with name, may be NULL) when new, in a
+ * forgotten node's place if there is one; -1 when the table is full. */
 int cluster_map_node(struct cluster_map *m, const char *ip, const char *port, const char *name);
+
+/* Frees node's entry for reuse; it must own no slot. */
+void cluster_map_forget(struct cluster_map *m, int node);
+
+/* Whether node is an entry in use (not forgotten). */
+bool cluster_map_in_use(const struct cluster_map *m, int node);
 
 /* The index of the node whose address, name or host name is host, on
  * port; -1: none. */

@@ -423,6 +423,49 @@ def test_primary_killed_replica_promoted_keeps_the_promise():
 
 
 @alone
+def test_a_primary_gone_for_good_is_forgotten_and_its_shard_served():
+    """A primary killed for good, its replica promoted, the old node never
+    back (as when a pod returns at another address): once its link has
+    nothing left to do, its place in the node table is freed for the next
+    new node (logged at debug), and keys on every shard, that one included,
+    execute once and replay."""
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), replicas=1)
+        try:
+            seed = cluster.nodes[0]  # the only seed: seeds are never forgotten
+            start_ready(env, cluster.directive(1) + "\nworkers 2\nlog_level debug")
+            victim = next(p for p in cluster.primaries() if p.port != seed.port)
+            slot = next(s for s in range(16384) if cluster.owner(s) is victim)
+            stored = key_in_slot(slot)
+            first = env.post("/orders", key=stored)
+            assert first.status == 201, first
+            victim.kill()
+            wait_until(lambda: cluster.owner(slot) not in (None, victim), 20 * SLOW,
+                       what="the replica promoted")
+            wait_until(lambda: env.post("/orders", key=key_in_slot(slot)).status == 201,
+                       15 * SLOW, what="the shard executing again")
+            forgotten = f"127.0.0.1:{victim.port} owns no slot and is idle: forgotten"
+            wait_until(lambda: env.proxy.error_log().count(forgotten) == 2, 15 * SLOW,
+                       what="the old primary forgotten by both workers")
+            # and no longer dialled (it was, once per redis_timeout, for good)
+            refused = f"redis 127.0.0.1:{victim.port}: Connection refused"
+            tries = env.proxy.error_log().count(refused)
+            time.sleep(2.5)
+            assert env.proxy.error_log().count(refused) == tries
+            keys = [new_key() for _ in range(30)]
+            owners = {cluster.owner(key_slot(rkey(k))).port for k in keys}
+            assert len(owners) == 3, owners
+            for k in keys:
+                r = env.post("/orders", key=k)
+                assert r.status == 201, (k, r)
+                assert replays(env.post("/orders", key=k), r)
+                assert env.upstream.count(k) == 1
+            assert replays(env.post("/orders", key=stored), first)
+        finally:
+            stop_all(env, None, cluster)
+
+
+@alone
 def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
     """Seeds and the nodes learned from CLUSTER SLOTS are reached over TLS and
     verified (their certificates name 127.0.0.1); keys land on every primary

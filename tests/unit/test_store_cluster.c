@@ -6,6 +6,7 @@
  */
 #include <hiredis/hiredis.h>
 #include <hiredis/read.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "store_cluster.h"
@@ -146,6 +147,47 @@ START_TEST(test_map_of_named_nodes)
 }
 END_TEST
 
+/* Nodes that come and go at new addresses: a forgotten node's place is
+ * taken by the next new one, and the table stops at CLUSTER_NODES_MAX. */
+START_TEST(test_forgotten_nodes_are_reused)
+{
+    struct cluster_map m;
+    cluster_map_init(&m);
+    int seed = cluster_map_node(&m, "10.0.0.1", "7000", "seed");
+    int old = cluster_map_node(&m, "10.0.0.2", "7000", NULL);
+    cluster_map_set_owner(&m, 5, old);
+    cluster_map_forget(&m, old); /* owns a slot: kept */
+    ck_assert(cluster_map_in_use(&m, old));
+    cluster_map_set_owner(&m, 5, seed);
+    cluster_map_forget(&m, old);
+    ck_assert(!cluster_map_in_use(&m, old));
+    ck_assert_int_eq(cluster_map_find(&m, "10.0.0.2", "7000"), -1);
+    ck_assert(cluster_map_in_use(&m, seed));
+    /* a new node takes the free place; the same address again is that node */
+    int fresh = cluster_map_node(&m, "10.0.0.3", "7000", NULL);
+    ck_assert_int_eq(fresh, old);
+    ck_assert_int_eq(m.nnodes, 2);
+    ck_assert_str_eq(m.nodes[fresh].ip, "10.0.0.3");
+    ck_assert_int_eq(m.nodes[fresh].owned, 0);
+    ck_assert_int_eq(cluster_map_node(&m, "10.0.0.3", "7000", NULL), fresh);
+    /* a thousand replacements later the table has not grown */
+    char ip[32];
+    for (int i = 0; i < 1000; i++) {
+        cluster_map_forget(&m, fresh);
+        snprintf(ip, sizeof(ip), "10.1.%d.%d", i / 250, i % 250);
+        fresh = cluster_map_node(&m, ip, "7000", NULL);
+    }
+    ck_assert_int_eq(m.nnodes, 2);
+    /* full: no more nodes, and no owner index past int16_t */
+    for (int i = m.nnodes; i < CLUSTER_NODES_MAX; i++) {
+        snprintf(ip, sizeof(ip), "10.2.%d.%d", i / 250, i % 250);
+        ck_assert_int_eq(cluster_map_node(&m, ip, "7000", NULL), i);
+    }
+    ck_assert_int_eq(cluster_map_node(&m, "10.3.0.1", "7000", NULL), -1);
+    cluster_map_free(&m);
+}
+END_TEST
+
 START_TEST(test_redirections)
 {
     unsigned slot = 0;
@@ -184,6 +226,7 @@ static Suite *store_cluster_suite(void)
     tcase_add_test(tc, test_record_and_token_share_a_slot);
     tcase_add_test(tc, test_map_from_cluster_slots);
     tcase_add_test(tc, test_map_of_named_nodes);
+    tcase_add_test(tc, test_forgotten_nodes_are_reused);
     tcase_add_test(tc, test_redirections);
     suite_add_tcase(s, tc);
     return s;
