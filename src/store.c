@@ -111,11 +111,18 @@ static void link_set_state(struct link *l, enum link_state state)
         queue_fail(&l->pending);
 }
 
-/* A cluster node that owns no slot (a primary replaced, a replica) is not
- * reconnected in the background: the next operation routed to it does. */
+/*
+ * A cluster node that owns no slot (a primary replaced, a replica) is not
+ * reconnected in the background while another link can give the map: the
+ * next operation routed to it does. While none can (seeds before the first
+ * map, a whole cluster down), every node is: cluster_refresh dials each one
+ * not waiting for its backoff, and without one a refused connect would be
+ * dialled again at once, on every loop turn.
+ */
 static bool link_needed(const struct link *l)
 {
-    return l->node < 0 || l->st->cluster->nodes[l->node].owned > 0;
+    return l->node < 0 || l->st->cluster->nodes[l->node].owned > 0 ||
+           store_ready_link(l->st) == NULL;
 }
 
 static void link_schedule_reconnect(struct link *l)

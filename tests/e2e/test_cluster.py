@@ -597,3 +597,70 @@ def test_a_frozen_primary_fails_only_its_slots_and_recovers():
                 assert env.upstream.count(k) == 1, k
         finally:
             stop_all(env, None, cluster)
+
+
+def cpu_seconds(pid):
+    """User plus system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def dialled_with_backoff(env, ports, seconds=3.0):
+    """Over `seconds`, idemproxy's refused connects to ports stay at a
+    backoff's pace and it stays idle (a link dialled again at once, on
+    every loop turn, made ~60k connects a second and two busy cores)."""
+    lines = [f"127.0.0.1:{p}: Connection refused" for p in ports]
+
+    def refused():
+        log = env.proxy.error_log()
+        return sum(log.count(line) for line in lines)
+    before, cpu = refused(), cpu_seconds(env.proxy.pid)
+    time.sleep(seconds)
+    tries, busy = refused() - before, cpu_seconds(env.proxy.pid) - cpu
+    # 2 workers x 2 links a node (commands, pub/sub) x ~1 a second at most
+    assert 0 < tries <= 8 * len(ports) * seconds, tries
+    assert busy < 0.3 * seconds * SLOW, busy
+
+
+@alone
+def test_an_unreachable_cluster_is_dialled_with_backoff_and_served_once_back():
+    """The seed refusing connections at start (no map yet), and later every
+    node of a loaded map: idemproxy dials them with backoff, not in a loop,
+    and serves every shard once they are back."""
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
+        try:
+            seed = cluster.nodes[0]
+            seed.kill()
+            admin = free_port()
+            env.start_proxy(f"{cluster.directive(1)}\nworkers 2\nlog_level debug\n"
+                            f"admin_listen 127.0.0.1:{admin}")
+            dialled_with_backoff(env, [seed.port])
+            assert env.post("/orders", key=new_key()).status == 503
+            seed.start()
+            wait_until(cluster._settled, 20 * SLOW, what="the seed back in the cluster")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 once the seed is back")
+            keys = [new_key() for _ in range(12)]
+            assert len({cluster.owner(key_slot(rkey(k))).port for k in keys}) == 3
+            for k in keys:
+                r = env.post("/orders", key=k)
+                assert r.status == 201, (k, r, env.proxy.error_log()[-3000:])
+
+            for n in cluster.nodes:
+                n.kill()
+            dialled_with_backoff(env, [n.port for n in cluster.nodes])
+            assert env.post("/orders", key=new_key()).status == 503
+            for n in cluster.nodes:
+                n.start()
+            wait_until(cluster._settled, 20 * SLOW, what="the cluster back")
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 once the cluster is back")
+            for k in keys:  # the records were lost with the nodes (no persistence)
+                r = env.post("/orders", key=k)
+                assert r.status == 201, (k, r)
+                assert replays(env.post("/orders", key=k), r)
+                assert env.upstream.count(k) == 2, k
+        finally:
+            stop_all(env, None, cluster)
