@@ -92,7 +92,8 @@ struct link *store_ready_link(struct store *st)
     if (st->cluster == NULL)
         return st->cmd.state == LINK_READY ? &st->cmd : NULL;
     struct link *any = NULL;
-    for (int i = 0; i < st->nnode_links; i++) {
+    for (int k = 0; k < st->nnode_links; k++) {
+        int i = (st->map_from + k) % st->nnode_links;
         struct link *l = st->node_links[i];
         if (l->state == LINK_READY && st->cluster->nodes[i].owned > 0)
             return l;
@@ -112,17 +113,19 @@ static void link_set_state(struct link *l, enum link_state state)
 }
 
 /*
- * A cluster node that owns no slot (a primary replaced, a replica) is not
- * reconnected in the background while another link can give the map: the
- * next operation routed to it does. While none can (seeds before the first
- * map, a whole cluster down), every node is: cluster_refresh dials each one
- * not waiting for its backoff, and without one a refused connect would be
- * dialled again at once, on every loop turn.
+ * A cluster node that owns no slot (a primary replaced, a node removed) is
+ * not reconnected in the background while the map is whole and a link is
+ * ready to ask it again: the next operation routed to it does. Otherwise
+ * (seeds before the first map, slots without a primary, a whole cluster
+ * down) every node is: cluster_refresh dials each one not waiting for its
+ * backoff, and without one a refused connect would be dialled again at
+ * once, on every loop turn.
  */
 static bool link_needed(const struct link *l)
 {
-    return l->node < 0 || l->st->cluster->nodes[l->node].owned > 0 ||
-           store_ready_link(l->st) == NULL;
+    struct store *st = l->st;
+    return l->node < 0 || st->cluster->nodes[l->node].owned > 0 ||
+           !cluster_map_covered(st->cluster) || store_ready_link(st) == NULL;
 }
 
 static void link_schedule_reconnect(struct link *l)
@@ -375,13 +378,23 @@ static void link_close(struct link *l)
     redis_conn_close(ac);
 }
 
+/*
+ * The link lets its connection go and schedules its reconnect before the
+ * connection is closed: closing answers its pending callbacks NULL (at once
+ * when called from a timer), and one that asks for the map must find this
+ * link down with its backoff armed, not dial it again at once (and have
+ * that new connection overwritten here).
+ */
 void link_drop(struct link *l, const char *why)
 {
-    if (l->ac == NULL)
+    struct redis_conn *ac = l->ac;
+    if (ac == NULL)
         return;
     link_report_down(l, why);
-    link_close(l);
+    redis_conn_set_data(ac, NULL);
+    evtimer_del(l->reconnect_timer); /* the connect deadline */
     link_schedule_reconnect(l);
+    redis_conn_close(ac);
 }
 
 static void link_init(struct store *st, struct link *l, const char *role, bool cmd,
@@ -513,6 +526,8 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
                       err);
         st->map_error_said = true;
         st->refresh_again = true;
+        if (l != NULL) /* a seed that is no cluster node would be asked for good */
+            st->map_from = l->node + 1;
     }
     free(before);
     if (st->refresh_again) {
@@ -777,8 +792,8 @@ static void cluster_start(struct store *st, const struct config *cfg)
         cluster_map_node(st->cluster, a->ip ? a->ip : a->host, a->port, a->host);
     }
     st->nseeds = st->cluster->nnodes;
-    for (int i = 0; i < st->nseeds; i++)
-        link_connect(node_link(st, i));
+    for (int i = 0; i < st->nseeds; i++) /* a seed that failed at once had the rest dialled */
+        link_use(node_link(st, i));
     link_connect(&st->sub);
 }
 

@@ -192,6 +192,7 @@ struct store {
     bool refresh_again;             /* and the map changed since it went */
     bool connecting_nodes; /* cluster_refresh is trying every node: not again from within */
     bool map_error_said;   /* "no slot map" said since the last map read */
+    int map_from;          /* the node asked first (the one after the last to give none) */
     uint64_t refreshed_at_ms;
     int sub_node; /* the node the sub link tries (the next one after a failure) */
     bool closing; /* store_free runs: replies answered NULL change nothing */

@@ -42,6 +42,15 @@ def replays(r, first):
         r.body == first.body
 
 
+def served_once(env, keys, executions=1):
+    """Each key answers 201, executed for the executions-th time, and replays."""
+    for k in keys:
+        r = env.post("/orders", key=k)
+        assert r.status == 201, (k, r)
+        assert replays(env.post("/orders", key=k), r)
+        assert env.upstream.count(k) == executions, k
+
+
 def start_ready(env, config):
     """idemproxy on config plus an admin listener, once /readyz says 200 (the
     slot map loaded, every primary connected); returns the admin port."""
@@ -455,11 +464,7 @@ def test_a_primary_gone_for_good_is_forgotten_and_its_shard_served():
             keys = [new_key() for _ in range(30)]
             owners = {cluster.owner(key_slot(rkey(k))).port for k in keys}
             assert len(owners) == 3, owners
-            for k in keys:
-                r = env.post("/orders", key=k)
-                assert r.status == 201, (k, r)
-                assert replays(env.post("/orders", key=k), r)
-                assert env.upstream.count(k) == 1
+            served_once(env, keys)
             assert replays(env.post("/orders", key=stored), first)
         finally:
             stop_all(env, None, cluster)
@@ -623,6 +628,24 @@ def dialled_with_backoff(env, ports, seconds=3.0):
     assert busy < 0.3 * seconds * SLOW, busy
 
 
+def start_with_seed_down(env, seed, config):
+    """seed killed, then idemproxy started on config with an admin listener
+    (not waiting for /readyz: no map can be had yet); returns the admin port."""
+    seed.kill()
+    admin = free_port()
+    env.start_proxy(f"{config}\nadmin_listen 127.0.0.1:{admin}")
+    return admin
+
+
+def seed_back(cluster, seed, admin):
+    """A seed killed before idemproxy started is restarted; returns once the
+    cluster has it again and idemproxy has the map and every primary."""
+    seed.start()
+    wait_until(cluster._settled, 20 * SLOW, what="the seed back in the cluster")
+    wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+               what="/readyz 200 once the seed is back")
+
+
 @alone
 def test_an_unreachable_cluster_is_dialled_with_backoff_and_served_once_back():
     """The seed refusing connections at start (no map yet), and later every
@@ -632,16 +655,11 @@ def test_an_unreachable_cluster_is_dialled_with_backoff_and_served_once_back():
         cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
         try:
             seed = cluster.nodes[0]
-            seed.kill()
-            admin = free_port()
-            env.start_proxy(f"{cluster.directive(1)}\nworkers 2\nlog_level debug\n"
-                            f"admin_listen 127.0.0.1:{admin}")
+            admin = start_with_seed_down(env, seed, f"{cluster.directive(1)}\nworkers 2\n"
+                                         "log_level debug")
             dialled_with_backoff(env, [seed.port])
             assert env.post("/orders", key=new_key()).status == 503
-            seed.start()
-            wait_until(cluster._settled, 20 * SLOW, what="the seed back in the cluster")
-            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
-                       what="/readyz 200 once the seed is back")
+            seed_back(cluster, seed, admin)
             keys = [new_key() for _ in range(12)]
             assert len({cluster.owner(key_slot(rkey(k))).port for k in keys}) == 3
             for k in keys:
@@ -657,10 +675,82 @@ def test_an_unreachable_cluster_is_dialled_with_backoff_and_served_once_back():
             wait_until(cluster._settled, 20 * SLOW, what="the cluster back")
             wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
                        what="/readyz 200 once the cluster is back")
-            for k in keys:  # the records were lost with the nodes (no persistence)
-                r = env.post("/orders", key=k)
-                assert r.status == 201, (k, r)
-                assert replays(env.post("/orders", key=k), r)
-                assert env.upstream.count(k) == 2, k
+            served_once(env, keys, executions=2)  # records lost with the nodes (no persistence)
+        finally:
+            stop_all(env, None, cluster)
+
+
+def connections_from(cluster, proxy_pid):
+    """How many client connections idemproxy holds on each node (by its
+    sockets' local ports; the harness's own connection excluded)."""
+    ports = set()
+    inodes = set()
+    fd_dir = f"/proc/{proxy_pid}/fd"
+    for fd in os.listdir(fd_dir):
+        try:
+            target = os.readlink(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add((int(fields[1].split(":")[1], 16), int(fields[2].split(":")[1], 16)))
+    return {n.port: sum(1 for _, remote in ports if remote == n.port) for n in cluster.nodes}
+
+
+@alone
+def test_a_frozen_cluster_leaves_no_connection_behind():
+    """Every node SIGSTOPped while requests come in: each link times out in
+    turn, the last one with a CLUSTER SLOTS on its way. After the thaw
+    idemproxy holds one command connection per primary and one pub/sub
+    connection, as before (a link redialled while its connection was being
+    closed once lost that new connection, open for good, one per freeze)."""
+    import signal as sig
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
+        try:
+            admin = start_ready(env, f"{cluster.directive()}\nredis_timeout 200ms\nworkers 1")
+            held = connections_from(cluster, env.proxy.pid)
+            assert sum(held.values()) == 4, held
+            for n in cluster.nodes:
+                n.proc.send_signal(sig.SIGSTOP)
+            try:
+                for _ in range(4):
+                    assert env.post("/orders", key=new_key(), timeout=10).status == 503
+                    time.sleep(0.5)
+            finally:
+                for n in cluster.nodes:
+                    n.proc.send_signal(sig.SIGCONT)
+            wait_until(lambda: request(admin, "GET", "/readyz").status == 200, 10 * SLOW,
+                       what="/readyz 200 after the thaw")
+            time.sleep(1.5)  # what was dialled during the freeze is set up by now
+            after = connections_from(cluster, env.proxy.pid)
+            assert sum(after.values()) == 4, (held, after)
+            served_once(env, [new_key() for _ in range(9)])
+        finally:
+            stop_all(env, None, cluster)
+
+
+@alone
+def test_a_seed_that_gives_no_map_does_not_stall_the_others():
+    """The first seed answers but gives no map (a Redis without cluster
+    support, as a misconfigured seed is), the second refuses at start: the
+    second is dialled again with backoff until it is back, and the map is
+    asked of it (a seed that failed while another link was up was never
+    dialled again, and the map was asked of the first seed for good)."""
+    with Env(proxy=False, expect_errors=True) as env:
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
+        try:
+            seed = cluster.nodes[0]
+            admin = start_with_seed_down(env, seed, f"redis_cluster 127.0.0.1:{env.redis.port} "
+                                         f"127.0.0.1:{seed.port}\nworkers 1")
+            wait_until(lambda: "no slot map from 127.0.0.1:%d" % env.redis.port
+                       in env.proxy.error_log(), 5 * SLOW, what="the plain Redis asked")
+            time.sleep(1)
+            seed_back(cluster, seed, admin)
+            served_once(env, [new_key() for _ in range(9)])
         finally:
             stop_all(env, None, cluster)
