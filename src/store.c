@@ -114,18 +114,19 @@ static void link_set_state(struct link *l, enum link_state state)
 
 /*
  * A cluster node that owns no slot (a primary replaced, a node removed) is
- * not reconnected in the background while the map is whole and a link is
- * ready to ask it again: the next operation routed to it does. Otherwise
- * (seeds before the first map, slots without a primary, a whole cluster
+ * not reconnected in the background once a map is loaded and a link is
+ * ready to ask it again: the next operation routed to it does, and an idle
+ * one is forgotten. Otherwise (seeds before the first map, a whole cluster
  * down) every node is: cluster_refresh dials each one not waiting for its
  * backoff, and without one a refused connect would be dialled again at
- * once, on every loop turn.
+ * once, on every loop turn. Slots without a primary are no reason: a node
+ * that left would be dialled, and kept, for good.
  */
 static bool link_needed(const struct link *l)
 {
     struct store *st = l->st;
-    return l->node < 0 || st->cluster->nodes[l->node].owned > 0 ||
-           !cluster_map_covered(st->cluster) || store_ready_link(st) == NULL;
+    return l->node < 0 || st->cluster->nodes[l->node].owned > 0 || !st->cluster->loaded ||
+           store_ready_link(st) == NULL;
 }
 
 static void link_schedule_reconnect(struct link *l)
@@ -588,8 +589,11 @@ static void on_refresh_deadline(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct store *st = arg;
-    if (st->refresh_inflight && st->refresh_link != NULL && st->refresh_link->ac != NULL)
-        link_drop(st->refresh_link, "CLUSTER SLOTS timed out (redis_timeout)");
+    struct link *l = st->refresh_link;
+    if (!st->refresh_inflight || l == NULL || l->ac == NULL)
+        return;
+    st->map_from = l->node + 1; /* its answer comes to no link: not asked first again */
+    link_drop(l, "CLUSTER SLOTS timed out (redis_timeout)");
 }
 
 /* ---- waiting duplicates ------------------------------------------------- */
