@@ -9,8 +9,8 @@
  * every primary once a map is read); the map comes from CLUSTER SLOTS on any
  * ready node link, asked at start, after -MOVED, -CLUSTERDOWN or a node link's
  * failure (cluster_refresh: one in flight, one per 100 ms). `sub` subscribes on
- * any one node (the next after a failure): the cluster bus carries every
- * PUBLISH to every node.
+ * one primary of the map (the next after a failure; any seed before a map):
+ * the cluster bus carries every PUBLISH to every member node.
  *
  * Connections: two redis_conns ("links"; TCP, unix or TLS). `cmd` runs the
  * operations; `sub` holds one PSUBSCRIBE on "<key_prefix>*" for waiting
@@ -289,6 +289,29 @@ static void on_link_ready(struct redis_conn *ac, void *reply, void *privdata)
 }
 
 /*
+ * The node the sub link goes to: the first in use from sub_node on that
+ * serves slots of the map, else the first in use (seeds always are). A
+ * node that serves none may be no member of the cluster (a plain Redis
+ * given as a seed, a node that has joined none), and the cluster's
+ * PUBLISH would never reach it: waiting duplicates would wait in vain.
+ */
+static int sub_link_node(const struct store *st)
+{
+    const struct cluster_map *m = st->cluster;
+    int any = -1;
+    for (int k = 0; k < m->nnodes; k++) {
+        int i = (st->sub_node + k) % m->nnodes;
+        if (!cluster_map_in_use(m, i))
+            continue;
+        if (m->nodes[i].owned > 0)
+            return i;
+        if (any < 0)
+            any = i;
+    }
+    return any;
+}
+
+/*
  * Where l connects: the store's target, or with a cluster its node (the sub
  * link: the node it tries). TLS checks the name as configured (a managed
  * service's host name, a seed's), not the address it resolved to; a node
@@ -300,11 +323,8 @@ static void link_endpoint(struct link *l, struct redis_endpoint *ep)
     struct tls *tls = st->tls_on ? st->tls : NULL;
     if (st->cluster != NULL) {
         int i = l->node;
-        if (i < 0) { /* the sub link: the next node in use from sub_node on */
-            while (!cluster_map_in_use(st->cluster, st->sub_node % st->cluster->nnodes))
-                st->sub_node++;
-            i = st->sub_node % st->cluster->nnodes;
-        }
+        if (i < 0) /* the sub link */
+            i = st->sub_node = sub_link_node(st);
         const struct cluster_node *n = &st->cluster->nodes[i];
         *ep = (struct redis_endpoint){
             .ip = n->ip, .name = n->name ? n->name : n->hostname, .port = n->port, .tls = tls};
@@ -475,6 +495,8 @@ static void forget_idle_nodes(struct store *st)
              l->pending.head != NULL || l->wait_batch != NULL || l->wait_sent != NULL ||
              evtimer_pending(l->replicas_timer, NULL) || st->refresh_link == l))
             continue;
+        if (st->sub.ac != NULL && st->sub_node == i) /* sub_follow_map moves it first */
+            continue;
         log_debug("redis cluster: %s:%s owns no slot and is idle: forgotten",
                   st->cluster->nodes[i].ip, st->cluster->nodes[i].port);
         cluster_map_forget(st->cluster, i);
@@ -484,6 +506,20 @@ static void forget_idle_nodes(struct store *st)
             l->replicas_short = false;
         }
     }
+}
+
+/* After a new map: the sub link leaves a node that serves no slot for one
+ * that does (see sub_link_node); watches look again once it is back. */
+static void sub_follow_map(struct store *st)
+{
+    const struct cluster_map *m = st->cluster;
+    if (st->sub.ac == NULL || m->nodes[st->sub_node].owned > 0 ||
+        m->nodes[sub_link_node(st)].owned == 0)
+        return;
+    log_info("%s %s: serves no slot of the map: moving to a primary", st->sub.role,
+             link_where(&st->sub));
+    link_close(&st->sub);
+    link_connect(&st->sub);
 }
 
 /* A CLUSTER SLOTS answer: the map is replaced, the primaries connected,
@@ -515,6 +551,7 @@ static void on_cluster_slots(struct redis_conn *ac, void *reply, void *privdata)
             if (st->cluster->nodes[i].owned > 0)
                 link_use(node_link(st, i));
         forget_idle_nodes(st);
+        sub_follow_map(st);
         publish_ready(st);
         queue_send(&st->unrouted);
     } else {

@@ -182,6 +182,10 @@ int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked
                  r != NULL && r->type == REDIS_REPLY_ERROR ? r->str : "not an array");
         return IDEM_ERR;
     }
+    if (r->elements == 0) { /* taken as a map, it would keep us from asking the real cluster */
+        snprintf(err, errlen, "CLUSTER SLOTS: no slot assigned (a node not in a cluster yet?)");
+        return IDEM_ERR;
+    }
     for (size_t i = 0; i < r->elements; i++) {
         if (!range_ok(r->element[i])) {
             snprintf(err, errlen, "CLUSTER SLOTS: malformed range %zu", i);

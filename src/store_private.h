@@ -194,7 +194,7 @@ struct store {
     bool map_error_said;   /* "no slot map" said since the last map read */
     int map_from;          /* the node asked first (the one after the last to give none) */
     uint64_t refreshed_at_ms;
-    int sub_node; /* the node the sub link tries (the next one after a failure) */
+    int sub_node; /* the node the sub link is on (from where it looks after a failure) */
     bool closing; /* store_free runs: replies answered NULL change nothing */
 };
 

@@ -15,9 +15,9 @@ import threading
 import time
 import uuid
 
-from harness import (SLOW, Env, Proxy, RedisCluster, alone, assert_problem, background,
-                     failover_config, free_port, key_slot, recording_client, request, retrying_client,
-                     run_idemproxy, wait_until)
+from harness import (SLOW, Env, Proxy, Redis, RedisCluster, alone, assert_problem, background,
+                     cluster_port, failover_config, free_port, key_slot, recording_client, request,
+                     retrying_client, run_idemproxy, wait_until)
 
 
 def new_key():
@@ -336,6 +336,25 @@ def test_resharding_under_traffic_executes_nothing_twice():
             stop_all(env, b, cluster)
 
 
+def duplicate_woken(env, key, primary, send_duplicate):
+    """key's first request (on env, its record on primary) held 1.5 s at the
+    upstream; send_duplicate() meanwhile waits (on_inflight wait 8s) and is
+    woken by the completion: the replay, long before its wait runs out."""
+    first = background(env.post, "/orders", key=key, headers={"X-Test-Delay": "1500"},
+                       timeout=15)
+    wait_until(lambda: env.upstream.count(key) == 1, 5, what="the first at the upstream")
+    t0 = time.monotonic()
+    dup = background(send_duplicate)
+    wait_until(lambda: primary.key_state(rkey(key))["waiting"], 5,
+               what="the duplicate marked waiting")
+    r1 = first.result(15)
+    r2 = dup.result(15)
+    elapsed = time.monotonic() - t0
+    assert r1.status == 201 and replays(r2, r1), (r1, r2)
+    assert elapsed < 4, f"the duplicate waited {elapsed:.1f}s: not woken"
+    assert env.upstream.count(key) == 1
+
+
 @alone
 def test_waiting_duplicate_wakes_across_instances_and_shards():
     """on_inflight wait: a duplicate parked on instance B, whose pub/sub link
@@ -355,20 +374,8 @@ def test_waiting_duplicate_wakes_across_instances_and_shards():
             other = next(p for p in cluster.primaries() if p is not sub_node)
             slot = next(s for s in range(16384) if cluster.owner(s) is other)
             key = key_in_slot(slot)
-            first = background(env.post, "/orders", key=key, headers={"X-Test-Delay": "1500"},
-                               timeout=15)
-            wait_until(lambda: env.upstream.count(key) == 1, 5, what="the first at the upstream")
-            t0 = time.monotonic()
-            dup = background(b.request, "POST", "/orders", {"Idempotency-Key": key}, b"{}",
-                             timeout=15)
-            wait_until(lambda: other.key_state(rkey(key))["waiting"], 5,
-                       what="the duplicate marked waiting")
-            r1 = first.result(15)
-            r2 = dup.result(15)
-            elapsed = time.monotonic() - t0
-            assert r1.status == 201 and replays(r2, r1), (r1, r2)
-            assert elapsed < 4, f"the duplicate waited {elapsed:.1f}s: not woken"
-            assert env.upstream.count(key) == 1
+            duplicate_woken(env, key, other, lambda: b.request(
+                "POST", "/orders", {"Idempotency-Key": key}, b"{}", timeout=15))
         finally:
             stop_all(env, b, cluster)
 
@@ -744,23 +751,50 @@ def test_a_frozen_cluster_leaves_no_connection_behind():
             stop_all(env, None, cluster)
 
 
+def foreign_first_seed(env, foreign):
+    """The first seed answers but gives no map (foreign: a Redis without
+    cluster support, or a cluster node that has joined no cluster, whose map
+    is empty), the second refuses at start: the second is dialled again with
+    backoff until it is back, the map is asked of it, every shard serves,
+    and a waiting duplicate is woken by the cluster's PUBLISH (the pub/sub
+    link leaves the foreign seed for a primary)."""
+    cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
+    try:
+        seed = cluster.nodes[0]
+        admin = start_with_seed_down(env, seed, f"redis_cluster 127.0.0.1:{foreign.port} "
+                                     f"127.0.0.1:{seed.port}\nworkers 1\non_inflight wait 8s")
+        wait_until(lambda: "no slot map from 127.0.0.1:%d" % foreign.port
+                   in env.proxy.error_log(), 5 * SLOW, what="the foreign seed asked")
+        time.sleep(1)
+        seed_back(cluster, seed, admin)
+        served_once(env, [new_key() for _ in range(9)])
+        key = new_key()
+        duplicate_woken(env, key, cluster.owner(key_slot(rkey(key))),
+                        lambda: env.post("/orders", key=key, timeout=15))
+    finally:
+        stop_all(env, None, cluster)
+
+
 @alone
-def test_a_seed_that_gives_no_map_does_not_stall_the_others():
-    """The first seed answers but gives no map (a Redis without cluster
-    support, as a misconfigured seed is), the second refuses at start: the
-    second is dialled again with backoff until it is back, and the map is
-    asked of it (a seed that failed while another link was up was never
-    dialled again, and the map was asked of the first seed for good)."""
+def test_a_seed_without_cluster_support_does_not_stall_the_others():
+    """A plain Redis given as the first seed (a seed that was asked for
+    good; a seed that failed meanwhile never dialled again; the pub/sub link
+    left on the plain Redis, where no completion is published)."""
     with Env(proxy=False, expect_errors=True) as env:
-        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
+        foreign_first_seed(env, env.redis)
+
+
+@alone
+def test_a_seed_in_no_cluster_does_not_stall_the_others():
+    """A cluster node that has joined no cluster given as the first seed
+    (its empty CLUSTER SLOTS was taken as the map: the real seeds, owning
+    no slot of it, were never dialled again, and every request was 503)."""
+    with Env(proxy=False, redis=False, expect_errors=True) as env:
+        os.makedirs(os.path.join(env.tmp, "lone"))
+        lone = Redis(port=cluster_port(), tmpdir=os.path.join(env.tmp, "lone"), extra_args=[
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", os.path.join(env.tmp, "lone-nodes.conf")])
         try:
-            seed = cluster.nodes[0]
-            admin = start_with_seed_down(env, seed, f"redis_cluster 127.0.0.1:{env.redis.port} "
-                                         f"127.0.0.1:{seed.port}\nworkers 1")
-            wait_until(lambda: "no slot map from 127.0.0.1:%d" % env.redis.port
-                       in env.proxy.error_log(), 5 * SLOW, what="the plain Redis asked")
-            time.sleep(1)
-            seed_back(cluster, seed, admin)
-            served_once(env, [new_key() for _ in range(9)])
+            foreign_first_seed(env, lone)
         finally:
-            stop_all(env, None, cluster)
+            lone.close()
