@@ -519,6 +519,8 @@ static void sub_follow_map(struct store *st)
     log_info("%s %s: serves no slot of the map: moving to a primary", st->sub.role,
              link_where(&st->sub));
     link_close(&st->sub);
+    st->sub.backoff_ms = BACKOFF_MIN_MS; /* a new place: its failures are news */
+    st->sub.down_logged = false;
     link_connect(&st->sub);
 }
 
@@ -661,8 +663,21 @@ static void on_pmessage(struct redis_conn *ac, void *reply, void *privdata)
         link_drop(&st->sub, why);
         return;
     }
-    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements != 4 ||
-        r->element[0]->type != REDIS_REPLY_STRING || strcmp(r->element[0]->str, "pmessage") != 0)
+    if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements < 3 ||
+        r->element[0]->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(r->element[0]->str, "psubscribe") == 0) {
+        /* Subscribed from here on: completions published while we were
+         * away (or before the node had the subscription) are lost, so every
+         * parked request looks again. */
+        if (st->sub.ac == ac) {
+            for (struct store_watch *w = st->watches; w; w = w->next)
+                w->wake_pending = true;
+            run_pending_wakes(st);
+        }
+        return;
+    }
+    if (r->elements != 4 || strcmp(r->element[0]->str, "pmessage") != 0)
         return;
     const redisReply *channel = r->element[2];
     for (struct store_watch *w = st->watches; w; w = w->next)
@@ -675,11 +690,6 @@ static void on_sub_ready(struct link *l)
 {
     struct store *st = l->st;
     redis_conn_subscribe(l->ac, on_pmessage, st, "PSUBSCRIBE %s", st->pattern);
-    /* Completions published while we were away are lost: let every parked
-     * request look again. */
-    for (struct store_watch *w = st->watches; w; w = w->next)
-        w->wake_pending = true;
-    run_pending_wakes(st);
 }
 
 struct store_watch *store_watch(struct store *st, const char *rkey, store_wake_cb cb, void *arg)

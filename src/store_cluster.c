@@ -173,6 +173,22 @@ static const char *metadata_ip(const redisReply *p)
     return NULL;
 }
 
+/* The address of a range's primary, or NULL if it has none we can reach;
+ * *hostname: the name it goes by, if it is named. */
+static const char *range_ip(const redisReply *p, const char *asked_ip, const char **hostname)
+{
+    /* NULL or "": the endpoint is the node we asked; "?" is unknown */
+    const char *ip = p->element[0]->type == REDIS_REPLY_STRING && p->element[0]->len > 0
+                         ? p->element[0]->str
+                         : asked_ip;
+    *hostname = NULL;
+    if (!cluster_numeric_address(ip)) { /* a host name: connect to its "ip" */
+        *hostname = ip;
+        ip = metadata_ip(p);
+    }
+    return ip == NULL || strcmp(ip, "?") == 0 ? NULL : ip;
+}
+
 int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked_ip, char *err,
                      size_t errlen)
 {
@@ -182,15 +198,22 @@ int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked
                  r != NULL && r->type == REDIS_REPLY_ERROR ? r->str : "not an array");
         return IDEM_ERR;
     }
-    if (r->elements == 0) { /* taken as a map, it would keep us from asking the real cluster */
-        snprintf(err, errlen, "CLUSTER SLOTS: no slot assigned (a node not in a cluster yet?)");
-        return IDEM_ERR;
-    }
+    size_t reachable = 0;
     for (size_t i = 0; i < r->elements; i++) {
         if (!range_ok(r->element[i])) {
             snprintf(err, errlen, "CLUSTER SLOTS: malformed range %zu", i);
             return IDEM_ERR;
         }
+        const char *hostname;
+        reachable += range_ip(r->element[i]->element[2], asked_ip, &hostname) != NULL;
+    }
+    /* A map where no node owns a slot (a node in no cluster yet answers
+     * none) would keep us from dialling the seeds that can give the real one. */
+    if (reachable == 0) {
+        snprintf(err, errlen, "CLUSTER SLOTS: %s",
+                 r->elements == 0 ? "no slot assigned (a node in no cluster yet?)"
+                                  : "no primary with an address");
+        return IDEM_ERR;
     }
     for (int i = 0; i < CLUSTER_SLOTS; i++)
         m->owner[i] = -1;
@@ -199,16 +222,9 @@ int cluster_map_load(struct cluster_map *m, const void *reply, const char *asked
     for (size_t i = 0; i < r->elements; i++) {
         const redisReply *e = r->element[i];
         const redisReply *p = e->element[2];
-        /* NULL or "": the endpoint is the node we asked; "?" is unknown */
-        const char *ip = p->element[0]->type == REDIS_REPLY_STRING && p->element[0]->len > 0
-                             ? p->element[0]->str
-                             : asked_ip;
-        const char *hostname = NULL;
-        if (!cluster_numeric_address(ip)) { /* a host name: connect to its "ip" */
-            hostname = ip;
-            ip = metadata_ip(p);
-        }
-        if (ip == NULL || strcmp(ip, "?") == 0)
+        const char *hostname;
+        const char *ip = range_ip(p, asked_ip, &hostname);
+        if (ip == NULL)
             continue; /* no address: its slots have no primary we can reach */
         char port[8];
         snprintf(port, sizeof(port), "%lld", p->element[1]->integer);

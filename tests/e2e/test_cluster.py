@@ -751,50 +751,36 @@ def test_a_frozen_cluster_leaves_no_connection_behind():
             stop_all(env, None, cluster)
 
 
-def foreign_first_seed(env, foreign):
-    """The first seed answers but gives no map (foreign: a Redis without
-    cluster support, or a cluster node that has joined no cluster, whose map
-    is empty), the second refuses at start: the second is dialled again with
-    backoff until it is back, the map is asked of it, every shard serves,
-    and a waiting duplicate is woken by the cluster's PUBLISH (the pub/sub
-    link leaves the foreign seed for a primary)."""
-    cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
-    try:
-        seed = cluster.nodes[0]
-        admin = start_with_seed_down(env, seed, f"redis_cluster 127.0.0.1:{foreign.port} "
-                                     f"127.0.0.1:{seed.port}\nworkers 1\non_inflight wait 8s")
-        wait_until(lambda: "no slot map from 127.0.0.1:%d" % foreign.port
-                   in env.proxy.error_log(), 5 * SLOW, what="the foreign seed asked")
-        time.sleep(1)
-        seed_back(cluster, seed, admin)
-        served_once(env, [new_key() for _ in range(9)])
-        key = new_key()
-        duplicate_woken(env, key, cluster.owner(key_slot(rkey(key))),
-                        lambda: env.post("/orders", key=key, timeout=15))
-    finally:
-        stop_all(env, None, cluster)
-
-
 @alone
-def test_a_seed_without_cluster_support_does_not_stall_the_others():
-    """A plain Redis given as the first seed (a seed that was asked for
-    good; a seed that failed meanwhile never dialled again; the pub/sub link
-    left on the plain Redis, where no completion is published)."""
+def test_seeds_that_give_no_map_do_not_stall_the_others():
+    """The first seeds answer but give no map: a plain Redis (no cluster
+    support) and a cluster node that has joined no cluster (an empty slot
+    list); the third, a real node, refuses at start. It is dialled again
+    with backoff until it is back, the map is asked of it, every shard
+    serves, and a waiting duplicate is woken by the cluster's PUBLISH.
+    Before: the empty list was taken as the map and the real seed, owning no
+    slot of it, was never dialled again (503 for good); the pub/sub link
+    stayed on the plain Redis, where no completion is published (409 after
+    the whole on_inflight wait)."""
     with Env(proxy=False, expect_errors=True) as env:
-        foreign_first_seed(env, env.redis)
-
-
-@alone
-def test_a_seed_in_no_cluster_does_not_stall_the_others():
-    """A cluster node that has joined no cluster given as the first seed
-    (its empty CLUSTER SLOTS was taken as the map: the real seeds, owning
-    no slot of it, were never dialled again, and every request was 503)."""
-    with Env(proxy=False, redis=False, expect_errors=True) as env:
         os.makedirs(os.path.join(env.tmp, "lone"))
         lone = Redis(port=cluster_port(), tmpdir=os.path.join(env.tmp, "lone"), extra_args=[
             "--cluster-enabled", "yes",
             "--cluster-config-file", os.path.join(env.tmp, "lone-nodes.conf")])
+        cluster = RedisCluster(os.path.join(env.tmp, "cluster"), node_timeout_ms=60000)
         try:
-            foreign_first_seed(env, lone)
+            seed = cluster.nodes[0]
+            admin = start_with_seed_down(
+                env, seed, f"redis_cluster 127.0.0.1:{env.redis.port} 127.0.0.1:{lone.port} "
+                f"127.0.0.1:{seed.port}\nworkers 1\non_inflight wait 8s")
+            for foreign in (env.redis, lone):
+                wait_until(lambda: "no slot map from 127.0.0.1:%d" % foreign.port
+                           in env.proxy.error_log(), 5 * SLOW, what="the foreign seeds asked")
+            seed_back(cluster, seed, admin)
+            served_once(env, [new_key() for _ in range(9)])
+            key = new_key()
+            duplicate_woken(env, key, cluster.owner(key_slot(rkey(key))),
+                            lambda: env.post("/orders", key=key, timeout=15))
         finally:
+            stop_all(env, None, cluster)
             lone.close()

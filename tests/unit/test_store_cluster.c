@@ -101,6 +101,11 @@ START_TEST(test_map_from_cluster_slots)
     ck_assert(strstr(err, "no slot assigned") != NULL);
     ck_assert_int_eq(m.owner[0], a); /* untouched */
     freeReplyObject(r);
+    r = parse("*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$1\r\n?\r\n:7000\r\n"); /* unknown */
+    ck_assert_int_eq(cluster_map_load(&m, r, "x", err, sizeof(err)), IDEM_ERR);
+    ck_assert(strstr(err, "no primary with an address") != NULL);
+    ck_assert_int_eq(m.owner[0], a);
+    freeReplyObject(r);
     r = parse("*1\r\n*3\r\n:5\r\n:1\r\n*2\r\n$1\r\na\r\n:1\r\n"); /* first > last */
     ck_assert_int_eq(cluster_map_load(&m, r, "x", err, sizeof(err)), IDEM_ERR);
     ck_assert_int_eq(m.owner[0], a); /* untouched */
