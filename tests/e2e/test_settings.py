@@ -7,7 +7,7 @@ import os
 import time
 import uuid
 
-from harness import Env, assert_problem, background, wait_until
+from harness import SLOW, Env, assert_problem, background, wait_until
 
 
 def new_key():
@@ -156,10 +156,20 @@ def test_custom_token_header_and_keepalive_off_and_quiet_logs():
         assert " info " not in env.proxy.error_log() and " debug " not in env.proxy.error_log()
 
 
+def redis_link_ready(env):
+    """Waits until idemproxy's one worker has its command link to Redis set
+    up: a claim must be sent, and time out, in the stall that follows (a
+    link still connecting when Redis is frozen answers 503 sending nothing,
+    and there is no lost claim to release)."""
+    wait_until(lambda: f"redis 127.0.0.1:{env.redis.port}: connected" in env.proxy.error_log(),
+               5 * SLOW, what="the Redis link set up")
+
+
 def test_claim_lost_in_a_redis_stall_does_not_lock_the_key():
     import signal
-    with Env(extra_config="redis_timeout 300ms", expect_errors=True) as env:
+    with Env(extra_config="redis_timeout 300ms\nworkers 1", expect_errors=True) as env:
         k = new_key()
+        redis_link_ready(env)
         os.kill(env.redis.proc.pid, signal.SIGSTOP)
         try:
             assert_problem(env.post("/o", key=k), 503, "store-unavailable")
@@ -176,8 +186,9 @@ def test_claim_lost_in_a_long_redis_stall_is_released_after_it():
     releases that fail while it is frozen do not count, so the claim that
     lands when Redis resumes is still given back."""
     import signal
-    with Env(extra_config="redis_timeout 200ms", expect_errors=True) as env:
+    with Env(extra_config="redis_timeout 200ms\nworkers 1", expect_errors=True) as env:
         k = new_key()
+        redis_link_ready(env)
         os.kill(env.redis.proc.pid, signal.SIGSTOP)
         try:
             assert_problem(env.post("/o", key=k), 503, "store-unavailable")
