@@ -512,7 +512,7 @@ def test_cluster_over_tls_follows_the_slots_and_verifies_every_node():
         b = None
         try:
             start_ready(env, f"{cluster.directive(1)}\nredis_tls on\nredis_tls_ca {c.ca}")
-            keys = [new_key() for _ in range(30)]
+            keys = keys_on_every_primary(cluster, 10)
             for k in keys:
                 assert env.post("/orders", key=k, body=b"{}").status == 201
             for k in keys:

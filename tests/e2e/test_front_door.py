@@ -293,7 +293,7 @@ def test_a_client_that_reads_nothing_is_closed_and_its_exchange_still_stored():
 
 def test_buffered_bodies_have_a_process_wide_budget():
     import socket
-    from harness import Env, read_response, _Reader
+    from harness import SLOW, Env, read_response, _Reader
     with Env(extra_config="max_buffered_bodies 64k\nworkers 2") as env:
         held = []
         head = (b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: b%d\r\n"
@@ -302,7 +302,7 @@ def test_buffered_bodies_have_a_process_wide_budget():
             s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5)
             s.sendall(head % i + b"x" * 1000)
             held.append(s)
-        time.sleep(0.3)
+        time.sleep(0.5 * SLOW)  # no metric says the heads were read: time for them
         got, closed = exchange(env.proxy.port, head % 9 + b"x" * 30000, 3)
         assert got.startswith(b"HTTP/1.1 503") and b'"code":"overloaded"' in got, got[:300]
         assert b"Retry-After: 1" in got and closed, got[:300]

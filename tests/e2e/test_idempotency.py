@@ -9,8 +9,8 @@ import socket
 import time
 import uuid
 
-from harness import (Env, assert_problem, background, end_to_end_headers, fnv1a64, parallel,
-                     problem, raw, request, run_idemproxy, wait_until)
+from harness import (SLOW, Env, assert_problem, background, end_to_end_headers, fnv1a64,
+                     parallel, problem, raw, request, run_idemproxy, wait_until)
 
 REPLAY = "Idempotent-Replayed"
 
@@ -464,13 +464,14 @@ def test_redis_holds_one_key_with_ttl():
 
 
 def test_lease_is_renewed_while_the_upstream_works():
-    # lock_ttl 3s: without renewal the lease would have ~0.8s left after 2.2s.
-    with Env(extra_config="lock_ttl 3s\nupstream_timeout 2900ms") as env:
+    # lock_ttl 6s, renewed every 2s: at 2.5s a renewed lease has ~5.5s left,
+    # one never renewed 3.5s at most; the upstream answers at 4s.
+    with Env(extra_config="lock_ttl 6s\nupstream_timeout 5s") as env:
         key = new_key()
         job = background(env.post, "/orders", key=key, body=b"{}",
-                         headers={"X-Test-Delay": "2600"})
+                         headers={"X-Test-Delay": "4000"})
         wait_until(lambda: env.upstream.count(key) == 1, 3, what="slow request at the upstream")
-        time.sleep(2.2)
+        time.sleep(2.5)
         keys = env.redis.keys("idem:*")
         assert len(keys) == 1, keys
         k = env.redis.key_state(keys[0])
@@ -479,7 +480,7 @@ def test_lease_is_renewed_while_the_upstream_works():
         # the expiry is the lease left plus unknown_ttl (ttl: 24h by default)
         lease_left = k["pttl"] - k["unknown_ms"]
         assert k["unknown_ms"] == 24 * 3600 * 1000, k
-        assert lease_left > 1500, f"lease not renewed: {lease_left}ms left after 2.2s of a 3s lock"
+        assert lease_left > 4500, f"lease not renewed: {lease_left}ms left after 2.5s of a 6s lock"
         assert job.result(10).status == 201
         k = env.redis.key_state(keys[0])
         # Done, no owner token is left: no owner-checked script matches it again.
@@ -492,7 +493,7 @@ def test_owner_tokens_are_fresh_for_every_claim():
     with Env(extra_config="workers 2") as env:
         keys = [new_key() for _ in range(40)]
         jobs = [background(env.post, "/orders", key=k, body=b"{}",
-                           headers={"X-Test-Delay": "1000"}) for k in keys]
+                           headers={"X-Test-Delay": "5000"}) for k in keys]
         wait_until(lambda: all(env.upstream.count(k) == 1 for k in keys), 5,
                    what="every request at the upstream")
         owners = [env.redis.key_state(rk)["owner"] for rk in env.redis.keys("idem:*")]
@@ -500,7 +501,7 @@ def test_owner_tokens_are_fresh_for_every_claim():
         for o in owners:
             assert o is not None and re.fullmatch(rb"[0-9a-f]{32}", o), o
         assert len(set(owners)) == 40, f"{40 - len(set(owners))} owner tokens repeated"
-        assert all(j.result(10).status == 201 for j in jobs)
+        assert all(j.result(15).status == 201 for j in jobs)
 
 
 def test_error_doc_url_links_problems():
@@ -593,8 +594,8 @@ def test_error_body_speaks_the_apis_own_format_for_every_answer():
         _stripe_error(env.post("/orders"), 400, "missing-key")
         _stripe_error(env.post("/orders", key=""), 400, "invalid-key")
         _stripe_error(env.post("/orders", key="big", body=b"x" * 100), 413, "payload-too-large")
-        first = background(env.post, "/slow", key="c1", headers={"X-Test-Delay": "800"})
-        time.sleep(0.3)
+        first = background(env.post, "/slow", key="c1", headers={"X-Test-Delay": "2000"})
+        wait_until(lambda: env.upstream.count("c1") == 1, 5 * SLOW, what="c1 at the upstream")
         doc = _stripe_error(env.post("/slow", key="c1"), 409, "conflict")
         assert doc["idempotency_key"] == "c1", doc
         assert first.result().status == 201
@@ -635,15 +636,15 @@ def test_retry_after_on_conflict_is_when_the_first_attempt_is_likely_done():
         delay = {"X-Test-Delay": "300"}
         for i in range(5):  # the route's recent latency
             assert env.post("/fast", key=f"warm-{i}", headers=delay).status == 201
-        first = background(env.post, "/fast", key="c1", headers=delay)
-        time.sleep(0.1)
+        first = background(env.post, "/fast", key="c1", headers={"X-Test-Delay": "2000"})
+        wait_until(lambda: env.upstream.count("c1") == 1, 5 * SLOW, what="c1 at the upstream")
         r = env.post("/fast", key="c1", headers=delay)
         assert r.status == 409, r
         assert 1 <= retry_after(r) <= 2, r
         assert first.result().status == 201
         # a route with no history yet still answers with the lease left
-        first = background(env.post, "/orders", key="c2", headers={"X-Test-Delay": "500"})
-        time.sleep(0.1)
+        first = background(env.post, "/orders", key="c2", headers={"X-Test-Delay": "2000"})
+        wait_until(lambda: env.upstream.count("c2") == 1, 5 * SLOW, what="c2 at the upstream")
         r = env.post("/orders", key="c2")
         assert r.status == 409 and 50 <= retry_after(r) <= 60, r
         first.result()

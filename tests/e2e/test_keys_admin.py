@@ -71,7 +71,7 @@ def wait_executing(env, key):
 
 
 def test_keys_admin_show_done_inflight_unknown_absent():
-    cfg = "upstream_timeout 1s\nlock_ttl 5s\nunknown_ttl 30s"
+    cfg = "upstream_timeout 3s\nlock_ttl 5s\nunknown_ttl 30s"
     with keys_env(cfg, expect_errors=True) as env:
         done, busy, lost = new_key(), new_key(), new_key()
         first = env.post(key=done, body=b'{"n":1}')
@@ -96,7 +96,7 @@ def test_keys_admin_show_done_inflight_unknown_absent():
         assert 30000 < j["ttl_ms"] <= 35000 and "status" not in j, j
         assert job.result().status == 201
 
-        r = env.post(key=lost, headers={"X-Test-Delay": "1500"})
+        r = env.post(key=lost, headers={"X-Test-Delay": "3500"})
         assert_problem(r, 504, "upstream-timeout")
         j = show(env, lost).json()
         assert j["state"] == "unknown" and 0 < j["ttl_ms"] <= 30000 and "lease_ms" not in j, j
@@ -110,10 +110,10 @@ def test_keys_admin_show_done_inflight_unknown_absent():
 
 
 def test_keys_admin_release_inflight_and_unknown_lets_the_next_request_execute():
-    cfg = "upstream_timeout 1s\nunknown_ttl 60s"
+    cfg = "upstream_timeout 3s\nunknown_ttl 60s"
     with keys_env(cfg, expect_errors=True) as env:
         busy, lost = new_key(), new_key()
-        job = background(env.post, key=busy, headers={"X-Test-Delay": "700"})
+        job = background(env.post, key=busy, headers={"X-Test-Delay": "2000"})
         wait_executing(env, busy)
         assert_problem(env.post(key=busy), 409, "conflict")
         r = release(env, busy)
@@ -126,7 +126,7 @@ def test_keys_admin_release_inflight_and_unknown_lets_the_next_request_execute()
         assert env.upstream.count(busy) == 2
         job.result()  # the first finishes; its lease was lost, so it stores nothing over ours
 
-        assert_problem(env.post(key=lost, headers={"X-Test-Delay": "1500"}), 504,
+        assert_problem(env.post(key=lost, headers={"X-Test-Delay": "3500"}), 504,
                        "upstream-timeout")
         assert_problem(env.post(key=lost), 409, "outcome-unknown")
         j = release(env, lost).json()

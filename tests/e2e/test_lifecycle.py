@@ -175,7 +175,8 @@ def test_sigusr1_reopens_access_log():
         log = env.proxy.access_log_path
         os.rename(log, log + ".1")
         env.proxy.signal(signal.SIGUSR1)
-        time.sleep(0.3)
+        wait_until(lambda: "SIGUSR1: log files reopened" in env.proxy.error_log(), 3,
+                   what="the reopen")
         key = new_key()
         assert env.post("/orders", key=key, body=b"{}").status == 201
         entries = wait_until(lambda: os.path.exists(log) and env.proxy.access_log(), 3,

@@ -5,7 +5,7 @@ idemproxy adds on the way."""
 
 import socket
 
-from harness import Env, Upstream, request
+from harness import Env, Upstream, request, wait_until
 
 # Round robin and pooling are per worker (each has its own pool): pin one.
 RR = "upstream_fail_timeout 30s\nworkers 1"
@@ -114,8 +114,7 @@ def test_upstream_max_conns_queues_then_gives_up():
         assert conns == b"1", conns
         # a wait longer than upstream_connect_timeout gives up with 502
         long = background(env.request, "GET", "/c", {"X-Test-Delay": "2500"})
-        import time
-        time.sleep(0.2)
+        wait_until(lambda: env.upstream.count() == 3, 5, what="/c holding the connection")
         r = env.request("GET", "/d")
         assert r.status == 502 and b"upstream-unavailable" in r.body, r
         assert long.result(10).status == 200

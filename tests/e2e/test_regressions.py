@@ -671,12 +671,12 @@ def test_f17_access_log_never_logs_status_0():
     """Exchanges that end without an answer of idemproxy's own: a covered
     request whose client left and whose upstream then timed out; an
     uncovered request whose client left; a parked duplicate that left."""
-    extra = "upstream_timeout 1s\nlock_ttl 3s\nroute /wait { on_inflight wait 5s }"
+    extra = "upstream_timeout 2s\nlock_ttl 3s\nroute /wait { on_inflight wait 5s }"
     with RegEnv(extra_config=extra) as env:
         k1 = new_key()
         s = socket.create_connection(("127.0.0.1", env.proxy.port), timeout=5)
         s.sendall(b"POST /orders HTTP/1.1\r\nHost: t\r\nIdempotency-Key: " + k1.encode() +
-                  b"\r\nX-Test-Delay: 2500\r\nContent-Length: 2\r\n\r\n{}")
+                  b"\r\nX-Test-Delay: 3500\r\nContent-Length: 2\r\n\r\n{}")
         wait_until(lambda: env.upstream.count(k1) == 1, 3, what="covered request upstream")
         close_with_reset(s)
 

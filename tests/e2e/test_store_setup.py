@@ -151,7 +151,8 @@ def test_requests_in_flight_across_a_reload_of_redis_and_key_prefix_finish_where
             slow = background(env.post, "/orders", key="k1", headers={"X-Test-Delay": "1500"})
             wait_until(lambda: env.redis.keys("a:*"), 3 * SLOW, what="the claim in Redis A")
             parked = background(env.post, "/orders", key="k1", timeout=20)
-            time.sleep(0.3)
+            wait_until(lambda: env.redis.key_state("a:-:k1")["waiting"], 3 * SLOW,
+                       what="the duplicate parked")
             env.proxy.write_config(f"redis 127.0.0.1:{other.port}\nkey_prefix b:\n"
                                    "on_inflight wait 10s\nworkers 1")
             env.proxy.signal(signal.SIGHUP)
@@ -312,15 +313,16 @@ def test_a_redis_that_wants_a_password_we_do_not_have_is_said_at_once():
 
 
 def test_a_redis_stall_at_completion_is_ridden_out_while_the_lease_lasts():
-    """Redis paused for 1.5 s as the answer is stored: the completion timed
+    """Redis paused for 2 s as the answer is stored: the completion timed
     out, was never sent again, the key lapsed with its lease, and the retry
     executed a second time. Found by an attack run."""
     with Env(extra_config="lock_ttl 4s\nupstream_timeout 2s\nworkers 1",
              expect_errors=True) as env:
         first = background(env.post, "/orders", key="stall",
                            headers={"X-Test-Delay": "500"})
-        time.sleep(0.3)
-        env.redis.cmd("CLIENT", "PAUSE", "1500", "ALL")
+        wait_until(lambda: env.upstream.count("stall") == 1, 5 * SLOW, what="the claim made")
+        # the completion, sent at ~0.5 s, waits past redis_timeout (1 s)
+        env.redis.cmd("CLIENT", "PAUSE", "2500", "ALL")
         r = first.result(10 * SLOW)
         assert r.status == 201, r
         wait_until(lambda: "storing the response failed" in env.proxy.error_log(),

@@ -499,7 +499,9 @@ def send_bytes(port, data, timeout=1.5):
 
 
 def _info_handshake_line(level, msg):
-    return "tls handshake" in msg.lower() and "127.0.0.1" in msg
+    # debug lines skipped: the harness's own port probe, accepted once a
+    # worker runs, may end as a handshake the client closed
+    return level != "debug" and "tls handshake" in msg.lower() and "127.0.0.1" in msg
 
 
 def test_tls_plain_http_to_tls_port_is_logged_and_served_after():
@@ -629,7 +631,7 @@ def test_tls_completed_exchanges_are_not_logged_as_handshake_failures():
             assert rc == 0 and status == 200, err
         time.sleep(0.3)
         bad = [f"{lv} {m}" for lv, m in log_entries(env.proxy, since)
-               if "tls handshake" in m.lower()]
+               if lv != "debug" and "tls handshake" in m.lower()]
         assert not bad, (f"{len(bad)} completed TLS exchange(s) logged as handshake failures, "
                          f"e.g. {bad[0]}")
 

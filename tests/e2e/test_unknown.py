@@ -74,16 +74,16 @@ def test_completion_after_the_lease_ran_out_still_stores_the_answer():
     reads unknown meanwhile, but the owner's completion, sent again, lands
     once Redis answers (its token is still on the key), and the retry gets
     the replay; nothing executes twice."""
-    cfg = "lock_ttl 1s\nupstream_timeout 800ms\nredis_timeout 200ms\nunknown_ttl 30s"
+    cfg = "lock_ttl 2s\nupstream_timeout 1800ms\nredis_timeout 200ms\nunknown_ttl 30s"
     with Env(extra_config=cfg, expect_errors=True) as env:
         key = new_key()
-        job = background(env.post, "/orders", key=key, headers={"X-Test-Delay": "500"},
+        job = background(env.post, "/orders", key=key, headers={"X-Test-Delay": "1200"},
                          timeout=10)
         wait_until(lambda: env.upstream.count(key) == 1, 3, what="the request at the upstream")
         rkey = env.redis.keys("idem:*")[0]
         env.redis.proc.send_signal(signal.SIGSTOP)
         try:
-            time.sleep(2.0)  # the lease (1 s) runs out in Redis' clock meanwhile
+            time.sleep(3.0)  # the lease (2 s) runs out in Redis' clock meanwhile
         finally:
             env.redis.proc.send_signal(signal.SIGCONT)
         first = job.result(10)
