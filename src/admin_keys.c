@@ -49,19 +49,26 @@
 #include "seal.h"
 #include "store.h"
 #include "tls.h"
+#include "util.h"
 
 #define KEYS_PATH "/keys/"
 #define RELEASE_SUFFIX "/release"
 
 struct admin_keys {
     struct event_base *base;
-    struct flusher *flusher; /* the store's writes on the main loop */
-    struct config *cfg;      /* referenced: main's running configuration */
-    struct tls *tls;         /* referenced */
-    struct store *store;     /* NULL while the API is off, or until the loop's first turn */
-    struct event *connect;   /* that first turn */
-    struct key_call *calls;  /* waiting for Redis */
+    struct flusher *flusher;       /* the store's writes on the main loop */
+    struct config *cfg;            /* referenced: main's running configuration */
+    struct tls *tls;               /* referenced */
+    struct store *store;           /* NULL while the API is off, or until the loop's first turn */
+    struct event *connect;         /* that first turn */
+    struct key_call *calls;        /* waiting for Redis */
+    uint64_t unauthorized_said_ms; /* when a 401 was last logged; 0: never */
+    unsigned long unauthorized_unsaid; /* 401s answered since without a line */
 };
+
+/* A client trying tokens must not fill the disk: one 401 line at most per
+ * this long, saying how many more were refused. */
+#define UNAUTHORIZED_LOG_MS 10000
 
 /* One call waiting for Redis; freed in its callback. */
 struct key_call {
@@ -127,17 +134,24 @@ static const char *method_name(enum evhttp_cmd_type m)
     }
 }
 
-/* A refused call: said at warn (every call is), then answered. The path
- * only: the query may hold a client's raw scope value, a credential. */
-static void refuse(const struct config *cfg, struct evhttp_request *req, enum problem_code code,
-                   const char *detail)
+/* A refused call: said at warn (every call is), with `more` appended, then
+ * answered. The path only: the query may hold a client's raw scope value, a
+ * credential. */
+static void refuse_saying(const struct config *cfg, struct evhttp_request *req,
+                          enum problem_code code, const char *detail, const char *more)
 {
     char peer[80];
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     peer_of(req, peer, sizeof(peer));
-    log_warn("admin: %s: %s %s: %d %s", peer, method_name(evhttp_request_get_command(req)),
-             path != NULL ? path : "", problem_status(code), detail);
+    log_warn("admin: %s: %s %s: %d %s%s", peer, method_name(evhttp_request_get_command(req)),
+             path != NULL ? path : "", problem_status(code), detail, more);
     send_problem(cfg, req, code, detail, NULL);
+}
+
+static void refuse(const struct config *cfg, struct evhttp_request *req, enum problem_code code,
+                   const char *detail)
+{
+    refuse_saying(cfg, req, code, detail, "");
 }
 
 /* ,"name":"escaped" */
@@ -574,6 +588,28 @@ static void start_call(struct admin_keys *ak, struct evhttp_request *req, const 
     store_admin(ak->store, c->rkey, c->action, on_result, c);
 }
 
+/* 401, logged as refuse() does but at most once per UNAUTHORIZED_LOG_MS. */
+static void refuse_unauthorized(struct admin_keys *ak, struct evhttp_request *req,
+                                enum token_check t)
+{
+    const char *detail = t == TOKEN_MISSING ? "No bearer token." : "Wrong bearer token.";
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
+                      t == TOKEN_MISSING ? "Bearer" : "Bearer error=\"invalid_token\"");
+    uint64_t now = now_monotonic_ms();
+    if (ak->unauthorized_said_ms != 0 && now - ak->unauthorized_said_ms < UNAUTHORIZED_LOG_MS) {
+        ak->unauthorized_unsaid++;
+        send_problem(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail, NULL);
+        return;
+    }
+    char more[96] = "";
+    if (ak->unauthorized_unsaid > 0)
+        snprintf(more, sizeof(more), " (and %lu more 401s since the last such line)",
+                 ak->unauthorized_unsaid);
+    ak->unauthorized_said_ms = now;
+    ak->unauthorized_unsaid = 0;
+    refuse_saying(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail, more);
+}
+
 bool admin_keys_serve(struct admin_keys *ak, struct evhttp_request *req)
 {
     if (ak == NULL || ak->cfg->admin_token == NULL)
@@ -581,10 +617,7 @@ bool admin_keys_serve(struct admin_keys *ak, struct evhttp_request *req)
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     enum token_check t = check_token(ak->cfg, req);
     if (t != TOKEN_OK) {
-        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
-                          t == TOKEN_MISSING ? "Bearer" : "Bearer error=\"invalid_token\"");
-        refuse(ak->cfg, req, PROBLEM_UNAUTHORIZED,
-               t == TOKEN_MISSING ? "No bearer token." : "Wrong bearer token.");
+        refuse_unauthorized(ak, req, t);
         return true;
     }
     start_call(ak, req, evhttp_uri_get_path(uri), evhttp_uri_get_query(uri));

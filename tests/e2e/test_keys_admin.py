@@ -271,7 +271,7 @@ def test_keys_admin_needs_the_bearer_token():
         assert r.status == 401 and env.redis.keys("idem:*") != [], r
         assert show(env, key, headers={"Authorization": f"bearer {TOKEN}"}).status == 200
         assert request(env.admin_port, "GET", "/healthz").status == 200
-        assert "401 Wrong bearer token" in env.proxy.error_log()
+        assert "401 No bearer token" in env.proxy.error_log()
 
         # SIGHUP reads the file again: the new token works, the old one not
         with open(env.token_path, "w") as f:
@@ -282,6 +282,22 @@ def test_keys_admin_needs_the_bearer_token():
         wait_until(lambda: show(env, key, headers=new).status == 200, 5 * SLOW,
                    what="the new token after SIGHUP")
         assert show(env, key).status == 401
+
+
+def test_keys_admin_401s_are_logged_once_per_10s_with_a_count():
+    """A client trying tokens gets 401 every time, but the log says so once
+    per 10 s, then how many more there were."""
+    with keys_env() as env:
+        key = new_key()
+        for i in range(40):
+            assert show(env, key, headers={"Authorization": f"Bearer guess-{i}"}).status == 401
+        lines = [line for line in env.proxy.error_log().splitlines() if ": 401 " in line]
+        assert len(lines) == 1 and "Wrong bearer token." in lines[0], lines
+        time.sleep(10.2)
+        assert show(env, key, headers={}).status == 401
+        lines = [line for line in env.proxy.error_log().splitlines() if ": 401 " in line]
+        assert len(lines) == 2, lines
+        assert lines[1].endswith("401 No bearer token. (and 39 more 401s since the last such line)"), lines
 
 
 def test_keys_admin_is_off_without_admin_token_file():
