@@ -56,18 +56,21 @@
 
 struct admin_keys {
     struct event_base *base;
-    struct flusher *flusher;       /* the store's writes on the main loop */
-    struct config *cfg;            /* referenced: main's running configuration */
-    struct tls *tls;               /* referenced */
-    struct store *store;           /* NULL while the API is off, or until the loop's first turn */
-    struct event *connect;         /* that first turn */
-    struct key_call *calls;        /* waiting for Redis */
-    uint64_t unauthorized_said_ms; /* when a 401 was last logged; 0: never */
-    unsigned long unauthorized_unsaid; /* 401s answered since without a line */
+    struct flusher *flusher; /* the store's writes on the main loop */
+    struct config *cfg;      /* referenced: main's running configuration */
+    struct tls *tls;         /* referenced */
+    struct store *store;     /* NULL while the API is off, or until the loop's first turn */
+    struct event *connect;   /* that first turn */
+    struct key_call *calls;  /* waiting for Redis */
+    /* 401s: one line per UNAUTHORIZED_LOG_MS at most (a client trying tokens
+     * must not fill the disk); those answered within it are counted, and
+     * the count is written when it ends */
+    uint64_t unauthorized_said_ms;     /* when a 401 line was last written; 0: never */
+    unsigned long unauthorized_unsaid; /* 401s answered since, not written */
+    char unauthorized_last_peer[80];   /* the last of those callers */
+    struct event *unauthorized_tally;  /* writes the count at the window's end */
 };
 
-/* A client trying tokens must not fill the disk: one 401 line at most per
- * this long, saying how many more were refused. */
 #define UNAUTHORIZED_LOG_MS 10000
 
 /* One call waiting for Redis; freed in its callback. */
@@ -134,24 +137,17 @@ static const char *method_name(enum evhttp_cmd_type m)
     }
 }
 
-/* A refused call: said at warn (every call is), with `more` appended, then
- * answered. The path only: the query may hold a client's raw scope value, a
- * credential. */
-static void refuse_saying(const struct config *cfg, struct evhttp_request *req,
-                          enum problem_code code, const char *detail, const char *more)
+/* A refused call: said at warn (every call is), then answered. The path
+ * only: the query may hold a client's raw scope value, a credential. */
+static void refuse(const struct config *cfg, struct evhttp_request *req, enum problem_code code,
+                   const char *detail)
 {
     char peer[80];
     const char *path = evhttp_uri_get_path(evhttp_request_get_evhttp_uri(req));
     peer_of(req, peer, sizeof(peer));
-    log_warn("admin: %s: %s %s: %d %s%s", peer, method_name(evhttp_request_get_command(req)),
-             path != NULL ? path : "", problem_status(code), detail, more);
+    log_warn("admin: %s: %s %s: %d %s", peer, method_name(evhttp_request_get_command(req)),
+             path != NULL ? path : "", problem_status(code), detail);
     send_problem(cfg, req, code, detail, NULL);
-}
-
-static void refuse(const struct config *cfg, struct evhttp_request *req, enum problem_code code,
-                   const char *detail)
-{
-    refuse_saying(cfg, req, code, detail, "");
 }
 
 /* ,"name":"escaped" */
@@ -588,7 +584,26 @@ static void start_call(struct admin_keys *ak, struct evhttp_request *req, const 
     store_admin(ak->store, c->rkey, c->action, on_result, c);
 }
 
-/* 401, logged as refuse() does but at most once per UNAUTHORIZED_LOG_MS. */
+/* The 401s of a window that were not written one by one. */
+static void unauthorized_tally_write(struct admin_keys *ak)
+{
+    if (ak->unauthorized_unsaid == 0)
+        return;
+    log_warn("admin: %lu more 401s in the %d s after the last such line (the last from %s)",
+             ak->unauthorized_unsaid, UNAUTHORIZED_LOG_MS / 1000, ak->unauthorized_last_peer);
+    ak->unauthorized_said_ms = now_monotonic_ms();
+    ak->unauthorized_unsaid = 0;
+}
+
+static void on_unauthorized_tally(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    unauthorized_tally_write(arg);
+}
+
+/* 401, written as refuse() does unless a 401 line (or a count of them) was
+ * written within UNAUTHORIZED_LOG_MS: then only counted. */
 static void refuse_unauthorized(struct admin_keys *ak, struct evhttp_request *req,
                                 enum token_check t)
 {
@@ -596,18 +611,19 @@ static void refuse_unauthorized(struct admin_keys *ak, struct evhttp_request *re
     evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate",
                       t == TOKEN_MISSING ? "Bearer" : "Bearer error=\"invalid_token\"");
     uint64_t now = now_monotonic_ms();
-    if (ak->unauthorized_said_ms != 0 && now - ak->unauthorized_said_ms < UNAUTHORIZED_LOG_MS) {
-        ak->unauthorized_unsaid++;
-        send_problem(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail, NULL);
+    uint64_t since = now - ak->unauthorized_said_ms;
+    if (ak->unauthorized_said_ms == 0 || since >= UNAUTHORIZED_LOG_MS) {
+        ak->unauthorized_said_ms = now;
+        refuse(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail);
         return;
     }
-    char more[96] = "";
-    if (ak->unauthorized_unsaid > 0)
-        snprintf(more, sizeof(more), " (and %lu more 401s since the last such line)",
-                 ak->unauthorized_unsaid);
-    ak->unauthorized_said_ms = now;
-    ak->unauthorized_unsaid = 0;
-    refuse_saying(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail, more);
+    peer_of(req, ak->unauthorized_last_peer, sizeof(ak->unauthorized_last_peer));
+    if (ak->unauthorized_unsaid++ == 0) {
+        uint64_t ms = UNAUTHORIZED_LOG_MS - since;
+        struct timeval tv = {(time_t)(ms / 1000), (suseconds_t)(ms % 1000) * 1000};
+        evtimer_add(ak->unauthorized_tally, &tv);
+    }
+    send_problem(ak->cfg, req, PROBLEM_UNAUTHORIZED, detail, NULL);
 }
 
 bool admin_keys_serve(struct admin_keys *ak, struct evhttp_request *req)
@@ -644,6 +660,7 @@ struct admin_keys *admin_keys_new(struct event_base *base, struct config *cfg, s
     ak->cfg = config_ref(cfg);
     ak->tls = tls_ref(tls);
     ak->connect = evtimer_new(base, on_connect, ak);
+    ak->unauthorized_tally = evtimer_new(base, on_unauthorized_tally, ak);
     struct timeval zero = {0, 0};
     evtimer_add(ak->connect, &zero);
     return ak;
@@ -672,6 +689,8 @@ void admin_keys_free(struct admin_keys *ak)
         c->ak = NULL; /* answered by the store's end below, freed there */
     ak->calls = NULL;
     event_free(ak->connect);
+    unauthorized_tally_write(ak); /* a count the window's end would have written */
+    event_free(ak->unauthorized_tally);
     store_unref(ak->store);
     store_free_released(); /* after the loop: nothing else would free it */
     flusher_free(ak->flusher);
