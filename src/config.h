@@ -276,6 +276,9 @@ const char *config_directive_name(int i);
 int config_directive_line(const struct config *cfg, const char *name);
 
 /* Does any listener, or any upstream, use TLS? */
+/* Whether a and b are the same address and port (both off, too). */
+bool listen_addr_same(const struct listen_addr *a, const struct listen_addr *b);
+
 bool config_tls_listener(const struct config *cfg);
 bool config_tls_upstream(const struct config *cfg);
 

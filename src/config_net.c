@@ -212,6 +212,13 @@ bool config_trusts_peer(const struct config *cfg, const char *peer)
     return false;
 }
 
+bool listen_addr_same(const struct listen_addr *a, const struct listen_addr *b)
+{
+    if (a->host == NULL || b->host == NULL)
+        return a->host == b->host;
+    return strcmp(a->host, b->host) == 0 && strcmp(a->port, b->port) == 0;
+}
+
 const char *set_admin_listen(struct setting *s)
 {
     struct config *cfg = s->base;

@@ -247,6 +247,9 @@ static bool reload(struct daemon *d)
     d->nlisten = cfg->nlistens;
     if (worker_count(cfg) != d->nworkers)
         log_warn("reload: workers changed; the new count takes effect at the next restart");
+    if (!listen_addr_same(&d->cfg->admin_listen, &cfg->admin_listen))
+        log_warn("reload: admin_listen changed; the admin listener stays as it is until the next "
+                 "restart");
     log_tls(cfg, tls);
     admin_reconfigure(d->admin, cfg, tls);
     config_unref(d->cfg);

@@ -954,11 +954,6 @@ int server_bind(const struct config *cfg, int fds[], int *nfds, char *err, size_
     return IDEM_OK;
 }
 
-static bool same_address(const struct listen_addr *a, const struct listen_addr *b)
-{
-    return strcmp(a->host, b->host) == 0 && strcmp(a->port, b->port) == 0;
-}
-
 int server_rebind(const struct config *old, const int old_fds[], const struct config *cfg,
                   int fds[], char *err, size_t errlen)
 {
@@ -966,7 +961,7 @@ int server_rebind(const struct config *old, const int old_fds[], const struct co
     for (int i = 0; i < cfg->nlistens; i++) {
         fds[i] = -1;
         for (int j = 0; j < old->nlistens && fds[i] < 0; j++)
-            if (same_address(&cfg->listens[i], &old->listens[j]))
+            if (listen_addr_same(&cfg->listens[i], &old->listens[j]))
                 fds[i] = old_fds[j];
         if (fds[i] >= 0)
             continue;

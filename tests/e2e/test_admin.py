@@ -92,6 +92,20 @@ def test_admin_healthz():
         assert len(log) == 1 and log[0]["path"] == "/orders", log
 
 
+def test_admin_listen_changed_by_a_reload_is_said_to_wait_for_a_restart():
+    """The admin listener is bound once: a reload that moves it (or turns it
+    off) says so, and the listener stays where it was."""
+    with admin_env() as env:
+        moved = free_port()
+        env.proxy.write_config(f"admin_listen 127.0.0.1:{moved}")
+        env.proxy.signal(__import__("signal").SIGHUP)
+        wait_until(lambda: "reload complete" in env.proxy.error_log(), 5 * SLOW,
+                   what="the reload")
+        assert ("reload: admin_listen changed; the admin listener stays as it is until the "
+                "next restart") in env.proxy.error_log()
+        assert admin(env, "/healthz").status == 200
+
+
 def test_admin_readyz_follows_redis():
     with admin_env(expect_errors=True) as env:
         r = wait_admin(env, "/readyz", 200)
